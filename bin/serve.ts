@@ -1,0 +1,119 @@
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { pino, type Logger } from 'pino';
+import { BlockStore } from '../cache/index.js';
+import { buildApi } from '../control-api/index.js';
+import { StorageManager, formatAddress, parseAddress, seedDemo } from '../manager/index.js';
+import { Namespaces, NbdServer } from '../target/index.js';
+
+export interface ServeOptions {
+  dataDir: string;
+  api: string;
+  nbd: string;
+  apiToken?: string | undefined;
+  logLevel: string;
+  demo: boolean;
+  version: string;
+}
+
+/** Written once everything listens, so scripts and tests learn the real ports (":0" picks free ones). */
+export interface RunInfo {
+  pid: number;
+  api: string;
+  nbd: string;
+  dataDir: string;
+  tokenFile: string | null;
+}
+
+async function loadToken(dataDir: string, given: string | undefined): Promise<{ token: string; file: string | null }> {
+  if (given) return { token: given, file: null };
+  if (process.env.BLOCKGATE_API_TOKEN) return { token: process.env.BLOCKGATE_API_TOKEN, file: null };
+  const file = path.join(dataDir, 'api-token');
+  try {
+    return { token: (await fs.promises.readFile(file, 'utf8')).trim(), file };
+  } catch {
+    const token = crypto.randomBytes(24).toString('base64url');
+    await fs.promises.writeFile(file, `${token}\n`, { mode: 0o600 });
+    return { token, file };
+  }
+}
+
+export async function serve(opts: ServeOptions): Promise<void> {
+  const dataDir = path.resolve(opts.dataDir);
+  await fs.promises.mkdir(dataDir, { recursive: true });
+  // Logs go to stderr as JSON; stdout carries the human banner.
+  const log: Logger = pino({ level: opts.logLevel, base: { pid: process.pid } }, pino.destination(2));
+  const { token, file: tokenFile } = await loadToken(dataDir, opts.apiToken);
+
+  const nbdAddr = parseAddress(opts.nbd);
+  const apiAddr = parseAddress(opts.api);
+  const namespaces = new Namespaces();
+  const store = new BlockStore();
+  const nbd = new NbdServer(
+    { namespaces, store },
+    {
+      onSession: (e) => log.info({ session: e.kind, host: e.host, listener: e.listener, remote: e.remote, reason: e.reason }, `nbd session ${e.kind}`),
+    },
+  );
+  const manager = await StorageManager.open({ namespaces, store, nbd }, { dataDir, log, nbdAddress: nbdAddr });
+  await manager.start();
+  if (opts.demo && (await seedDemo(manager))) log.info({ op: 'seed' }, 'demo appliance created');
+
+  const nbdPort = await nbd.listenTcp('tcp:shared', nbdAddr.host, nbdAddr.port, () => manager.setting('nbd.default_host') ?? null);
+  nbdAddr.port = nbdPort;
+  const api = buildApi(manager, { token, logger: log, version: opts.version });
+  await api.listen({ host: apiAddr.host, port: apiAddr.port });
+  const apiPort = (api.server.address() as { port: number }).port;
+
+  const info: RunInfo = {
+    pid: process.pid,
+    api: `http://${formatAddress(apiAddr.host, apiPort)}`,
+    nbd: formatAddress(nbdAddr.host, nbdPort),
+    dataDir,
+    tokenFile,
+  };
+  const runFile = path.join(dataDir, 'run.json');
+  await fs.promises.writeFile(`${runFile}.tmp`, JSON.stringify(info, null, 2));
+  await fs.promises.rename(`${runFile}.tmp`, runFile);
+
+  printBanner(manager, info);
+  log.info({ api: info.api, nbd: info.nbd, dataDir }, 'blockgate ready');
+
+  let stopping = false;
+  const stop = async (signal: string): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'shutting down: draining sessions and flushing arrays');
+    await api.close();
+    await nbd.close();
+    await store.flushAll();
+    for (const a of store.listArrays()) await a.close();
+    manager.close();
+    await fs.promises.rm(runFile, { force: true });
+    log.info('stopped');
+    log.flush();
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  process.on('SIGINT', () => void stop('SIGINT'));
+}
+
+function printBanner(m: StorageManager, info: RunInfo): void {
+  const lines = [
+    `blockgate ${m.applianceId} serving from ${info.dataDir}`,
+    `  control API   ${info.api}  (token: ${info.tokenFile ?? 'from --api-token / BLOCKGATE_API_TOKEN'})`,
+    `  NBD listener  nbd://${info.nbd}`,
+  ];
+  for (const h of m.listHosts()) {
+    const ns = m.namespaceView(h.name) as { units: { exportName: string; volume: string; size: number; uris: string[] }[] };
+    lines.push(`  host ${h.name}:`);
+    if (ns.units.length === 0) lines.push('    (no units mapped)');
+    for (const u of ns.units) {
+      lines.push(`    unit ${u.exportName}  ${u.volume}  ${u.size} bytes`);
+      for (const uri of u.uris) lines.push(`      ${uri}`);
+    }
+  }
+  lines.push('', 'Try:  nbdinfo nbd://' + info.nbd + '    or    qemu-img info nbd://' + info.nbd);
+  process.stdout.write(lines.join('\n') + '\n');
+}

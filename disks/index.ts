@@ -1,0 +1,1 @@
+export { ArrayFile } from './array-file.js';

@@ -1,0 +1,4 @@
+export { StorageManager, parseAddress, formatAddress, checkName } from './manager.js';
+export type { DataPath, ManagerOptions, ArrayRow, VolumeRow, HostRow, BindingRow, AccessMode, ShareMode } from './manager.js';
+export { seedDemo, DEMO } from './defaults.js';
+export { openDb, SCHEMA_VERSION } from './db.js';

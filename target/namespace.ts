@@ -1,0 +1,67 @@
+import type { VolumeHandle } from '../cache/index.js';
+
+/** A unit as one host sees it: an address in the host's namespace backed by a volume. */
+export interface Unit {
+  host: string;
+  target: number;
+  lun: number;
+  volume: VolumeHandle;
+  volumeName: string;
+  serial: string;
+  naa: string;
+  readOnly: boolean;
+}
+
+export type UnitListener = (host: string, removed: Unit[]) => void;
+
+export const unitKey = (target: number, lun: number): string => `${target}/${lun}`;
+
+/**
+ * Host identity → its units. This is the one place access is decided: a
+ * protocol front-end asks for (host, target, lun) and gets a unit only if the
+ * manager has published it for that host. Nothing here trusts a name sent by
+ * a client; the host comes from the listener or credential that accepted it.
+ */
+export class Namespaces {
+  private readonly hosts = new Map<string, Map<string, Unit>>();
+  private readonly removalListeners: UnitListener[] = [];
+
+  /** Replaces a host's namespace wholesale (the manager's view is the truth). */
+  publish(host: string, units: readonly Unit[]): void {
+    const next = new Map<string, Unit>();
+    for (const u of units) next.set(unitKey(u.target, u.lun), u);
+    const prev = this.hosts.get(host);
+    this.hosts.set(host, next);
+    if (prev) {
+      const removed = [...prev.entries()]
+        .filter(([k, u]) => next.get(k)?.volume.id !== u.volume.id)
+        .map(([, u]) => u);
+      if (removed.length > 0) for (const l of this.removalListeners) l(host, removed);
+    }
+  }
+
+  drop(host: string): void {
+    this.publish(host, []);
+    this.hosts.delete(host);
+  }
+
+  lookup(host: string | null, target: number, lun: number): Unit | undefined {
+    if (host === null) return undefined;
+    return this.hosts.get(host)?.get(unitKey(target, lun));
+  }
+
+  list(host: string | null): Unit[] {
+    if (host === null) return [];
+    const units = [...(this.hosts.get(host)?.values() ?? [])];
+    return units.sort((a, b) => a.target - b.target || a.lun - b.lun);
+  }
+
+  hasHost(host: string): boolean {
+    return this.hosts.has(host);
+  }
+
+  /** Called when units disappear from a host, so front-ends can end sessions using them. */
+  onRemoval(l: UnitListener): void {
+    this.removalListeners.push(l);
+  }
+}
