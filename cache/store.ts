@@ -2,10 +2,13 @@ import { BlockgateError } from '../common/errors.js';
 import type { ArrayFile } from '../disks/index.js';
 import type { VolumeLayout } from '../mapper/index.js';
 
+export type CachePolicy = 'none' | 'write-through' | 'write-back';
+
 /** What the data path knows about one volume: its layout and how to treat writes. */
 export interface VolumeHandle {
   id: number;
   layout: VolumeLayout;
+  cachePolicy: CachePolicy;
 }
 
 /**

@@ -33,6 +33,7 @@ const MIGRATIONS: readonly string[] = [
     serial TEXT NOT NULL UNIQUE,
     naa TEXT NOT NULL UNIQUE,
     ever_mapped INTEGER NOT NULL DEFAULT 0,
+    cache_policy TEXT NOT NULL DEFAULT 'write-back' CHECK (cache_policy IN ('none', 'write-through', 'write-back')),
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL
   );

@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { BlockgateError, badRequest, conflict, notFound } from '../common/errors.js';
-import type { BlockStore } from '../cache/index.js';
+import type { BlockStore, CachePolicy } from '../cache/index.js';
 import { ArrayFile } from '../disks/index.js';
 import { EXTENT_ALIGN, VolumeLayout, allocateExtents, freeExtents, type Extent } from '../mapper/index.js';
 import type { Namespaces, NbdServer, Unit } from '../target/index.js';
@@ -44,6 +44,7 @@ export interface VolumeRow {
   serial: string;
   naa: string;
   ever_mapped: number;
+  cache_policy: CachePolicy;
   created_at: string;
   updated_at: string;
 }
@@ -374,6 +375,7 @@ export class StorageManager {
       size: v.size,
       state: v.state,
       shareMode: v.share_mode,
+      cachePolicy: v.cache_policy,
       serial: v.serial,
       naa: v.naa,
       meta: new Set(this.extentsOf(v.id).map((e) => e.arrayId)).size > 1,
@@ -574,7 +576,7 @@ export class StorageManager {
           host: h.name,
           target: b.target,
           lun: b.lun,
-          volume: { id: v.id, layout: this.layoutOf(v.id) },
+          volume: { id: v.id, layout: this.layoutOf(v.id), cachePolicy: v.cache_policy },
           volumeName: v.name,
           serial: v.serial,
           naa: v.naa,
