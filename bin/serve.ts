@@ -4,6 +4,7 @@ import path from 'node:path';
 import { pino, type Logger } from 'pino';
 import { BlockStore } from '../cache/index.js';
 import { buildApi } from '../control-api/index.js';
+import { SimpleEngine } from '../disks/index.js';
 import { StorageManager, formatAddress, parseAddress, seedDemo } from '../manager/index.js';
 import { Namespaces, NbdServer } from '../target/index.js';
 
@@ -56,7 +57,8 @@ export async function serve(opts: ServeOptions): Promise<void> {
       onSession: (e) => log.info({ session: e.kind, host: e.host, listener: e.listener, remote: e.remote, reason: e.reason }, `nbd session ${e.kind}`),
     },
   );
-  const manager = await StorageManager.open({ namespaces, store, nbd }, { dataDir, log, nbdAddress: nbdAddr });
+  const engine = new SimpleEngine((id) => store.getArray(id));
+  const manager = await StorageManager.open({ namespaces, store, nbd, engine }, { dataDir, log, nbdAddress: nbdAddr });
   await manager.start();
   if (opts.demo && (await seedDemo(manager))) log.info({ op: 'seed' }, 'demo appliance created');
 

@@ -1,2 +1,2 @@
 export { BlockStore } from './store.js';
-export type { VolumeHandle, CachePolicy } from './store.js';
+export type { VolumeHandle, CachePolicy, WriteHook } from './store.js';

@@ -4,16 +4,17 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { BlockgateError, badRequest, conflict, notFound } from '../common/errors.js';
 import type { BlockStore, CachePolicy } from '../cache/index.js';
-import { ArrayFile } from '../disks/index.js';
+import { ArrayFile, type Engine } from '../disks/index.js';
 import { EXTENT_ALIGN, VolumeLayout, allocateExtents, freeExtents, type Extent } from '../mapper/index.js';
 import type { Namespaces, NbdServer, Unit } from '../target/index.js';
 import { openDb, type Db } from './db.js';
 
-/** The data path as the manager sees it: publish namespaces, attach arrays, manage listeners. */
+/** The data path as the manager sees it: publish namespaces, attach arrays, manage listeners, bulk work. */
 export interface DataPath {
   namespaces: Namespaces;
   store: BlockStore;
   nbd: NbdServer;
+  engine: Engine;
 }
 
 export interface ManagerOptions {
