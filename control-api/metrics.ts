@@ -1,0 +1,107 @@
+import { Counter, Gauge, Registry, collectDefaultMetrics, type Metric } from 'prom-client';
+import { LATENCY_BUCKETS, OP_NAMES, type StatsRegistry } from '../target/stats.js';
+
+export interface MetricsSources {
+  io: StatsRegistry;
+  /** Cache counters (hits, misses, dirtyBytes, …), read at scrape time. */
+  cache?: () => Record<string, number>;
+  /** Job counts by state. */
+  jobs?: () => Record<string, number>;
+}
+
+/**
+ * Prometheus exposition. Everything is read from the data path's own counters
+ * when scraped, so serving I/O never touches prom-client. Labels are host,
+ * volume, op, state: never an offset.
+ */
+export function buildMetrics(src: MetricsSources): Registry {
+  const reg = new Registry();
+  collectDefaultMetrics({ register: reg, prefix: 'blockgate_process_' });
+
+  const ioCounter = (name: string, help: string, pick: (s: ReturnType<StatsRegistry['entries']>[number]['stats'], op: number) => number): void => {
+    new Counter({
+      name,
+      help,
+      labelNames: ['host', 'volume', 'op'],
+      registers: [reg],
+      collect() {
+        this.reset();
+        for (const { host, volume, stats } of src.io.entries()) {
+          OP_NAMES.forEach((op, i) => {
+            const v = pick(stats, i);
+            if (v > 0) this.inc({ host, volume, op }, v);
+          });
+        }
+      },
+    });
+  };
+  ioCounter('blockgate_io_ops_total', 'Requests served, by host, volume and operation', (s, i) => s.ops[i]!);
+  ioCounter('blockgate_io_bytes_total', 'Bytes moved by successful requests', (s, i) => s.bytes[i]!);
+  ioCounter('blockgate_io_errors_total', 'Requests that ended in an error reply', (s, i) => s.errors[i]!);
+  reg.registerMetric(latencyHistogram(src.io) as unknown as Metric);
+
+  new Gauge({
+    name: 'blockgate_sessions',
+    help: 'Open NBD sessions by host',
+    labelNames: ['host'],
+    registers: [reg],
+    collect() {
+      this.reset();
+      for (const [host, n] of src.io.sessions()) this.set({ host }, n);
+    },
+  });
+
+  if (src.cache) {
+    const read = src.cache;
+    new Gauge({
+      name: 'blockgate_cache',
+      help: 'RAM cache state and counters (hits, misses, dirtyBytes, evictions, writebacks, …)',
+      labelNames: ['stat'],
+      registers: [reg],
+      collect() {
+        this.reset();
+        for (const [stat, v] of Object.entries(read())) this.set({ stat }, v);
+      },
+    });
+  }
+  if (src.jobs) {
+    const read = src.jobs;
+    new Gauge({
+      name: 'blockgate_jobs',
+      help: 'Jobs by state',
+      labelNames: ['state'],
+      registers: [reg],
+      collect() {
+        this.reset();
+        for (const [state, v] of Object.entries(read())) this.set({ state }, v);
+      },
+    });
+  }
+  return reg;
+}
+
+/** A histogram whose buckets live in IoStats; prom-client only formats it. */
+function latencyHistogram(io: StatsRegistry) {
+  const name = 'blockgate_io_latency_seconds';
+  return {
+    name,
+    help: 'Request latency from parse to reply, by host, volume and operation',
+    type: 'histogram',
+    aggregator: 'sum',
+    collect: () => undefined,
+    reset: () => undefined,
+    get: async () => {
+      const values: { value: number; labels: Record<string, string | number>; metricName: string }[] = [];
+      for (const { host, volume, stats } of io.entries()) {
+        OP_NAMES.forEach((op, i) => {
+          if (stats.ops[i] === 0) return;
+          LATENCY_BUCKETS.forEach((le, b) => values.push({ metricName: `${name}_bucket`, labels: { host, volume, op, le }, value: stats.cumulative(i, b) }));
+          values.push({ metricName: `${name}_bucket`, labels: { host, volume, op, le: '+Inf' }, value: stats.cumulative(i, LATENCY_BUCKETS.length) });
+          values.push({ metricName: `${name}_sum`, labels: { host, volume, op }, value: stats.latencySum[i]! });
+          values.push({ metricName: `${name}_count`, labels: { host, volume, op }, value: stats.ops[i]! });
+        });
+      }
+      return { name, help: 'Request latency from parse to reply, by host, volume and operation', type: 'histogram', aggregator: 'sum', values };
+    },
+  };
+}
