@@ -141,7 +141,7 @@ t.test('meta volume across three arrays: split requests, convert, copy, fio veri
   await s.call('POST', '/v1/volumes', { name: 'fio', size: '64M', farm: 'default' });
   await s.call('POST', '/v1/bindings', { volume: 'fio', host: 'demo', target: 3, lun: 0 });
   const fioJson = path.join(dir, 'fio.json');
-  const fioArgs = ['--name=verify', '--ioengine=nbd', `--uri=${s.unixUri('demo', '3/0')}`, '--rw=randwrite', '--bs=4k', '--iodepth=16', '--size=64M', '--verify=crc32c', '--randseed=1234', '--output-format=json', `--output=${fioJson}`];
+  const fioArgs = ['--name=verify', '--ioengine=nbd', `--uri=${s.unixUri('demo', '3/0')}`, '--rw=randwrite', '--bs=4k', '--iodepth=16', '--size=64M', '--verify=crc32c', '--randseed=1234', '--output-format=json', `--output=${fioJson}`, '--verify_state_save=0'];
   const fio = async (extra: string): Promise<any> => {
     await runOk('fio', [...fioArgs, extra], { timeoutMs: 300_000 });
     return JSON.parse(fs.readFileSync(fioJson, 'utf8'));
