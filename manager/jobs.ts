@@ -38,7 +38,7 @@ export interface JobKind<P = Record<string, unknown>> {
    */
   onRestart: 'resume' | 'fail';
   /** The failure edges: called (outside any transaction) when the job fails or is cancelled. */
-  onFail?(params: P, error: Error): void | Promise<void>;
+  onFail?(params: P, error: Error, jobId: number): void | Promise<void>;
 }
 
 const now = (): string => new Date().toISOString();
@@ -209,16 +209,18 @@ export class JobQueue {
 
   private async finishFailed(j: JobRow, err: Error, state: 'failed' | 'cancelled'): Promise<void> {
     const kind = this.kinds.get(j.kind);
-    // The final state is written first so the pump can never pick the job up again.
-    this.db.prepare('UPDATE jobs SET state = ?, error = ?, finished_at = ? WHERE id = ?').run(state, err.message, now(), j.id);
+    // A queued job is closed first so the pump cannot start it meanwhile; a
+    // running one stays 'running' until its failure edges are applied, so a
+    // reader never sees 'failed' on a volume still being rolled back.
+    if (j.state === 'queued') this.db.prepare('UPDATE jobs SET state = ?, error = ?, finished_at = ? WHERE id = ?').run(state, err.message, now(), j.id);
     let message = err.message;
     try {
-      await kind?.onFail?.(JSON.parse(j.params) as Record<string, unknown>, err);
+      await kind?.onFail?.(JSON.parse(j.params) as Record<string, unknown>, err, j.id);
     } catch (e) {
       message += `; compensation failed: ${(e as Error).message}`;
-      this.db.prepare('UPDATE jobs SET error = ? WHERE id = ?').run(message, j.id);
       this.log.error({ op: 'job.compensate', job: j.id, err: e }, 'job compensation failed');
     }
+    this.db.prepare('UPDATE jobs SET state = ?, error = ?, finished_at = ? WHERE id = ?').run(state, message, now(), j.id);
     this.events.emit(`job.${state}`, `job/${j.id}`, { id: j.id, kind: j.kind, error: message });
     this.log.warn({ op: 'job', job: j.id, kind: j.kind, state, error: message }, `job ${state}`);
   }

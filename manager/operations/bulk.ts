@@ -96,24 +96,24 @@ export class BulkOperations {
     jobs.register<ImageCopyParams>('image-copy', {
       onRestart: 'fail',
       run: (ctx) => m.asJob(ctx.id, () => this.runImageCopy(ctx)),
-      onFail: (p) => this.failEdge(p.volumeId, 'copy-image-failed'),
+      onFail: (p, _e, id) => m.asJob(id, () => this.failEdge(p.volumeId, 'copy-image-failed')),
     });
     jobs.register<SnapParams>('snap', {
       // The copy-on-write bitmap lived in memory: the point in time is lost with it.
       onRestart: 'fail',
       run: (ctx) => m.asJob(ctx.id, () => this.runSnap(ctx)),
-      onFail: (p) => {
+      onFail: (p, _e, id) => m.asJob(id, () => {
         if (this.cow.get(p.sourceId)?.snapshotId === p.snapshotId) {
           m.dataPath.store.setWriteHook(p.sourceId, null);
           this.cow.delete(p.sourceId);
         }
         this.failEdge(p.snapshotId, 'copy-image-failed');
-      },
+      }),
     });
     jobs.register<ActivateParams>('activate', {
       onRestart: 'fail',
       run: (ctx) => m.asJob(ctx.id, () => this.runActivate(ctx)),
-      onFail: (p) => this.release(p.volumeId),
+      onFail: (p, _e, id) => m.asJob(id, () => this.release(p.volumeId)),
     });
   }
 
