@@ -195,6 +195,9 @@ export function buildApi(m: StorageManager, opts: ApiOptions): FastifyInstance {
   r.add('POST', '/v1/volumes', { summary: 'Allocate a volume (free → allocated; with configure, → configured)', tag: 'volumes', body: S.volume, status: 201 }, ({ body }) =>
     m.describeVolume(m.createVolume(body)),
   );
+  r.add('POST', '/v1/volumes/claim', { summary: 'Allocate from the predefined volumes (configured, no farm yet) by size and quality class', tag: 'volumes', body: S.claim, status: 201 }, ({ body }) =>
+    m.describeVolume(m.claimVolume(body)),
+  );
   r.add('DELETE', '/v1/volumes/:name', { summary: 'Forget a free volume', tag: 'volumes', params: S.nameParam, status: 204 }, ({ params }) => m.deleteVolume(params.name));
   const step = (url: string, summary: string, fn: (name: string) => unknown): void =>
     r.add('POST', `/v1/volumes/:name/${url}`, { summary, tag: 'volumes', params: S.nameParam }, ({ params }) => {

@@ -34,6 +34,7 @@ export const schemas = {
     layout: z.array(z.strictObject({ array: name, size })).min(1).max(64).optional(),
     configure: z.boolean().default(true).describe('go on to configured (a predefined volume needs no meta build); false stops at allocated'),
   }),
+  claim: z.strictObject({ farm: name, size, qualityClass: qualityClass.optional() }),
   resize: z.strictObject({ size }),
   scrub: z.strictObject({ pattern: z.number().int().min(0).max(255).default(0), verify: z.boolean().default(true) }),
   copy: z.strictObject({ targets: z.array(name).min(1).max(16), verify: z.boolean().default(true) }),

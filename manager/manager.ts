@@ -125,7 +125,7 @@ export class StorageManager {
   readonly bulk: BulkOperations;
   readonly tracer: Tracer;
   readonly inventory: Inventory;
-  private readonly faults: ReadonlySet<string>;
+  private faults: ReadonlySet<string>;
   /** The job whose code is running (its own volumes are not "busy" to it). */
   private readonly currentJob = new AsyncLocalStorage<number>();
 
@@ -185,6 +185,8 @@ export class StorageManager {
       await this.openHostListeners(h);
       this.publishHost(h.id);
     }
+    // Array files placed in the data directory while the appliance was down are adopted now.
+    await this.inventory.discover();
     await this.jobs.start();
   }
 
@@ -370,6 +372,34 @@ export class StorageManager {
   }
 
   /**
+   * Allocate from the predefined volumes: the smallest configured volume that
+   * belongs to no farm, was never bound and holds no data, at least `size`
+   * bytes and of the quality class, is given to the farm. Predefined volumes
+   * (and predefined meta volumes, with a layout) are ones an admin created
+   * without a farm.
+   */
+  claimVolume(opts: { farm: string; size: number; qualityClass?: string | undefined }): VolumeRow {
+    const farm = this.farm(opts.farm);
+    return this.db.transaction(() => {
+      const v = this.db
+        .prepare(
+          `SELECT * FROM volumes v WHERE state = 'configured' AND farm_id IS NULL AND dirty = 0 AND size >= ?
+             AND (? IS NULL OR quality_class = ? OR (quality_class IS NULL AND NOT EXISTS (
+               SELECT 1 FROM extents e JOIN arrays a ON a.id = e.array_id WHERE e.volume_id = v.id AND a.quality_class <> ?)))
+             AND NOT EXISTS (SELECT 1 FROM bindings b WHERE b.volume_id = v.id)
+           ORDER BY size, id LIMIT 1`,
+        )
+        .get(opts.size, opts.qualityClass ?? null, opts.qualityClass ?? null, opts.qualityClass ?? null) as VolumeRow | undefined;
+      if (!v) {
+        throw new BlockgateError('NO_SPACE', `no predefined volume of at least ${opts.size} bytes${opts.qualityClass ? ` in class '${opts.qualityClass}'` : ''} is free`);
+      }
+      this.db.prepare('UPDATE volumes SET farm_id = ?, updated_at = ? WHERE id = ?').run(farm.id, now(), v.id);
+      this.events.emit('volume.claimed', `volume/${v.name}`, { volume: v.name, farm: farm.name });
+      return this.volumeById(v.id);
+    })();
+  }
+
+  /**
    * Configure (Allocated → Configured): Make Meta Volume 708 for a volume
    * whose extents span arrays, a plain configure otherwise. The extents must
    * all sit on attached arrays; a failure takes the failure edge (T3).
@@ -490,6 +520,11 @@ export class StorageManager {
   setDirty(volumeId: number, dirty: boolean): void {
     if (dirty) this.db.prepare('UPDATE volumes SET dirty = 1 WHERE id = ?').run(volumeId);
     else this.db.prepare('UPDATE volumes SET dirty = 0, scrubbed_at = ? WHERE id = ?').run(now(), volumeId);
+  }
+
+  /** Replaces the fault injection points (tests of the failure edges). */
+  injectFaults(points: readonly string[]): void {
+    this.faults = new Set(points);
   }
 
   fault(point: string): void {
@@ -802,7 +837,17 @@ export class StorageManager {
         const stillMapped = this.bindingsOfVolume(v.id).some((x) => x.mapped);
         this.apply(this.volumeById(v.id), 'unmap', { binding: b.id }, stillMapped ? 'mapped' : 'unmapped');
       })();
-      this.publishHost(b.host_id);
+      try {
+        this.publishHost(b.host_id);
+      } catch (e) {
+        // The namespace side did not change: put the database back so both still agree the unit is mapped.
+        this.db.transaction(() => {
+          this.db.prepare('UPDATE bindings SET mapped = 1 WHERE id = ?').run(b.id);
+          this.db.prepare('UPDATE volumes SET state = ?, updated_at = ? WHERE id = ?').run(v.state, now(), v.id);
+          this.events.emit('volume.state', `volume/${v.name}`, { volume: v.name, operation: 'unmap', from: this.volumeById(v.id).state, to: v.state, error: (e as Error).message });
+        })();
+        throw failed('unmap', v.name, e as Error, v.state);
+      }
     } finally {
       release();
     }
