@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { conflict, notFound } from '../../common/errors.js';
+import { badRequest, conflict, notFound } from '../../common/errors.js';
 import { EXTENT_ALIGN } from '../../mapper/index.js';
 import { checkName, type StorageManager } from '../manager.js';
 
@@ -70,6 +70,7 @@ export class Inventory {
     const { m } = this;
     checkName('vm', opts.name);
     const h = m.host(opts.host);
+    if (opts.bindings.length === 0) throw badRequest('a VM owns at least one binding');
     m.db.transaction(() => {
       if (m.db.prepare('SELECT 1 FROM vms WHERE name = ?').get(opts.name)) throw conflict(`vm '${opts.name}' already exists`);
       for (const id of opts.bindings) {
