@@ -247,8 +247,8 @@ export class BulkOperations {
   copyImage(volumeName: string, imageName: string, opts: { verify?: boolean | undefined } = {}): Record<string, unknown> {
     const { m } = this;
     const v = m.volume(volumeName);
-    const img = this.image(imageName);
     m.check(v, 'copy-image');
+    const img = this.image(imageName);
     if (img.size > v.size) throw conflict(`image '${img.name}' (${img.size} bytes) does not fit volume '${v.name}' (${v.size} bytes)`);
     const job = m.db.transaction(() => {
       m.setDirty(v.id, true);

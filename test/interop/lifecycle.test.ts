@@ -36,21 +36,53 @@ async function readEvents(url: string, token: string, until: (e: any) => boolean
   return seen;
 }
 
+/** Every volume operation route, with a body that would be valid if the state allowed it. */
+const VOLUME_OPS: Record<string, (v: string) => [string, string, unknown]> = {
+  configure: (v) => ['POST', `/v1/volumes/${v}/configure`, undefined],
+  break: (v) => ['POST', `/v1/volumes/${v}/break`, undefined],
+  deallocate: (v) => ['POST', `/v1/volumes/${v}/deallocate`, undefined],
+  scrub: (v) => ['POST', `/v1/volumes/${v}/scrub`, {}],
+  'copy-image': (v) => ['POST', `/v1/volumes/${v}/copy-image`, { image: 'os' }],
+  snap: (v) => ['POST', `/v1/volumes/${v}/snap`, { snapshot: `${v}-never` }],
+  copy: (v) => ['POST', `/v1/volumes/${v}/copy`, { targets: ['spare'] }],
+  bind: (v) => ['POST', '/v1/bindings', { volume: v, host: 'h1', target: 200, lun: 0, map: false }],
+  resize: (v) => ['POST', `/v1/volumes/${v}/resize`, { size: '200M' }],
+};
+
+/** Tries every operation the volume's state does not allow: each is 409 ILLEGAL_STATE and changes nothing. */
+async function sweepIllegal(t: { equal: (...a: any[]) => void; same: (...a: any[]) => void }, s: Awaited<ReturnType<typeof startServer>>, name: string): Promise<void> {
+  const before = await s.call('GET', `/v1/volumes/${name}`);
+  for (const [op, req] of Object.entries(VOLUME_OPS)) {
+    if (before.allowed.includes(op)) continue;
+    const [method, url, body] = req(name);
+    const r = await s.request(method, url, body);
+    t.equal(r.status, 409, `${op} refused in ${before.state}`);
+    t.equal(r.body?.error?.code, 'ILLEGAL_STATE');
+  }
+  const after = await s.call('GET', `/v1/volumes/${name}`);
+  t.same({ ...after, updatedAt: 0 }, { ...before, updatedAt: 0 }, `nothing changed in ${before.state}`);
+  t.equal(after.updatedAt, before.updatedAt);
+}
+
 t.test('the storage lifecycle of seed 003 through the API, with real NBD clients', async (t) => {
   const s = await startServer(t, { demo: false });
   const api = s.call.bind(s);
+  const sweep = (): Promise<void> => sweepIllegal(t, s, 'boot');
 
   await api('POST', '/v1/farms', { name: 'acme' });
   // Two 64 MiB arrays: a 96 MiB volume must be summed across both (a meta volume).
   await api('POST', '/v1/arrays', { name: 'a0', size: '64M' });
   await api('POST', '/v1/arrays', { name: 'a1', size: '64M' });
   await api('POST', '/v1/hosts', { name: 'h1', farm: 'acme' });
+  await api('POST', '/v1/arrays', { name: 'a2', size: '160M' });
+  await api('POST', '/v1/volumes', { name: 'spare', size: '160M', farm: 'acme', layout: [{ array: 'a2', size: '160M' }] });
 
   // free → allocated
   let v = await api('POST', '/v1/volumes', { name: 'boot', size: '96M', farm: 'acme', configure: false });
   t.equal(v.state, 'allocated');
   t.equal(v.meta, true, 'free extents summed across arrays');
   t.equal(v.extents.length, 2);
+  await sweep();
   // Binding an allocated volume is illegal.
   let r = await s.request('POST', '/v1/bindings', { volume: 'boot', host: 'h1', target: 0, lun: 0 });
   t.equal(r.status, 409);
@@ -60,6 +92,7 @@ t.test('the storage lifecycle of seed 003 through the API, with real NBD clients
   // allocated → configured (meta create)
   v = await api('POST', '/v1/volumes/boot/meta');
   t.equal(v.state, 'configured');
+  await sweep();
 
   // copy image (configured → configured)
   fs.mkdirSync(path.join(s.dataDir, 'images'), { recursive: true });
@@ -74,11 +107,13 @@ t.test('the storage lifecycle of seed 003 through the API, with real NBD clients
   const b = await api('POST', '/v1/bindings', { volume: 'boot', host: 'h1', target: 0, lun: 0, map: false });
   t.equal((await api('GET', '/v1/volumes/boot')).state, 'bound');
   t.same(await listExports(s, 'h1'), [], 'a bound but unmapped unit is not listed');
+  await sweep();
 
   // bound → mapped: the unit appears at once
   await api('POST', `/v1/bindings/${b.id}/map`);
   t.equal((await api('GET', '/v1/volumes/boot')).state, 'mapped');
   t.same(await listExports(s, 'h1'), ['0/0']);
+  await sweep();
   t.ok(ioOk(await qemuIo(s, 'h1', '0/0', 'read -P 0x07 0 2M', 'read -P 0 2M 1M')), 'the host boots the image');
 
   // A write crossing the extent boundary, then trace it to the files.
@@ -126,12 +161,15 @@ t.test('the storage lifecycle of seed 003 through the API, with real NBD clients
   const ev = await api('GET', '/v1/events?since=0');
   t.ok(ev.events.some((e: any) => e.type === 'vm.created'), 'VM changes are logged');
   t.equal((await api('GET', '/v1/volumes/boot')).state, 'unmapped');
+  await sweep();
 
   // unmapped → unbound
   await api('DELETE', `/v1/bindings/${b.id}`);
   t.equal((await api('GET', '/v1/volumes/boot')).state, 'unbound');
+  await sweep();
   // Unbound but written: going to free needs a scrub.
   await api('POST', '/v1/volumes/boot/break');
+  await sweep();
   r = await s.request('POST', '/v1/volumes/boot/deallocate');
   t.equal(r.status, 409);
   t.match(r.body.error.message, /scrub/);
@@ -149,8 +187,9 @@ t.test('the storage lifecycle of seed 003 through the API, with real NBD clients
   // unconfigured → free; the space is back.
   v = await api('POST', '/v1/volumes/boot/deallocate');
   t.equal(v.state, 'free');
+  await sweep();
   const arrays = (await api('GET', '/v1/arrays')).arrays;
-  t.same(arrays.map((a: any) => a.free), [64 * M, 64 * M]);
+  t.same(arrays.map((a: any) => a.free), [64 * M, 64 * M, 0]);
   // An illegal operation on a free volume.
   r = await s.request('POST', '/v1/volumes/boot/configure');
   t.equal(r.status, 409);
