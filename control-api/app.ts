@@ -79,7 +79,8 @@ class Routes {
         const out = await handler(parsed);
         if (spec.raw) return reply;
         if (spec.status === 204) return reply.code(204).send();
-        return reply.code(spec.status ?? 200).send(out);
+        // A handler may have chosen the status itself (a route with two outcomes).
+        return reply.code(reply.statusCode !== 200 ? reply.statusCode : (spec.status ?? 200)).send(out);
       },
     });
   }
@@ -252,7 +253,11 @@ export function buildApi(m: StorageManager, opts: ApiOptions): FastifyInstance {
   r.add('GET', '/v1/images', { summary: 'List images', tag: 'images' }, () => ({
     images: m.bulk.listImages().map((i) => ({ name: i.name, path: i.path, size: i.size, createdAt: i.created_at })),
   }));
-  r.add('POST', '/v1/images', { summary: 'Register an image file under the data directory', tag: 'images', body: S.image, status: 201 }, async ({ body }) => {
+  r.add('POST', '/v1/images', { summary: 'Register an image file under the data directory (201), or make one from a volume (202, a job)', tag: 'images', body: S.image, status: 201 }, async ({ body, reply }) => {
+    if ('fromVolume' in body) {
+      reply.code(202);
+      return job(m.bulk.captureImage(body.name, body.fromVolume));
+    }
     const i = await m.bulk.registerImage(body.name, body.path);
     return { name: i.name, path: i.path, size: i.size, createdAt: i.created_at };
   });

@@ -62,6 +62,7 @@ interface CowState {
 type ScrubParams = { volume: string; volumeId: number; pattern: number; verify: boolean };
 type CopyParams = { source: string; sourceId: number; targets: { name: string; id: number }[]; verify: boolean };
 type ImageCopyParams = { volume: string; volumeId: number; image: string; imageId: number; verify: boolean };
+type CaptureParams = { image: string; volume: string; volumeId: number; file: string };
 type SnapParams = { source: string; sourceId: number; snapshot: string; snapshotId: number };
 type ActivateParams = {
   host: string;
@@ -97,6 +98,12 @@ export class BulkOperations {
       onRestart: 'fail',
       run: (ctx) => m.asJob(ctx.id, () => this.runImageCopy(ctx)),
       onFail: (p, _e, id) => m.asJob(id, () => this.failEdge(p.volumeId, 'copy-image-failed')),
+    });
+    jobs.register<CaptureParams>('image-capture', {
+      onRestart: 'fail',
+      run: (ctx) => m.asJob(ctx.id, () => this.runCapture(ctx)),
+      // The image row is written only on success: a failed capture leaves only a partial file to remove.
+      onFail: (p) => fs.promises.rm(p.file, { force: true }),
     });
     jobs.register<SnapParams>('snap', {
       // The copy-on-write bitmap lived in memory: the point in time is lost with it.
@@ -241,6 +248,56 @@ export class BulkOperations {
 
   listImages(): ImageRow[] {
     return this.m.db.prepare('SELECT * FROM images ORDER BY id').all() as ImageRow[];
+  }
+
+  /**
+   * Makes an image from a volume no host can write to (no mapped binding):
+   * the volume's bytes are copied into images/NAME.img, which is registered
+   * when the copy has verified.
+   */
+  captureImage(name: string, volumeName: string): Record<string, unknown> {
+    const { m } = this;
+    const v = m.volume(volumeName);
+    if (m.db.prepare('SELECT 1 FROM images WHERE name = ?').get(name)) throw conflict(`image '${name}' already exists`);
+    if (v.state === 'free' || v.state === 'allocated' || m.bindingsOfVolume(v.id).some((b) => b.mapped)) {
+      throw new BlockgateError('ILLEGAL_STATE', `volume '${v.name}' is '${v.state}'; an image is made from a configured or unmapped volume`, {
+        state: v.state,
+        operation: 'capture-image',
+        allowed: [],
+      });
+    }
+    const busy = m.jobs.activeOn(v.id);
+    if (busy) throw new BlockgateError('ILLEGAL_STATE', `volume '${v.name}' is busy with job ${busy.id} (${busy.kind})`, { state: v.state, operation: 'capture-image', job: busy.id, allowed: [] });
+    const file = path.join(m.dataDir, 'images', `${name}.img`);
+    if (fs.existsSync(file)) throw conflict(`a file already exists at ${file}`);
+    return this.job(m.jobs.submit('image-capture', { image: name, volume: v.name, volumeId: v.id, file }, [v.id]));
+  }
+
+  private async runCapture(ctx: JobContext<CaptureParams>): Promise<unknown> {
+    const { m } = this;
+    const v = m.volumeById(ctx.params.volumeId);
+    await fs.promises.mkdir(path.dirname(ctx.params.file), { recursive: true });
+    await m.dataPath.store.flush(m.volumeHandle(v));
+    const id = IMAGE_ARRAY_BASE - ctx.id;
+    const f = new ArrayFile(id, `image:${ctx.params.image}`, ctx.params.file, v.size);
+    await f.open(true);
+    m.dataPath.store.addArray(f);
+    let r;
+    try {
+      r = await m.dataPath.engine.copy(rangesOf(m, v.id), [[{ arrayId: id, offset: 0, length: v.size }]], {
+        verify: true,
+        signal: ctx.signal,
+        onProgress: (d, t) => ctx.progress(d, t),
+      });
+    } finally {
+      m.dataPath.store.removeArray(id);
+      await f.close();
+    }
+    m.db.transaction(() => {
+      m.db.prepare('INSERT INTO images (name, path, size, created_at) VALUES (?, ?, ?, ?)').run(ctx.params.image, ctx.params.file, v.size, new Date().toISOString());
+      m.events.emit('image.registered', `image/${ctx.params.image}`, { image: ctx.params.image, size: v.size, fromVolume: v.name });
+    })();
+    return { image: ctx.params.image, bytes: r.bytes, verified: r.verified };
   }
 
   /** Copy image (T4, 709) onto a configured volume; a failure takes T5 to Un-configured. */

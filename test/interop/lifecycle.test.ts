@@ -238,6 +238,21 @@ t.test('copy: one unbound source onto many unbound targets, smaller refused', as
     for (const seg of tr.segments) t.ok(regionIs(seg.file, seg.arrayOffset, seg.length, 0x42), `${n} has the source's bytes`);
     t.equal((await api('GET', `/v1/volumes/${n}`)).dirty, true, 'a copy target must be scrubbed before reuse');
   }
+  // An image made from a volume, then copied onto a fresh configured one.
+  r = await s.request('POST', '/v1/images', { name: 'golden', fromVolume: 't1' });
+  t.equal(r.status, 202);
+  t.equal((await waitJob(s, r.body.job.id)).state, 'succeeded');
+  const img = (await api('GET', '/v1/images')).images.find((i: any) => i.name === 'golden');
+  t.equal(img.size, 8 * M);
+  t.ok(regionIs(img.path, 0, 8 * M, 0x42), 'the image file holds the volume bytes');
+  await api('POST', '/v1/volumes', { name: 'fresh', size: '8M', farm: 'f' });
+  r = await s.request('POST', '/v1/volumes/fresh/copy-image', { image: 'golden' });
+  t.equal((await waitJob(s, r.body.job.id)).state, 'succeeded');
+  const fr = await api('GET', '/v1/trace/volumes/fresh');
+  for (const seg of fr.segments) t.ok(regionIs(seg.file, seg.arrayOffset, seg.length, 0x42), 'image copied onto the configured volume');
+  const mapped = await api('POST', '/v1/bindings', { volume: 'fresh', host: 'h', target: 2, lun: 0 });
+  t.equal((await s.request('POST', '/v1/images', { name: 'nope', fromVolume: 'fresh' })).status, 409, 'no image from a mapped volume');
+  t.ok(mapped.mapped);
 });
 
 t.test('bad request bodies get 400 with a clear message', async (t) => {
