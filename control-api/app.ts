@@ -254,11 +254,11 @@ export function buildApi(m: StorageManager, opts: ApiOptions): FastifyInstance {
     images: m.bulk.listImages().map((i) => ({ name: i.name, path: i.path, size: i.size, createdAt: i.created_at })),
   }));
   r.add('POST', '/v1/images', { summary: 'Register an image file under the data directory (201), or make one from a volume (202, a job)', tag: 'images', body: S.image, status: 201 }, async ({ body, reply }) => {
-    if ('fromVolume' in body) {
+    if (body.fromVolume !== undefined) {
       reply.code(202);
       return job(m.bulk.captureImage(body.name, body.fromVolume));
     }
-    const i = await m.bulk.registerImage(body.name, body.path);
+    const i = await m.bulk.registerImage(body.name, body.path!);
     return { name: i.name, path: i.path, size: i.size, createdAt: i.created_at };
   });
 

@@ -49,10 +49,13 @@ export const schemas = {
     map: z.boolean().default(true).describe('map at once (bind then map, each its own transition)'),
   }),
   activate: z.strictObject({ volume: name, size, qualityClass: qualityClass.optional(), image: name.optional(), target: target.default(0), lun: lun.default(0), mode: mode.optional() }),
-  image: z.union([
-    z.strictObject({ name, path: z.string().min(1).max(4096).describe('a file under the data directory (absolute, or relative to it)') }),
-    z.strictObject({ name, fromVolume: name.describe('make the image from this volume (configured or unmapped), as a job') }),
-  ]),
+  image: z
+    .strictObject({
+      name,
+      path: z.string().min(1).max(4096).optional().describe('register this file under the data directory (absolute, or relative to it)'),
+      fromVolume: name.optional().describe('or make the image from this volume (configured or unmapped), as a job'),
+    })
+    .refine((b) => (b.path === undefined) !== (b.fromVolume === undefined), { message: 'give exactly one of path or fromVolume' }),
   vm: z.strictObject({ name, host: name, bindings: z.array(z.number().int().positive()).min(1).max(256).describe('the bindings (on this host) the VM owns') }),
   events: z.strictObject({ since: intQuery.optional(), limit: z.coerce.number().int().min(1).max(1000).default(1000), stream: z.stringbool().optional() }),
   traceQuery: z.strictObject({ offset: intQuery.optional(), length: intQuery.optional() }),

@@ -268,6 +268,7 @@ t.test('bad request bodies get 400 with a clear message', async (t) => {
     ['POST', '/v1/volumes', '{"name": ', /not valid JSON/],
     ['POST', '/v1/volumes', [1, 2], /expected object/],
     ['GET', '/v1/jobs/abc', undefined, /id/],
+    ['POST', '/v1/images', { name: 'i' }, /exactly one of path or fromVolume/],
     ['GET', '/v1/resolve?offset=-3', undefined, /offset/],
   ];
   for (const [method, url, body, msg] of cases) {
