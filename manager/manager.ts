@@ -320,7 +320,8 @@ export class StorageManager {
    * order from the named arrays (a predefined meta volume); otherwise from free
    * space on arrays of the quality class, summed across arrays into a meta
    * volume when no one array has room (the "on the fly" path). A volume left
-   * in 'free' under the same name is allocated again (it keeps its serial).
+   * in 'free' under the same name is allocated again under a new id, serial
+   * and NAA.
    * With `configure`, the volume goes on to Configured (T2) at once.
    */
   createVolume(opts: {
@@ -339,25 +340,23 @@ export class StorageManager {
       const farmId = opts.farm ? this.farm(opts.farm).id : null;
       const extents = opts.layout ? this.placeLayout(opts.size, opts.layout) : this.placeAuto(opts.size, opts.qualityClass);
       const t = now();
-      let id: number;
       if (existing) {
+        // The name is reused, never the identity: a host must not match new data to an old serial or NAA.
         transition(existing.state, 'allocate', existing.name);
-        id = existing.id;
-        this.db
-          .prepare('UPDATE volumes SET farm_id = ?, size = ?, share_mode = ?, quality_class = ?, updated_at = ? WHERE id = ?')
-          .run(farmId, opts.size, opts.shareMode ?? 'exclusive', opts.qualityClass ?? null, t, id);
-      } else {
-        // Serial and NAA derive from the never-reused id, so insert first, then name it.
-        id = Number(
-          this.db
-            .prepare(
-              `INSERT INTO volumes (name, farm_id, size, state, share_mode, serial, naa, quality_class, created_at, updated_at)
-               VALUES (?, ?, ?, 'free', ?, ?, ?, ?, ?, ?)`,
-            )
-            .run(opts.name, farmId, opts.size, opts.shareMode ?? 'exclusive', `tmp-${opts.name}`, `tmp-${opts.name}`, opts.qualityClass ?? null, t, t).lastInsertRowid,
-        );
-        this.db.prepare('UPDATE volumes SET serial = ?, naa = ? WHERE id = ?').run(this.serialFor(id), this.naaFor(id), id);
+        this.db.prepare('UPDATE volumes SET snapshot_of = NULL WHERE snapshot_of = ?').run(existing.id);
+        this.db.prepare('DELETE FROM volumes WHERE id = ?').run(existing.id);
+        this.layouts.delete(existing.id);
       }
+      // Serial and NAA derive from the never-reused id, so insert first, then name it.
+      const id = Number(
+        this.db
+          .prepare(
+            `INSERT INTO volumes (name, farm_id, size, state, share_mode, serial, naa, quality_class, created_at, updated_at)
+             VALUES (?, ?, ?, 'free', ?, ?, ?, ?, ?, ?)`,
+          )
+          .run(opts.name, farmId, opts.size, opts.shareMode ?? 'exclusive', `tmp-${opts.name}`, `tmp-${opts.name}`, opts.qualityClass ?? null, t, t).lastInsertRowid,
+      );
+      this.db.prepare('UPDATE volumes SET serial = ?, naa = ? WHERE id = ?').run(this.serialFor(id), this.naaFor(id), id);
       const ins = this.db.prepare('INSERT INTO extents (volume_id, seq, array_id, offset, length) VALUES (?, ?, ?, ?, ?)');
       extents.forEach((e, i) => ins.run(id, i, e.arrayId, e.offset, e.length));
       this.layouts.delete(id);

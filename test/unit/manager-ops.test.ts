@@ -89,3 +89,18 @@ t.test('events are persisted with the change; a refused change leaves no event',
   await new Promise((r) => setImmediate(r));
   t.same(heard.filter((e) => e.startsWith('host.') || e.startsWith('vm.')), ['host.created', 'vm.created', 'vm.deleted']);
 });
+
+t.test('a free volume allocated again gets a new serial and NAA', async (t) => {
+  const { m } = await startManager(t);
+  m.createFarm('f');
+  await m.createArray('a0', 16 * M);
+  const first = m.createVolume({ name: 'v', size: 8 * M, farm: 'f' });
+  m.breakVolume('v');
+  m.deallocate('v');
+  t.equal(m.volume('v').state, 'free');
+  const again = m.createVolume({ name: 'v', size: 8 * M, farm: 'f' });
+  t.equal(again.state, 'allocated');
+  t.not(again.serial, first.serial);
+  t.not(again.naa, first.naa);
+  t.throws(() => m.createVolume({ name: 'v', size: 8 * M }), { code: 'CONFLICT' }, 'a live name is not reused');
+});
