@@ -138,6 +138,8 @@ export function buildApi(m: StorageManager, opts: ApiOptions): FastifyInstance {
     // Control operations log their own line (manager); per-request lines would double them.
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: 1024 * 1024,
+    // Event streams never go idle: without this a shutdown would wait on every open one.
+    forceCloseConnections: true,
   }) as unknown as FastifyInstance;
   app.setErrorHandler(errorHandler);
   // An empty body with a JSON content type is no body (curl -X DELETE -H 'content-type: …' is common).
