@@ -11,6 +11,7 @@ import type { Namespaces, NbdServer, Unit } from '../target/index.js';
 import { openDb, type Db } from './db.js';
 import { EventLog } from './events.js';
 import { JobQueue } from './jobs.js';
+import { BindingOperations } from './operations/bindings.js';
 import { BulkOperations } from './operations/bulk.js';
 import { Inventory } from './operations/inventory.js';
 import { Tracer } from './operations/trace.js';
@@ -122,6 +123,7 @@ export class StorageManager {
   readonly applianceId: string;
   readonly events: EventLog;
   readonly jobs: JobQueue;
+  readonly bindings: BindingOperations;
   readonly bulk: BulkOperations;
   readonly tracer: Tracer;
   readonly inventory: Inventory;
@@ -139,6 +141,7 @@ export class StorageManager {
     this.events = new EventLog(db);
     this.jobs = new JobQueue(db, this.events, opts.log);
     this.faults = new Set(opts.faults ?? []);
+    this.bindings = new BindingOperations(this);
     this.bulk = new BulkOperations(this);
     this.tracer = new Tracer(this);
     this.inventory = new Inventory(this);
@@ -720,164 +723,26 @@ export class StorageManager {
   }
 
   // ---- bindings ----------------------------------------------------------
+  // The operations live in operations/bindings.ts; these are the manager's surface.
 
-  /**
-   * Bind (Configured/Unbound → Bound, T6/T10): the array-side grant of a
-   * volume to a host at (target, lun). With `map`, Map follows through its own
-   * transition, and a map failure takes its own failure edge.
-   */
   bind(opts: { volume: string; host: string; target: number; lun: number; mode?: AccessMode | undefined; map?: boolean | undefined }): BindingRow {
-    const v0 = this.volume(opts.volume);
-    const h = this.host(opts.host);
-    this.check(v0, 'bind');
-    const mode = opts.mode ?? (v0.share_mode === 'shared' ? 'shared' : 'exclusive');
-    if (v0.farm_id !== null && v0.farm_id !== h.farm_id) {
-      throw conflict(`volume '${v0.name}' belongs to another farm than host '${h.name}'`, { volume: v0.name, host: h.name });
-    }
-    const tx = this.db.transaction(() => {
-      const v = this.volumeById(v0.id);
-      const taken = this.db.prepare('SELECT id FROM bindings WHERE host_id = ? AND target = ? AND lun = ?').get(h.id, opts.target, opts.lun);
-      if (taken) throw conflict(`unit ${opts.target}/${opts.lun} of host '${h.name}' is already bound`);
-      const others = this.bindingsOfVolume(v.id);
-      if (others.length > 0 && (v.share_mode !== 'shared' || mode === 'exclusive' || others.some((b) => b.mode === 'exclusive'))) {
-        throw conflict(`volume '${v.name}' is exclusive and already bound`, { volume: v.name });
-      }
-      if (others.some((b) => b.host_id === h.id)) throw conflict(`volume '${v.name}' is already bound to host '${h.name}'`);
-      if (v.farm_id === null) this.db.prepare('UPDATE volumes SET farm_id = ? WHERE id = ?').run(h.farm_id, v.id);
-      const id = Number(
-        this.db
-          .prepare('INSERT INTO bindings (volume_id, host_id, target, lun, mode, mapped, created_at) VALUES (?, ?, ?, ?, ?, 0, ?)')
-          .run(v.id, h.id, opts.target, opts.lun, mode, now()).lastInsertRowid,
-      );
-      this.apply(v, 'bind', { host: h.name, target: opts.target, lun: opts.lun, mode });
-      this.events.emit('binding.created', `binding/${id}`, { id, volume: v.name, host: h.name, target: opts.target, lun: opts.lun, mode });
-      return id;
-    });
-    let id: number;
-    try {
-      this.fault('bind');
-      id = tx();
-    } catch (e) {
-      if (e instanceof BlockgateError && e.code !== 'IO_ERROR') throw e;
-      // The array side refused: Bind Fails (712) for a volume with no other binding.
-      const v = this.volume(opts.volume);
-      if (this.bindingsOfVolume(v.id).length === 0) this.apply(v, 'bind-failed', { error: (e as Error).message });
-      throw failed('bind', v.name, e as Error, this.volume(opts.volume).state);
-    }
-    if (opts.map) return this.map(id);
-    return this.binding(id);
+    return this.bindings.bind(opts);
   }
 
-  /**
-   * Map (Bound → Mapped, T8): the unit appears in the host's live namespace at
-   * once. If the namespace side fails, the array side is undone: Map Fails
-   * (718) removes the bindings and leaves the volume Unbound.
-   */
   map(bindingId: number): BindingRow {
-    const b = this.binding(bindingId);
-    if (b.mapped) return b;
-    const v = this.volumeById(b.volume_id);
-    this.check(v, 'map');
-    this.db.transaction(() => {
-      this.db.prepare('UPDATE bindings SET mapped = 1 WHERE id = ?').run(b.id);
-      // Whatever a host can reach it may write (or has read): scrub before reuse.
-      this.db.prepare('UPDATE volumes SET ever_mapped = 1, dirty = 1 WHERE id = ?').run(v.id);
-      this.apply(v, 'map', { binding: b.id });
-    })();
-    try {
-      this.fault('map');
-      this.publishHost(b.host_id);
-    } catch (e) {
-      this.mapFailed(b, e as Error);
-      throw failed('map', v.name, e as Error, this.volumeById(v.id).state);
-    }
-    return this.binding(b.id);
+    return this.bindings.map(bindingId);
   }
 
-  private mapFailed(b: BindingRow, err: Error): void {
-    const othersMapped = this.bindingsOfVolume(b.volume_id).filter((x) => x.id !== b.id && x.mapped);
-    const removed = othersMapped.length > 0 ? [b] : this.bindingsOfVolume(b.volume_id);
-    this.db.transaction(() => {
-      const del = this.db.prepare('DELETE FROM bindings WHERE id = ?');
-      for (const x of removed) {
-        del.run(x.id);
-        this.events.emit('binding.deleted', `binding/${x.id}`, { id: x.id, reason: 'map failed' });
-      }
-      const v = this.volumeById(b.volume_id);
-      this.apply(v, 'map-failed', { error: err.message, removedBindings: removed.map((x) => x.id) }, othersMapped.length > 0 ? 'mapped' : 'unbound');
-    })();
-    for (const hostId of new Set(removed.map((x) => x.host_id))) {
-      try {
-        this.publishHost(hostId);
-      } catch {
-        // The namespace side is what failed; the database no longer grants the unit either way.
-      }
-    }
+  unmap(bindingId: number): Promise<BindingRow> {
+    return this.bindings.unmap(bindingId);
   }
 
-  /**
-   * Unmap (Mapped → Unmapped, T12): new I/O to the volume is held, what is in
-   * flight drains, the volume is flushed, then the unit leaves the namespace
-   * (sessions on it close) and held requests are let go to fail on their
-   * closed sessions. Nothing a host saw acknowledged is lost.
-   */
-  async unmap(bindingId: number): Promise<BindingRow> {
-    const b = this.binding(bindingId);
-    const v = this.volumeById(b.volume_id);
-    if (!b.mapped) {
-      throw new BlockgateError('ILLEGAL_STATE', `binding ${b.id} is not mapped`, { state: v.state, operation: 'unmap', allowed: ['map', 'unbind'] });
-    }
-    this.check(v, 'unmap');
-    const release = await this.dp.store.quiesce(v.id);
-    try {
-      await this.dp.store.flush({ id: v.id, layout: this.layoutOf(v.id), cachePolicy: v.cache_policy });
-      this.db.transaction(() => {
-        this.db.prepare('UPDATE bindings SET mapped = 0 WHERE id = ?').run(b.id);
-        const stillMapped = this.bindingsOfVolume(v.id).some((x) => x.mapped);
-        this.apply(this.volumeById(v.id), 'unmap', { binding: b.id }, stillMapped ? 'mapped' : 'unmapped');
-      })();
-      try {
-        this.publishHost(b.host_id);
-      } catch (e) {
-        // The namespace side did not change: put the database back so both still agree the unit is mapped.
-        this.db.transaction(() => {
-          this.db.prepare('UPDATE bindings SET mapped = 1 WHERE id = ?').run(b.id);
-          this.db.prepare('UPDATE volumes SET state = ?, updated_at = ? WHERE id = ?').run(v.state, now(), v.id);
-          this.events.emit('volume.state', `volume/${v.name}`, { volume: v.name, operation: 'unmap', from: this.volumeById(v.id).state, to: v.state, error: (e as Error).message });
-        })();
-        throw failed('unmap', v.name, e as Error, v.state);
-      }
-    } finally {
-      release();
-    }
-    return this.binding(b.id);
+  setMapped(bindingId: number, mapped: boolean): Promise<BindingRow> {
+    return this.bindings.setMapped(bindingId, mapped);
   }
 
-  /** Kept for callers of the first API: map or unmap one binding. */
-  async setMapped(bindingId: number, mapped: boolean): Promise<BindingRow> {
-    return mapped ? this.map(bindingId) : this.unmap(bindingId);
-  }
-
-  /** Unbind (Unmapped → Unbound, T13): the array-side grant goes; a mapped binding must be unmapped first. */
   unbind(bindingId: number): void {
-    const b = this.binding(bindingId);
-    const v = this.volumeById(b.volume_id);
-    if (b.mapped) {
-      throw new BlockgateError('ILLEGAL_STATE', `binding ${b.id} of volume '${v.name}' is mapped; unmap it first`, {
-        state: v.state,
-        operation: 'unbind',
-        allowed: ['unmap'],
-      });
-    }
-    this.check(v, 'unbind');
-    this.db.transaction(() => {
-      this.db.prepare('DELETE FROM bindings WHERE id = ?').run(b.id);
-      const left = this.bindingsOfVolume(v.id);
-      const to: VolumeState = left.length === 0 ? 'unbound' : left.some((x) => x.mapped) ? 'mapped' : (v.state as VolumeState);
-      this.apply(v, 'unbind', { binding: b.id }, to);
-      this.events.emit('binding.deleted', `binding/${b.id}`, { id: b.id, volume: v.name });
-    })();
-    this.publishHost(b.host_id);
+    this.bindings.unbind(bindingId);
   }
 
   binding(id: number): BindingRow {
