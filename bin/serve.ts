@@ -58,7 +58,13 @@ export async function serve(opts: ServeOptions): Promise<void> {
     },
   );
   const engine = new SimpleEngine((id) => store.getArray(id));
-  const manager = await StorageManager.open({ namespaces, store, nbd, engine }, { dataDir, log, nbdAddress: nbdAddr });
+  const manager = await StorageManager.open({ namespaces, store, nbd, engine }, {
+    dataDir,
+    log,
+    nbdAddress: nbdAddr,
+    // Test-only fault injection for the failure edges (see ManagerOptions.faults).
+    faults: process.env.BLOCKGATE_FAULTS ? process.env.BLOCKGATE_FAULTS.split(',').filter(Boolean) : undefined,
+  });
   await manager.start();
   if (opts.demo && (await seedDemo(manager))) log.info({ op: 'seed' }, 'demo appliance created');
 
@@ -88,6 +94,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     stopping = true;
     log.info({ signal }, 'shutting down: draining sessions and flushing arrays');
     await api.close();
+    await manager.stop();
     await nbd.close();
     await store.flushAll();
     for (const a of store.listArrays()) await a.close();

@@ -9,6 +9,7 @@ export type ErrorCode =
   | 'NOT_FOUND'
   | 'CONFLICT'
   | 'ILLEGAL_STATE'
+  | 'OPERATION_FAILED'
   | 'NO_SPACE'
   | 'OUT_OF_RANGE'
   | 'READ_ONLY'

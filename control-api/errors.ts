@@ -9,6 +9,8 @@ const STATUS: Record<ErrorCode, number> = {
   NOT_FOUND: 404,
   CONFLICT: 409,
   ILLEGAL_STATE: 409,
+  // A step failed and its failure edge was applied: the server could not do it, the request was fine.
+  OPERATION_FAILED: 500,
   NO_SPACE: 507,
   OUT_OF_RANGE: 400,
   READ_ONLY: 409,

@@ -68,6 +68,64 @@ const MIGRATIONS: readonly string[] = [
     UNIQUE (host_id, target, lun)
   );
   `,
+  // 2: storage lifecycle (issue 6): scrub state, images, VMs, the job queue and the event log.
+  `
+  ALTER TABLE volumes ADD COLUMN dirty INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE volumes ADD COLUMN scrubbed_at TEXT;
+  ALTER TABLE volumes ADD COLUMN image_id INTEGER;
+  ALTER TABLE volumes ADD COLUMN quality_class TEXT;
+  ALTER TABLE volumes ADD COLUMN snapshot_of INTEGER REFERENCES volumes(id);
+  -- Volumes the demo seed or an earlier build bound and mapped were written by hosts.
+  UPDATE volumes SET dirty = 1 WHERE ever_mapped = 1;
+  CREATE TABLE images (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL CHECK (size > 0),
+    created_at TEXT NOT NULL
+  );
+  CREATE TABLE vms (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    host_id INTEGER NOT NULL REFERENCES hosts(id),
+    created_at TEXT NOT NULL
+  );
+  CREATE TABLE vm_bindings (
+    vm_id INTEGER NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+    binding_id INTEGER NOT NULL REFERENCES bindings(id) ON DELETE CASCADE,
+    PRIMARY KEY (vm_id, binding_id)
+  );
+  CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+    params TEXT NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL DEFAULT 0,
+    checkpoint TEXT,
+    result TEXT,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT
+  );
+  CREATE INDEX jobs_by_state ON jobs(state);
+  -- Which volumes a job works on: jobs on one volume run one at a time.
+  CREATE TABLE job_volumes (
+    job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    volume_id INTEGER NOT NULL,
+    PRIMARY KEY (job_id, volume_id)
+  );
+  CREATE INDEX job_volumes_by_volume ON job_volumes(volume_id);
+  CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    type TEXT NOT NULL,
+    subject TEXT,
+    data TEXT NOT NULL
+  );
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -19,7 +19,9 @@ export async function seedDemo(m: StorageManager): Promise<boolean> {
   if (!m.findFarm(DEMO.farm)) m.createFarm(DEMO.farm);
   if (!m.findArray(DEMO.array.name)) await m.createArray(DEMO.array.name, DEMO.array.size);
   if (!m.findHost(DEMO.host)) await m.createHost({ name: DEMO.host, farm: DEMO.farm });
-  if (!m.findVolume(DEMO.volume.name)) m.createVolume({ name: DEMO.volume.name, size: DEMO.volume.size, farm: DEMO.farm });
+  if (!m.findVolume(DEMO.volume.name)) m.createVolume({ name: DEMO.volume.name, size: DEMO.volume.size, farm: DEMO.farm, configure: true });
+  // A start cut off between allocate and configure finishes the step.
+  if (m.volume(DEMO.volume.name).state === 'allocated') m.configure(DEMO.volume.name);
   const host = m.host(DEMO.host);
   if (m.bindingsOfHost(host.id).length === 0) {
     m.bind({ volume: DEMO.volume.name, host: DEMO.host, target: 0, lun: 0, map: true });

@@ -1,3 +1,4 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -8,6 +9,13 @@ import { ArrayFile, type Engine } from '../disks/index.js';
 import { EXTENT_ALIGN, VolumeLayout, allocateExtents, freeExtents, type Extent } from '../mapper/index.js';
 import type { Namespaces, NbdServer, Unit } from '../target/index.js';
 import { openDb, type Db } from './db.js';
+import { EventLog } from './events.js';
+import { JobQueue } from './jobs.js';
+import { BindingOperations } from './operations/bindings.js';
+import { BulkOperations } from './operations/bulk.js';
+import { Inventory } from './operations/inventory.js';
+import { Tracer } from './operations/trace.js';
+import { allowedOperations, transition, type Operation, type VolumeState } from './state.js';
 
 /** The data path as the manager sees it: publish namespaces, attach arrays, manage listeners, bulk work. */
 export interface DataPath {
@@ -22,6 +30,12 @@ export interface ManagerOptions {
   /** Shared NBD TCP listener address, for the URIs the namespace view prints. */
   nbdAddress?: { host: string; port: number } | undefined;
   log: Logger;
+  /**
+   * Fault injection points for tests of the failure edges ('configure',
+   * 'bind', 'map', 'copy-image', 'publish'): the named step fails as if the
+   * array or the namespace side had refused it.
+   */
+  faults?: readonly string[] | undefined;
 }
 
 export type ShareMode = 'exclusive' | 'shared';
@@ -46,6 +60,11 @@ export interface VolumeRow {
   naa: string;
   ever_mapped: number;
   cache_policy: CachePolicy;
+  dirty: number;
+  scrubbed_at: string | null;
+  image_id: number | null;
+  quality_class: string | null;
+  snapshot_of: number | null;
   created_at: string;
   updated_at: string;
 }
@@ -69,7 +88,7 @@ export interface BindingRow {
   mapped: number;
   created_at: string;
 }
-interface ExtentRow {
+export interface ExtentRow {
   volume_id: number;
   seq: number;
   array_id: number;
@@ -102,10 +121,30 @@ export class StorageManager {
   /** Layouts are shared by every unit of a volume so translation is built once. */
   private readonly layouts = new Map<number, VolumeLayout>();
   readonly applianceId: string;
+  readonly events: EventLog;
+  readonly jobs: JobQueue;
+  readonly bindings: BindingOperations;
+  readonly bulk: BulkOperations;
+  readonly tracer: Tracer;
+  readonly inventory: Inventory;
+  private faults: ReadonlySet<string>;
+  /** The job whose code is running (its own volumes are not "busy" to it). */
+  private readonly currentJob = new AsyncLocalStorage<number>();
+
+  get dataPath(): DataPath {
+    return this.dp;
+  }
 
   private constructor(db: Db, dp: DataPath, opts: ManagerOptions) {
     this.db = db;
     this.dp = dp;
+    this.events = new EventLog(db);
+    this.jobs = new JobQueue(db, this.events, opts.log);
+    this.faults = new Set(opts.faults ?? []);
+    this.bindings = new BindingOperations(this);
+    this.bulk = new BulkOperations(this);
+    this.tracer = new Tracer(this);
+    this.inventory = new Inventory(this);
     this.dataDir = opts.dataDir;
     this.log = opts.log;
     this.nbdAddress = opts.nbdAddress;
@@ -149,6 +188,9 @@ export class StorageManager {
       await this.openHostListeners(h);
       this.publishHost(h.id);
     }
+    // Array files placed in the data directory while the appliance was down are adopted now.
+    await this.inventory.discover();
+    await this.jobs.start();
   }
 
   private async attachArray(row: ArrayRow, create: boolean): Promise<void> {
@@ -226,6 +268,24 @@ export class StorageManager {
     await this.attachArray({ ...row, id }, false);
   }
 
+  /** Registers an array file that already exists (found by discovery). */
+  async adoptArray(name: string, file: string, size: number, qualityClass = 'std'): Promise<ArrayRow> {
+    if (this.findArray(name)) throw conflict(`array '${name}' already exists`);
+    const id = Number(
+      this.db
+        .prepare('INSERT INTO arrays (name, path, size, quality_class, created_at) VALUES (?, ?, ?, ?, ?)')
+        .run(name, file, size, qualityClass, now()).lastInsertRowid,
+    );
+    try {
+      await this.attachArray(this.array(name), false);
+    } catch (e) {
+      this.db.prepare('DELETE FROM arrays WHERE id = ?').run(id);
+      throw e;
+    }
+    this.log.info({ op: 'array.adopt', array: name, size }, 'array discovered');
+    return this.array(name);
+  }
+
   findArray(name: string): ArrayRow | undefined {
     return this.db.prepare('SELECT * FROM arrays WHERE name = ?').get(name) as ArrayRow | undefined;
   }
@@ -259,9 +319,13 @@ export class StorageManager {
   // ---- volumes -----------------------------------------------------------
 
   /**
-   * Allocates a volume. With `layout`, extents are taken in that order from the
-   * named arrays (a predefined meta volume); otherwise from free space on
-   * arrays of the quality class, summed across arrays when no one array has room.
+   * Allocate (Free → Allocated, T1). With `layout`, extents are taken in that
+   * order from the named arrays (a predefined meta volume); otherwise from free
+   * space on arrays of the quality class, summed across arrays into a meta
+   * volume when no one array has room (the "on the fly" path). A volume left
+   * in 'free' under the same name is allocated again under a new id, serial
+   * and NAA.
+   * With `configure`, the volume goes on to Configured (T2) at once.
    */
   createVolume(opts: {
     name: string;
@@ -270,32 +334,205 @@ export class StorageManager {
     qualityClass?: string | undefined;
     shareMode?: ShareMode | undefined;
     layout?: { array: string; size: number }[] | undefined;
+    configure?: boolean | undefined;
   }): VolumeRow {
     checkName('volume', opts.name);
     const tx = this.db.transaction(() => {
-      if (this.findVolume(opts.name)) throw conflict(`volume '${opts.name}' already exists`);
+      const existing = this.findVolume(opts.name);
+      if (existing && existing.state !== 'free') throw conflict(`volume '${opts.name}' already exists`);
       const farmId = opts.farm ? this.farm(opts.farm).id : null;
       const extents = opts.layout ? this.placeLayout(opts.size, opts.layout) : this.placeAuto(opts.size, opts.qualityClass);
       const t = now();
+      if (existing) {
+        // The name is reused, never the identity: a host must not match new data to an old serial or NAA.
+        transition(existing.state, 'allocate', existing.name);
+        this.db.prepare('UPDATE volumes SET snapshot_of = NULL WHERE snapshot_of = ?').run(existing.id);
+        this.db.prepare('DELETE FROM volumes WHERE id = ?').run(existing.id);
+        this.layouts.delete(existing.id);
+      }
       // Serial and NAA derive from the never-reused id, so insert first, then name it.
       const id = Number(
         this.db
           .prepare(
-            `INSERT INTO volumes (name, farm_id, size, state, share_mode, serial, naa, created_at, updated_at)
-             VALUES (?, ?, ?, 'configured', ?, ?, ?, ?, ?)`,
+            `INSERT INTO volumes (name, farm_id, size, state, share_mode, serial, naa, quality_class, created_at, updated_at)
+             VALUES (?, ?, ?, 'free', ?, ?, ?, ?, ?, ?)`,
           )
-          .run(opts.name, farmId, opts.size, opts.shareMode ?? 'exclusive', `tmp-${opts.name}`, `tmp-${opts.name}`, t, t).lastInsertRowid,
+          .run(opts.name, farmId, opts.size, opts.shareMode ?? 'exclusive', `tmp-${opts.name}`, `tmp-${opts.name}`, opts.qualityClass ?? null, t, t).lastInsertRowid,
       );
       this.db.prepare('UPDATE volumes SET serial = ?, naa = ? WHERE id = ?').run(this.serialFor(id), this.naaFor(id), id);
       const ins = this.db.prepare('INSERT INTO extents (volume_id, seq, array_id, offset, length) VALUES (?, ?, ?, ?, ?)');
       extents.forEach((e, i) => ins.run(id, i, e.arrayId, e.offset, e.length));
+      this.layouts.delete(id);
+      this.apply(this.volumeById(id), 'allocate');
       return id;
     });
     const id = tx();
     const v = this.volumeById(id);
-    this.log.info({ op: 'volume.create', volume: v.name, size: v.size, extents: this.extentsOf(id).length }, 'volume created');
+    this.log.info({ op: 'volume.allocate', volume: v.name, size: v.size, extents: this.extentsOf(id).length }, 'volume allocated');
+    if (opts.configure) return this.configure(v.name);
     return v;
   }
+
+  /**
+   * Allocate from the predefined volumes: the smallest configured volume that
+   * belongs to no farm, was never bound and holds no data, at least `size`
+   * bytes and of the quality class, is given to the farm. Predefined volumes
+   * (and predefined meta volumes, with a layout) are ones an admin created
+   * without a farm.
+   */
+  claimVolume(opts: { farm: string; size: number; qualityClass?: string | undefined }): VolumeRow {
+    const farm = this.farm(opts.farm);
+    return this.db.transaction(() => {
+      const v = this.db
+        .prepare(
+          `SELECT * FROM volumes v WHERE state = 'configured' AND farm_id IS NULL AND dirty = 0 AND size >= ?
+             AND (? IS NULL OR quality_class = ? OR (quality_class IS NULL AND NOT EXISTS (
+               SELECT 1 FROM extents e JOIN arrays a ON a.id = e.array_id WHERE e.volume_id = v.id AND a.quality_class <> ?)))
+             AND NOT EXISTS (SELECT 1 FROM bindings b WHERE b.volume_id = v.id)
+           ORDER BY size, id LIMIT 1`,
+        )
+        .get(opts.size, opts.qualityClass ?? null, opts.qualityClass ?? null, opts.qualityClass ?? null) as VolumeRow | undefined;
+      if (!v) {
+        throw new BlockgateError('NO_SPACE', `no predefined volume of at least ${opts.size} bytes${opts.qualityClass ? ` in class '${opts.qualityClass}'` : ''} is free`);
+      }
+      this.db.prepare('UPDATE volumes SET farm_id = ?, updated_at = ? WHERE id = ?').run(farm.id, now(), v.id);
+      this.events.emit('volume.claimed', `volume/${v.name}`, { volume: v.name, farm: farm.name });
+      return this.volumeById(v.id);
+    })();
+  }
+
+  /**
+   * Configure (Allocated → Configured): Make Meta Volume 708 for a volume
+   * whose extents span arrays, a plain configure otherwise. The extents must
+   * all sit on attached arrays; a failure takes the failure edge (T3).
+   */
+  configure(name: string): VolumeRow {
+    const v = this.volume(name);
+    this.check(v, 'configure');
+    try {
+      this.fault('configure');
+      for (const e of this.extentsOf(v.id)) this.dp.store.getArray(e.arrayId);
+    } catch (e) {
+      this.apply(v, 'configure-failed', { error: (e as Error).message });
+      throw failed('configure', v.name, e as Error, 'unconfigured');
+    }
+    this.apply(v, 'configure');
+    return this.volumeById(v.id);
+  }
+
+  /** Break (→ Un-configured, T15): the meta volume is taken apart; its space is still held. */
+  breakVolume(name: string): VolumeRow {
+    const v = this.volume(name);
+    this.apply(v, 'break');
+    return this.volumeById(v.id);
+  }
+
+  /**
+   * De-allocate (Un-configured → Free, T16): the extents go back to their
+   * arrays' free space. Refused while the volume may hold a tenant's data
+   * (mapped, image-copied or copied onto since its last scrub).
+   */
+  deallocate(name: string): VolumeRow {
+    const v = this.volume(name);
+    this.check(v, 'deallocate');
+    if (v.dirty) {
+      throw new BlockgateError('ILLEGAL_STATE', `volume '${v.name}' holds data written since its last scrub; scrub it before de-allocating`, {
+        state: v.state,
+        operation: 'deallocate',
+        allowed: ['scrub'],
+        volume: v.name,
+        dirty: true,
+      });
+    }
+    this.db.transaction(() => {
+      this.db.prepare('DELETE FROM extents WHERE volume_id = ?').run(v.id);
+      this.db.prepare('UPDATE volumes SET farm_id = NULL, image_id = NULL, ever_mapped = 0 WHERE id = ?').run(v.id);
+      this.apply(v, 'deallocate');
+    })();
+    this.layouts.delete(v.id);
+    return this.volumeById(v.id);
+  }
+
+  /** Forgets a free volume's record (its id, serial and NAA are never reused). */
+  deleteVolume(name: string): void {
+    const v = this.volume(name);
+    if (v.state !== 'free') {
+      throw new BlockgateError('ILLEGAL_STATE', `volume '${v.name}' is '${v.state}'; only a free volume can be deleted`, { state: v.state, operation: 'delete', allowed: [] });
+    }
+    this.db.transaction(() => {
+      this.db.prepare('UPDATE volumes SET snapshot_of = NULL WHERE snapshot_of = ?').run(v.id);
+      this.db.prepare('DELETE FROM volumes WHERE id = ?').run(v.id);
+      this.events.emit('volume.deleted', `volume/${v.name}`, { volume: v.name });
+    })();
+  }
+
+  /** Grows a volume with extents from arrays of its quality class; hosts see the new size on reconnect. */
+  resize(name: string, size: number): VolumeRow {
+    const v = this.volume(name);
+    this.check(v, 'resize');
+    if (size < v.size) throw badRequest(`volume '${v.name}' can only grow: ${size} bytes < ${v.size} bytes`);
+    if (size === v.size) return v;
+    this.db.transaction(() => {
+      const more = this.placeAuto(size - v.size, v.quality_class ?? undefined);
+      const seq0 = this.extentsOf(v.id).length;
+      const ins = this.db.prepare('INSERT INTO extents (volume_id, seq, array_id, offset, length) VALUES (?, ?, ?, ?, ?)');
+      more.forEach((e, i) => ins.run(v.id, seq0 + i, e.arrayId, e.offset, e.length));
+      this.db.prepare('UPDATE volumes SET size = ? WHERE id = ?').run(size, v.id);
+      this.apply(v, 'resize', { from: v.size, to: size });
+    })();
+    this.layouts.delete(v.id);
+    for (const h of this.hostsMapping(v.id)) this.publishHost(h);
+    return this.volumeById(v.id);
+  }
+
+  private hostsMapping(volumeId: number): number[] {
+    return (this.db.prepare('SELECT DISTINCT host_id FROM bindings WHERE volume_id = ? AND mapped = 1').all(volumeId) as { host_id: number }[]).map((r) => r.host_id);
+  }
+
+  /** Refuses `op` unless the table allows it and no job of another caller holds the volume. */
+  check(v: VolumeRow, op: Operation): VolumeState {
+    const next = transition(v.state, op, v.name);
+    const job = this.jobs.activeOn(v.id);
+    if (job && job.id !== this.currentJob.getStore()) {
+      throw new BlockgateError('ILLEGAL_STATE', `volume '${v.name}' is busy with job ${job.id} (${job.kind}); wait for it or cancel it`, {
+        state: v.state,
+        operation: op,
+        job: job.id,
+        allowed: [],
+      });
+    }
+    return next;
+  }
+
+  /** Applies a transition (inside the caller's transaction) and records it. */
+  apply(v: VolumeRow, op: Operation, extra: Record<string, unknown> = {}, to?: VolumeState): VolumeState {
+    const next = to ?? this.check(v, op);
+    if (to) transition(v.state, op, v.name);
+    this.db.prepare('UPDATE volumes SET state = ?, updated_at = ? WHERE id = ?').run(next, now(), v.id);
+    this.events.emit('volume.state', `volume/${v.name}`, { volume: v.name, operation: op, from: v.state, to: next, ...extra });
+    this.log.info({ op: `volume.${op}`, volume: v.name, from: v.state, to: next, ...extra }, `volume ${op}`);
+    return next;
+  }
+
+  /** Runs `fn` as the job `jobId`, so the job's own volumes are not busy to it. */
+  asJob<T>(jobId: number, fn: () => T): T {
+    return this.currentJob.run(jobId, fn);
+  }
+
+  setDirty(volumeId: number, dirty: boolean): void {
+    if (dirty) this.db.prepare('UPDATE volumes SET dirty = 1 WHERE id = ?').run(volumeId);
+    else this.db.prepare('UPDATE volumes SET dirty = 0, scrubbed_at = ? WHERE id = ?').run(now(), volumeId);
+  }
+
+  /** Replaces the fault injection points (tests of the failure edges). */
+  injectFaults(points: readonly string[]): void {
+    this.faults = new Set(points);
+  }
+
+  fault(point: string): void {
+    if (this.faults.has(point)) throw new BlockgateError('IO_ERROR', `injected fault at '${point}'`);
+  }
+
 
   serialFor(id: number): string {
     return `BG${this.applianceId.toUpperCase()}${id.toString(16).toUpperCase().padStart(8, '0')}`;
@@ -380,6 +617,14 @@ export class StorageManager {
       serial: v.serial,
       naa: v.naa,
       meta: new Set(this.extentsOf(v.id).map((e) => e.arrayId)).size > 1,
+      qualityClass: v.quality_class,
+      everMapped: v.ever_mapped === 1,
+      dirty: v.dirty === 1,
+      scrubbedAt: v.scrubbed_at,
+      image: v.image_id === null ? null : ((this.db.prepare('SELECT name FROM images WHERE id = ?').get(v.image_id) as { name: string } | undefined)?.name ?? null),
+      snapshotOf: v.snapshot_of === null ? null : this.volumeById(v.snapshot_of).name,
+      allowed: allowedOperations(v.state as VolumeState),
+      job: this.jobs.activeOn(v.id)?.id ?? null,
       extents: this.extentsOf(v.id).map((e) => ({ array: arrays.get(e.arrayId), offset: e.offset, length: e.length })),
       createdAt: v.created_at,
       updatedAt: v.updated_at,
@@ -408,6 +653,7 @@ export class StorageManager {
       throw new BlockgateError('CONFLICT', `cannot open listener for host '${h.name}': ${(e as Error).message}`);
     }
     this.publishHost(id);
+    this.events.emit('host.created', `host/${h.name}`, { host: h.name, farm: farm.name });
     this.log.info({ op: 'host.create', host: h.name, farm: farm.name, nbdTcp: h.nbd_tcp }, 'host created');
     return h;
   }
@@ -477,61 +723,26 @@ export class StorageManager {
   }
 
   // ---- bindings ----------------------------------------------------------
+  // The operations live in operations/bindings.ts; these are the manager's surface.
 
-  /** Binds a volume to a host at (target, lun); with `map`, also makes it visible at once. */
   bind(opts: { volume: string; host: string; target: number; lun: number; mode?: AccessMode | undefined; map?: boolean | undefined }): BindingRow {
-    const tx = this.db.transaction(() => {
-      const v = this.volume(opts.volume);
-      const h = this.host(opts.host);
-      const mode = opts.mode ?? (v.share_mode === 'shared' ? 'shared' : 'exclusive');
-      if (v.farm_id !== null && v.farm_id !== h.farm_id) {
-        throw conflict(`volume '${v.name}' belongs to another farm than host '${h.name}'`, { volume: v.name, host: h.name });
-      }
-      const taken = this.db.prepare('SELECT id FROM bindings WHERE host_id = ? AND target = ? AND lun = ?').get(h.id, opts.target, opts.lun);
-      if (taken) throw conflict(`unit ${opts.target}/${opts.lun} of host '${h.name}' is already bound`);
-      const others = this.db.prepare('SELECT * FROM bindings WHERE volume_id = ?').all(v.id) as BindingRow[];
-      if (others.length > 0 && (v.share_mode !== 'shared' || mode === 'exclusive' || others.some((b) => b.mode === 'exclusive'))) {
-        throw conflict(`volume '${v.name}' is exclusive and already bound`, { volume: v.name });
-      }
-      if (v.farm_id === null) this.db.prepare('UPDATE volumes SET farm_id = ? WHERE id = ?').run(h.farm_id, v.id);
-      const id = Number(
-        this.db
-          .prepare('INSERT INTO bindings (volume_id, host_id, target, lun, mode, mapped, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)')
-          .run(v.id, h.id, opts.target, opts.lun, mode, opts.map ? 1 : 0, now()).lastInsertRowid,
-      );
-      this.setVolumeState(v.id, opts.map ? 'mapped' : 'bound');
-      if (opts.map) this.db.prepare('UPDATE volumes SET ever_mapped = 1 WHERE id = ?').run(v.id);
-      return { id, hostId: h.id };
-    });
-    const { id, hostId } = tx();
-    this.publishHost(hostId);
-    const b = this.binding(id);
-    this.log.info({ op: 'bind', volume: opts.volume, host: opts.host, target: b.target, lun: b.lun, mode: b.mode, mapped: !!b.mapped }, 'volume bound');
-    return b;
+    return this.bindings.bind(opts);
   }
 
-  setMapped(bindingId: number, mapped: boolean): BindingRow {
-    const b = this.binding(bindingId);
-    this.db.transaction(() => {
-      this.db.prepare('UPDATE bindings SET mapped = ? WHERE id = ?').run(mapped ? 1 : 0, b.id);
-      if (mapped) this.db.prepare('UPDATE volumes SET ever_mapped = 1 WHERE id = ?').run(b.volume_id);
-      const anyMapped = this.db.prepare('SELECT 1 FROM bindings WHERE volume_id = ? AND mapped = 1').get(b.volume_id);
-      this.setVolumeState(b.volume_id, anyMapped ? 'mapped' : mapped ? 'mapped' : 'unmapped');
-    })();
-    this.publishHost(b.host_id);
-    this.log.info({ op: mapped ? 'map' : 'unmap', binding: b.id }, mapped ? 'unit mapped' : 'unit unmapped');
-    return this.binding(b.id);
+  map(bindingId: number): BindingRow {
+    return this.bindings.map(bindingId);
+  }
+
+  unmap(bindingId: number): Promise<BindingRow> {
+    return this.bindings.unmap(bindingId);
+  }
+
+  setMapped(bindingId: number, mapped: boolean): Promise<BindingRow> {
+    return this.bindings.setMapped(bindingId, mapped);
   }
 
   unbind(bindingId: number): void {
-    const b = this.binding(bindingId);
-    this.db.transaction(() => {
-      this.db.prepare('DELETE FROM bindings WHERE id = ?').run(b.id);
-      const left = this.db.prepare('SELECT mapped FROM bindings WHERE volume_id = ?').all(b.volume_id) as { mapped: number }[];
-      this.setVolumeState(b.volume_id, left.length === 0 ? 'unbound' : left.some((r) => r.mapped) ? 'mapped' : 'bound');
-    })();
-    this.publishHost(b.host_id);
-    this.log.info({ op: 'unbind', binding: b.id }, 'volume unbound');
+    this.bindings.unbind(bindingId);
   }
 
   binding(id: number): BindingRow {
@@ -548,6 +759,10 @@ export class StorageManager {
     return this.db.prepare('SELECT * FROM bindings WHERE host_id = ? ORDER BY target, lun').all(hostId) as BindingRow[];
   }
 
+  bindingsOfVolume(volumeId: number): BindingRow[] {
+    return this.db.prepare('SELECT * FROM bindings WHERE volume_id = ? ORDER BY id').all(volumeId) as BindingRow[];
+  }
+
   describeBinding(b: BindingRow): Record<string, unknown> {
     return {
       id: b.id,
@@ -562,12 +777,12 @@ export class StorageManager {
     };
   }
 
-  private setVolumeState(volumeId: number, state: string): void {
-    this.db.prepare('UPDATE volumes SET state = ?, updated_at = ? WHERE id = ?').run(state, now(), volumeId);
+  volumeHandle(v: VolumeRow): { id: number; layout: VolumeLayout; cachePolicy: CachePolicy } {
+    return { id: v.id, layout: this.layoutOf(v.id), cachePolicy: v.cache_policy };
   }
 
   /** Recomputes a host's namespace from the database and hands it to the data path. */
-  private publishHost(hostId: number): void {
+  publishHost(hostId: number): void {
     const h = this.hostById(hostId);
     const units: Unit[] = this.bindingsOfHost(h.id)
       .filter((b) => b.mapped === 1)
@@ -577,19 +792,42 @@ export class StorageManager {
           host: h.name,
           target: b.target,
           lun: b.lun,
-          volume: { id: v.id, layout: this.layoutOf(v.id), cachePolicy: v.cache_policy },
+          volume: this.volumeHandle(v),
           volumeName: v.name,
           serial: v.serial,
           naa: v.naa,
           readOnly: b.mode === 'read-only',
         };
       });
+    this.fault('publish');
+    const before = this.dp.namespaces.list(h.name).map((u) => `${u.target}/${u.lun}:${u.volume.id}`).join(',');
     this.dp.namespaces.publish(h.name, units);
+    const after = units.map((u) => `${u.target}/${u.lun}:${u.volume.id}`).sort().join(',');
+    if (before.split(',').sort().join(',') !== after) {
+      this.events.emit('namespace.changed', `host/${h.name}`, {
+        host: h.name,
+        units: units.map((u) => ({ target: u.target, lun: u.lun, volume: u.volumeName })),
+      });
+    }
+  }
+
+
+  async stop(): Promise<void> {
+    await this.jobs.stop();
   }
 
   close(): void {
     this.db.close();
   }
+}
+
+/** An operation that failed part-way: its failure edge has been applied; the message says where the volume now is. */
+export function failed(op: string, volume: string, cause: Error, state: string): BlockgateError {
+  return new BlockgateError('OPERATION_FAILED', `${op} of volume '${volume}' failed (${cause.message}); volume is now '${state}'`, {
+    operation: op,
+    volume,
+    state,
+  });
 }
 
 export function parseAddress(s: string): { host: string; port: number } {
