@@ -141,6 +141,7 @@ export class BlockCache {
   private active = 0;
   private timer: NodeJS.Timeout | null = null;
   private dirtyWaiters: (() => void)[] = [];
+  private writebackError: Error | null = null;
   private dirtyBytes = 0;
   private pinnedBytes = 0;
   private readonly counters = {
@@ -373,10 +374,14 @@ export class BlockCache {
   }
 
   async waitDirtyRoom(): Promise<void> {
+    this.writebackError = null;
     while (this.dirtyBytes >= this.dirtyLimit) {
       this.counters.dirtyWaits++;
       this.pump();
       await new Promise<void>((r) => this.dirtyWaiters.push(r));
+      if (this.writebackError) {
+        throw new BlockgateError('IO_ERROR', `write-back is failing, cache is full of dirty data: ${this.writebackError.message}`);
+      }
     }
   }
 
@@ -542,9 +547,17 @@ export class BlockCache {
       for (let i = 1; i < run.length - 1; i++) bufs.push(run[i]!.buf);
       bufs.push(last.buf.subarray(0, last.hi));
     }
+    let a: ArrayFile;
+    try {
+      a = this.arrays(first.arrayId);
+    } catch (err) {
+      // The array was detached under dirty data: nothing left to write it to.
+      for (const b of run) this.drop(b);
+      return Promise.reject(err as Error);
+    }
     const snaps = run.map((b) => b.dirtyGen);
     this.active++;
-    const p = this.route.writev(this.arrays(first.arrayId), bufs, end - pos, pos).then(
+    const p = this.route.writev(a, bufs, end - pos, pos).then(
       () => {
         this.counters.writebacks += run.length;
         this.counters.writebackBytes += end - pos;
@@ -563,7 +576,10 @@ export class BlockCache {
       },
       (err: unknown) => {
         this.counters.writebackErrors++;
+        this.writebackError = err instanceof Error ? err : new Error(String(err));
         for (const b of run) b.writing = null;
+        // Writers waiting for room must hear about it rather than wait forever.
+        for (const w of this.dirtyWaiters.splice(0)) w();
         throw err;
       },
     );
@@ -699,6 +715,13 @@ export class BlockCache {
       waits.push(act());
     }
     await Promise.all(waits);
+  }
+
+  /** Forgets every cached block of an array being detached (write it back first if it matters). */
+  dropArray(arrayId: number): void {
+    for (const m of [this.held, this.lru] as const) {
+      for (const b of [...m.values()]) if (b.arrayId === arrayId && !b.loading && !b.writing) this.drop(b);
+    }
   }
 
   async close(): Promise<void> {

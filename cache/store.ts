@@ -47,6 +47,7 @@ export class BlockStore {
   }
 
   removeArray(id: number): void {
+    this.cache.dropArray(id);
     this.arrays.delete(id);
   }
 
@@ -112,7 +113,13 @@ export class BlockStore {
       if (p) applied.push(p);
     }
     if (applied.length > 0) await Promise.all(applied);
-    await Promise.all(segs.map((g) => this.cache.directWrite(this.getArray(g.arrayId), g.arrayOffset, src, g.requestOffset, g.length)));
+    try {
+      await Promise.all(segs.map((g) => this.cache.directWrite(this.getArray(g.arrayId), g.arrayOffset, src, g.requestOffset, g.length)));
+    } catch (err) {
+      // Cached copies already hold bytes the array refused: drop them so nobody reads what is not there.
+      await Promise.all(segs.map((g) => this.invalidate(g.arrayId, g.arrayOffset, g.length))).catch(() => undefined);
+      throw err;
+    }
     if (fua) await Promise.all([...new Set(segs.map((g) => g.arrayId))].map((id) => this.getArray(id).flush()));
   }
 
