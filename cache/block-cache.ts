@@ -379,9 +379,8 @@ export class BlockCache {
       this.counters.dirtyWaits++;
       this.pump();
       await new Promise<void>((r) => this.dirtyWaiters.push(r));
-      if (this.writebackError) {
-        throw new BlockgateError('IO_ERROR', `write-back is failing, cache is full of dirty data: ${this.writebackError.message}`);
-      }
+      const failed = this.writebackError as Error | null;
+      if (failed) throw new BlockgateError('IO_ERROR', `write-back is failing, cache is full of dirty data: ${failed.message}`);
     }
   }
 
