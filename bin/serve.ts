@@ -4,7 +4,7 @@ import path from 'node:path';
 import { pino, type Logger } from 'pino';
 import { BlockStore } from '../cache/index.js';
 import { buildApi } from '../control-api/index.js';
-import { SimpleEngine } from '../disks/index.js';
+import { PiscinaEngine, makeRoute, type IoRouteName } from '../disks/index.js';
 import { StorageManager, formatAddress, parseAddress, seedDemo } from '../manager/index.js';
 import { Namespaces, NbdServer } from '../target/index.js';
 
@@ -16,6 +16,12 @@ export interface ServeOptions {
   logLevel: string;
   demo: boolean;
   version: string;
+  /** RAM cache size in bytes (pinned and dirty blocks count against it). */
+  cacheSize: number;
+  /** Cache block size in bytes (requests are split on block boundaries). */
+  cacheBlock?: number | undefined;
+  /** Which threads move cache slots to and from the arrays (see docs/engine.md). */
+  ioRoute?: IoRouteName | undefined;
 }
 
 /** Written once everything listens, so scripts and tests learn the real ports (":0" picks free ones). */
@@ -50,14 +56,15 @@ export async function serve(opts: ServeOptions): Promise<void> {
   const nbdAddr = parseAddress(opts.nbd);
   const apiAddr = parseAddress(opts.api);
   const namespaces = new Namespaces();
-  const store = new BlockStore();
+  const store = new BlockStore({ size: opts.cacheSize, blockSize: opts.cacheBlock, route: makeRoute(opts.ioRoute ?? 'libuv') });
   const nbd = new NbdServer(
     { namespaces, store },
     {
       onSession: (e) => log.info({ session: e.kind, host: e.host, listener: e.listener, remote: e.remote, reason: e.reason }, `nbd session ${e.kind}`),
     },
   );
-  const engine = new SimpleEngine((id) => store.getArray(id));
+  // Bulk work gets one worker thread of its own: its bounded share.
+  const engine = new PiscinaEngine((id) => store.getArray(id), { threads: 1, cache: store });
   const manager = await StorageManager.open({ namespaces, store, nbd, engine }, {
     dataDir,
     log,
@@ -96,7 +103,9 @@ export async function serve(opts: ServeOptions): Promise<void> {
     await api.close();
     await manager.stop();
     await nbd.close();
-    await store.flushAll();
+    // Writes back every dirty block and syncs every array before the files close.
+    await store.close();
+    await engine.close();
     for (const a of store.listArrays()) await a.close();
     manager.close();
     await fs.promises.rm(runFile, { force: true });

@@ -1,6 +1,7 @@
 import { BlockgateError } from '../common/errors.js';
 import type { ArrayFile } from '../disks/index.js';
 import type { VolumeLayout } from '../mapper/index.js';
+import { BlockCache, DEFAULT_CACHE_SIZE, type CacheOptions, type CacheStats, type WriteMode } from './block-cache.js';
 
 export type CachePolicy = 'none' | 'write-through' | 'write-back';
 
@@ -34,12 +35,19 @@ export class BlockStore {
   private readonly arrays = new Map<number, ArrayFile>();
   private readonly gates = new Map<number, Gate>();
   private readonly writeHooks = new Map<number, WriteHook>();
+  /** One cache for every volume and connection: keyed by (array, block), so shared bytes have one copy. */
+  readonly cache: BlockCache;
+
+  constructor(opts: Partial<CacheOptions> = {}) {
+    this.cache = new BlockCache((id) => this.getArray(id), { ...opts, size: opts.size ?? DEFAULT_CACHE_SIZE });
+  }
 
   addArray(a: ArrayFile): void {
     this.arrays.set(a.id, a);
   }
 
   removeArray(id: number): void {
+    this.cache.dropArray(id);
     this.arrays.delete(id);
   }
 
@@ -67,38 +75,106 @@ export class BlockStore {
   }
 
   private readNow(vol: VolumeHandle, offset: number, length: number, dest: Buffer): Promise<void> {
-    const pending: Promise<void>[] = [];
+    const cacheable = vol.cachePolicy !== 'none';
+    let pending: Promise<void>[] | null = null;
     vol.layout.forEachSegment(offset, length, (arrayId, arrayOffset, len, at) => {
-      pending.push(this.getArray(arrayId).read(dest, at, len, arrayOffset));
+      const p = this.cache.read(this.getArray(arrayId), arrayOffset, len, dest, at, cacheable);
+      if (p) (pending ??= []).push(p);
     });
-    return pending.length === 1 ? pending[0]! : Promise.all(pending).then(() => undefined);
+    const list = pending as Promise<void>[] | null;
+    if (list === null) return Promise.resolve();
+    return list.length === 1 ? list[0]! : Promise.all(list).then(() => undefined);
   }
 
+  /**
+   * write-back: into the cache, acknowledged once in memory. write-through,
+   * none, and FUA on any policy: cached copies updated first (so a write-back
+   * of older bytes cannot land after ours), then the array written, and with
+   * FUA synced, before the acknowledgement.
+   */
   private async writeNow(vol: VolumeHandle, offset: number, src: Buffer, fua: boolean): Promise<void> {
-    const touched: ArrayFile[] = [];
-    const pending: Promise<void>[] = [];
-    vol.layout.forEachSegment(offset, src.length, (arrayId, arrayOffset, len, at) => {
-      const a = this.getArray(arrayId);
-      touched.push(a);
-      pending.push(a.write(src, at, len, arrayOffset));
-    });
-    await (pending.length === 1 ? pending[0] : Promise.all(pending));
-    if (fua) await Promise.all(touched.map((a) => a.flush()));
+    const policy = vol.cachePolicy;
+    if (policy === 'write-back' && !fua) {
+      if (this.cache.overDirtyLimit) await this.cache.waitDirtyRoom();
+      let pending: Promise<void>[] | null = null;
+      vol.layout.forEachSegment(offset, src.length, (arrayId, arrayOffset, len, at) => {
+        const p = this.cache.write(this.getArray(arrayId), arrayOffset, src, at, len, 'back');
+        if (p) (pending ??= []).push(p);
+      });
+      const list = pending as Promise<void>[] | null;
+      if (list) await (list.length === 1 ? list[0] : Promise.all(list));
+      return;
+    }
+    const mode: WriteMode = policy === 'none' ? 'none' : 'through';
+    const segs = vol.layout.translate(offset, src.length);
+    const applied: Promise<void>[] = [];
+    for (const g of segs) {
+      const p = this.cache.write(this.getArray(g.arrayId), g.arrayOffset, src, g.requestOffset, g.length, mode);
+      if (p) applied.push(p);
+    }
+    if (applied.length > 0) await Promise.all(applied);
+    try {
+      await Promise.all(segs.map((g) => this.cache.directWrite(this.getArray(g.arrayId), g.arrayOffset, src, g.requestOffset, g.length)));
+    } catch (err) {
+      // Cached copies already hold bytes the array refused: drop them so nobody reads what is not there.
+      await Promise.all(segs.map((g) => this.invalidate(g.arrayId, g.arrayOffset, g.length))).catch(() => undefined);
+      throw err;
+    }
+    if (fua) await Promise.all([...new Set(segs.map((g) => g.arrayId))].map((id) => this.getArray(id).flush()));
   }
 
-  /** Every write to this volume completed before the call is durable when it resolves. */
+  /**
+   * FLUSH: every write to this volume completed before the call is on its
+   * arrays and fdatasync'ed when this resolves (dirty blocks of the volume's
+   * arrays are written back first).
+   */
   async flush(vol: VolumeHandle): Promise<void> {
     const ids = new Set(vol.layout.extents.map((e) => e.arrayId));
+    await this.cache.writeBack(ids);
     await Promise.all([...ids].map((id) => this.getArray(id).flush()));
   }
 
+  /** Writes back everything dirty and syncs every array (shutdown, protocol switch). */
   async flushAll(): Promise<void> {
+    await this.cache.writeBack(null);
     await Promise.all(this.listArrays().map((a) => a.flush()));
   }
 
-  /** Drops any cached copy of these array bytes (they were rewritten below the cache). */
-  invalidate(_arrayId: number, _offset: number, _length: number): void {
-    // No cache yet: nothing held above the arrays.
+  /** Writes back dirty cached bytes of an array range (before bulk work reads it below the cache). */
+  async flushRange(arrayId: number, offset: number, length: number): Promise<void> {
+    await this.cache.writeBack(new Set([arrayId]), { offset, length });
+    await this.getArray(arrayId).flush();
+  }
+
+  /**
+   * Drops any cached copy of these array bytes (they were rewritten below
+   * the cache); dirty cached data in the range is discarded. Resolves when
+   * no stale copy can be served.
+   */
+  invalidate(arrayId: number, offset: number, length: number): Promise<void> {
+    const a = this.arrays.get(arrayId);
+    if (!a) return Promise.resolve();
+    return this.cache.invalidate(a, offset, length);
+  }
+
+  /** Keeps the array range in memory until unpinned (refused beyond the cache's pinned share). */
+  pin(arrayId: number, offset: number, length: number): Promise<void> {
+    return this.cache.pin(this.getArray(arrayId), offset, length);
+  }
+
+  unpin(arrayId: number, offset: number, length: number): void {
+    this.cache.unpin(arrayId, offset, length);
+  }
+
+  /** Cache counters for the metrics endpoint. */
+  stats(): CacheStats {
+    return this.cache.stats();
+  }
+
+  /** Shutdown: write back, sync, stop the I/O route. Arrays stay open (the caller closes them). */
+  async close(): Promise<void> {
+    await this.flushAll();
+    await this.cache.close();
   }
 
   // ---- control hooks ------------------------------------------------------

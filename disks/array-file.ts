@@ -41,6 +41,20 @@ export class ArrayFile {
     return this.fd >= 0;
   }
 
+  /** The open descriptor, for worker threads doing I/O on this array (fds are process-wide). */
+  get descriptor(): number {
+    if (this.fd < 0) throw new BlockgateError('IO_ERROR', `array ${this.name} is not open`);
+    return this.fd;
+  }
+
+  /**
+   * Records a write completed outside this object (a worker thread wrote
+   * through `descriptor`), so the next flush() knows it has work to do.
+   */
+  noteWrite(): void {
+    this.writeGen++;
+  }
+
   /** Grows the backing file (never shrinks it). */
   async grow(newSize: number): Promise<void> {
     if (newSize <= this.size) return;
@@ -78,6 +92,43 @@ export class ArrayFile {
       };
       step(0);
     });
+  }
+
+  /**
+   * Reads `length` bytes at `position` into several buffers in order (a run
+   * of cache slots), one preadv for the lot. `cb` gets null or the error.
+   */
+  readv(bufs: readonly NodeJS.ArrayBufferView[], length: number, position: number, cb: (err: Error | null) => void): void {
+    fs.readv(this.fd, bufs, position, (err, n) => {
+      if (err) return cb(ioError('read', this.name, err));
+      if (n < length) return this.finishShort(bufs, n, position, cb, false);
+      cb(null);
+    });
+  }
+
+  /** Writes several buffers in order at `position` (one pwritev), like readv. */
+  writev(bufs: readonly NodeJS.ArrayBufferView[], length: number, position: number, cb: (err: Error | null) => void): void {
+    fs.writev(this.fd, bufs, position, (err, n) => {
+      if (err) return cb(ioError('write', this.name, err));
+      if (n < length) return this.finishShort(bufs, n, position, cb, true);
+      this.writeGen++;
+      cb(null);
+    });
+  }
+
+  /** Completes a short vectored transfer buffer by buffer (rare: signals, file tail). */
+  private finishShort(bufs: readonly NodeJS.ArrayBufferView[], done: number, position: number, cb: (err: Error | null) => void, write: boolean): void {
+    const jobs: Promise<void>[] = [];
+    let at = 0;
+    for (const b of bufs) {
+      const v = Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+      const start = Math.max(0, done - at);
+      if (start < v.length) {
+        jobs.push(write ? this.write(v, start, v.length - start, position + at + start) : this.read(v, start, v.length - start, position + at + start));
+      }
+      at += v.length;
+    }
+    Promise.all(jobs).then(() => cb(null), (e: Error) => cb(e));
   }
 
   /** Makes every write completed before this call durable (fdatasync). */

@@ -1,13 +1,11 @@
 import crypto from 'node:crypto';
 import { BlockgateError } from '../common/errors.js';
 import type { ArrayFile } from './array-file.js';
+import { Piscina } from 'piscina';
+import type { BulkResult, BulkTask } from './bulk-worker.js';
+import { fillPattern, pieces, project, total, type ArrayRange } from './ranges.js';
 
-/** Bytes on one array. A list of ranges is read as one stream, in order. */
-export interface ArrayRange {
-  arrayId: number;
-  offset: number;
-  length: number;
-}
+export type { ArrayRange };
 
 export interface BulkOptions {
   signal?: AbortSignal | undefined;
@@ -36,49 +34,8 @@ export interface Engine {
 
 export const BULK_CHUNK = 1024 * 1024;
 
-const total = (ranges: readonly ArrayRange[]): number => ranges.reduce((s, r) => s + r.length, 0);
-
-/** Splits a stream into chunk-sized pieces, each inside one range. */
-function* pieces(ranges: readonly ArrayRange[], chunk: number): Generator<{ arrayId: number; offset: number; length: number; at: number }> {
-  let at = 0;
-  for (const r of ranges) {
-    for (let o = 0; o < r.length; o += chunk) {
-      const length = Math.min(chunk, r.length - o);
-      yield { arrayId: r.arrayId, offset: r.offset + o, length, at };
-      at += length;
-    }
-  }
-}
-
-/** Maps a stream offset range onto the ranges it covers (for copy targets). */
-function* project(ranges: readonly ArrayRange[], at: number, length: number): Generator<{ arrayId: number; offset: number; length: number; bufOffset: number }> {
-  let base = 0;
-  let done = 0;
-  for (const r of ranges) {
-    if (done === length) return;
-    const end = base + r.length;
-    if (at + done < end) {
-      const within = at + done - base;
-      const n = Math.min(r.length - within, length - done);
-      yield { arrayId: r.arrayId, offset: r.offset + within, length: n, bufOffset: done };
-      done += n;
-    }
-    base = end;
-  }
-}
-
 function checkAbort(signal: AbortSignal | undefined): void {
   if (signal?.aborted) throw new BlockgateError('CONFLICT', 'operation cancelled', { cancelled: true });
-}
-
-function fillPattern(buf: Buffer, pattern: number | Buffer, streamOffset: number): void {
-  if (typeof pattern === 'number') {
-    buf.fill(pattern);
-    return;
-  }
-  // Keep the pattern phase-locked to the stream so any chunk size gives the same bytes.
-  const start = streamOffset % pattern.length;
-  buf.fill(Buffer.concat([pattern.subarray(start), pattern.subarray(0, start)]));
 }
 
 /**
@@ -173,5 +130,115 @@ export class SimpleEngine implements Engine {
 
   private async flushArrays(ranges: readonly ArrayRange[]): Promise<void> {
     for (const id of new Set(ranges.map((r) => r.arrayId))) await this.arrays(id).flush();
+  }
+}
+
+/** The cache as bulk work needs it: write back what it reads, drop what it overwrites. */
+export interface CacheHooks {
+  flushRange(arrayId: number, offset: number, length: number): Promise<void>;
+  invalidate(arrayId: number, offset: number, length: number): Promise<void>;
+}
+
+export interface PiscinaEngineOptions {
+  /** Worker threads for bulk jobs (their bounded share of the machine). Default 1. */
+  threads?: number | undefined;
+  /** Bytes per read or write inside a job. */
+  chunk?: number | undefined;
+  /** When given, sources are written back from the cache first and targets invalidated after. */
+  cache?: CacheHooks | undefined;
+  /** How often onProgress is called while a job runs. */
+  progressMs?: number | undefined;
+}
+
+/**
+ * Bulk work in a small piscina pool of its own: each job runs in one worker
+ * thread with synchronous I/O, so a scrub or copy uses at most `threads`
+ * threads while hosts' I/O keeps the libuv pool (or the I/O route's workers)
+ * and the main thread to itself. Jobs beyond `threads` queue.
+ */
+export class PiscinaEngine implements Engine {
+  private readonly pool: Piscina;
+  private readonly chunk: number;
+  private readonly progressMs: number;
+
+  constructor(
+    private readonly arrays: (id: number) => ArrayFile,
+    private readonly opts: PiscinaEngineOptions = {},
+  ) {
+    const threads = opts.threads ?? 1;
+    this.chunk = opts.chunk ?? BULK_CHUNK;
+    this.progressMs = opts.progressMs ?? 200;
+    this.pool = new Piscina({ filename: new URL('./bulk-worker.js', import.meta.url).href, minThreads: 0, maxThreads: threads, idleTimeout: 30_000 });
+  }
+
+  private fds(...lists: (readonly ArrayRange[])[]): Record<number, number> {
+    const out: Record<number, number> = {};
+    for (const l of lists) for (const r of l) out[r.arrayId] = this.arrays(r.arrayId).descriptor;
+    return out;
+  }
+
+  private async run(task: Omit<BulkTask, 'control' | 'chunk'>, opts: BulkOptions, totalBytes: number, written: readonly (readonly ArrayRange[])[]): Promise<BulkResult & { ok: true }> {
+    checkAbort(opts.signal);
+    const control = new SharedArrayBuffer(16);
+    const flag = new Int32Array(control, 0, 1);
+    const done = new Float64Array(control, 8, 1);
+    const onAbort = (): void => void Atomics.store(flag, 0, 1);
+    opts.signal?.addEventListener('abort', onAbort);
+    const timer = opts.onProgress ? setInterval(() => opts.onProgress!(Math.min(done[0]!, totalBytes), totalBytes), this.progressMs) : null;
+    let r: BulkResult;
+    try {
+      r = (await this.pool.run({ ...task, control, chunk: this.chunk } satisfies BulkTask)) as BulkResult;
+    } finally {
+      opts.signal?.removeEventListener('abort', onAbort);
+      if (timer) clearInterval(timer);
+      // The worker wrote with its own descriptor calls: tell the arrays, and drop stale cached copies.
+      for (const l of written) {
+        for (const id of new Set(l.map((x) => x.arrayId))) this.arrays(id).noteWrite();
+        if (this.opts.cache) for (const x of l) await this.opts.cache.invalidate(x.arrayId, x.offset, x.length);
+      }
+    }
+    if (!r.ok) {
+      if (r.reason === 'cancelled') throw new BlockgateError('CONFLICT', 'operation cancelled', { cancelled: true });
+      if (r.reason === 'mismatch') throw new BlockgateError('IO_ERROR', `verify failed at array ${r.arrayId} offset ${r.offset}`, { arrayId: r.arrayId, offset: r.offset });
+      throw new BlockgateError('IO_ERROR', `bulk ${task.op} failed: ${r.message}`);
+    }
+    opts.onProgress?.(totalBytes, totalBytes);
+    return r;
+  }
+
+  private async flushSources(ranges: readonly ArrayRange[]): Promise<void> {
+    if (this.opts.cache) for (const r of ranges) await this.opts.cache.flushRange(r.arrayId, r.offset, r.length);
+  }
+
+  async scrub(ranges: readonly ArrayRange[], opts: BulkOptions & { pattern?: number | Buffer; verify?: boolean } = {}): Promise<ScrubResult> {
+    const all = total(ranges);
+    const pattern = opts.pattern === undefined || typeof opts.pattern === 'number' ? (opts.pattern ?? 0) : new Uint8Array(opts.pattern);
+    await this.run({ op: 'scrub', fds: this.fds(ranges), ranges: [...ranges], pattern, verify: !!opts.verify }, opts, opts.verify ? 2 * all : all, [ranges]);
+    return { bytes: all, verified: !!opts.verify };
+  }
+
+  async copy(source: readonly ArrayRange[], targets: readonly (readonly ArrayRange[])[], opts: BulkOptions & { verify?: boolean } = {}): Promise<ScrubResult> {
+    const all = total(source);
+    for (const t of targets) {
+      if (total(t) < all) throw new BlockgateError('CONFLICT', `copy target is smaller (${total(t)} bytes) than the source (${all} bytes)`);
+    }
+    await this.flushSources(source);
+    await this.run(
+      { op: 'copy', fds: this.fds(source, ...targets), ranges: [...source], targets: targets.map((t) => [...t]), verify: !!opts.verify },
+      opts,
+      all,
+      targets,
+    );
+    return { bytes: all, verified: !!opts.verify };
+  }
+
+  async checksum(ranges: readonly ArrayRange[], opts: BulkOptions = {}): Promise<string> {
+    await this.flushSources(ranges);
+    const r = await this.run({ op: 'checksum', fds: this.fds(ranges), ranges: [...ranges] }, opts, total(ranges), []);
+    return r.digest!;
+  }
+
+  async close(): Promise<void> {
+    await this.pool.destroy();
   }
 }

@@ -1,3 +1,5 @@
 export { ArrayFile } from './array-file.js';
-export { SimpleEngine, BULK_CHUNK } from './engine.js';
-export type { Engine, ArrayRange, BulkOptions, ScrubResult } from './engine.js';
+export { SimpleEngine, PiscinaEngine, BULK_CHUNK } from './engine.js';
+export type { Engine, ArrayRange, BulkOptions, ScrubResult, CacheHooks, PiscinaEngineOptions } from './engine.js';
+export { LibuvRoute, PiscinaRoute, makeRoute } from './io-route.js';
+export type { IoRoute, IoRouteName } from './io-route.js';

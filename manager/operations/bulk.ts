@@ -160,7 +160,7 @@ export class BulkOperations {
       signal: ctx.signal,
       onProgress: (done) => ctx.progress(start + done, work, { written: start + done }),
     });
-    for (const r of ranges) m.dataPath.store.invalidate(r.arrayId, r.offset, r.length);
+    for (const r of ranges) await m.dataPath.store.invalidate(r.arrayId, r.offset, r.length);
     let verified = false;
     if (ctx.params.verify) {
       // Read back through the engine the whole volume, including what an earlier run wrote.
@@ -214,7 +214,7 @@ export class BulkOperations {
       signal: ctx.signal,
       onProgress: (d, t) => ctx.progress(d, t),
     });
-    for (const t of targets) for (const x of t) m.dataPath.store.invalidate(x.arrayId, x.offset, x.length);
+    for (const t of targets) for (const x of t) await m.dataPath.store.invalidate(x.arrayId, x.offset, x.length);
     const set = m.db.prepare('UPDATE volumes SET image_id = ? WHERE id = ?');
     for (const t of ctx.params.targets) set.run(src.image_id, t.id);
     m.events.emit('volume.copied', `volume/${src.name}`, { source: src.name, targets: ctx.params.targets.map((t) => t.name), verified: r.verified });
@@ -327,7 +327,7 @@ export class BulkOperations {
         onProgress: (d, t) => ctx.progress(d, t),
       }),
     );
-    for (const x of rangesOf(m, v.id, img.size)) m.dataPath.store.invalidate(x.arrayId, x.offset, x.length);
+    for (const x of rangesOf(m, v.id, img.size)) await m.dataPath.store.invalidate(x.arrayId, x.offset, x.length);
     m.db.transaction(() => {
       m.db.prepare('UPDATE volumes SET image_id = ? WHERE id = ?').run(img.id, v.id);
       m.apply(m.volumeById(v.id), 'copy-image', { image: img.name });
@@ -486,7 +486,7 @@ export class BulkOperations {
         this.failEdge(v.id, 'copy-image-failed');
         throw e;
       }
-      for (const x of rangesOf(m, v.id, img.size)) m.dataPath.store.invalidate(x.arrayId, x.offset, x.length);
+      for (const x of rangesOf(m, v.id, img.size)) await m.dataPath.store.invalidate(x.arrayId, x.offset, x.length);
       m.db.transaction(() => {
         m.db.prepare('UPDATE volumes SET image_id = ? WHERE id = ?').run(img.id, v.id);
         m.apply(m.volumeById(v.id), 'copy-image', { image: img.name });
@@ -515,7 +515,7 @@ export class BulkOperations {
     if (v.dirty) {
       const ranges = rangesOf(m, v.id);
       await m.dataPath.engine.scrub(ranges, { pattern: 0, verify: true });
-      for (const r of ranges) m.dataPath.store.invalidate(r.arrayId, r.offset, r.length);
+      for (const r of ranges) await m.dataPath.store.invalidate(r.arrayId, r.offset, r.length);
       m.setDirty(v.id, false);
     }
     m.deallocate(v.name);

@@ -1,0 +1,732 @@
+import { LRUCache } from 'lru-cache';
+import { BlockgateError } from '../common/errors.js';
+import type { ArrayFile } from '../disks/index.js';
+import { LibuvRoute, type IoRoute } from '../disks/index.js';
+import { Slab } from './slab.js';
+
+/**
+ * How a write treats the cache:
+ * - back: the cached copy becomes dirty and is written to the array later;
+ * - through: cached copies are updated (whole blocks are cached clean), the
+ *   caller writes the array itself before acknowledging;
+ * - none: only copies already cached are updated (so every reader stays
+ *   coherent), nothing new is cached; the caller writes the array.
+ */
+export type WriteMode = 'back' | 'through' | 'none';
+
+export interface CacheOptions {
+  /** Bytes of block memory (the bound; pinned and dirty blocks count against it). */
+  size: number;
+  /** Cache block size, a power of two between 4 KiB and 1 MiB. */
+  blockSize?: number | undefined;
+  /** Dirty bytes above which writers wait for write-back. Default size/2. */
+  dirtyLimit?: number | undefined;
+  /** Dirty bytes above which write-back runs flat out. Default dirtyLimit/2. */
+  dirtyBackground?: number | undefined;
+  /** Age after which a dirty block is written back even without pressure. */
+  writebackDelayMs?: number | undefined;
+  /** Write-backs in flight at once (each up to 1 MiB, coalesced from neighbours). */
+  writebackConcurrency?: number | undefined;
+  /** Share of the cache pinned ranges may take. Default 0.5. */
+  maxPinnedFraction?: number | undefined;
+  /** Slot I/O route (libuv pool by default; see docs/engine.md). */
+  route?: IoRoute | undefined;
+}
+
+export interface CacheStats {
+  capacityBytes: number;
+  blockSize: number;
+  cachedBytes: number;
+  dirtyBytes: number;
+  pinnedBytes: number;
+  /** Block lookups served from memory. */
+  hits: number;
+  /** Block lookups that had to go to the array. */
+  misses: number;
+  /** Clean blocks dropped to make room. */
+  evictions: number;
+  /** Blocks written back (a coalesced run counts each block). */
+  writebacks: number;
+  writebackBytes: number;
+  writebackErrors: number;
+  /** Block loads (each a preadv of one or more neighbouring blocks). */
+  loads: number;
+  /** Pieces served straight between the array and the request (policy none, or no free slot). */
+  bypassReads: number;
+  bypassWrites: number;
+  invalidations: number;
+  /** Times a writer waited because dirty bytes were at the limit. */
+  dirtyWaits: number;
+  route: string;
+}
+
+export const DEFAULT_CACHE_SIZE = 512 * 1024 * 1024;
+export const DEFAULT_BLOCK_SIZE = 64 * 1024;
+
+/** Cache keys: array id in the high bits, block index in the low 32 (2^21 arrays, 2^32 blocks each). */
+const KEY_MUL = 2 ** 32;
+const noop = (): void => undefined;
+
+class Block {
+  readonly key: number;
+  readonly arrayId: number;
+  readonly index: number;
+  readonly slot: number;
+  readonly buf: Buffer;
+  /** Cache sequence when the block came into memory (see directWrite). */
+  readonly born: number;
+  /** Set while the slot is being filled from the array; never rejects. */
+  loading: Promise<void> | null = null;
+  /** Set while the slot is being written back; never rejects. */
+  writing: Promise<void> | null = null;
+  dirty = false;
+  /** Dirty byte range inside the block: write-back writes only this. */
+  lo = 0;
+  hi = 0;
+  dirtySince = 0;
+  /** Write generation of the last change, and of the last change known to be on the array. */
+  dirtyGen = 0;
+  cleanGen = 0;
+  pins = 0;
+  inLru = false;
+  gone = false;
+  /** Invalidated while loading: drop when the load lands. */
+  doomed = false;
+
+  constructor(key: number, arrayId: number, index: number, slot: number, buf: Buffer, born: number) {
+    this.key = key;
+    this.arrayId = arrayId;
+    this.index = index;
+    this.slot = slot;
+    this.buf = buf;
+    this.born = born;
+  }
+}
+
+/**
+ * The RAM block cache, keyed by physical location (array, block), so every
+ * volume, host and connection mapping the same array bytes sees one copy.
+ *
+ * Every resident block is in exactly one of two places: `lru` (clean, idle,
+ * unpinned — the only blocks eviction may take) or `held` (loading, dirty,
+ * being written back, or pinned). A resident block is always wholly valid: a
+ * partial write to a block not in memory first loads it (read-modify-write),
+ * so write-back can write any superset of the dirty range.
+ *
+ * Write ordering: changes to a block wait while it loads or is being written
+ * back, so a write-back's bytes never change under it, a load never
+ * overwrites newer data, and a read after an acknowledged write sees it.
+ */
+export class BlockCache {
+  readonly blockSize: number;
+  readonly capacity: number;
+  private readonly shift: number;
+  private readonly slab: Slab;
+  private readonly lru: LRUCache<number, Block>;
+  private readonly held = new Map<number, Block>();
+  /** Dirty blocks in the order they became dirty (oldest first). */
+  private readonly dirty = new Map<number, Block>();
+  private readonly arrays: (id: number) => ArrayFile;
+  readonly route: IoRoute;
+
+  private readonly dirtyLimit: number;
+  private readonly dirtyBackground: number;
+  private readonly delayMs: number;
+  private readonly concurrency: number;
+  private readonly maxPinned: number;
+  private readonly maxRun: number;
+
+  private gen = 0;
+  private seq = 0;
+  private active = 0;
+  private timer: NodeJS.Timeout | null = null;
+  private dirtyWaiters: (() => void)[] = [];
+  private writebackError: Error | null = null;
+  private dirtyBytes = 0;
+  private pinnedBytes = 0;
+  private readonly counters = {
+    hits: 0,
+    misses: 0,
+    evictions: 0,
+    writebacks: 0,
+    writebackBytes: 0,
+    writebackErrors: 0,
+    loads: 0,
+    bypassReads: 0,
+    bypassWrites: 0,
+    invalidations: 0,
+    dirtyWaits: 0,
+  };
+
+  constructor(arrays: (id: number) => ArrayFile, opts: CacheOptions) {
+    const bs = opts.blockSize ?? DEFAULT_BLOCK_SIZE;
+    if (!(bs >= 4096 && bs <= 1 << 20 && (bs & (bs - 1)) === 0)) {
+      throw new BlockgateError('BAD_REQUEST', `cache block size ${bs} must be a power of two from 4K to 1M`);
+    }
+    if (!(opts.size >= bs * 16)) throw new BlockgateError('BAD_REQUEST', `cache size ${opts.size} is too small (at least 16 blocks of ${bs})`);
+    this.blockSize = bs;
+    this.shift = Math.log2(bs);
+    this.arrays = arrays;
+    this.slab = new Slab(opts.size, bs);
+    this.capacity = this.slab.slots * bs;
+    // Never reached on its own (resident blocks never outnumber slots); eviction is explicit, below.
+    this.lru = new LRUCache<number, Block>({ max: this.slab.slots + 1 });
+    this.route = opts.route ?? new LibuvRoute();
+    this.dirtyLimit = Math.max(bs * 4, opts.dirtyLimit ?? Math.floor(this.capacity / 2));
+    this.dirtyBackground = Math.min(this.dirtyLimit, opts.dirtyBackground ?? Math.floor(this.dirtyLimit / 2));
+    this.delayMs = opts.writebackDelayMs ?? 500;
+    this.concurrency = opts.writebackConcurrency ?? 8;
+    this.maxPinned = Math.floor(this.capacity * (opts.maxPinnedFraction ?? 0.5));
+    this.maxRun = Math.max(1, (1 << 20) >> this.shift);
+  }
+
+  stats(): CacheStats {
+    return {
+      capacityBytes: this.capacity,
+      blockSize: this.blockSize,
+      cachedBytes: (this.lru.size + this.held.size) * this.blockSize,
+      dirtyBytes: this.dirtyBytes,
+      pinnedBytes: this.pinnedBytes,
+      ...this.counters,
+      route: this.route.name,
+    };
+  }
+
+  // ---- lookup and placement ---------------------------------------------
+
+  private lookup(key: number): Block | undefined {
+    return this.lru.get(key) ?? this.held.get(key);
+  }
+
+  private peek(key: number): Block | undefined {
+    return this.lru.peek(key) ?? this.held.get(key);
+  }
+
+  /** A slot for a new block: a free one, else the least recently used clean block's. -1 when none. */
+  private takeSlot(): number {
+    const s = this.slab.take();
+    if (s >= 0) return s;
+    const victim = this.lru.pop();
+    if (!victim) return -1;
+    victim.inLru = false;
+    victim.gone = true;
+    this.counters.evictions++;
+    return victim.slot;
+  }
+
+  private newBlock(arrayId: number, index: number): Block | null {
+    const slot = this.takeSlot();
+    if (slot < 0) return null;
+    const b = new Block(arrayId * KEY_MUL + index, arrayId, index, slot, this.slab.view(slot), ++this.seq);
+    this.held.set(b.key, b);
+    return b;
+  }
+
+  /** Moves a block out of eviction's reach. */
+  private hold(b: Block): void {
+    if (b.inLru) {
+      this.lru.delete(b.key);
+      b.inLru = false;
+      this.held.set(b.key, b);
+    }
+  }
+
+  /** Puts an idle clean unpinned block back where eviction can take it. */
+  private settle(b: Block): void {
+    if (b.gone || b.inLru || b.dirty || b.loading || b.writing || b.pins > 0) return;
+    this.held.delete(b.key);
+    this.lru.set(b.key, b);
+    b.inLru = true;
+  }
+
+  private drop(b: Block): void {
+    if (b.gone) return;
+    if (b.inLru) this.lru.delete(b.key);
+    else this.held.delete(b.key);
+    b.inLru = false;
+    if (b.dirty) {
+      b.dirty = false;
+      this.dirty.delete(b.key);
+      this.dirtyBytes -= this.blockSize;
+      this.wakeDirtyWaiters();
+    }
+    if (b.pins > 0) {
+      b.pins = 0;
+      this.pinnedBytes -= this.blockSize;
+    }
+    b.gone = true;
+    this.slab.give(b.slot);
+  }
+
+  // ---- loads ------------------------------------------------------------
+
+  /**
+   * Fills freshly taken blocks (neighbours, in order) from the array with one
+   * vectored read. `then` runs when the bytes are in, before anyone else can
+   * touch the slots. Concurrent readers of these blocks wait on `loading`
+   * and share this one read.
+   */
+  private load(a: ArrayFile, blocks: Block[], then: (() => void) | null): Promise<void> {
+    const bs = this.blockSize;
+    const bufs = blocks.map((b) => b.buf as Uint8Array);
+    this.counters.loads++;
+    const p = this.route.readv(a, bufs, blocks.length * bs, blocks[0]!.index * bs).then(
+      () => {
+        if (then) then();
+        for (const b of blocks) {
+          b.loading = null;
+          if (b.doomed) this.drop(b);
+          else this.settle(b);
+        }
+      },
+      (err: unknown) => {
+        for (const b of blocks) {
+          b.loading = null;
+          this.drop(b);
+        }
+        throw err;
+      },
+    );
+    const shared = p.then(noop, noop);
+    for (const b of blocks) b.loading = shared;
+    return p;
+  }
+
+  // ---- reads ------------------------------------------------------------
+
+  /**
+   * Reads array bytes [pos, pos+len) into dest at dOff. Returns null when
+   * served wholly from memory (no promise on the hit path). With `cacheable`
+   * false (policy none) misses go straight to `dest` and are not kept.
+   */
+  read(a: ArrayFile, pos: number, len: number, dest: Buffer, dOff: number, cacheable: boolean): Promise<void> | null {
+    const bs = this.blockSize;
+    const end = pos + len;
+    const base = a.id * KEY_MUL;
+    let idx = Math.floor(pos / bs);
+    let pending: Promise<void>[] | null = null;
+    let missFrom = -1;
+    for (let start = idx * bs; start < end; idx++, start += bs) {
+      const b = this.lookup(base + idx);
+      if (b === undefined) {
+        if (missFrom < 0) missFrom = idx;
+        continue;
+      }
+      if (missFrom >= 0) {
+        (pending ??= []).push(this.readMisses(a, missFrom, idx, pos, end, dest, dOff, cacheable));
+        missFrom = -1;
+      }
+      const s = start > pos ? start : pos;
+      const e = start + bs < end ? start + bs : end;
+      if (b.loading) {
+        // In-flight miss: share its read, then serve from memory.
+        const retry = (): Promise<void> | undefined => this.read(a, s, e - s, dest, dOff + s - pos, cacheable) ?? undefined;
+        (pending ??= []).push(b.loading.then(retry));
+        continue;
+      }
+      b.buf.copy(dest, dOff + s - pos, s - start, e - start);
+      this.counters.hits++;
+    }
+    if (missFrom >= 0) (pending ??= []).push(this.readMisses(a, missFrom, idx, pos, end, dest, dOff, cacheable));
+    if (pending === null) return null;
+    return pending.length === 1 ? pending[0]! : Promise.all(pending).then(noop);
+  }
+
+  /** Blocks [i0, i1) are not in memory; deliver their part of [pos, end). */
+  private readMisses(a: ArrayFile, i0: number, i1: number, pos: number, end: number, dest: Buffer, dOff: number, cacheable: boolean): Promise<void> {
+    const bs = this.blockSize;
+    this.counters.misses += i1 - i0;
+    const s = Math.max(pos, i0 * bs);
+    const e = Math.min(end, i1 * bs);
+    const blocks: Block[] = [];
+    if (cacheable) {
+      for (let i = i0; i < i1; i++) {
+        const b = this.newBlock(a.id, i);
+        if (!b) break;
+        blocks.push(b);
+      }
+    }
+    if (blocks.length === 0) {
+      this.counters.bypassReads++;
+      return a.read(dest, dOff + s - pos, e - s, s);
+    }
+    const cachedEnd = Math.min(e, (i0 + blocks.length) * bs);
+    const loaded = this.load(a, blocks, () => {
+      // Copy out while the load's completion still owns the slots.
+      for (let p = s; p < cachedEnd; ) {
+        const b = blocks[Math.floor(p / bs) - i0]!;
+        const q = Math.min(cachedEnd, (b.index + 1) * bs);
+        b.buf.copy(dest, dOff + p - pos, p - b.index * bs, q - b.index * bs);
+        p = q;
+      }
+    });
+    if (cachedEnd === e) return loaded;
+    // No slot for the rest (everything else dirty, pinned or busy): read it straight through.
+    this.counters.bypassReads++;
+    return Promise.all([loaded, a.read(dest, dOff + cachedEnd - pos, e - cachedEnd, cachedEnd)]).then(noop);
+  }
+
+  // ---- writes -----------------------------------------------------------
+
+  /** True when write-back writers must wait (call waitDirtyRoom first). */
+  get overDirtyLimit(): boolean {
+    return this.dirtyBytes >= this.dirtyLimit;
+  }
+
+  async waitDirtyRoom(): Promise<void> {
+    this.writebackError = null;
+    while (this.dirtyBytes >= this.dirtyLimit) {
+      this.counters.dirtyWaits++;
+      this.pump();
+      await new Promise<void>((r) => this.dirtyWaiters.push(r));
+      const failed = this.writebackError as Error | null;
+      if (failed) throw new BlockgateError('IO_ERROR', `write-back is failing, cache is full of dirty data: ${failed.message}`);
+    }
+  }
+
+  private wakeDirtyWaiters(): void {
+    if (this.dirtyWaiters.length > 0 && this.dirtyBytes < this.dirtyLimit) for (const w of this.dirtyWaiters.splice(0)) w();
+  }
+
+  /**
+   * Applies src[sOff, sOff+len) to array bytes at pos, per `mode`. Returns
+   * null when done at once. In 'back' mode the write is complete (in memory
+   * or, lacking a slot, on the array) when this settles; in the other modes
+   * the caller then writes the array with directWrite().
+   */
+  write(a: ArrayFile, pos: number, src: Buffer, sOff: number, len: number, mode: WriteMode): Promise<void> | null {
+    const bs = this.blockSize;
+    const end = pos + len;
+    const base = a.id * KEY_MUL;
+    let pending: Promise<void>[] | null = null;
+    for (let idx = Math.floor(pos / bs), start = idx * bs; start < end; idx++, start += bs) {
+      const s = start > pos ? start : pos;
+      const e = start + bs < end ? start + bs : end;
+      const b = this.lookup(base + idx);
+      if (b !== undefined) {
+        const busy = b.loading ?? b.writing;
+        if (busy) {
+          const retry = (): Promise<void> | undefined => this.write(a, s, src, sOff + s - pos, e - s, mode) ?? undefined;
+          (pending ??= []).push(busy.then(retry));
+          continue;
+        }
+        src.copy(b.buf, s - start, sOff + s - pos, sOff + e - pos);
+        if (mode === 'back') this.markDirty(b, s - start, e - start);
+        else if (b.dirty) b.dirtyGen = ++this.gen;
+        this.counters.hits++;
+        continue;
+      }
+      if (mode === 'none') continue;
+      const whole = e - s === bs;
+      if (mode === 'through') {
+        // Keep a clean copy of whole blocks; partial ones would need a read.
+        if (!whole) continue;
+        const nb = this.newBlock(a.id, idx);
+        if (!nb) continue;
+        src.copy(nb.buf, 0, sOff + s - pos, sOff + e - pos);
+        this.settle(nb);
+        continue;
+      }
+      this.counters.misses++;
+      const nb = this.newBlock(a.id, idx);
+      if (!nb) {
+        (pending ??= []).push(this.directWrite(a, s, src, sOff + s - pos, e - s));
+        continue;
+      }
+      if (whole) {
+        src.copy(nb.buf, 0, sOff + s - pos, sOff + e - pos);
+        this.markDirty(nb, 0, bs);
+        continue;
+      }
+      // Partial write to a block not in memory: load it, then apply.
+      const retry = (): Promise<void> | undefined => this.write(a, s, src, sOff + s - pos, e - s, mode) ?? undefined;
+      (pending ??= []).push(this.load(a, [nb], null).then(retry));
+    }
+    if (pending === null) return null;
+    return pending.length === 1 ? pending[0]! : Promise.all(pending).then(noop);
+  }
+
+  /**
+   * Writes src straight to the array (write-through, none, FUA, or no slot).
+   * A block that came into memory while this write was in flight may have
+   * been read from the array before the write landed, so it gets the bytes
+   * again; one still loading is dropped when its load lands.
+   */
+  async directWrite(a: ArrayFile, pos: number, src: Buffer, sOff: number, len: number): Promise<void> {
+    const since = this.seq;
+    this.counters.bypassWrites++;
+    await a.write(src, sOff, len, pos);
+    if (this.seq === since) return;
+    const bs = this.blockSize;
+    const end = pos + len;
+    const base = a.id * KEY_MUL;
+    for (let idx = Math.floor(pos / bs), start = idx * bs; start < end; idx++, start += bs) {
+      const b = this.peek(base + idx);
+      if (!b || b.born <= since) continue;
+      if (b.loading) {
+        b.doomed = true;
+        continue;
+      }
+      if (b.writing) continue;
+      const s = start > pos ? start : pos;
+      const e = start + bs < end ? start + bs : end;
+      src.copy(b.buf, s - start, sOff + s - pos, sOff + e - pos);
+    }
+  }
+
+  private markDirty(b: Block, lo: number, hi: number): void {
+    b.dirtyGen = ++this.gen;
+    if (!b.dirty) {
+      b.dirty = true;
+      b.lo = lo;
+      b.hi = hi;
+      b.dirtySince = Date.now();
+      this.dirtyBytes += this.blockSize;
+      this.dirty.set(b.key, b);
+      this.hold(b);
+      this.kick();
+    } else {
+      if (lo < b.lo) b.lo = lo;
+      if (hi > b.hi) b.hi = hi;
+    }
+  }
+
+  // ---- write-back ---------------------------------------------------------
+
+  private kick(): void {
+    if (this.dirtyBytes >= this.dirtyBackground) this.pump();
+    else if (!this.timer) this.arm(this.delayMs);
+  }
+
+  private arm(ms: number): void {
+    if (this.timer) return;
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      this.pump();
+    }, ms);
+    // Pending write-back must not keep a finished process alive; shutdown flushes explicitly.
+    this.timer.unref();
+  }
+
+  /** Starts write-backs up to the concurrency bound: all of them under pressure, else only aged ones. */
+  private pump(): void {
+    if (this.active >= this.concurrency || this.dirty.size === 0) return;
+    const now = Date.now();
+    for (const b of this.dirty.values()) {
+      if (this.active >= this.concurrency) return;
+      if (this.dirtyBytes < this.dirtyBackground && now - b.dirtySince < this.delayMs) {
+        this.arm(b.dirtySince + this.delayMs - now);
+        return;
+      }
+      if (b.writing || b.loading) continue;
+      this.writeback(b).catch(noop);
+    }
+  }
+
+  /**
+   * Writes a dirty block back, with the dirty neighbours after it (up to
+   * 1 MiB) in the same pwritev. The slots are not copied: writers wait on
+   * `writing` instead.
+   */
+  private writeback(first: Block): Promise<void> {
+    const bs = this.blockSize;
+    const run = [first];
+    for (let k = first.key + 1; run.length < this.maxRun; k++) {
+      const n = this.held.get(k);
+      if (!n || !n.dirty || n.writing || n.loading) break;
+      run.push(n);
+    }
+    const last = run[run.length - 1]!;
+    const pos = first.index * bs + first.lo;
+    const end = last.index * bs + last.hi;
+    const bufs: Uint8Array[] = [];
+    if (run.length === 1) bufs.push(first.buf.subarray(first.lo, first.hi));
+    else {
+      bufs.push(first.buf.subarray(first.lo));
+      for (let i = 1; i < run.length - 1; i++) bufs.push(run[i]!.buf);
+      bufs.push(last.buf.subarray(0, last.hi));
+    }
+    let a: ArrayFile;
+    try {
+      a = this.arrays(first.arrayId);
+    } catch (err) {
+      // The array was detached under dirty data: nothing left to write it to.
+      for (const b of run) this.drop(b);
+      return Promise.reject(err as Error);
+    }
+    const snaps = run.map((b) => b.dirtyGen);
+    this.active++;
+    const p = this.route.writev(a, bufs, end - pos, pos).then(
+      () => {
+        this.counters.writebacks += run.length;
+        this.counters.writebackBytes += end - pos;
+        for (let i = 0; i < run.length; i++) {
+          const b = run[i]!;
+          b.writing = null;
+          b.cleanGen = snaps[i]!;
+          if (!b.gone && b.dirty && b.dirtyGen === snaps[i]) {
+            b.dirty = false;
+            this.dirty.delete(b.key);
+            this.dirtyBytes -= bs;
+          }
+          this.settle(b);
+        }
+        this.wakeDirtyWaiters();
+      },
+      (err: unknown) => {
+        this.counters.writebackErrors++;
+        this.writebackError = err instanceof Error ? err : new Error(String(err));
+        for (const b of run) b.writing = null;
+        // Writers waiting for room must hear about it rather than wait forever.
+        for (const w of this.dirtyWaiters.splice(0)) w();
+        throw err;
+      },
+    );
+    const shared = p.then(noop, noop);
+    for (const b of run) b.writing = shared;
+    void shared.then(() => {
+      this.active--;
+      // Keep going while there is pressure; an error leaves the rest to the next kick or flush.
+      if (this.dirty.size > 0) this.pump();
+    });
+    return p;
+  }
+
+  /** Ensures every change to b up to generation `g` is on the array. */
+  private async ensureClean(b: Block, g: number): Promise<void> {
+    while (!b.gone && b.cleanGen < g) {
+      if (b.writing) await b.writing;
+      else if (b.loading) await b.loading;
+      else if (b.dirty) await this.writeback(b);
+      else return;
+    }
+  }
+
+  /**
+   * Writes back every block dirty now on the given arrays (null: all), and
+   * resolves when they are on the arrays (not yet synced: callers fdatasync).
+   * Changes made after the call are not waited for.
+   */
+  async writeBack(arrayIds: ReadonlySet<number> | null, range?: { offset: number; length: number }): Promise<void> {
+    if (this.dirty.size === 0) return;
+    const need: Block[] = [];
+    const gens: number[] = [];
+    const bs = this.blockSize;
+    for (const b of this.dirty.values()) {
+      if (arrayIds && !arrayIds.has(b.arrayId)) continue;
+      if (range && ((b.index + 1) * bs <= range.offset || b.index * bs >= range.offset + range.length)) continue;
+      need.push(b);
+    }
+    // Ascending order so each write-back picks up its dirty neighbours.
+    need.sort((x, y) => x.key - y.key);
+    for (const b of need) gens.push(b.dirtyGen);
+    await Promise.all(need.map((b, i) => this.ensureClean(b, gens[i]!)));
+  }
+
+  // ---- pinning ------------------------------------------------------------
+
+  /** Loads and pins the blocks covering the range; they are never evicted until unpinned. */
+  async pin(a: ArrayFile, offset: number, length: number): Promise<void> {
+    const bs = this.blockSize;
+    const i0 = Math.floor(offset / bs);
+    const i1 = Math.ceil((offset + length) / bs);
+    let add = 0;
+    for (let i = i0; i < i1; i++) if ((this.peek(a.id * KEY_MUL + i)?.pins ?? 0) === 0) add += bs;
+    if (this.pinnedBytes + add > this.maxPinned) {
+      throw new BlockgateError('NO_SPACE', `pinning ${length} bytes would exceed the pinned share of the cache (${this.maxPinned} bytes)`, {
+        pinnedBytes: this.pinnedBytes,
+        maxPinned: this.maxPinned,
+      });
+    }
+    for (let i = i0; i < i1; i++) {
+      const key = a.id * KEY_MUL + i;
+      for (;;) {
+        let b = this.lookup(key);
+        if (!b) {
+          b = this.newBlock(a.id, i) ?? undefined;
+          if (!b) throw new BlockgateError('NO_SPACE', 'no cache memory free to pin into');
+          await this.load(a, [b], null);
+          continue;
+        }
+        if (b.loading) {
+          await b.loading;
+          continue;
+        }
+        if (b.pins++ === 0) {
+          this.pinnedBytes += bs;
+          this.hold(b);
+        }
+        break;
+      }
+    }
+  }
+
+  unpin(arrayId: number, offset: number, length: number): void {
+    const bs = this.blockSize;
+    for (let i = Math.floor(offset / bs); i < Math.ceil((offset + length) / bs); i++) {
+      const b = this.peek(arrayId * KEY_MUL + i);
+      if (!b || b.pins === 0) continue;
+      if (--b.pins === 0) {
+        this.pinnedBytes -= bs;
+        this.settle(b);
+      }
+    }
+  }
+
+  // ---- invalidation ---------------------------------------------------------
+
+  /**
+   * The array bytes were rewritten below the cache (scrub, copy, unmap):
+   * cached copies are dropped, dirty data in the range is discarded. Blocks
+   * only partly covered that must stay (dirty elsewhere, or pinned) re-read
+   * the covered bytes. A block still loading is dropped when it lands.
+   */
+  async invalidate(a: ArrayFile, offset: number, length: number): Promise<void> {
+    const bs = this.blockSize;
+    const end = offset + length;
+    const waits: Promise<void>[] = [];
+    for (let i = Math.floor(offset / bs); i * bs < end; i++) {
+      const b = this.peek(a.id * KEY_MUL + i);
+      if (!b) continue;
+      this.counters.invalidations++;
+      if (b.loading) {
+        b.doomed = true;
+        continue;
+      }
+      const s = Math.max(offset, i * bs);
+      const e = Math.min(end, (i + 1) * bs);
+      const act = async (): Promise<void> => {
+        while (b.writing || b.loading) await (b.writing ?? b.loading);
+        if (b.gone) return;
+        const whole = e - s === bs;
+        if ((whole || !b.dirty) && b.pins === 0) return this.drop(b);
+        // Keep the block; refresh just the covered bytes.
+        this.hold(b);
+        const fill = a.read(b.buf, s - i * bs, e - s, s);
+        b.loading = fill.then(noop, noop);
+        try {
+          await fill;
+        } finally {
+          b.loading = null;
+          this.settle(b);
+        }
+      };
+      waits.push(act());
+    }
+    await Promise.all(waits);
+  }
+
+  /** Forgets every cached block of an array being detached (write it back first if it matters). */
+  dropArray(arrayId: number): void {
+    for (const m of [this.held, this.lru] as const) {
+      for (const b of [...m.values()]) if (b.arrayId === arrayId && !b.loading && !b.writing) this.drop(b);
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    await this.writeBack(null);
+    await this.route.close();
+  }
+}
