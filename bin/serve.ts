@@ -60,7 +60,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
   await manager.start();
   if (opts.demo && (await seedDemo(manager))) log.info({ op: 'seed' }, 'demo appliance created');
 
-  const nbdPort = await nbd.listenTcp('tcp:shared', nbdAddr.host, nbdAddr.port, () => manager.setting('nbd.default_host') ?? null);
+  const nbdPort = await nbd.listenTcp('tcp:shared', nbdAddr.host, nbdAddr.port, () => manager.setting('nbd.default_host') ?? null, true);
   nbdAddr.port = nbdPort;
   const api = buildApi(manager, { token, logger: log, version: opts.version });
   await api.listen({ host: apiAddr.host, port: apiAddr.port });

@@ -1,2 +1,2 @@
-export { BlockStore } from './store.js';
-export type { VolumeHandle, CachePolicy } from './store.js';
+export { BlockStore, STATE_HOLE, STATE_ZERO } from './store.js';
+export type { VolumeHandle, CachePolicy, StatusExtent, ZeroOptions } from './store.js';

@@ -275,6 +275,7 @@ export class StorageManager {
       if (this.findVolume(opts.name)) throw conflict(`volume '${opts.name}' already exists`);
       const farmId = opts.farm ? this.farm(opts.farm).id : null;
       const extents = opts.layout ? this.placeLayout(opts.size, opts.layout) : this.placeAuto(opts.size, opts.qualityClass);
+      this.resetSpace(extents);
       const t = now();
       // Serial and NAA derive from the never-reused id, so insert first, then name it.
       const id = Number(
@@ -294,6 +295,16 @@ export class StorageManager {
     const v = this.volumeById(id);
     this.log.info({ op: 'volume.create', volume: v.name, size: v.size, extents: this.extentsOf(id).length }, 'volume created');
     return v;
+  }
+
+  /**
+   * Space handed to a volume reads as zeroes until the volume writes it, and
+   * that is durable before the volume exists: a new volume never sees what a
+   * previous owner left there, even after a crash. (Freeing space should call
+   * this too.)
+   */
+  private resetSpace(extents: readonly Extent[]): void {
+    for (const e of extents) this.dp.store.discard(e.arrayId, e.offset, e.length);
   }
 
   serialFor(id: number): string {
