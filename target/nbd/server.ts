@@ -120,8 +120,11 @@ export class NbdServer {
   }
 
   async close(): Promise<void> {
+    // A net.Server's close callback waits for its connections, so stop
+    // accepting first, end the sessions, then wait.
     const keys = [...this.listeners.keys()];
-    await Promise.all(keys.map((k) => this.closeListener(k)));
+    const closing = keys.map((k) => this.closeListener(k));
     for (const s of this.sessions) s.close('server-shutdown');
+    await Promise.all(closing);
   }
 }
