@@ -5,7 +5,7 @@ import { pino, type Logger } from 'pino';
 import { BlockStore } from '../cache/index.js';
 import { buildApi } from '../control-api/index.js';
 import { StorageManager, formatAddress, parseAddress, seedDemo } from '../manager/index.js';
-import { Namespaces, NbdServer } from '../target/index.js';
+import { Namespaces, NbdServer, NbdTlsKeys } from '../target/index.js';
 
 export interface ServeOptions {
   dataDir: string;
@@ -50,13 +50,15 @@ export async function serve(opts: ServeOptions): Promise<void> {
   const apiAddr = parseAddress(opts.api);
   const namespaces = new Namespaces();
   const store = new BlockStore();
+  const tls = new NbdTlsKeys(path.join(dataDir, 'tls'));
+  await tls.load();
   const nbd = new NbdServer(
-    { namespaces, store },
+    { namespaces, store, tls },
     {
       onSession: (e) => log.info({ session: e.kind, host: e.host, listener: e.listener, remote: e.remote, reason: e.reason }, `nbd session ${e.kind}`),
     },
   );
-  const manager = await StorageManager.open({ namespaces, store, nbd }, { dataDir, log, nbdAddress: nbdAddr });
+  const manager = await StorageManager.open({ namespaces, store, nbd, tls }, { dataDir, log, nbdAddress: nbdAddr });
   await manager.start();
   if (opts.demo && (await seedDemo(manager))) log.info({ op: 'seed' }, 'demo appliance created');
 

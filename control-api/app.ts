@@ -42,6 +42,8 @@ const schemas = {
     mode: z.enum(['exclusive', 'shared', 'read-only']).optional(),
     map: z.boolean().default(true),
   }),
+  hostTls: z.strictObject({ requireTls: z.boolean() }),
+  hostPsk: z.strictObject({ key: z.string().regex(/^[0-9a-fA-F]+$/).optional() }),
   nameParam: z.strictObject({ name }),
   idParam: z.strictObject({ id: z.coerce.number().int().positive() }),
 };
@@ -109,6 +111,18 @@ export function buildApi(m: StorageManager, opts: ApiOptions): FastifyInstance {
     const b = schemas.host.parse(req.body);
     const h = await m.createHost(b);
     return reply.code(201).send(m.describeHost(h));
+  });
+
+  // Host TLS identity for NBD (PSK key, require-TLS).
+  app.put('/v1/hosts/:name/tls', async (req) => {
+    const b = schemas.hostTls.parse(req.body);
+    return m.describeHost(m.setHostRequireTls(schemas.nameParam.parse(req.params).name, b.requireTls));
+  });
+  app.post('/v1/hosts/:name/tls/psk', async (req, reply) => {
+    const b = schemas.hostPsk.parse(req.body ?? {});
+    const r = await m.setHostPsk(schemas.nameParam.parse(req.params).name, b.key);
+    // The key is shown this once, in the GnuTLS psk-file form libnbd and qemu read.
+    return reply.code(201).send({ ...r, pskFile: `${r.identity}:${r.key}\n` });
   });
 
   app.get('/v1/bindings', async () => ({ bindings: m.listBindings().map((b) => m.describeBinding(b)) }));

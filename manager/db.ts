@@ -68,6 +68,10 @@ const MIGRATIONS: readonly string[] = [
     UNIQUE (host_id, target, lun)
   );
   `,
+  // 2: a host may insist on TLS for NBD on TCP listeners (its own unix socket stays open).
+  `
+  ALTER TABLE hosts ADD COLUMN require_tls INTEGER NOT NULL DEFAULT 0;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

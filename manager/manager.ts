@@ -6,7 +6,7 @@ import { BlockgateError, badRequest, conflict, notFound } from '../common/errors
 import type { BlockStore, CachePolicy } from '../cache/index.js';
 import { ArrayFile } from '../disks/index.js';
 import { EXTENT_ALIGN, VolumeLayout, allocateExtents, freeExtents, type Extent } from '../mapper/index.js';
-import type { Namespaces, NbdServer, Unit } from '../target/index.js';
+import type { Namespaces, NbdServer, NbdTlsKeys, Unit } from '../target/index.js';
 import { openDb, type Db } from './db.js';
 
 /** The data path as the manager sees it: publish namespaces, attach arrays, manage listeners. */
@@ -14,6 +14,8 @@ export interface DataPath {
   namespaces: Namespaces;
   store: BlockStore;
   nbd: NbdServer;
+  /** TLS identities of the shared NBD listener (PSK keys live in DATA/tls/psk). */
+  tls?: NbdTlsKeys | undefined;
 }
 
 export interface ManagerOptions {
@@ -55,6 +57,7 @@ export interface HostRow {
   protocols: string;
   default_protocol: string;
   nbd_tcp: string | null;
+  require_tls: number;
   created_at: string;
 }
 export interface BindingRow {
@@ -452,6 +455,8 @@ export class StorageManager {
         socket: this.hostSocketPath(h.name),
         tcp: h.nbd_tcp,
         sharedListenerDefault: this.setting('nbd.default_host') === h.name,
+        requireTls: h.require_tls === 1,
+        tlsPsk: this.dp.tls?.hasPsk(h.name) ?? false,
       },
       units: this.bindingsOfHost(h.id).filter((b) => b.mapped).length,
       createdAt: h.created_at,
@@ -595,6 +600,42 @@ export class StorageManager {
         };
       });
     this.dp.namespaces.publish(h.name, units);
+    this.dp.namespaces.setRequireTls(h.name, h.require_tls === 1);
+  }
+
+  // ---- host TLS identity (NBD) -------------------------------------------
+
+  /**
+   * Requires TLS for a host on TCP listeners: plaintext INFO/GO there gets
+   * NBD_REP_ERR_TLS_REQD. The host's own unix socket is left as it is (its
+   * file permissions already prove the host).
+   */
+  setHostRequireTls(name: string, required: boolean): HostRow {
+    const h = this.host(name);
+    this.db.prepare('UPDATE hosts SET require_tls = ? WHERE id = ?').run(required ? 1 : 0, h.id);
+    this.dp.namespaces.setRequireTls(h.name, required);
+    this.log.info({ op: 'host.tls', host: h.name, requireTls: required }, 'host TLS requirement changed');
+    return this.hostById(h.id);
+  }
+
+  /**
+   * Sets (or generates) a host's TLS pre-shared key; the PSK identity is the
+   * host name. The key file is written first (0600), then the listener uses
+   * it. Returns the key once, for the host's psk file.
+   */
+  async setHostPsk(name: string, keyHex?: string): Promise<{ identity: string; key: string }> {
+    const h = this.host(name);
+    const tls = this.dp.tls;
+    if (!tls) throw new BlockgateError('NOT_SUPPORTED', 'TLS is not configured on this appliance');
+    if (keyHex !== undefined && !/^(?:[0-9a-fA-F]{2}){16,64}$/.test(keyHex)) throw badRequest('key must be 16 to 64 bytes of hex');
+    const key = keyHex !== undefined ? Buffer.from(keyHex, 'hex') : crypto.randomBytes(32);
+    const file = path.join(tls.pskDir, `${h.name}.key`);
+    await fs.promises.mkdir(tls.pskDir, { recursive: true, mode: 0o700 });
+    await fs.promises.writeFile(`${file}.tmp`, `${key.toString('hex')}\n`, { mode: 0o600 });
+    await fs.promises.rename(`${file}.tmp`, file);
+    tls.setPsk(h.name, key);
+    this.log.info({ op: 'host.psk', host: h.name }, 'host TLS key set');
+    return { identity: h.name, key: key.toString('hex') };
   }
 
   close(): void {

@@ -530,7 +530,7 @@ export class NbdConnection {
       secure.off('error', fail);
       secure.off('close', fail);
       const who = tlsConf.identify(secure);
-      if (!who) return this.close('tls-refused');
+      if (!who || !this.backend.namespaces.hasHost(who)) return this.close('tls-refused');
       // Everything negotiated in plaintext is forgotten, as the spec requires.
       this.hostName = who;
       this.tlsActive = true;
