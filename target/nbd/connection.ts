@@ -101,6 +101,7 @@ const BASE_ALLOCATION_ID = 1;
 const BASE_ALLOCATION = 'base:allocation';
 /** Past this many runs, a sparse READ sends the rest as data rather than more chunks. */
 const MAX_READ_CHUNKS = 64;
+const TLS_HANDSHAKE_TIMEOUT_MS = 30_000;
 
 /**
  * One NBD session, from greeting to close. Input is parsed in place from the
@@ -524,9 +525,13 @@ export class NbdConnection {
     }
     this.socket = secure;
     const fail = (): void => this.close('tls-refused');
+    // A client that starts TLS and then says nothing must not hold the session forever.
+    const timer = setTimeout(fail, TLS_HANDSHAKE_TIMEOUT_MS);
+    timer.unref();
     secure.once('error', fail);
     secure.once('close', fail);
     secure.once('secure', () => {
+      clearTimeout(timer);
       secure.off('error', fail);
       secure.off('close', fail);
       const who = tlsConf.identify(secure);

@@ -206,3 +206,53 @@ t.test('option handling: unknown, too long, flood, bad magic', async (t) => {
   t.ok(await m.closed(), 'bad request magic disconnects');
   t.equal((await (await connect()).open('0/0')).size, 256n * BigInt(MiB), 'server still serves');
 });
+
+t.test('a whole session sent one byte per segment parses the same', async (t) => {
+  const c = await connect();
+  const g = await c.reader.read(18);
+  t.equal(g.toString('latin1', 0, 8), 'NBDMAGIC');
+  const parts: Buffer[] = [];
+  const cf = Buffer.alloc(4);
+  cf.writeUInt32BE(3);
+  parts.push(cf);
+  const opt = (o: number, d: Buffer): Buffer => {
+    const h = Buffer.alloc(16);
+    h.write('IHAVEOPT', 0, 'latin1');
+    h.writeUInt32BE(o, 8);
+    h.writeUInt32BE(d.length, 12);
+    return Buffer.concat([h, d]);
+  };
+  parts.push(opt(OPT.STRUCTURED_REPLY, Buffer.alloc(0)));
+  parts.push(opt(OPT.SET_META_CONTEXT, WireClient.metaRequest('0/0', ['base:allocation'])));
+  parts.push(opt(OPT.GO, WireClient.infoRequest('0/0', [3])));
+  const req = (type: number, off: number, len: number, payload?: Buffer): Buffer => {
+    const h = Buffer.alloc(28);
+    h.writeUInt32BE(0x25609513, 0);
+    h.writeUInt16BE(type, 6);
+    h.writeBigUInt64BE(BigInt(type + 100), 8);
+    h.writeBigUInt64BE(BigInt(off), 16);
+    h.writeUInt32BE(len, 24);
+    return payload ? Buffer.concat([h, payload]) : h;
+  };
+  const data = Buffer.alloc(1500);
+  for (let i = 0; i < data.length; i++) data[i] = (i * 13) & 0xff;
+  parts.push(req(CMD.WRITE, 40 * MiB + 100, data.length, data));
+  const all = Buffer.concat(parts);
+  for (let i = 0; i < all.length; i++) {
+    c.sock.write(all.subarray(i, i + 1));
+    if (i % 64 === 0) await new Promise((r) => setImmediate(r));
+  }
+  const types: number[] = [];
+  for (;;) {
+    const r = await c.optionReply();
+    types.push(r.type);
+    if (r.option === OPT.GO && r.type === REP.ACK) break;
+  }
+  t.same(types.filter((x) => x === REP.META_CONTEXT).length, 1, 'context selected');
+  const w = await c.reply();
+  t.equal(w.error, 0, 'split write acknowledged');
+  c.structured = true;
+  const back = WireClient.readBytes(await c.request(CMD.READ, 40 * MiB + 100, data.length, FLAG.DF), 40 * MiB + 100, data.length);
+  t.ok(back.equals(data), 'the write landed intact');
+  c.destroy();
+});
