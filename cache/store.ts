@@ -144,6 +144,9 @@ BlockStore.prototype.blockStatus = function blockStatus(this: BlockStore, vol, o
 
 /** True when the whole range holds data (a READ can be one OFFSET_DATA chunk). */
 BlockStore.prototype.allData = function allData(this: BlockStore, vol, offset, length) {
+  // Every structured READ asks this: skip the segment walk for single-extent volumes.
+  const ex = vol.layout.extents;
+  if (ex.length === 1 && vol.layout.inRange(offset, length)) return this.getArray(ex[0]!.arrayId).alloc.allData(ex[0]!.offset + offset, length);
   let all = true;
   vol.layout.forEachSegment(offset, length, (arrayId, arrayOffset, len) => {
     if (all && !this.getArray(arrayId).alloc.allData(arrayOffset, len)) all = false;
