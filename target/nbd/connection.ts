@@ -102,6 +102,7 @@ const BASE_ALLOCATION = 'base:allocation';
 /** Past this many runs, a sparse READ sends the rest as data rather than more chunks. */
 const MAX_READ_CHUNKS = 64;
 const TLS_HANDSHAKE_TIMEOUT_MS = 30_000;
+const FINISH_GRACE_MS = 2_000;
 
 /**
  * One NBD session, from greeting to close. Input is parsed in place from the
@@ -386,8 +387,8 @@ export class NbdConnection {
         return this.optExportName(data);
       case OPT.ABORT:
         this.optionReply(option, REP.ACK);
-        this.socket.end();
         this.closeReason = 'abort';
+        this.finish();
         return;
       case OPT.LIST:
         return this.optList(data);
@@ -822,8 +823,21 @@ export class NbdConnection {
   private maybeFinishDisconnect(): void {
     if (this.disconnecting && this.inflight === 0 && this.mode !== Mode.Closed) {
       this.uncork();
-      this.socket.end();
+      this.finish();
     }
+  }
+
+  /**
+   * Ends the session politely (FIN after the last reply), but does not wait
+   * for the client's FIN forever: a client that keeps sending after DISC or
+   * ABORT, into a socket we no longer read, would otherwise hold it open.
+   */
+  private finish(): void {
+    this.socket.end();
+    const sock = this.socket;
+    setTimeout(() => {
+      if (!sock.destroyed) this.close(this.closeReason ?? 'client-disconnect');
+    }, FINISH_GRACE_MS).unref();
   }
 
   private replyOk(cookieHi: number, cookieLo: number): void {

@@ -65,3 +65,21 @@ t.test('a write whose payload never comes holds one request, and its connection 
   t.equal((await ok.request(CMD.READ, 0, 4096)).error, 0);
   ok.destroy();
 });
+
+t.test('a client that keeps sending after DISC without reading is dropped', async (t) => {
+  const s = await startServer(t);
+  const w = await (await WireClient.connect({ path: s.socket('demo') })).open('0/0');
+  w.sock.removeAllListeners('data');
+  w.sock.pause();
+  w.send(CMD.DISC, 0, 0);
+  // 64 MiB nobody will read: the server must not wait for this client's FIN forever.
+  for (let i = 0; i < 64; i++) w.sock.write(Buffer.alloc(MiB, 0x25));
+  const closed = await new Promise<boolean>((resolve) => {
+    const timer = setTimeout(() => resolve(false), 30_000);
+    w.sock.once('close', () => {
+      clearTimeout(timer);
+      resolve(true);
+    });
+  });
+  t.ok(closed, 'the server closed the connection');
+});
