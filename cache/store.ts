@@ -1,5 +1,5 @@
 import { BlockgateError } from '../common/errors.js';
-import type { ArrayFile } from '../disks/index.js';
+import { AllocState, type ArrayFile } from '../disks/index.js';
 import type { VolumeLayout } from '../mapper/index.js';
 
 export type CachePolicy = 'none' | 'write-through' | 'write-back';
@@ -92,7 +92,8 @@ export interface ZeroOptions {
   fua: boolean;
 }
 
-const flagsOf = (state: number): number => (state === 2 ? 0 : state === 1 ? STATE_ZERO : STATE_HOLE | STATE_ZERO);
+const flagsOf = (state: AllocState): number =>
+  state === AllocState.Data ? 0 : state === AllocState.Zero ? STATE_ZERO : STATE_HOLE | STATE_ZERO;
 
 export interface BlockStore {
   trim(vol: VolumeHandle, offset: number, length: number, fua: boolean): Promise<void>;

@@ -62,6 +62,7 @@ export class AllocationMap {
   private readonly pending = new Map<number, Promise<void>>();
   /** Serialises page writes so they land in snapshot order. */
   private chain: Promise<void> = Promise.resolve();
+  private handle: fs.promises.FileHandle | null = null;
 
   private constructor(path: string, blocks: number) {
     this.path = path;
@@ -110,8 +111,6 @@ export class AllocationMap {
     }
     return m;
   }
-
-  private handle: fs.promises.FileHandle | null = null;
 
   private async writeHeader(h: fs.promises.FileHandle): Promise<void> {
     const head = Buffer.alloc(HEADER);
