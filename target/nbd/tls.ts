@@ -52,8 +52,16 @@ export class NbdTlsKeys implements NbdTls {
     }
     const read = (name: string): Promise<Buffer | undefined> => fs.promises.readFile(path.join(this.dir, name)).catch(() => undefined);
     const [cert, key, ca] = await Promise.all([read('server-cert.pem'), read('server-key.pem'), read('ca-cert.pem')]);
-    this.ca = ca ? new crypto.X509Certificate(ca) : null;
-    this.context = tls.createSecureContext({
+    try {
+      this.ca = ca ? new crypto.X509Certificate(ca) : null;
+      this.context = this.buildContext(cert, key, ca);
+    } catch (e) {
+      throw new Error(`cannot load the NBD TLS certificates in ${this.dir}: ${(e as Error).message}`);
+    }
+  }
+
+  private buildContext(cert: Buffer | undefined, key: Buffer | undefined, ca: Buffer | undefined): tls.SecureContext {
+    return tls.createSecureContext({
       ...(cert && key ? { cert, key } : {}),
       ...(ca ? { ca } : {}),
       minVersion: 'TLSv1.2',
