@@ -6,7 +6,7 @@ import { BlockStore } from '../cache/index.js';
 import { buildApi } from '../control-api/index.js';
 import { PiscinaEngine, makeRoute, type IoRouteName } from '../disks/index.js';
 import { StorageManager, formatAddress, parseAddress, seedDemo } from '../manager/index.js';
-import { Namespaces, NbdServer } from '../target/index.js';
+import { Namespaces, NbdServer, NbdTlsKeys } from '../target/index.js';
 
 export interface ServeOptions {
   dataDir: string;
@@ -57,15 +57,17 @@ export async function serve(opts: ServeOptions): Promise<void> {
   const apiAddr = parseAddress(opts.api);
   const namespaces = new Namespaces();
   const store = new BlockStore({ size: opts.cacheSize, blockSize: opts.cacheBlock, route: makeRoute(opts.ioRoute ?? 'libuv') });
+  const tls = new NbdTlsKeys(path.join(dataDir, 'tls'));
+  await tls.load();
   const nbd = new NbdServer(
-    { namespaces, store },
+    { namespaces, store, tls },
     {
       onSession: (e) => log.info({ session: e.kind, host: e.host, listener: e.listener, remote: e.remote, reason: e.reason }, `nbd session ${e.kind}`),
     },
   );
   // Bulk work gets one worker thread of its own: its bounded share.
   const engine = new PiscinaEngine((id) => store.getArray(id), { threads: 1, cache: store });
-  const manager = await StorageManager.open({ namespaces, store, nbd, engine }, {
+  const manager = await StorageManager.open({ namespaces, store, nbd, engine, tls }, {
     dataDir,
     log,
     nbdAddress: nbdAddr,
@@ -75,7 +77,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
   await manager.start();
   if (opts.demo && (await seedDemo(manager))) log.info({ op: 'seed' }, 'demo appliance created');
 
-  const nbdPort = await nbd.listenTcp('tcp:shared', nbdAddr.host, nbdAddr.port, () => manager.setting('nbd.default_host') ?? null);
+  const nbdPort = await nbd.listenTcp('tcp:shared', nbdAddr.host, nbdAddr.port, () => manager.setting('nbd.default_host') ?? null, true);
   nbdAddr.port = nbdPort;
   const api = buildApi(manager, { token, logger: log, version: opts.version });
   await api.listen({ host: apiAddr.host, port: apiAddr.port });

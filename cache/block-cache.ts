@@ -1,7 +1,7 @@
 import { LRUCache } from 'lru-cache';
 import { BlockgateError } from '../common/errors.js';
 import type { ArrayFile } from '../disks/index.js';
-import { LibuvRoute, type IoRoute } from '../disks/index.js';
+import { ALLOC_BLOCK, LibuvRoute, type IoRoute } from '../disks/index.js';
 import { Slab } from './slab.js';
 
 /**
@@ -537,14 +537,18 @@ export class BlockCache {
       run.push(n);
     }
     const last = run[run.length - 1]!;
-    const pos = first.index * bs + first.lo;
-    const end = last.index * bs + last.hi;
+    // Whole allocation blocks only: the array marks what it is given as data,
+    // and every byte of a resident block is valid, so widening is free.
+    const lo = first.lo - (first.lo % ALLOC_BLOCK);
+    const hi = Math.min(bs, Math.ceil(last.hi / ALLOC_BLOCK) * ALLOC_BLOCK);
+    const pos = first.index * bs + lo;
+    const end = last.index * bs + hi;
     const bufs: Uint8Array[] = [];
-    if (run.length === 1) bufs.push(first.buf.subarray(first.lo, first.hi));
+    if (run.length === 1) bufs.push(first.buf.subarray(lo, hi));
     else {
-      bufs.push(first.buf.subarray(first.lo));
+      bufs.push(first.buf.subarray(lo));
       for (let i = 1; i < run.length - 1; i++) bufs.push(run[i]!.buf);
-      bufs.push(last.buf.subarray(0, last.hi));
+      bufs.push(last.buf.subarray(0, hi));
     }
     let a: ArrayFile;
     try {
@@ -714,6 +718,39 @@ export class BlockCache {
       waits.push(act());
     }
     await Promise.all(waits);
+  }
+
+  /** Whether any cached block of the array range is dirty (holds bytes newer than the array's). */
+  hasDirty(arrayId: number, offset: number, length: number): boolean {
+    if (this.dirty.size === 0 || length <= 0) return false;
+    const bs = this.blockSize;
+    const base = arrayId * KEY_MUL;
+    const last = Math.floor((offset + length - 1) / bs);
+    for (let i = Math.floor(offset / bs); i <= last; i++) if (this.dirty.has(base + i)) return true;
+    return false;
+  }
+
+  /** The dirty byte span [lo, hi) inside block `index` of the array, or null when the block is not dirty. */
+  dirtySpan(arrayId: number, index: number): [number, number] | null {
+    const b = this.dirty.get(arrayId * KEY_MUL + index);
+    return b ? [b.lo, b.hi] : null;
+  }
+
+  /**
+   * Forgets cached copies of a range whose owner changed (space handed to a
+   * new volume). Synchronous: by then the space belongs to nobody, so nothing
+   * is dirty or being written there; a block still loading is dropped when
+   * its load lands.
+   */
+  forget(arrayId: number, offset: number, length: number): void {
+    const bs = this.blockSize;
+    const base = arrayId * KEY_MUL;
+    for (let i = Math.floor(offset / bs); i * bs < offset + length; i++) {
+      const b = this.peek(base + i);
+      if (!b) continue;
+      if (b.loading) b.doomed = true;
+      else if (!b.writing) this.drop(b);
+    }
   }
 
   /** Forgets every cached block of an array being detached (write it back first if it matters). */

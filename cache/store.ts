@@ -1,5 +1,5 @@
 import { BlockgateError } from '../common/errors.js';
-import type { ArrayFile } from '../disks/index.js';
+import { ALLOC_BLOCK, AllocState, type ArrayFile } from '../disks/index.js';
 import type { VolumeLayout } from '../mapper/index.js';
 import { BlockCache, DEFAULT_CACHE_SIZE, type CacheOptions, type CacheStats, type WriteMode } from './block-cache.js';
 
@@ -14,6 +14,27 @@ export interface VolumeHandle {
 
 /** Runs before a write lands (copy-on-write snapshots copy the old bytes out here). */
 export type WriteHook = (offset: number, length: number) => Promise<void>;
+
+/** base:allocation flags, as NBD defines them. */
+export const STATE_HOLE = 1;
+export const STATE_ZERO = 2;
+
+/** One run of a volume's allocation status, in volume bytes. */
+export interface StatusExtent {
+  length: number;
+  flags: number;
+}
+
+export interface ZeroOptions {
+  /** Keep the blocks allocated (NBD NO_HOLE): report ZERO, not HOLE|ZERO. */
+  noHole: boolean;
+  /** Refuse with NOT_SUPPORTED rather than write zero bytes (NBD FAST_ZERO). */
+  fast: boolean;
+  fua: boolean;
+}
+
+const flagsOf = (state: AllocState): number =>
+  state === AllocState.Data ? 0 : state === AllocState.Zero ? STATE_ZERO : STATE_HOLE | STATE_ZERO;
 
 /** Per-volume I/O gate: counts requests in flight and can hold new ones (quiesce). */
 interface Gate {
@@ -175,6 +196,148 @@ export class BlockStore {
   async close(): Promise<void> {
     await this.flushAll();
     await this.cache.close();
+  }
+
+  // ---- allocation: TRIM, WRITE_ZEROES, BLOCK_STATUS, CACHE -------------------
+  //
+  // The arrays' allocation maps (disks/allocation.ts) say which blocks hold
+  // data on the file; dirty cached blocks hold data the map does not know
+  // about yet, so every question about holes asks both.
+
+  /** TRIM: whole allocation blocks become holes (partial ones are left: TRIM is a hint). */
+  trim(vol: VolumeHandle, offset: number, length: number, fua: boolean): Promise<void> {
+    return this.modify(vol, offset, length, async (segs) => {
+      for (const [a, off, len] of segs) a.trim(off, len);
+      if (fua) await Promise.all([...new Set(segs.map((x) => x[0]))].map((a) => a.flush()));
+    });
+  }
+
+  /** WRITE_ZEROES: blocks become ZERO (noHole) or holes; partial data blocks get zero bytes. */
+  writeZeroes(vol: VolumeHandle, offset: number, length: number, opts: ZeroOptions): Promise<void> {
+    return this.modify(vol, offset, length, async (segs) => {
+      await Promise.all(segs.map(([a, off, len]) => a.writeZeroes(off, len, opts.noHole, opts.fast)));
+      if (opts.fua) await Promise.all([...new Set(segs.map((x) => x[0]))].map((a) => a.flush()));
+    });
+  }
+
+  /**
+   * Runs a map-changing command like a write (gated, after the snapshot hook),
+   * with the cache out of its way: dirty bytes of the range are written back
+   * first (so no later write-back lands over the change) and cached copies
+   * are dropped after (so none is served over it).
+   */
+  private modify(vol: VolumeHandle, offset: number, length: number, change: (segs: [ArrayFile, number, number][]) => Promise<void>): Promise<void> {
+    const segs: [ArrayFile, number, number][] = [];
+    vol.layout.forEachSegment(offset, length, (arrayId, arrayOffset, len) => segs.push([this.getArray(arrayId), arrayOffset, len]));
+    const run = async (): Promise<void> => {
+      const hook = this.writeHooks.get(vol.id);
+      if (hook) await hook(offset, length);
+      for (const [a, off, len] of segs) await this.cache.writeBack(new Set([a.id]), { offset: off, length: len });
+      try {
+        await change(segs);
+      } finally {
+        await Promise.all(segs.map(([a, off, len]) => this.cache.invalidate(a, off, len)));
+      }
+    };
+    const gate = this.gates.get(vol.id);
+    return gate ? this.gated(gate, run) : run();
+  }
+
+  /**
+   * Allocation status of [offset, offset+length): equal neighbours merged, at
+   * most `maxExtents` runs (the last may end before the range does; the caller
+   * reports what it got). Dirty cached blocks count as data.
+   */
+  blockStatus(vol: VolumeHandle, offset: number, length: number, maxExtents: number): StatusExtent[] {
+    const out: StatusExtent[] = [];
+    let full = false;
+    const add = (runLen: number, flags: number): void => {
+      if (full) return;
+      const last = out[out.length - 1];
+      if (last && last.flags === flags) last.length += runLen;
+      else if (out.length < maxExtents) out.push({ length: runLen, flags });
+      else full = true;
+    };
+    vol.layout.forEachSegment(offset, length, (arrayId, arrayOffset, len) => {
+      if (!full) this.segmentRuns(arrayId, arrayOffset, len, add);
+    });
+    return out;
+  }
+
+  /**
+   * Allocation runs of one array range as a reader sees it: the map's, except
+   * where a dirty cached block holds newer bytes (its dirty span, widened to
+   * allocation blocks, is data; the rest of the block was loaded as the map says).
+   */
+  private segmentRuns(arrayId: number, offset: number, length: number, add: (len: number, flags: number) => void): void {
+    const a = this.getArray(arrayId);
+    const end = offset + length;
+    if (!this.cache.hasDirty(arrayId, offset, length)) {
+      a.allocationRuns(offset, length, (_off, runLen, state) => add(runLen, flagsOf(state)));
+      return;
+    }
+    const bs = this.cache.blockSize;
+    const mapRuns = (from: number, to: number): void => {
+      if (to > from) a.allocationRuns(from, to - from, (_off, runLen, state) => add(runLen, flagsOf(state)));
+    };
+    for (let pos = offset; pos < end; ) {
+      const index = Math.floor(pos / bs);
+      const next = Math.min(end, (index + 1) * bs);
+      const span = this.cache.dirtySpan(arrayId, index);
+      if (!span) mapRuns(pos, next);
+      else {
+        const lo = Math.max(pos, index * bs + span[0] - (span[0] % ALLOC_BLOCK));
+        const hi = Math.min(next, index * bs + Math.ceil(span[1] / ALLOC_BLOCK) * ALLOC_BLOCK);
+        mapRuns(pos, Math.min(lo, next));
+        if (hi > lo) add(hi - lo, 0);
+        mapRuns(Math.max(hi, pos), next);
+      }
+      pos = next;
+    }
+  }
+
+  /** True when the whole range holds data (a READ can be one OFFSET_DATA chunk, no hole chunks). */
+  allData(vol: VolumeHandle, offset: number, length: number): boolean {
+    // Every structured READ asks this: skip the segment walk for single-extent volumes.
+    const ex = vol.layout.extents;
+    if (ex.length === 1 && vol.layout.inRange(offset, length)) return this.dataIn(ex[0]!.arrayId, ex[0]!.offset + offset, length);
+    let all = true;
+    vol.layout.forEachSegment(offset, length, (arrayId, arrayOffset, len) => {
+      if (all && !this.dataIn(arrayId, arrayOffset, len)) all = false;
+    });
+    return all;
+  }
+
+  /** Data as far as a reader can tell: on the file per the map, or newer in a dirty cached block. */
+  private dataIn(arrayId: number, offset: number, length: number): boolean {
+    if (this.getArray(arrayId).alloc.allData(offset, length)) return true;
+    if (!this.cache.hasDirty(arrayId, offset, length)) return false;
+    let all = true;
+    this.segmentRuns(arrayId, offset, length, (_len, flags) => {
+      if (flags !== 0) all = false;
+    });
+    return all;
+  }
+
+  /** CACHE: reads the range's data blocks through, 1 MiB at a time, so the next read is served warm. */
+  async prefetch(vol: VolumeHandle, offset: number, length: number): Promise<void> {
+    const CHUNK = 1024 * 1024;
+    const scratch = Buffer.allocUnsafe(Math.min(CHUNK, length));
+    for (let pos = offset; pos < offset + length; pos += CHUNK) {
+      const n = Math.min(CHUNK, offset + length - pos);
+      if (!this.allData(vol, pos, n) && this.blockStatus(vol, pos, n, 2).every((e) => e.flags & STATE_ZERO)) continue;
+      await this.read(vol, pos, n, scratch.subarray(0, n));
+    }
+  }
+
+  /**
+   * Space (re)allocated to a volume or freed: reads as zeroes from now on, and
+   * that is durable when this returns. Cached copies of the old owner's bytes
+   * go too. Control path only (it blocks briefly).
+   */
+  discard(arrayId: number, offset: number, length: number): void {
+    this.cache.forget(arrayId, offset, length);
+    this.getArray(arrayId).discardSync(offset, length);
   }
 
   // ---- control hooks ------------------------------------------------------

@@ -237,6 +237,15 @@ export function buildApi(m: StorageManager, opts: ApiOptions): FastifyInstance {
     job(m.bulk.activate({ ...body, host: params.name })),
   );
 
+  // Host TLS identity for NBD (PSK key, require-TLS).
+  r.add('PUT', '/v1/hosts/:name/tls', { summary: 'Require (or stop requiring) TLS for the host on TCP NBD listeners', tag: 'hosts', params: S.nameParam, body: S.hostTls }, ({ params, body }) =>
+    m.describeHost(m.setHostRequireTls(params.name, body.requireTls)),
+  );
+  r.add('POST', '/v1/hosts/:name/tls/psk', { summary: "Set or generate the host's TLS pre-shared key (shown once, as a psk file line)", tag: 'hosts', params: S.nameParam, body: S.hostPsk, status: 201 }, async ({ params, body }) => {
+    const k = await m.setHostPsk(params.name, body.key);
+    return { ...k, pskFile: `${k.identity}:${k.key}\n` };
+  });
+
   // ---- bindings
   r.add('GET', '/v1/bindings', { summary: 'List bindings', tag: 'bindings' }, () => ({ bindings: m.listBindings().map((b) => m.describeBinding(b)) }));
   r.add('GET', '/v1/bindings/:id', { summary: 'One binding', tag: 'bindings', params: S.idParam }, ({ params }) => m.describeBinding(m.binding(params.id)));

@@ -35,6 +35,8 @@ export const schemas = {
     configure: z.boolean().default(true).describe('go on to configured (a predefined volume needs no meta build); false stops at allocated'),
   }),
   claim: z.strictObject({ farm: name, size, qualityClass: qualityClass.optional() }),
+  hostTls: z.strictObject({ requireTls: z.boolean() }),
+  hostPsk: z.strictObject({ key: z.string().regex(/^[0-9a-fA-F]+$/).optional() }).default({}),
   resize: z.strictObject({ size }),
   scrub: z.strictObject({ pattern: z.number().int().min(0).max(255).default(0), verify: z.boolean().default(true) }),
   copy: z.strictObject({ targets: z.array(name).min(1).max(16), verify: z.boolean().default(true) }),

@@ -185,18 +185,20 @@ export class PiscinaEngine implements Engine {
     const onAbort = (): void => void Atomics.store(flag, 0, 1);
     opts.signal?.addEventListener('abort', onAbort);
     const timer = opts.onProgress ? setInterval(() => opts.onProgress!(Math.min(done[0]!, totalBytes), totalBytes), this.progressMs) : null;
-    let r: BulkResult;
+    let r: BulkResult | undefined;
     try {
       r = (await this.pool.run({ ...task, control, chunk: this.chunk } satisfies BulkTask)) as BulkResult;
     } finally {
       opts.signal?.removeEventListener('abort', onAbort);
       if (timer) clearInterval(timer);
-      // The worker wrote with its own descriptor calls: tell the arrays, and drop stale cached copies.
-      for (const l of written) {
-        for (const id of new Set(l.map((x) => x.arrayId))) this.arrays(id).noteWrite();
-        if (this.opts.cache) for (const x of l) await this.opts.cache.invalidate(x.arrayId, x.offset, x.length);
-      }
+      // The worker wrote with its own descriptor calls. Only a finished pass marks
+      // its ranges as data (a cut-off one reads as zeroes, never as what an earlier
+      // owner left there); then stale cached copies go.
+      if (r?.ok) for (const l of written) for (const x of l) this.arrays(x.arrayId).noteWrite(x.offset, x.length);
+      if (this.opts.cache) for (const l of written) for (const x of l) await this.opts.cache.invalidate(x.arrayId, x.offset, x.length);
     }
+    // The map becomes durable with the bytes, so a finished job survives a crash.
+    if (r.ok) for (const id of new Set(written.flatMap((l) => l.map((x) => x.arrayId)))) await this.arrays(id).flush();
     if (!r.ok) {
       if (r.reason === 'cancelled') throw new BlockgateError('CONFLICT', 'operation cancelled', { cancelled: true });
       if (r.reason === 'mismatch') throw new BlockgateError('IO_ERROR', `verify failed at array ${r.arrayId} offset ${r.offset}`, { arrayId: r.arrayId, offset: r.offset });

@@ -3,3 +3,4 @@ export { SimpleEngine, PiscinaEngine, BULK_CHUNK } from './engine.js';
 export type { Engine, ArrayRange, BulkOptions, ScrubResult, CacheHooks, PiscinaEngineOptions } from './engine.js';
 export { LibuvRoute, PiscinaRoute, makeRoute } from './io-route.js';
 export type { IoRoute, IoRouteName } from './io-route.js';
+export { ALLOC_BLOCK, AllocState, AllocationMap } from './allocation.js';

@@ -68,10 +68,12 @@ export class PiscinaRoute implements IoRoute {
     const task: IoTask = { op, fd: a.descriptor, bufs, length, position };
     const r = (await this.pool.run(task)) as string | null;
     if (r !== null) throw new BlockgateError('IO_ERROR', `${op} on array ${a.name} failed: ${r}`, { errno: r });
-    if (op === 'writev') a.noteWrite();
+    if (op === 'writev') a.noteWrite(position, length);
   }
 
   readv(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void> {
+    // Holes are the allocation map's to fill with zeroes: only plain data goes to a worker.
+    if (!a.plainRange(position, length)) return new Promise((resolve, reject) => a.readv(bufs, length, position, (err) => (err ? reject(err) : resolve())));
     return this.run(a, 'readv', bufs, length, position);
   }
 

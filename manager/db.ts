@@ -126,6 +126,11 @@ const MIGRATIONS: readonly string[] = [
     data TEXT NOT NULL
   );
   `,
+  // 3: a host may insist on TLS for NBD on TCP listeners (its own unix socket stays open).
+  // 2: a host may insist on TLS for NBD on TCP listeners (its own unix socket stays open).
+  `
+  ALTER TABLE hosts ADD COLUMN require_tls INTEGER NOT NULL DEFAULT 0;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -7,7 +7,7 @@ import { BlockgateError, badRequest, conflict, notFound } from '../common/errors
 import type { BlockStore, CachePolicy } from '../cache/index.js';
 import { ArrayFile, type Engine } from '../disks/index.js';
 import { EXTENT_ALIGN, VolumeLayout, allocateExtents, freeExtents, type Extent } from '../mapper/index.js';
-import type { Namespaces, NbdServer, Unit } from '../target/index.js';
+import type { Namespaces, NbdServer, NbdTlsKeys, Unit } from '../target/index.js';
 import { openDb, type Db } from './db.js';
 import { EventLog } from './events.js';
 import { JobQueue } from './jobs.js';
@@ -23,6 +23,8 @@ export interface DataPath {
   store: BlockStore;
   nbd: NbdServer;
   engine: Engine;
+  /** TLS identities of the shared NBD listener (PSK keys live in DATA/tls/psk). */
+  tls?: NbdTlsKeys | undefined;
 }
 
 export interface ManagerOptions {
@@ -75,6 +77,7 @@ export interface HostRow {
   protocols: string;
   default_protocol: string;
   nbd_tcp: string | null;
+  require_tls: number;
   created_at: string;
 }
 export interface BindingRow {
@@ -342,6 +345,7 @@ export class StorageManager {
       if (existing && existing.state !== 'free') throw conflict(`volume '${opts.name}' already exists`);
       const farmId = opts.farm ? this.farm(opts.farm).id : null;
       const extents = opts.layout ? this.placeLayout(opts.size, opts.layout) : this.placeAuto(opts.size, opts.qualityClass);
+      this.resetSpace(extents);
       const t = now();
       if (existing) {
         // The name is reused, never the identity: a host must not match new data to an old serial or NAA.
@@ -474,6 +478,8 @@ export class StorageManager {
     if (size === v.size) return v;
     this.db.transaction(() => {
       const more = this.placeAuto(size - v.size, v.quality_class ?? undefined);
+      // Grown space reads as zeroes, never as what an earlier owner left there.
+      this.resetSpace(more);
       const seq0 = this.extentsOf(v.id).length;
       const ins = this.db.prepare('INSERT INTO extents (volume_id, seq, array_id, offset, length) VALUES (?, ?, ?, ?, ?)');
       more.forEach((e, i) => ins.run(v.id, seq0 + i, e.arrayId, e.offset, e.length));
@@ -533,6 +539,16 @@ export class StorageManager {
     if (this.faults.has(point)) throw new BlockgateError('IO_ERROR', `injected fault at '${point}'`);
   }
 
+
+  /**
+   * Space handed to a volume reads as zeroes until the volume writes it, and
+   * that is durable before the volume exists: a new volume never sees what a
+   * previous owner left there, even after a crash. (Freeing space should call
+   * this too.)
+   */
+  private resetSpace(extents: readonly Extent[]): void {
+    for (const e of extents) this.dp.store.discard(e.arrayId, e.offset, e.length);
+  }
 
   serialFor(id: number): string {
     return `BG${this.applianceId.toUpperCase()}${id.toString(16).toUpperCase().padStart(8, '0')}`;
@@ -688,6 +704,8 @@ export class StorageManager {
         socket: this.hostSocketPath(h.name),
         tcp: h.nbd_tcp,
         sharedListenerDefault: this.setting('nbd.default_host') === h.name,
+        requireTls: h.require_tls === 1,
+        tlsPsk: this.dp.tls?.hasPsk(h.name) ?? false,
       },
       units: this.bindingsOfHost(h.id).filter((b) => b.mapped).length,
       createdAt: h.created_at,
@@ -802,6 +820,7 @@ export class StorageManager {
     this.fault('publish');
     const before = this.dp.namespaces.list(h.name).map((u) => `${u.target}/${u.lun}:${u.volume.id}`).join(',');
     this.dp.namespaces.publish(h.name, units);
+    this.dp.namespaces.setRequireTls(h.name, h.require_tls === 1);
     const after = units.map((u) => `${u.target}/${u.lun}:${u.volume.id}`).sort().join(',');
     if (before.split(',').sort().join(',') !== after) {
       this.events.emit('namespace.changed', `host/${h.name}`, {
@@ -811,6 +830,40 @@ export class StorageManager {
     }
   }
 
+  // ---- host TLS identity (NBD) -------------------------------------------
+
+  /**
+   * Requires TLS for a host on TCP listeners: plaintext INFO/GO there gets
+   * NBD_REP_ERR_TLS_REQD. The host's own unix socket is left as it is (its
+   * file permissions already prove the host).
+   */
+  setHostRequireTls(name: string, required: boolean): HostRow {
+    const h = this.host(name);
+    this.db.prepare('UPDATE hosts SET require_tls = ? WHERE id = ?').run(required ? 1 : 0, h.id);
+    this.dp.namespaces.setRequireTls(h.name, required);
+    this.log.info({ op: 'host.tls', host: h.name, requireTls: required }, 'host TLS requirement changed');
+    return this.hostById(h.id);
+  }
+
+  /**
+   * Sets (or generates) a host's TLS pre-shared key; the PSK identity is the
+   * host name. The key file is written first (0600), then the listener uses
+   * it. Returns the key once, for the host's psk file.
+   */
+  async setHostPsk(name: string, keyHex?: string): Promise<{ identity: string; key: string }> {
+    const h = this.host(name);
+    const tls = this.dp.tls;
+    if (!tls) throw new BlockgateError('NOT_SUPPORTED', 'TLS is not configured on this appliance');
+    if (keyHex !== undefined && !/^(?:[0-9a-fA-F]{2}){16,64}$/.test(keyHex)) throw badRequest('key must be 16 to 64 bytes of hex');
+    const key = keyHex !== undefined ? Buffer.from(keyHex, 'hex') : crypto.randomBytes(32);
+    const file = path.join(tls.pskDir, `${h.name}.key`);
+    await fs.promises.mkdir(tls.pskDir, { recursive: true, mode: 0o700 });
+    await fs.promises.writeFile(`${file}.tmp`, `${key.toString('hex')}\n`, { mode: 0o600 });
+    await fs.promises.rename(`${file}.tmp`, file);
+    tls.setPsk(h.name, key);
+    this.log.info({ op: 'host.psk', host: h.name }, 'host TLS key set');
+    return { identity: h.name, key: key.toString('hex') };
+  }
 
   async stop(): Promise<void> {
     await this.jobs.stop();

@@ -1,4 +1,4 @@
 export { Namespaces, unitKey } from './namespace.js';
 export type { Unit } from './namespace.js';
-export { NbdServer, parseExportName } from './nbd/index.js';
+export { NbdServer, NbdTlsKeys, parseExportName } from './nbd/index.js';
 export type { SessionEvent } from './nbd/index.js';

@@ -25,6 +25,7 @@ export const unitKey = (target: number, lun: number): string => `${target}/${lun
 export class Namespaces {
   private readonly hosts = new Map<string, Map<string, Unit>>();
   private readonly removalListeners: UnitListener[] = [];
+  private readonly tlsRequired = new Set<string>();
 
   /** Replaces a host's namespace wholesale (the manager's view is the truth). */
   publish(host: string, units: readonly Unit[]): void {
@@ -43,6 +44,7 @@ export class Namespaces {
   drop(host: string): void {
     this.publish(host, []);
     this.hosts.delete(host);
+    this.tlsRequired.delete(host);
   }
 
   lookup(host: string | null, target: number, lun: number): Unit | undefined {
@@ -54,6 +56,16 @@ export class Namespaces {
     if (host === null) return [];
     const units = [...(this.hosts.get(host)?.values() ?? [])];
     return units.sort((a, b) => a.target - b.target || a.lun - b.lun);
+  }
+
+  /** Sets whether a host may only be reached over TLS (on listeners that do not prove the host by themselves). */
+  setRequireTls(host: string, required: boolean): void {
+    if (required) this.tlsRequired.add(host);
+    else this.tlsRequired.delete(host);
+  }
+
+  requiresTls(host: string | null): boolean {
+    return host !== null && this.tlsRequired.has(host);
   }
 
   hasHost(host: string): boolean {

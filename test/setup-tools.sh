@@ -24,6 +24,7 @@ declare -A PKG=(
   [tgtd]=tgt
   [certtool]=gnutls-bin
   [psktool]=gnutls-bin
+  [openssl]=openssl
 )
 
 tools=("$@")

@@ -1,5 +1,6 @@
 import type { Socket } from 'node:net';
-import type { BlockStore } from '../../cache/index.js';
+import tls from 'node:tls';
+import { STATE_ZERO, type BlockStore } from '../../cache/index.js';
 import type { Namespaces, Unit } from '../namespace.js';
 import {
   CMD,
@@ -40,27 +41,52 @@ export interface NbdLimits {
   maxInflight: number;
   /** Reply bytes queued on the socket before reading pauses (a client that never reads cannot grow us). */
   maxQueuedReplyBytes: number;
+  /** Payload and read-buffer bytes held by requests being served; parsing stops above this. */
+  maxInflightBytes: number;
+  /** Block-status descriptors in one reply (the spec suggests at most 2^20). */
+  maxExtents: number;
 }
 
 export const DEFAULT_LIMITS: NbdLimits = {
   maxOptions: 256,
   maxOptionLength: 64 * 1024,
   maxInflight: 128,
-  maxQueuedReplyBytes: 64 * 1024 * 1024,
+  maxQueuedReplyBytes: 16 * 1024 * 1024,
+  maxInflightBytes: 64 * 1024 * 1024,
+  maxExtents: 65536,
 };
+
+/** TLS as the server offers it after NBD_OPT_STARTTLS. */
+export interface NbdTls {
+  /** Server-side options for the upgrade (PSK callback, certificate, CA...). */
+  options(): tls.TLSSocketOptions;
+  /** The host a finished handshake proves (PSK identity or certificate CN), or null to refuse. */
+  identify(sock: tls.TLSSocket): string | null;
+}
 
 export interface NbdBackend {
   namespaces: Namespaces;
   store: BlockStore;
+  tls?: NbdTls | undefined;
+}
+
+/** What the listener that accepted a connection vouches for. */
+export interface ListenerTraits {
+  /** STARTTLS may replace the host with the one the TLS identity names. */
+  tlsSelectsHost: boolean;
+  /** The listener alone proves the host (its own unix socket): a host's require-TLS does not apply. */
+  authenticated: boolean;
 }
 
 /** Why a session ended, for the per-session log line. */
-export type CloseReason = 'client-disconnect' | 'abort' | 'protocol-error' | 'socket-error' | 'revoked' | 'server-shutdown' | 'export-unknown';
+export type CloseReason = 'client-disconnect' | 'abort' | 'protocol-error' | 'socket-error' | 'revoked' | 'server-shutdown' | 'export-unknown' | 'tls-refused';
 
 const enum Mode {
   Header,
   Fill,
   Discard,
+  /** Handing the socket to TLS: nothing more is read in plaintext. */
+  Upgrading,
   Closed,
 }
 
@@ -70,18 +96,31 @@ const enum Phase {
   Transmission,
 }
 
+/** Context id of base:allocation when selected (ids are per connection and opaque to clients). */
+const BASE_ALLOCATION_ID = 1;
+const BASE_ALLOCATION = 'base:allocation';
+/** Past this many runs, a sparse READ sends the rest as data rather than more chunks. */
+const MAX_READ_CHUNKS = 64;
+const TLS_HANDSHAKE_TIMEOUT_MS = 30_000;
+const FINISH_GRACE_MS = 2_000;
+
 /**
  * One NBD session, from greeting to close. Input is parsed in place from the
  * socket's chunks: fixed-size headers are read straight out of the chunk when
  * whole (copied into a 28-byte scratch buffer only when split), payloads are
  * sliced without a copy when they arrive whole and filled into one buffer of
  * the exact size otherwise. Replies are corked and sent once per loop turn.
+ *
+ * Flow control: before each new request the limits are checked; above any of
+ * them the rest of the chunk is held and the socket paused, so memory held per
+ * connection is bounded by the limits plus one request, whatever the client does.
  */
 export class NbdConnection {
-  readonly host: string | null;
-  private readonly socket: Socket;
+  private hostName: string | null;
+  private socket: Socket;
   private readonly backend: NbdBackend;
   private readonly limits: NbdLimits;
+  private readonly traits: ListenerTraits;
   private readonly onClose: (c: NbdConnection, reason: CloseReason) => void;
 
   private mode = Mode.Header;
@@ -94,13 +133,20 @@ export class NbdConnection {
   private onFilled: () => void = () => undefined;
   private discardLeft = 0;
   private onDiscarded: () => void = () => undefined;
+  private held: Buffer | null = null;
+  private heldPos = 0;
 
   private noZeroes = false;
   private structured = false;
+  private tlsActive = false;
+  /** Export name the last SET_META_CONTEXT selected base:allocation for (null: none selected). */
+  private metaExport: string | null = null;
+  private blockStatusOn = false;
   private optionCount = 0;
   private unit: Unit | null = null;
 
   private inflight = 0;
+  private inflightBytes = 0;
   private disconnecting = false;
   private paused = false;
   private corked = false;
@@ -112,21 +158,46 @@ export class NbdConnection {
     backend: NbdBackend,
     limits: NbdLimits,
     onClose: (c: NbdConnection, reason: CloseReason) => void,
+    traits: ListenerTraits = { tlsSelectsHost: false, authenticated: true },
   ) {
     this.socket = socket;
-    this.host = host;
+    this.hostName = host;
     this.backend = backend;
     this.limits = limits;
+    this.traits = traits;
     this.onClose = onClose;
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('error', () => this.close('socket-error'));
-    socket.on('close', () => this.close(this.closeReason ?? 'client-disconnect'));
-    socket.on('drain', () => this.maybeResume());
+    this.attach(socket);
     this.greet();
+  }
+
+  /** The host this session acts for: the listener's, or after STARTTLS the TLS identity's. */
+  get host(): string | null {
+    return this.hostName;
   }
 
   get exportUnit(): Unit | null {
     return this.unit;
+  }
+
+  private readonly handlers = {
+    data: (chunk: Buffer) => this.onData(chunk),
+    error: () => this.close('socket-error'),
+    close: () => this.close(this.closeReason ?? 'client-disconnect'),
+    drain: () => this.maybeResume(),
+  };
+
+  private attach(sock: Socket): void {
+    sock.on('data', this.handlers.data);
+    sock.on('error', this.handlers.error);
+    sock.on('close', this.handlers.close);
+    sock.on('drain', this.handlers.drain);
+  }
+
+  private detach(sock: Socket): void {
+    sock.off('data', this.handlers.data);
+    sock.off('error', this.handlers.error);
+    sock.off('close', this.handlers.close);
+    sock.off('drain', this.handlers.drain);
   }
 
   /** Ends the session now (unmap, shutdown); in-flight replies are dropped. */
@@ -134,6 +205,7 @@ export class NbdConnection {
     if (this.mode === Mode.Closed) return;
     this.mode = Mode.Closed;
     this.closeReason = reason;
+    this.held = null;
     this.socket.destroy();
     this.onClose(this, reason);
   }
@@ -141,11 +213,26 @@ export class NbdConnection {
   // ---- input framing ---------------------------------------------------
 
   private onData(chunk: Buffer): void {
+    this.process(chunk, 0);
+  }
+
+  private overLimits(): boolean {
+    return (
+      this.inflight >= this.limits.maxInflight ||
+      this.inflightBytes >= this.limits.maxInflightBytes ||
+      this.socket.writableLength > this.limits.maxQueuedReplyBytes
+    );
+  }
+
+  private process(chunk: Buffer, p: number): void {
     const n = chunk.length;
-    let p = 0;
     while (p < n) {
       switch (this.mode) {
         case Mode.Closed:
+          return;
+        case Mode.Upgrading:
+          // The client spoke before reading STARTTLS's reply: it cannot be in step with us.
+          this.close('protocol-error');
           return;
         case Mode.Fill: {
           const k = Math.min(this.fillBuf.length - this.filled, n - p);
@@ -170,6 +257,12 @@ export class NbdConnection {
         }
         case Mode.Header: {
           if (this.disconnecting) return;
+          if (this.phase === Phase.Transmission && this.scratchFill === 0 && this.overLimits()) {
+            this.held = chunk;
+            this.heldPos = p;
+            this.pauseInput();
+            return;
+          }
           const need = this.headerSize;
           if (this.scratchFill === 0 && n - p >= need) {
             p = this.onHeader(chunk, p, n);
@@ -278,14 +371,24 @@ export class NbdConnection {
     });
   }
 
+  /** A host that requires TLS gets nothing over plaintext except on its own authenticated listener. */
+  private tlsRequired(): boolean {
+    return !this.tlsActive && !this.traits.authenticated && this.backend.namespaces.requiresTls(this.hostName);
+  }
+
   private onOption(option: number, data: Buffer): void {
+    if (option !== OPT.STARTTLS && option !== OPT.ABORT && option !== OPT.STRUCTURED_REPLY && this.tlsRequired()) {
+      // EXPORT_NAME has no error reply.
+      if (option === OPT.EXPORT_NAME) return this.close('tls-refused');
+      return this.optionError(option, REP.ERR_TLS_REQD, 'this host requires TLS: send NBD_OPT_STARTTLS first');
+    }
     switch (option) {
       case OPT.EXPORT_NAME:
         return this.optExportName(data);
       case OPT.ABORT:
         this.optionReply(option, REP.ACK);
-        this.socket.end();
         this.closeReason = 'abort';
+        this.finish();
         return;
       case OPT.LIST:
         return this.optList(data);
@@ -297,6 +400,11 @@ export class NbdConnection {
         if (this.structured) return this.optionError(option, REP.ERR_INVALID, 'structured replies already negotiated');
         this.structured = true;
         return this.optionReply(option, REP.ACK);
+      case OPT.LIST_META_CONTEXT:
+      case OPT.SET_META_CONTEXT:
+        return this.optMetaContext(option, data);
+      case OPT.STARTTLS:
+        return this.optStartTls(data);
       default:
         return this.optionError(option, REP.ERR_UNSUP, `option ${option} is not supported`);
     }
@@ -310,12 +418,12 @@ export class NbdConnection {
     b.writeBigUInt64BE(BigInt(unit.volume.layout.size), 0);
     b.writeUInt16BE(this.transmissionFlags(unit), 8);
     this.socket.write(b);
-    this.enterTransmission(unit);
+    this.enterTransmission(unit, data.toString('utf8'));
   }
 
   private optList(data: Buffer): void {
     if (data.length !== 0) return this.optionError(OPT.LIST, REP.ERR_INVALID, 'LIST takes no data');
-    for (const u of this.backend.namespaces.list(this.host)) {
+    for (const u of this.backend.namespaces.list(this.hostName)) {
       const name = Buffer.from(`${u.target}/${u.lun}`);
       const desc = Buffer.from(describe(u));
       const b = Buffer.allocUnsafe(4 + name.length + desc.length);
@@ -358,23 +466,107 @@ export class NbdConnection {
     this.optionReply(option, REP.INFO, bs);
 
     this.optionReply(option, REP.ACK);
-    if (option === OPT.GO) this.enterTransmission(unit);
+    if (option === OPT.GO) this.enterTransmission(unit, name);
+  }
+
+  /**
+   * LIST/SET_META_CONTEXT. The only context is base:allocation; "base:" lists
+   * it, other namespaces are ignored as the spec requires.
+   */
+  private optMetaContext(option: number, data: Buffer): void {
+    const set = option === OPT.SET_META_CONTEXT;
+    // SET replaces the selection even when it fails.
+    if (set) this.metaExport = null;
+    if (!this.structured) return this.optionError(option, REP.ERR_INVALID, 'negotiate structured replies first');
+    if (data.length < 8) return this.optionError(option, REP.ERR_INVALID, 'truncated request');
+    const nameLen = data.readUInt32BE(0);
+    if (nameLen > data.length - 8) return this.optionError(option, REP.ERR_INVALID, 'export name length exceeds option');
+    const name = data.toString('utf8', 4, 4 + nameLen);
+    const count = data.readUInt32BE(4 + nameLen);
+    let p = 8 + nameLen;
+    const queries: string[] = [];
+    for (let i = 0; i < count; i++) {
+      if (data.length - p < 4) return this.optionError(option, REP.ERR_INVALID, 'query count exceeds option');
+      const len = data.readUInt32BE(p);
+      if (len > data.length - p - 4) return this.optionError(option, REP.ERR_INVALID, 'query length exceeds option');
+      queries.push(data.toString('utf8', p + 4, p + 4 + len));
+      p += 4 + len;
+    }
+    if (p !== data.length) return this.optionError(option, REP.ERR_INVALID, 'option length does not match its contents');
+    if (!this.resolveExport(name)) return this.optionError(option, REP.ERR_UNKNOWN, `no export '${name}' for this host`);
+    const match = set
+      ? queries.includes(BASE_ALLOCATION)
+      : queries.length === 0 || queries.some((q) => q === BASE_ALLOCATION || q === 'base:');
+    if (match) {
+      const ctx = Buffer.allocUnsafe(4 + BASE_ALLOCATION.length);
+      ctx.writeUInt32BE(set ? BASE_ALLOCATION_ID : 0, 0);
+      ctx.write(BASE_ALLOCATION, 4, 'utf8');
+      this.optionReply(option, REP.META_CONTEXT, ctx);
+      if (set) this.metaExport = name;
+    }
+    this.optionReply(option, REP.ACK);
+  }
+
+  private optStartTls(data: Buffer): void {
+    const tlsConf = this.backend.tls;
+    if (data.length !== 0) return this.optionError(OPT.STARTTLS, REP.ERR_INVALID, 'STARTTLS takes no data');
+    if (this.tlsActive) return this.optionError(OPT.STARTTLS, REP.ERR_INVALID, 'TLS is already active');
+    if (!tlsConf || !this.traits.tlsSelectsHost) {
+      return this.optionError(OPT.STARTTLS, REP.ERR_POLICY, 'TLS is offered on the shared NBD listener only');
+    }
+    this.optionReply(OPT.STARTTLS, REP.ACK);
+    this.mode = Mode.Upgrading;
+    const raw = this.socket;
+    this.detach(raw);
+    let secure: tls.TLSSocket;
+    try {
+      secure = new tls.TLSSocket(raw, { isServer: true, ...tlsConf.options() });
+    } catch {
+      return this.close('tls-refused');
+    }
+    this.socket = secure;
+    const fail = (): void => this.close('tls-refused');
+    // A client that starts TLS and then says nothing must not hold the session forever.
+    const timer = setTimeout(fail, TLS_HANDSHAKE_TIMEOUT_MS);
+    timer.unref();
+    secure.once('error', fail);
+    secure.once('close', fail);
+    secure.once('secure', () => {
+      clearTimeout(timer);
+      secure.off('error', fail);
+      secure.off('close', fail);
+      const who = tlsConf.identify(secure);
+      if (!who || !this.backend.namespaces.hasHost(who)) return this.close('tls-refused');
+      // Everything negotiated in plaintext is forgotten, as the spec requires.
+      this.hostName = who;
+      this.tlsActive = true;
+      this.structured = false;
+      this.metaExport = null;
+      this.attach(secure);
+      this.expectHeader(OPTION_HEADER_SIZE);
+    });
   }
 
   private resolveExport(name: string): Unit | undefined {
     const addr = parseExportName(name);
     if (!addr) return undefined;
-    return this.backend.namespaces.lookup(this.host, addr.target, addr.lun);
+    return this.backend.namespaces.lookup(this.hostName, addr.target, addr.lun);
   }
 
   private transmissionFlags(unit: Unit): number {
-    let f = TFLAG.HAS_FLAGS | TFLAG.SEND_FLUSH | TFLAG.SEND_FUA | TFLAG.CAN_MULTI_CONN;
+    // One store behind every connection, and FLUSH syncs whole arrays: a flush
+    // on any connection covers writes completed on all of them (multi-conn).
+    let f = TFLAG.HAS_FLAGS | TFLAG.SEND_FLUSH | TFLAG.SEND_FUA | TFLAG.CAN_MULTI_CONN | TFLAG.SEND_CACHE;
+    if (this.structured) f |= TFLAG.SEND_DF;
     if (unit.readOnly) f |= TFLAG.READ_ONLY;
+    else f |= TFLAG.SEND_TRIM | TFLAG.SEND_WRITE_ZEROES | TFLAG.SEND_FAST_ZERO;
     return f;
   }
 
-  private enterTransmission(unit: Unit): void {
+  private enterTransmission(unit: Unit, name: string): void {
     this.unit = unit;
+    // Block status only for the export the contexts were selected on.
+    this.blockStatusOn = this.structured && this.metaExport !== null && sameExport(this.metaExport, name);
     this.phase = Phase.Transmission;
     this.expectHeader(REQUEST_HEADER_SIZE);
   }
@@ -430,22 +622,54 @@ export class NbdConnection {
 
   private dispatch(type: number, flags: number, cookieHi: number, cookieLo: number, offset: number, length: number): void {
     const unit = this.unit!;
+    const store = this.backend.store;
+    const layout = unit.volume.layout;
     switch (type) {
       case CMD.READ: {
-        if ((flags & ~CMD_FLAG.FUA) !== 0) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'unsupported flags on READ');
+        const allowed = CMD_FLAG.FUA | (this.structured ? CMD_FLAG.DF : 0);
+        if ((flags & ~allowed) !== 0) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'unsupported flags on READ');
         if (length > MAX_PAYLOAD) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'read larger than maximum payload');
-        if (!unit.volume.layout.inRange(offset, length)) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'read beyond end of export');
+        if (!layout.inRange(offset, length)) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'read beyond end of export');
+        if (this.structured && (flags & CMD_FLAG.DF) === 0 && length > 0 && !store.allData(unit.volume, offset, length)) {
+          return this.startSparseRead(cookieHi, cookieLo, offset, length);
+        }
         return this.startRead(cookieHi, cookieLo, offset, length);
       }
       case CMD.FLUSH: {
-        if (flags !== 0 && flags !== CMD_FLAG.FUA) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'unsupported flags on FLUSH');
+        if ((flags & ~CMD_FLAG.FUA) !== 0) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'unsupported flags on FLUSH');
         if (offset !== 0 || length !== 0) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'FLUSH must have zero offset and length');
-        this.track(this.backend.store.flush(unit.volume), cookieHi, cookieLo, false);
+        this.track(store.flush(unit.volume), cookieHi, cookieLo, false);
         return;
       }
+      case CMD.TRIM: {
+        if ((flags & ~CMD_FLAG.FUA) !== 0) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'unsupported flags on TRIM');
+        if (unit.readOnly) return this.replyError(cookieHi, cookieLo, ERRNO.EPERM, 'export is read-only');
+        if (!layout.inRange(offset, length)) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'trim beyond end of export');
+        this.track(store.trim(unit.volume, offset, length, (flags & CMD_FLAG.FUA) !== 0), cookieHi, cookieLo, true);
+        return;
+      }
+      case CMD.WRITE_ZEROES: {
+        if ((flags & ~(CMD_FLAG.FUA | CMD_FLAG.NO_HOLE | CMD_FLAG.FAST_ZERO)) !== 0) {
+          return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'unsupported flags on WRITE_ZEROES');
+        }
+        if (unit.readOnly) return this.replyError(cookieHi, cookieLo, ERRNO.EPERM, 'export is read-only');
+        if (!layout.inRange(offset, length)) return this.replyError(cookieHi, cookieLo, ERRNO.ENOSPC, 'write beyond end of export');
+        const opts = { noHole: (flags & CMD_FLAG.NO_HOLE) !== 0, fast: (flags & CMD_FLAG.FAST_ZERO) !== 0, fua: (flags & CMD_FLAG.FUA) !== 0 };
+        this.track(store.writeZeroes(unit.volume, offset, length, opts), cookieHi, cookieLo, true);
+        return;
+      }
+      case CMD.CACHE: {
+        if ((flags & ~CMD_FLAG.FUA) !== 0) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'unsupported flags on CACHE');
+        if (!layout.inRange(offset, length)) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'cache beyond end of export');
+        this.track(store.prefetch(unit.volume, offset, length), cookieHi, cookieLo, false);
+        return;
+      }
+      case CMD.BLOCK_STATUS:
+        return this.blockStatus(flags, cookieHi, cookieLo, offset, length);
       case CMD.DISC:
         this.disconnecting = true;
         this.closeReason = 'client-disconnect';
+        this.held = null;
         this.socket.pause();
         this.maybeFinishDisconnect();
         return;
@@ -454,13 +678,38 @@ export class NbdConnection {
     }
   }
 
+  private blockStatus(flags: number, cookieHi: number, cookieLo: number, offset: number, length: number): void {
+    const unit = this.unit!;
+    if (!this.blockStatusOn) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'no metadata context selected (SET_META_CONTEXT base:allocation)');
+    if ((flags & ~(CMD_FLAG.FUA | CMD_FLAG.REQ_ONE)) !== 0) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'unsupported flags on BLOCK_STATUS');
+    if (length === 0) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'BLOCK_STATUS needs a length');
+    if (!unit.volume.layout.inRange(offset, length)) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'block status beyond end of export');
+    const max = (flags & CMD_FLAG.REQ_ONE) !== 0 ? 1 : this.limits.maxExtents;
+    let extents;
+    try {
+      extents = this.backend.store.blockStatus(unit.volume, offset, length, max);
+    } catch (err) {
+      return this.replyError(cookieHi, cookieLo, nbdErrno(err), errMessage(err));
+    }
+    const b = Buffer.allocUnsafe(20 + 4 + 8 * extents.length);
+    writeChunkHeader(b, 0, REPLY_FLAG_DONE, REPLY_TYPE.BLOCK_STATUS, cookieHi, cookieLo, 4 + 8 * extents.length);
+    b.writeUInt32BE(BASE_ALLOCATION_ID, 20);
+    let p = 24;
+    for (const e of extents) {
+      b.writeUInt32BE(e.length, p);
+      b.writeUInt32BE(e.flags, p + 4);
+      p += 8;
+    }
+    this.send(b);
+  }
+
   private startWrite(flags: number, cookieHi: number, cookieLo: number, offset: number, payload: Buffer): void {
     const unit = this.unit!;
     if ((flags & ~CMD_FLAG.FUA) !== 0) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'unsupported flags on WRITE');
     if (unit.readOnly) return this.replyError(cookieHi, cookieLo, ERRNO.EPERM, 'export is read-only');
     if (!unit.volume.layout.inRange(offset, payload.length)) return this.replyError(cookieHi, cookieLo, ERRNO.ENOSPC, 'write beyond end of export');
     const fua = (flags & CMD_FLAG.FUA) !== 0;
-    this.track(this.backend.store.write(unit.volume, offset, payload, fua), cookieHi, cookieLo, true);
+    this.track(this.backend.store.write(unit.volume, offset, payload, fua), cookieHi, cookieLo, true, payload.length);
   }
 
   private startRead(cookieHi: number, cookieLo: number, offset: number, length: number): void {
@@ -468,12 +717,7 @@ export class NbdConnection {
     const hdr = this.structured ? 28 : 16;
     const buf = Buffer.allocUnsafe(hdr + length);
     if (this.structured) {
-      buf.writeUInt32BE(STRUCTURED_REPLY_MAGIC, 0);
-      buf.writeUInt16BE(REPLY_FLAG_DONE, 4);
-      buf.writeUInt16BE(length === 0 ? REPLY_TYPE.NONE : REPLY_TYPE.OFFSET_DATA, 6);
-      buf.writeUInt32BE(cookieHi, 8);
-      buf.writeUInt32BE(cookieLo, 12);
-      buf.writeUInt32BE(length === 0 ? 0 : 8 + length, 16);
+      writeChunkHeader(buf, 0, REPLY_FLAG_DONE, length === 0 ? REPLY_TYPE.NONE : REPLY_TYPE.OFFSET_DATA, cookieHi, cookieLo, length === 0 ? 0 : 8 + length);
       buf.writeUInt32BE(Math.floor(offset / 0x100000000), 20);
       buf.writeUInt32BE(offset >>> 0, 24);
     } else {
@@ -482,39 +726,96 @@ export class NbdConnection {
       buf.writeUInt32BE(cookieHi, 8);
       buf.writeUInt32BE(cookieLo, 12);
     }
-    this.begin();
+    this.begin(length);
     this.backend.store.read(this.unit!.volume, offset, length, buf.subarray(hdr)).then(
       () => {
         this.send(length === 0 && this.structured ? buf.subarray(0, 20) : buf);
-        this.end();
+        this.end(length);
       },
       (err: unknown) => {
         this.replyError(cookieHi, cookieLo, nbdErrno(err), errMessage(err));
-        this.end();
+        this.end(length);
       },
     );
   }
 
-  private track(work: Promise<void>, cookieHi: number, cookieLo: number, forWrite: boolean): void {
-    this.begin();
+  /**
+   * A structured READ over holes: OFFSET_HOLE chunks for ranges that read as
+   * zeroes (no bytes sent), OFFSET_DATA for the rest. The status is taken
+   * before the read; a write racing the read may land in either answer,
+   * which is what concurrent requests are allowed to see.
+   */
+  private startSparseRead(cookieHi: number, cookieLo: number, offset: number, length: number): void {
+    const vol = this.unit!.volume;
+    let runs;
+    try {
+      runs = this.backend.store.blockStatus(vol, offset, length, MAX_READ_CHUNKS);
+    } catch (err) {
+      return this.replyError(cookieHi, cookieLo, nbdErrno(err), errMessage(err));
+    }
+    const covered = runs.reduce((s, r) => s + r.length, 0);
+    // Anything past the runs we took is sent as data.
+    if (covered < length) runs.push({ length: length - covered, flags: 0 });
+    if (runs.length === 1 && (runs[0]!.flags & STATE_ZERO) !== 0) {
+      const b = Buffer.allocUnsafe(32);
+      writeChunkHeader(b, 0, REPLY_FLAG_DONE, REPLY_TYPE.OFFSET_HOLE, cookieHi, cookieLo, 12);
+      writeOffset(b, 20, offset);
+      b.writeUInt32BE(length, 28);
+      return this.send(b);
+    }
+    const data = Buffer.allocUnsafe(length);
+    this.begin(length);
+    this.backend.store.read(vol, offset, length, data).then(
+      () => {
+        let at = 0;
+        runs.forEach((r, i) => {
+          const flag = i === runs.length - 1 ? REPLY_FLAG_DONE : 0;
+          if ((r.flags & STATE_ZERO) !== 0) {
+            const b = Buffer.allocUnsafe(32);
+            writeChunkHeader(b, 0, flag, REPLY_TYPE.OFFSET_HOLE, cookieHi, cookieLo, 12);
+            writeOffset(b, 20, offset + at);
+            b.writeUInt32BE(r.length, 28);
+            this.send(b);
+          } else {
+            const b = Buffer.allocUnsafe(28);
+            writeChunkHeader(b, 0, flag, REPLY_TYPE.OFFSET_DATA, cookieHi, cookieLo, 8 + r.length);
+            writeOffset(b, 20, offset + at);
+            this.send(b);
+            this.send(data.subarray(at, at + r.length));
+          }
+          at += r.length;
+        });
+        this.end(length);
+      },
+      (err: unknown) => {
+        this.replyError(cookieHi, cookieLo, nbdErrno(err), errMessage(err));
+        this.end(length);
+      },
+    );
+  }
+
+  private track(work: Promise<void>, cookieHi: number, cookieLo: number, forWrite: boolean, bytes = 0): void {
+    this.begin(bytes);
     work.then(
       () => {
         this.replyOk(cookieHi, cookieLo);
-        this.end();
+        this.end(bytes);
       },
       (err: unknown) => {
         this.replyError(cookieHi, cookieLo, nbdErrno(err, forWrite), errMessage(err));
-        this.end();
+        this.end(bytes);
       },
     );
   }
 
-  private begin(): void {
-    if (++this.inflight >= this.limits.maxInflight) this.pauseInput();
+  private begin(bytes: number): void {
+    this.inflight++;
+    this.inflightBytes += bytes;
   }
 
-  private end(): void {
+  private end(bytes: number): void {
     this.inflight--;
+    this.inflightBytes -= bytes;
     this.maybeResume();
     this.maybeFinishDisconnect();
   }
@@ -522,8 +823,21 @@ export class NbdConnection {
   private maybeFinishDisconnect(): void {
     if (this.disconnecting && this.inflight === 0 && this.mode !== Mode.Closed) {
       this.uncork();
-      this.socket.end();
+      this.finish();
     }
+  }
+
+  /**
+   * Ends the session politely (FIN after the last reply), but does not wait
+   * for the client's FIN forever: a client that keeps sending after DISC or
+   * ABORT, into a socket we no longer read, would otherwise hold it open.
+   */
+  private finish(): void {
+    this.socket.end();
+    const sock = this.socket;
+    setTimeout(() => {
+      if (!sock.destroyed) this.close(this.closeReason ?? 'client-disconnect');
+    }, FINISH_GRACE_MS).unref();
   }
 
   private replyOk(cookieHi: number, cookieLo: number): void {
@@ -547,12 +861,7 @@ export class NbdConnection {
     }
     const msg = Buffer.from(message.slice(0, 1024));
     const b = Buffer.allocUnsafe(20 + 6 + msg.length);
-    b.writeUInt32BE(STRUCTURED_REPLY_MAGIC, 0);
-    b.writeUInt16BE(REPLY_FLAG_DONE, 4);
-    b.writeUInt16BE(REPLY_TYPE.ERROR, 6);
-    b.writeUInt32BE(cookieHi, 8);
-    b.writeUInt32BE(cookieLo, 12);
-    b.writeUInt32BE(6 + msg.length, 16);
+    writeChunkHeader(b, 0, REPLY_FLAG_DONE, REPLY_TYPE.ERROR, cookieHi, cookieLo, 6 + msg.length);
     b.writeUInt32BE(errno, 20);
     b.writeUInt16BE(msg.length, 24);
     msg.copy(b, 26);
@@ -586,11 +895,41 @@ export class NbdConnection {
 
   private maybeResume(): void {
     if (!this.paused || this.disconnecting || this.mode === Mode.Closed) return;
-    if (this.inflight < this.limits.maxInflight && this.socket.writableLength <= this.limits.maxQueuedReplyBytes / 2) {
+    if (
+      this.inflight < this.limits.maxInflight &&
+      this.inflightBytes < this.limits.maxInflightBytes &&
+      this.socket.writableLength <= this.limits.maxQueuedReplyBytes / 2
+    ) {
       this.paused = false;
-      this.socket.resume();
+      const held = this.held;
+      if (held) {
+        this.held = null;
+        this.process(held, this.heldPos);
+      }
+      if (!this.paused && (this.mode as Mode) !== Mode.Closed) this.socket.resume();
     }
   }
+}
+
+function writeChunkHeader(b: Buffer, p: number, flags: number, type: number, cookieHi: number, cookieLo: number, length: number): void {
+  b.writeUInt32BE(STRUCTURED_REPLY_MAGIC, p);
+  b.writeUInt16BE(flags, p + 4);
+  b.writeUInt16BE(type, p + 6);
+  b.writeUInt32BE(cookieHi, p + 8);
+  b.writeUInt32BE(cookieLo, p + 12);
+  b.writeUInt32BE(length, p + 16);
+}
+
+function writeOffset(b: Buffer, p: number, offset: number): void {
+  b.writeUInt32BE(Math.floor(offset / 0x100000000), p);
+  b.writeUInt32BE(offset >>> 0, p + 4);
+}
+
+/** Two export names address the same unit ("" and "0/0" are one). */
+function sameExport(a: string, b: string): boolean {
+  const x = parseExportName(a);
+  const y = parseExportName(b);
+  return x !== null && y !== null && x.target === y.target && x.lun === y.lun;
 }
 
 function describe(u: Unit): string {

@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import net from 'node:net';
-import { DEFAULT_LIMITS, NbdConnection, type CloseReason, type NbdBackend, type NbdLimits } from './connection.js';
+import { DEFAULT_LIMITS, NbdConnection, type CloseReason, type ListenerTraits, type NbdBackend, type NbdLimits } from './connection.js';
 
 export interface SessionEvent {
   kind: 'connect' | 'disconnect';
@@ -42,24 +42,33 @@ export class NbdServer {
     });
   }
 
-  /** Listens on a unix socket; `key` names the listener for later removal. */
+  /**
+   * Listens on a unix socket; `key` names the listener for later removal.
+   * A host's own socket proves the host by file permissions alone.
+   */
   async listenUnix(key: string, path: string, identity: ListenerIdentity): Promise<void> {
     await fs.promises.rm(path, { force: true });
-    await this.listen(key, identity, (srv, cb) => srv.listen(path, cb));
+    await this.listen(key, identity, { tlsSelectsHost: false, authenticated: true }, (srv, cb) => srv.listen(path, cb));
     await fs.promises.chmod(path, 0o660);
   }
 
-  async listenTcp(key: string, host: string, port: number, identity: ListenerIdentity): Promise<number> {
-    const srv = await this.listen(key, identity, (s, cb) => s.listen({ host, port }, cb));
+  /**
+   * Listens on TCP. `shared` marks the shared listener: plaintext sessions
+   * act for `identity()` (the default host), STARTTLS sessions for the host
+   * their TLS identity names. Any TCP listener honours a host's require-TLS.
+   */
+  async listenTcp(key: string, host: string, port: number, identity: ListenerIdentity, shared = false): Promise<number> {
+    const srv = await this.listen(key, identity, { tlsSelectsHost: shared, authenticated: false }, (s, cb) => s.listen({ host, port }, cb));
     return (srv.address() as net.AddressInfo).port;
   }
 
   private listen(
     key: string,
     identity: ListenerIdentity,
+    traits: ListenerTraits,
     start: (srv: net.Server, cb: () => void) => void,
   ): Promise<net.Server> {
-    const srv = net.createServer({ noDelay: true }, (sock) => this.accept(sock, key, identity()));
+    const srv = net.createServer({ noDelay: true }, (sock) => this.accept(sock, key, identity(), traits));
     return new Promise((resolve, reject) => {
       srv.once('error', reject);
       start(srv, () => {
@@ -70,13 +79,21 @@ export class NbdServer {
     });
   }
 
-  private accept(sock: net.Socket, listener: string, host: string | null): void {
+  private accept(sock: net.Socket, listener: string, host: string | null, traits: ListenerTraits): void {
     const remote = sock.remoteAddress ? `${sock.remoteAddress}:${sock.remotePort}` : 'unix';
     this.onSession({ kind: 'connect', host, listener, remote });
-    const conn = new NbdConnection(sock, host, this.backend, this.limits, (c, reason) => {
-      this.sessions.delete(c);
-      this.onSession({ kind: 'disconnect', host, listener, remote, reason });
-    });
+    const conn = new NbdConnection(
+      sock,
+      host,
+      this.backend,
+      this.limits,
+      (c, reason) => {
+        this.sessions.delete(c);
+        // The host may have changed with STARTTLS: log the one the session acted for.
+        this.onSession({ kind: 'disconnect', host: c.host, listener, remote, reason });
+      },
+      traits,
+    );
     this.sessions.add(conn);
   }
 
@@ -103,8 +120,11 @@ export class NbdServer {
   }
 
   async close(): Promise<void> {
+    // A net.Server's close callback waits for its connections, so stop
+    // accepting first, end the sessions, then wait.
     const keys = [...this.listeners.keys()];
-    await Promise.all(keys.map((k) => this.closeListener(k)));
+    const closing = keys.map((k) => this.closeListener(k));
     for (const s of this.sessions) s.close('server-shutdown');
+    await Promise.all(closing);
   }
 }

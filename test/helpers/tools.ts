@@ -27,6 +27,8 @@ export function run(cmd: string, args: string[], opts: { timeoutMs?: number; inp
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 120_000);
     child.on('error', reject);
+    // A command that exits without reading its stdin must not fail the test with EPIPE.
+    child.stdin.on('error', () => undefined);
     child.on('close', (code, signal) => {
       clearTimeout(timer);
       resolve({ code, signal, stdout, stderr });

@@ -10,7 +10,7 @@ import { VolumeLayout } from '../../mapper/index.js';
 import { Namespaces } from '../../target/index.js';
 import { NbdConnection, DEFAULT_LIMITS } from '../../target/nbd/connection.js';
 import { CMD, CMD_FLAG, INFO, OPT, REP, SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC } from '../../target/nbd/constants.js';
-import { clientFlags, infoRequest, option, request } from '../helpers/nbd-wire.js';
+import { clientFlags, infoRequest, option, request } from '../helpers/nbd-frames.js';
 
 const SIZE = 1024 * 1024;
 

@@ -1,0 +1,85 @@
+import fs from 'node:fs';
+import t from 'tap';
+import { startServer } from '../helpers/server.js';
+import { CMD, FLAG, WireClient } from '../helpers/nbd-wire.js';
+
+// A client that pipelines huge reads and never reads a reply must not grow
+// the server without bound: reading stops at the in-flight and queued-reply
+// limits. Memory is read from the server's /proc status, not timed.
+
+const MiB = 1024 * 1024;
+
+function rssMiB(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) / 1024 : NaN;
+}
+
+t.test('pipelined reads whose replies are never read: RSS stays bounded', async (t) => {
+  const s = await startServer(t);
+  const sock = { path: s.socket('demo') };
+  const before = rssMiB(s.pid);
+  const greedy: WireClient[] = [];
+  // 3 connections x 200 reads of 32 MiB = 19 GiB of replies asked for.
+  for (let c = 0; c < 3; c++) {
+    const w = await (await WireClient.connect(sock)).open('0/0');
+    w.sock.pause();
+    // Stop our side from reading: the server's replies back up.
+    w.sock.removeAllListeners('data');
+    const reqs: Buffer[] = [];
+    for (let i = 0; i < 200; i++) {
+      const h = Buffer.alloc(28);
+      h.writeUInt32BE(0x25609513, 0);
+      h.writeUInt16BE(FLAG.DF, 4);
+      h.writeUInt16BE(CMD.READ, 6);
+      h.writeBigUInt64BE(BigInt(i + 1), 8);
+      h.writeBigUInt64BE(BigInt((i % 7) * 32 * MiB), 16);
+      h.writeUInt32BE(32 * MiB, 24);
+      reqs.push(h);
+    }
+    w.sock.write(Buffer.concat(reqs));
+    greedy.push(w);
+  }
+  let peak = 0;
+  for (let i = 0; i < 30; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    peak = Math.max(peak, rssMiB(s.pid));
+  }
+  t.ok(peak - before < 600, `server RSS grew ${Math.round(peak - before)} MiB (from ${Math.round(before)} MiB) for 19 GiB of unread replies`);
+  // Everyone else is still served.
+  const ok = await (await WireClient.connect(sock)).open('0/0');
+  t.equal((await ok.request(CMD.READ, 0, 4096)).error, 0, 'a well-behaved client is served meanwhile');
+  ok.destroy();
+  for (const w of greedy) w.destroy();
+  t.equal(s.exitCode, null, 'server alive');
+});
+
+t.test('a write whose payload never comes holds one request, and its connection can be dropped', async (t) => {
+  const s = await startServer(t);
+  const w = await (await WireClient.connect({ path: s.socket('demo') })).open('0/0');
+  w.send(CMD.WRITE, 0, 32 * MiB, 0, Buffer.alloc(1000));
+  const tooBig = await (await WireClient.connect({ path: s.socket('demo') })).open('0/0');
+  tooBig.send(CMD.WRITE, 0, 64 * MiB);
+  t.ok(await tooBig.closed(), 'a write over the 32 MiB maximum payload disconnects');
+  w.destroy();
+  const ok = await (await WireClient.connect({ path: s.socket('demo') })).open('0/0');
+  t.equal((await ok.request(CMD.READ, 0, 4096)).error, 0);
+  ok.destroy();
+});
+
+t.test('a client that keeps sending after DISC without reading is dropped', async (t) => {
+  const s = await startServer(t);
+  const w = await (await WireClient.connect({ path: s.socket('demo') })).open('0/0');
+  w.sock.removeAllListeners('data');
+  w.sock.pause();
+  w.send(CMD.DISC, 0, 0);
+  // 64 MiB nobody will read: the server must not wait for this client's FIN forever.
+  for (let i = 0; i < 64; i++) w.sock.write(Buffer.alloc(MiB, 0x25));
+  const closed = await new Promise<boolean>((resolve) => {
+    const timer = setTimeout(() => resolve(false), 30_000);
+    w.sock.once('close', () => {
+      clearTimeout(timer);
+      resolve(true);
+    });
+  });
+  t.ok(closed, 'the server closed the connection');
+});
