@@ -1,0 +1,174 @@
+/**
+ * Summarises a V8 .cpuprofile (what `node --cpu-prof` writes): self and total
+ * time per function, and self time per source file. Pure, for unit tests.
+ */
+
+export interface CallFrame {
+  functionName: string;
+  url: string;
+  lineNumber: number;
+  columnNumber: number;
+  scriptId?: string | number;
+}
+
+export interface ProfileNode {
+  id: number;
+  callFrame: CallFrame;
+  hitCount?: number;
+  children?: number[];
+}
+
+export interface CpuProfile {
+  nodes: ProfileNode[];
+  startTime: number;
+  endTime: number;
+  samples?: number[];
+  timeDeltas?: number[];
+}
+
+export interface FunctionCost {
+  /** "name (file:line)" — what a reader greps for. */
+  label: string;
+  functionName: string;
+  file: string;
+  line: number;
+  selfMs: number;
+  /** Share of all sampled time, idle included. */
+  selfPct: number;
+  /** Share of the time the thread was not idle: what a fix can win. */
+  selfPctBusy: number;
+  totalPct: number;
+}
+
+export interface FileCost {
+  file: string;
+  selfMs: number;
+  selfPctBusy: number;
+}
+
+export interface ProfileSummary {
+  durationMs: number;
+  samples: number;
+  idlePct: number;
+  gcPct: number;
+  top: FunctionCost[];
+  files: FileCost[];
+}
+
+/** Nodes V8 adds for time not spent in JavaScript frames. */
+const IDLE = '(idle)';
+const GC = '(garbage collector)';
+
+/** Makes profile URLs short and stable: repo-relative paths, "node:" for built-ins. */
+export function shortUrl(url: string, root?: string): string {
+  if (!url) return '';
+  let u = url.startsWith('file://') ? decodeURIComponent(url.slice(7)) : url;
+  if (root && u.startsWith(root)) u = u.slice(root.length).replace(/^\/+/, '');
+  const nm = u.lastIndexOf('node_modules/');
+  if (nm >= 0) u = u.slice(nm);
+  return u;
+}
+
+function keyOf(f: CallFrame): string {
+  return `${f.functionName}\u0000${f.url}\u0000${f.lineNumber}\u0000${f.columnNumber}`;
+}
+
+/**
+ * Time per node. Sample timestamps give real durations; profiles without them
+ * (or hand-made ones) fall back to hitCount × the mean sampling interval.
+ */
+function selfTimes(p: CpuProfile): Map<number, number> {
+  const t = new Map<number, number>();
+  if (p.samples && p.timeDeltas && p.samples.length === p.timeDeltas.length && p.samples.length > 0) {
+    // timeDeltas[i] is the gap before sample i, so it is the time sample i-1 covered.
+    for (let i = 0; i < p.samples.length; i++) {
+      const owner = i === 0 ? p.samples[0]! : p.samples[i - 1]!;
+      const dt = i === 0 ? 0 : Math.max(0, p.timeDeltas[i]!);
+      t.set(owner, (t.get(owner) ?? 0) + dt);
+    }
+    return t;
+  }
+  const hits = p.nodes.reduce((s, n) => s + (n.hitCount ?? 0), 0);
+  const per = hits > 0 ? (p.endTime - p.startTime) / hits : 0;
+  for (const n of p.nodes) if (n.hitCount) t.set(n.id, n.hitCount * per);
+  return t;
+}
+
+export function summariseProfile(p: CpuProfile, opts: { top?: number; root?: string } = {}): ProfileSummary {
+  const topN = opts.top ?? 15;
+  const byId = new Map(p.nodes.map((n) => [n.id, n]));
+  const parent = new Map<number, number>();
+  for (const n of p.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const self = selfTimes(p);
+
+  let total = 0;
+  let idle = 0;
+  let gc = 0;
+  const fnSelf = new Map<string, { frame: CallFrame; self: number; total: number }>();
+  const entry = (f: CallFrame): { frame: CallFrame; self: number; total: number } => {
+    const k = keyOf(f);
+    let e = fnSelf.get(k);
+    if (!e) fnSelf.set(k, (e = { frame: f, self: 0, total: 0 }));
+    return e;
+  };
+
+  for (const [id, us] of self) {
+    const n = byId.get(id);
+    if (!n || us === 0) continue;
+    total += us;
+    if (n.callFrame.functionName === IDLE) idle += us;
+    if (n.callFrame.functionName === GC) gc += us;
+    entry(n.callFrame).self += us;
+    // Total time: each function once per stack, however often it recurses.
+    const seen = new Set<string>();
+    for (let cur: number | undefined = id; cur !== undefined; cur = parent.get(cur)) {
+      const f = byId.get(cur)!.callFrame;
+      const k = keyOf(f);
+      if (seen.has(k)) continue;
+      seen.add(k);
+      entry(f).total += us;
+    }
+  }
+
+  const busy = total - idle;
+  const pct = (x: number, of: number): number => (of > 0 ? (100 * x) / of : 0);
+  const top: FunctionCost[] = [...fnSelf.values()]
+    .filter((e) => e.frame.functionName !== IDLE && e.frame.functionName !== '(root)' && e.self > 0)
+    .sort((a, b) => b.self - a.self)
+    .slice(0, topN)
+    .map((e) => {
+      const file = shortUrl(e.frame.url, opts.root);
+      const name = e.frame.functionName || '(anonymous)';
+      const line = e.frame.lineNumber + 1;
+      return {
+        label: file ? `${name} (${file}:${line})` : name,
+        functionName: name,
+        file,
+        line,
+        selfMs: e.self / 1000,
+        selfPct: pct(e.self, total),
+        selfPctBusy: pct(e.self, busy),
+        totalPct: pct(e.total, total),
+      };
+    });
+
+  const perFile = new Map<string, number>();
+  for (const e of fnSelf.values()) {
+    if (e.frame.functionName === IDLE) continue;
+    const f = shortUrl(e.frame.url, opts.root) || e.frame.functionName || '(native)';
+    perFile.set(f, (perFile.get(f) ?? 0) + e.self);
+  }
+  const files = [...perFile.entries()]
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, topN)
+    .map(([file, us]) => ({ file, selfMs: us / 1000, selfPctBusy: pct(us, busy) }));
+
+  return {
+    durationMs: total / 1000,
+    samples: p.samples?.length ?? p.nodes.reduce((s, n) => s + (n.hitCount ?? 0), 0),
+    idlePct: pct(idle, total),
+    gcPct: pct(gc, total),
+    top,
+    files,
+  };
+}
