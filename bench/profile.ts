@@ -77,14 +77,20 @@ function keyOf(f: CallFrame): string {
  * Time per node. Sample timestamps give real durations; profiles without them
  * (or hand-made ones) fall back to hitCount × the mean sampling interval.
  */
-function selfTimes(p: CpuProfile): Map<number, number> {
+function selfTimes(p: CpuProfile, window: Window): Map<number, number> {
   const t = new Map<number, number>();
   if (p.samples && p.timeDeltas && p.samples.length === p.timeDeltas.length && p.samples.length > 0) {
+    const from = p.startTime + window.skipMs * 1000;
+    const to = window.windowMs === undefined ? Infinity : from + window.windowMs * 1000;
+    let ts = p.startTime + p.timeDeltas[0]!;
     // timeDeltas[i] is the gap before sample i, so it is the time sample i-1 covered.
-    for (let i = 0; i < p.samples.length; i++) {
-      const owner = i === 0 ? p.samples[0]! : p.samples[i - 1]!;
-      const dt = i === 0 ? 0 : Math.max(0, p.timeDeltas[i]!);
-      t.set(owner, (t.get(owner) ?? 0) + dt);
+    for (let i = 1; i < p.samples.length; i++) {
+      const dt = Math.max(0, p.timeDeltas[i]!);
+      if (ts >= from && ts < to) {
+        const owner = p.samples[i - 1]!;
+        t.set(owner, (t.get(owner) ?? 0) + dt);
+      }
+      ts += dt;
     }
     return t;
   }
@@ -94,12 +100,31 @@ function selfTimes(p: CpuProfile): Map<number, number> {
   return t;
 }
 
-export function summariseProfile(p: CpuProfile, opts: { top?: number; root?: string } = {}): ProfileSummary {
+/**
+ * Which part of the profile counts: start-up (module loading) and the idle
+ * tail after the workload would otherwise crowd the hot path out of the top list.
+ */
+interface Window {
+  skipMs: number;
+  windowMs?: number | undefined;
+}
+
+export interface SummaryOptions {
+  top?: number;
+  /** Repository root, stripped from file URLs. */
+  root?: string;
+  /** Ignore samples in the first skipMs of the profile… */
+  skipMs?: number;
+  /** …and after skipMs + windowMs. Needs sample timestamps; hitCount-only profiles count whole. */
+  windowMs?: number;
+}
+
+export function summariseProfile(p: CpuProfile, opts: SummaryOptions = {}): ProfileSummary {
   const topN = opts.top ?? 15;
   const byId = new Map(p.nodes.map((n) => [n.id, n]));
   const parent = new Map<number, number>();
   for (const n of p.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
-  const self = selfTimes(p);
+  const self = selfTimes(p, { skipMs: opts.skipMs ?? 0, windowMs: opts.windowMs });
 
   let total = 0;
   let idle = 0;

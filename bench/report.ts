@@ -175,8 +175,11 @@ function targetsSection(r: Results): string[] {
 function profileSection(r: Results): string[] {
   if (r.profiles.length === 0) return ['Not profiled in this run (`npm run bench -- --profile`).'];
   const lines: string[] = [
-    'blockgate alone under `node --cpu-prof`, unix socket, one 4k random workload per process (set-up and fill',
-    'happen in an earlier process, so they are not in the profile). "busy" = share of non-idle main-thread time.',
+    'blockgate alone under `node --cpu-prof`, unix socket, one workload per process. Set-up and fill happen in an',
+    'earlier process, and only samples from the measured part of the fio run count (start-up and ramp are cut).',
+    '"busy" = share of non-idle main-thread time. The profiler samples wall-clock time on the main thread, so a native',
+    'call such as `read`/`writeBuffer` (fs.read/fs.write bindings) includes the time the thread is descheduled while',
+    'handing the request to a libuv pool thread — on 2 vCPUs shared with fio that hand-off is expensive.',
   ];
   for (const p of r.profiles) {
     const s = p.summary;

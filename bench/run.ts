@@ -38,13 +38,14 @@ const USAGE = `usage: node dist/bench/run.js [options]
   --quick              small matrix (unix socket, 7 workloads, 1 round, 1 s runs): under two minutes
   --profile            also profile blockgate (node --cpu-prof) under the 4k random workloads
   --rounds N           rounds per cell; the median is reported (full: 3)
-  --runtime S          seconds per fio run after ramp (full: 2)
-  --ramp S             fio ramp_time seconds (full: 0.5)
+  --runtime S          seconds per fio run after ramp (full: 1.5)
+  --ramp S             fio ramp_time seconds (0.25)
   --transports LIST    unix,tcp
   --servers LIST       ${SERVERS.join(',')} (${BASELINE} is always included: ratios need it)
   --workloads LIST     workload ids (see bench/workloads.ts)
   --size MiB           export size (default 256)
-  --out DIR            output directory (full: docs/bench, quick: bench/out)`;
+  --out DIR            output directory (full: docs/bench, quick: bench/out)
+  --render DIR         only re-render DIR/report.md and DIR/chart.svg from DIR/results.json`;
 
 function list(v: string | undefined): string[] | null {
   return v ? v.split(',').map((s) => s.trim()).filter(Boolean) : null;
@@ -64,11 +65,16 @@ function parseOptions(argv: string[]): Options {
       workloads: { type: 'string' },
       size: { type: 'string' },
       out: { type: 'string' },
+      render: { type: 'string' },
       help: { type: 'boolean', default: false },
     },
   });
   if (values.help) {
     process.stdout.write(USAGE + '\n');
+    process.exit(0);
+  }
+  if (values.render) {
+    render(path.resolve(values.render));
     process.exit(0);
   }
   const quick = values.quick!;
@@ -86,7 +92,7 @@ function parseOptions(argv: string[]): Options {
     quick,
     profile: values.profile!,
     rounds: Math.max(1, Math.round(num(values.rounds, quick ? 1 : 3))),
-    timing: { runtimeS: Math.max(1, num(values.runtime, quick ? 1 : 2)), rampS: num(values.ramp, quick ? 0.25 : 0.5) },
+    timing: { runtimeS: Math.max(0.5, num(values.runtime, quick ? 1 : 1.5)), rampS: num(values.ramp, 0.25) },
     profileRuntimeS: quick ? 2 : 5,
     transports,
     servers,
@@ -123,6 +129,7 @@ async function benchTransport(ctx: Ctx, transport: Transport, runs: Map<string, 
   try {
     targets.push(...(await startAll(ctx, transport)));
     for (const t of targets) await fill(ctx.reg, JOBS_DIR, ctx.rawDir, t.uri, `${t.server}-${transport}`);
+    await settle(ctx.reg);
     log(`${transport}: all exports filled`);
     const { workloads, rounds, timing } = ctx.opts;
     for (let round = 0; round < rounds; round++) {
@@ -139,6 +146,15 @@ async function benchTransport(ctx: Ctx, transport: Transport, runs: Map<string, 
     // Stopped by PID even when a run failed half way.
     for (const t of targets) await ctx.reg.stop(t.proc);
   }
+}
+
+/**
+ * Writes the fills' dirty pages back before measuring, so background
+ * write-back does not land on whichever server happens to run first.
+ */
+async function settle(reg: ProcessRegistry): Promise<void> {
+  const p = reg.start('sync', 'sync', []);
+  await p.exited;
 }
 
 async function newestProfile(dir: string): Promise<string> {
@@ -159,16 +175,21 @@ async function profileBlockgate(ctx: Ctx): Promise<ProfileResult[]> {
   } finally {
     await ctx.reg.stop(setup.proc);
   }
+  await settle(ctx.reg);
   const keepDir = path.join(ROOT, 'bench/out/profiles');
   await fs.promises.mkdir(keepDir, { recursive: true });
   const results: ProfileResult[] = [];
   for (const w of selectWorkloads(PROFILE_IDS)) {
     const profDir = path.join(ctx.workDir, 'prof', w.id);
     await fs.promises.mkdir(profDir, { recursive: true });
+    const spawned = Date.now();
     const t = await startBlockgate({ ...base, dataDir: setup.dataDir, cpuProfDir: profDir }, 'unix');
+    const timing = { runtimeS: ctx.opts.profileRuntimeS, rampS: 0.5 };
+    // The profile clock starts with the process; keep only the measured part of the fio run.
+    const skipMs = Date.now() - spawned + timing.rampS * 1000;
     let exit: { code: number | null; signal: NodeJS.Signals | null };
     try {
-      const s = await runWorkload(ctx.reg, JOBS_DIR, ctx.rawDir, t.uri, w, { runtimeS: ctx.opts.profileRuntimeS, rampS: 0.5 }, `profile-${w.id}`);
+      const s = await runWorkload(ctx.reg, JOBS_DIR, ctx.rawDir, t.uri, w, timing, `profile-${w.id}`);
       log(`profile ${w.id}: ${Math.round(s.iops)} IOPS under --cpu-prof`);
     } finally {
       // SIGTERM lets blockgate flush and exit 0, which is when node writes the profile.
@@ -179,7 +200,7 @@ async function profileBlockgate(ctx: Ctx): Promise<ProfileResult[]> {
     const kept = path.join(keepDir, `${w.id}.cpuprofile`);
     await fs.promises.copyFile(file, kept);
     const prof = JSON.parse(await fs.promises.readFile(file, 'utf8')) as CpuProfile;
-    results.push({ workload: w.id, file: path.relative(ROOT, kept), summary: summariseProfile(prof, { top: 15, root: ROOT }) });
+    results.push({ workload: w.id, file: path.relative(ROOT, kept), summary: summariseProfile(prof, { top: 15, root: ROOT, skipMs, windowMs: timing.runtimeS * 1000 }) });
   }
   return results;
 }
@@ -189,6 +210,13 @@ async function writeOutputs(r: Results, outDir: string): Promise<void> {
   await fs.promises.writeFile(path.join(outDir, 'results.json'), JSON.stringify(r, null, 2) + '\n');
   await fs.promises.writeFile(path.join(outDir, 'report.md'), renderMarkdown(r));
   await fs.promises.writeFile(path.join(outDir, 'chart.svg'), renderSvg(r));
+}
+
+/** Report-format changes should not need a 15-minute rerun. */
+function render(dir: string): void {
+  const r = JSON.parse(fs.readFileSync(path.join(dir, 'results.json'), 'utf8')) as Results;
+  fs.writeFileSync(path.join(dir, 'report.md'), renderMarkdown(r));
+  fs.writeFileSync(path.join(dir, 'chart.svg'), renderSvg(r));
 }
 
 function printSummary(r: Results): void {

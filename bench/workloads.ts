@@ -60,8 +60,8 @@ export const QUICK_IDS = [
   'randrw-4k-qd32-4j',
 ];
 
-/** The 4k random workloads the profile runs under. */
-export const PROFILE_IDS = ['randread-4k-qd32', 'randwrite-4k-qd32', 'randrw-4k-qd32'];
+/** The 4k random workloads the profile runs under, then the 1 MiB streams (the furthest behind). */
+export const PROFILE_IDS = ['randread-4k-qd32', 'randwrite-4k-qd32', 'randrw-4k-qd32', 'randread-4k-qd1', 'seqread-1m-qd8', 'seqwrite-1m-qd8'];
 
 export function selectWorkloads(ids: readonly string[] | null): Workload[] {
   if (!ids) return [...ALL_WORKLOADS];
