@@ -179,7 +179,7 @@ export function summariseProfile(p: CpuProfile, opts: SummaryOptions = {}): Prof
 
   const perFile = new Map<string, number>();
   for (const e of fnSelf.values()) {
-    if (e.frame.functionName === IDLE) continue;
+    if (e.frame.functionName === IDLE || e.self === 0) continue;
     const f = shortUrl(e.frame.url, opts.root) || e.frame.functionName || '(native)';
     perFile.set(f, (perFile.get(f) ?? 0) + e.self);
   }

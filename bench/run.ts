@@ -32,6 +32,7 @@ interface Options {
   workloads: Workload[];
   sizeBytes: number;
   outDir: string;
+  blockgateEnv: Record<string, string>;
 }
 
 const USAGE = `usage: node dist/bench/run.js [options]
@@ -44,6 +45,7 @@ const USAGE = `usage: node dist/bench/run.js [options]
   --servers LIST       ${SERVERS.join(',')} (${BASELINE} is always included: ratios need it)
   --workloads LIST     workload ids (see bench/workloads.ts)
   --size MiB           export size (default 256)
+  --uv-threads N       UV_THREADPOOL_SIZE for blockgate (default: node's, 4)
   --out DIR            output directory (full: docs/bench, quick: bench/out)
   --render DIR         only re-render DIR/report.md and DIR/chart.svg from DIR/results.json`;
 
@@ -64,6 +66,7 @@ function parseOptions(argv: string[]): Options {
       servers: { type: 'string' },
       workloads: { type: 'string' },
       size: { type: 'string' },
+      'uv-threads': { type: 'string' },
       out: { type: 'string' },
       render: { type: 'string' },
       help: { type: 'boolean', default: false },
@@ -99,6 +102,7 @@ function parseOptions(argv: string[]): Options {
     workloads: selectWorkloads(list(values.workloads) ?? (quick ? QUICK_IDS : null)),
     sizeBytes: Math.round(num(values.size, 256)) * MiB,
     outDir: path.resolve(ROOT, values.out ?? (quick ? 'bench/out' : 'docs/bench')),
+    blockgateEnv: values['uv-threads'] ? { UV_THREADPOOL_SIZE: String(Math.round(num(values['uv-threads'], 4))) } : {},
   };
 }
 
@@ -116,7 +120,7 @@ interface Ctx {
 async function startAll(ctx: Ctx, transport: Transport): Promise<Target[]> {
   const targets: Target[] = [];
   for (const s of ctx.opts.servers) {
-    const t = await startServer(s, transport, { reg: ctx.reg, workDir: ctx.workDir, root: ROOT, size: ctx.opts.sizeBytes });
+    const t = await startServer(s, transport, { reg: ctx.reg, workDir: ctx.workDir, root: ROOT, size: ctx.opts.sizeBytes, blockgateEnv: ctx.opts.blockgateEnv });
     log(`${s} (${transport}) pid ${t.proc.pid} at ${t.uri}`);
     targets.push(t);
   }
@@ -168,7 +172,7 @@ async function newestProfile(dir: string): Promise<string> {
  * an unprofiled process first; each profiled process then only serves one workload.
  */
 async function profileBlockgate(ctx: Ctx): Promise<ProfileResult[]> {
-  const base = { reg: ctx.reg, workDir: ctx.workDir, root: ROOT, size: ctx.opts.sizeBytes };
+  const base = { reg: ctx.reg, workDir: ctx.workDir, root: ROOT, size: ctx.opts.sizeBytes, blockgateEnv: ctx.opts.blockgateEnv };
   const setup = await startBlockgate(base, 'unix');
   try {
     await fill(ctx.reg, JOBS_DIR, ctx.rawDir, setup.uri, 'profile');
@@ -271,6 +275,7 @@ async function main(): Promise<void> {
       baseline: BASELINE,
       workloads: opts.workloads,
       workDirFs: filesystemOf(os.tmpdir()),
+      blockgateEnv: opts.blockgateEnv,
     },
     machine: machineInfo(),
     versions: versions(ROOT),

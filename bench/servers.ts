@@ -29,6 +29,8 @@ export interface StartContext {
   cpuProfDir?: string;
   /** Reuse an existing blockgate data directory (already set up) instead of creating one. */
   dataDir?: string;
+  /** Extra environment for blockgate only (e.g. UV_THREADPOOL_SIZE, a tuning knob worth measuring). */
+  blockgateEnv?: Record<string, string>;
 }
 
 const TOKEN = 'bench-token-0123456789abcdef';
@@ -147,7 +149,7 @@ async function startBlockgate(ctx: StartContext, transport: Transport, tcpPort?:
     '--no-demo',
   ];
   await fs.promises.rm(path.join(dataDir, 'run.json'), { force: true });
-  const proc = ctx.reg.start(`blockgate-${transport}`, process.execPath, args);
+  const proc = ctx.reg.start(`blockgate-${transport}`, process.execPath, args, { env: { ...process.env, ...ctx.blockgateEnv } });
   const info = await waitRunFile(dataDir, proc, ctx.reg);
   const sock = path.join(dataDir, 'sockets', 'bench.sock');
   let ep: Endpoint;
