@@ -149,7 +149,8 @@ t.test('report and chart render from a results document', async (t) => {
   const md = renderMarkdown(r);
   t.match(md, /Test CPU × 2/);
   t.match(md, /\| 4k random read QD1 \| \*\*blockgate\*\* \| 130 \|.*\| 1\.30× \|/);
-  t.match(md, /1 MiB sequential ≥ 0\.8× nbdkit-file \| 0\.70× \(seqread-1m-qd8, unix\) .*not met/);
+  t.match(md, /1 MiB sequential ≥ 0\.8× nbdkit-file \| 0 \/ 1 \| 0\.70× \(seqread-1m-qd8, unix\) .*not met/);
+  t.match(md, /cached 4k random read ≥ 1\.0× nbdkit-file \| 1 \/ 1 \|.*✅ met/);
   const svg = renderSvg(r);
   t.match(svg, /^<svg /);
   t.match(svg, /blockgate 4k random read QD1: 1\.30×/);
