@@ -218,6 +218,9 @@ export function renderMarkdown(r: Results): string {
     `- CPU: ${m.cpuModel} × ${m.nproc} (client and servers share these cores)`,
     `- Memory: ${m.memoryGiB} GiB; kernel ${m.kernel}; backing files on ${r.config.workDirFs}`,
     `- node ${v.node}, fio ${v.fio}, nbdkit ${v.nbdkit}, qemu-nbd ${v['qemu-nbd']}, blockgate ${v.blockgate}`,
+    ...(m.loadavg1Start !== undefined
+      ? [`- Load average (1 min) at start / end: ${m.loadavg1Start} / ${m.loadavg1End} — above ${m.nproc}, other work shared the cores; rotation spreads that noise over all servers but not evenly per cell`]
+      : []),
     '',
     '## Method',
     '',

@@ -106,6 +106,10 @@ function parseOptions(argv: string[]): Options {
   };
 }
 
+function round2(x: number): number {
+  return Math.round(x * 100) / 100;
+}
+
 function log(msg: string): void {
   process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
 }
@@ -250,6 +254,8 @@ async function main(): Promise<void> {
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
 
+  // Other work on a shared machine is the biggest noise source; say how busy it was.
+  const loadStart = os.loadavg()[0]!;
   const runs = new Map<string, RunStats[]>();
   let profiles: ProfileResult[] = [];
   const date = new Date().toISOString();
@@ -277,7 +283,7 @@ async function main(): Promise<void> {
       workDirFs: filesystemOf(os.tmpdir()),
       blockgateEnv: opts.blockgateEnv,
     },
-    machine: machineInfo(),
+    machine: { ...machineInfo(), loadavg1Start: round2(loadStart), loadavg1End: round2(os.loadavg()[0]!) },
     versions: versions(ROOT),
     cells,
     targets: evaluateTargets(cells, opts.workloads),
