@@ -248,6 +248,7 @@ async function main(): Promise<void> {
     await fs.promises.rm(workDir, { recursive: true, force: true });
   };
   const onSignal = (sig: NodeJS.Signals): void => {
+    interrupted = true;
     log(`${sig}: stopping ${reg.count} child process(es) by PID`);
     void cleanup().finally(() => process.exit(130));
   };
@@ -295,7 +296,11 @@ async function main(): Promise<void> {
   log(`wrote ${path.relative(ROOT, opts.outDir)}/{results.json,report.md,chart.svg} in ${results.durationS.toFixed(0)} s`);
 }
 
+/** Set on SIGINT/SIGTERM: the runs that fail because their server was stopped are not errors. */
+let interrupted = false;
+
 main().catch((e: unknown) => {
+  if (interrupted) process.exit(130);
   process.stderr.write(`bench: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
   process.exit(1);
 });
