@@ -272,15 +272,16 @@ export function renderSvg(r: Results): string {
   const groupW = servers.length * barW + 10;
   const left = 50;
   const plotW = ws.length * groupW;
-  const width = left + plotW + 20;
+  const width = Math.max(left + plotW + 100, 700);
   const plotH = 200;
   const labelH = 130;
   const panelH = 30 + plotH + labelH;
-  const legendH = 30;
+  const legendH = 50;
   const height = legendH + r.config.transports.length * panelH;
   const maxRatio = Math.max(1.5, ...r.cells.filter((c) => c.server !== r.config.baseline).map((c) => c.ratioToBaseline ?? 0));
   const top = Math.ceil(maxRatio * 2) / 2;
-  const y = (v: number): number => plotH - (Math.min(v, top) / top) * plotH;
+  // One decimal is plenty for pixels and keeps the committed file small.
+  const y = (v: number): number => Math.round((plotH - (Math.min(v, top) / top) * plotH) * 10) / 10;
 
   const out: string[] = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="11">`,
@@ -290,7 +291,7 @@ export function renderSvg(r: Results): string {
     const x = left + i * 150;
     out.push(`<rect x="${x}" y="10" width="12" height="12" fill="${COLORS[s]}"/>`, `<text x="${x + 16}" y="20">${esc(s)}</text>`);
   });
-  out.push(`<text x="${left + servers.length * 150}" y="20">IOPS ratio to ${esc(r.config.baseline)} (dashed line = 1.0)</text>`);
+  out.push(`<text x="${left}" y="40">IOPS ratio to ${esc(r.config.baseline)} (dashed line = 1.0)</text>`);
 
   r.config.transports.forEach((tr, pi) => {
     const oy = legendH + pi * panelH + 20;
