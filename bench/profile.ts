@@ -129,11 +129,26 @@ export function summariseProfile(p: CpuProfile, opts: SummaryOptions = {}): Prof
   let total = 0;
   let idle = 0;
   let gc = 0;
-  const fnSelf = new Map<string, { frame: CallFrame; self: number; total: number }>();
-  const entry = (f: CallFrame): { frame: CallFrame; self: number; total: number } => {
-    const k = keyOf(f);
+  type Entry = { frame: CallFrame; via: string; self: number; total: number };
+  const fnSelf = new Map<string, Entry>();
+  /**
+   * Native bindings are ambiguous by name (`writeBuffer` is both fs.write and
+   * a socket write), so they are told apart by the JavaScript frame calling them.
+   */
+  const viaOf = (id: number): string => {
+    const f = byId.get(id)!.callFrame;
+    if (f.url !== '' || f.functionName === '' || f.functionName.startsWith('(')) return '';
+    const pid = parent.get(id);
+    const pf = pid === undefined ? undefined : byId.get(pid)!.callFrame;
+    if (!pf) return '';
+    const where = shortUrl(pf.url, opts.root);
+    return `${pf.functionName || '(anonymous)'}${where ? ` ${where}` : ''}`;
+  };
+  const keyFor = (id: number): string => `${keyOf(byId.get(id)!.callFrame)}\u0000${viaOf(id)}`;
+  const entry = (id: number): Entry => {
+    const k = keyFor(id);
     let e = fnSelf.get(k);
-    if (!e) fnSelf.set(k, (e = { frame: f, self: 0, total: 0 }));
+    if (!e) fnSelf.set(k, (e = { frame: byId.get(id)!.callFrame, via: viaOf(id), self: 0, total: 0 }));
     return e;
   };
 
@@ -143,15 +158,14 @@ export function summariseProfile(p: CpuProfile, opts: SummaryOptions = {}): Prof
     total += us;
     if (n.callFrame.functionName === IDLE) idle += us;
     if (n.callFrame.functionName === GC) gc += us;
-    entry(n.callFrame).self += us;
+    entry(id).self += us;
     // Total time: each function once per stack, however often it recurses.
     const seen = new Set<string>();
     for (let cur: number | undefined = id; cur !== undefined; cur = parent.get(cur)) {
-      const f = byId.get(cur)!.callFrame;
-      const k = keyOf(f);
+      const k = keyFor(cur);
       if (seen.has(k)) continue;
       seen.add(k);
-      entry(f).total += us;
+      entry(cur).total += us;
     }
   }
 
@@ -166,7 +180,7 @@ export function summariseProfile(p: CpuProfile, opts: SummaryOptions = {}): Prof
       const name = e.frame.functionName || '(anonymous)';
       const line = e.frame.lineNumber + 1;
       return {
-        label: file ? `${name} (${file}:${line})` : name,
+        label: file ? `${name} (${file}:${line})` : e.via ? `${name} [native, from ${e.via}]` : name,
         functionName: name,
         file,
         line,

@@ -37,6 +37,9 @@ export interface TargetResult {
 export interface ProfileResult {
   workload: string;
   file: string;
+  /** The measured window inside the profile, so it can be summarised again the same way. */
+  skipMs?: number;
+  windowMs?: number;
   summary: ProfileSummary;
 }
 
@@ -61,6 +64,8 @@ export interface Results {
   cells: Cell[];
   targets: TargetResult[];
   profiles: ProfileResult[];
+  /** Set when the profiles were taken later than the table (--profile-only). */
+  profiledAt?: string;
   durationS: number;
 }
 
@@ -181,11 +186,14 @@ function targetsSection(r: Results): string[] {
 function profileSection(r: Results): string[] {
   if (r.profiles.length === 0) return ['Not profiled in this run (`npm run bench -- --profile`).'];
   const lines: string[] = [
+    ...(r.profiledAt ? [`Profiled separately on ${r.profiledAt} (\`--profile-only\`).`, ''] : []),
     'blockgate alone under `node --cpu-prof`, unix socket, one workload per process. Set-up and fill happen in an',
     'earlier process, and only samples from the measured part of the fio run count (start-up and ramp are cut).',
     '"busy" = share of non-idle main-thread time. The profiler samples wall-clock time on the main thread, so a native',
     'call such as `read`/`writeBuffer` (fs.read/fs.write bindings) includes the time the thread is descheduled while',
     'handing the request to a libuv pool thread — on 2 vCPUs shared with fio that hand-off is expensive.',
+    'Native bindings are split by their caller: `writeBuffer [native, from write node:fs]` is fs.write,',
+    '`writeBuffer [native, from handleWriteReq …]` a socket write of a single reply.',
   ];
   for (const p of r.profiles) {
     const s = p.summary;

@@ -24,6 +24,7 @@ const MiB = 1024 * 1024;
 interface Options {
   quick: boolean;
   profile: boolean;
+  profileOnly: boolean;
   rounds: number;
   timing: FioTiming;
   profileRuntimeS: number;
@@ -38,6 +39,7 @@ interface Options {
 const USAGE = `usage: node dist/bench/run.js [options]
   --quick              small matrix (unix socket, 7 workloads, 1 round, 1 s runs): under two minutes
   --profile            also profile blockgate (node --cpu-prof) under the 4k random workloads
+  --profile-only       only the profile, merged into the existing results.json in --out
   --rounds N           rounds per cell; the median is reported (full: 3)
   --runtime S          seconds per fio run after ramp (full: 1.5)
   --ramp S             fio ramp_time seconds (0.25)
@@ -59,6 +61,7 @@ function parseOptions(argv: string[]): Options {
     options: {
       quick: { type: 'boolean', default: false },
       profile: { type: 'boolean', default: false },
+      'profile-only': { type: 'boolean', default: false },
       rounds: { type: 'string' },
       runtime: { type: 'string' },
       ramp: { type: 'string' },
@@ -93,7 +96,8 @@ function parseOptions(argv: string[]): Options {
   const servers = SERVERS.filter((s) => s === BASELINE || wanted.includes(s));
   return {
     quick,
-    profile: values.profile!,
+    profile: values.profile! || values['profile-only']!,
+    profileOnly: values['profile-only']!,
     rounds: Math.max(1, Math.round(num(values.rounds, quick ? 1 : 3))),
     timing: { runtimeS: Math.max(0.5, num(values.runtime, quick ? 1 : 1.5)), rampS: num(values.ramp, 0.25) },
     profileRuntimeS: quick ? 2 : 5,
@@ -208,7 +212,8 @@ async function profileBlockgate(ctx: Ctx): Promise<ProfileResult[]> {
     const kept = path.join(keepDir, `${w.id}.cpuprofile`);
     await fs.promises.copyFile(file, kept);
     const prof = JSON.parse(await fs.promises.readFile(file, 'utf8')) as CpuProfile;
-    results.push({ workload: w.id, file: path.relative(ROOT, kept), summary: summariseProfile(prof, { top: 15, root: ROOT, skipMs, windowMs: timing.runtimeS * 1000 }) });
+    const windowMs = timing.runtimeS * 1000;
+    results.push({ workload: w.id, file: path.relative(ROOT, kept), skipMs, windowMs, summary: summariseProfile(prof, { top: 15, root: ROOT, skipMs, windowMs }) });
   }
   return results;
 }
@@ -218,6 +223,16 @@ async function writeOutputs(r: Results, outDir: string): Promise<void> {
   await fs.promises.writeFile(path.join(outDir, 'results.json'), JSON.stringify(r, null, 2) + '\n');
   await fs.promises.writeFile(path.join(outDir, 'report.md'), renderMarkdown(r));
   await fs.promises.writeFile(path.join(outDir, 'chart.svg'), renderSvg(r));
+}
+
+/** A new profile of the current code beside the last full run's table. */
+async function mergeProfiles(outDir: string, profiles: ProfileResult[]): Promise<void> {
+  const file = path.join(outDir, 'results.json');
+  const r = JSON.parse(await fs.promises.readFile(file, 'utf8')) as Results;
+  r.profiles = profiles;
+  r.profiledAt = new Date().toISOString();
+  await writeOutputs(r, outDir);
+  log(`profiles merged into ${path.relative(ROOT, file)}`);
 }
 
 /** Report-format changes should not need a 15-minute rerun. */
@@ -262,10 +277,14 @@ async function main(): Promise<void> {
   const date = new Date().toISOString();
   try {
     log(`${opts.quick ? 'quick' : 'full'} run: ${opts.workloads.length} workloads × ${opts.servers.length} servers × ${opts.transports.join('+')} × ${opts.rounds} round(s); scratch ${workDir}`);
-    for (const tr of opts.transports) await benchTransport(ctx, tr, runs);
+    if (!opts.profileOnly) for (const tr of opts.transports) await benchTransport(ctx, tr, runs);
     if (opts.profile) profiles = await profileBlockgate(ctx);
   } finally {
     await cleanup();
+  }
+  if (opts.profileOnly) {
+    await mergeProfiles(opts.outDir, profiles);
+    return;
   }
 
   const cells = buildCells(runs, opts.workloads, opts.transports, opts.servers, BASELINE);

@@ -221,3 +221,28 @@ t.test('profile URLs are shortened to repository paths', async (t) => {
   t.equal(shortUrl('node:fs'), 'node:fs');
   t.equal(shortUrl(''), '');
 });
+
+t.test('a native binding is split by the JavaScript frame that called it', async (t) => {
+  const frame = (functionName: string, url = '', lineNumber = 0) => ({ functionName, url, lineNumber, columnNumber: 0 });
+  const p: CpuProfile = {
+    nodes: [
+      { id: 1, callFrame: frame('(root)'), children: [2, 4] },
+      { id: 2, callFrame: frame('write', 'node:fs', 820), children: [3] },
+      { id: 3, callFrame: frame('writeBuffer') },
+      { id: 4, callFrame: frame('handleWriteReq', 'node:internal/stream_base_commons', 45), children: [5] },
+      { id: 5, callFrame: frame('writeBuffer') },
+    ],
+    startTime: 0,
+    endTime: 4000,
+    samples: [3, 3, 5, 1],
+    timeDeltas: [0, 1000, 1000, 1000],
+  };
+  const s = summariseProfile(p);
+  t.same(
+    s.top.map((f) => [f.label, f.selfMs]),
+    [
+      ['writeBuffer [native, from write node:fs]', 2],
+      ['writeBuffer [native, from handleWriteReq node:internal/stream_base_commons]', 1],
+    ],
+  );
+});
