@@ -276,7 +276,8 @@ async function main(): Promise<void> {
   let profiles: ProfileResult[] = [];
   const date = new Date().toISOString();
   try {
-    log(`${opts.quick ? 'quick' : 'full'} run: ${opts.workloads.length} workloads × ${opts.servers.length} servers × ${opts.transports.join('+')} × ${opts.rounds} round(s); scratch ${workDir}`);
+    if (opts.profileOnly) log(`profile only, merged into ${path.relative(ROOT, opts.outDir)}/results.json; scratch ${workDir}`);
+    else log(`${opts.quick ? 'quick' : 'full'} run: ${opts.workloads.length} workloads × ${opts.servers.length} servers × ${opts.transports.join('+')} × ${opts.rounds} round(s); scratch ${workDir}`);
     if (!opts.profileOnly) for (const tr of opts.transports) await benchTransport(ctx, tr, runs);
     if (opts.profile) profiles = await profileBlockgate(ctx);
   } finally {
