@@ -1,0 +1,326 @@
+/**
+ * `npm run bench [-- --quick] [-- --profile]`: blockgate side by side with
+ * nbdkit (file, memory) and qemu-nbd, the same fio jobs against each,
+ * interleaved so machine drift hits all alike. See docs/bench/report.md.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { filesystemOf, installTools, machineInfo, versions } from './environment.js';
+import { fill, runWorkload, type FioTiming } from './fio.js';
+import { summariseProfile, type CpuProfile } from './profile.js';
+import { ProcessRegistry } from './procs.js';
+import { buildCells, cellKey, evaluateTargets, renderMarkdown, renderSvg, type ProfileResult, type Results } from './report.js';
+import { BASELINE, SERVERS, startBlockgate, startServer, type ServerName, type Target, type Transport } from './servers.js';
+import { rotation, type RunStats } from './stats.js';
+import { PROFILE_IDS, QUICK_IDS, selectWorkloads, type Workload } from './workloads.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const JOBS_DIR = path.join(ROOT, 'bench/jobs');
+const MiB = 1024 * 1024;
+
+interface Options {
+  quick: boolean;
+  profile: boolean;
+  profileOnly: boolean;
+  rounds: number;
+  timing: FioTiming;
+  profileRuntimeS: number;
+  transports: Transport[];
+  servers: ServerName[];
+  workloads: Workload[];
+  sizeBytes: number;
+  outDir: string;
+  blockgateEnv: Record<string, string>;
+}
+
+const USAGE = `usage: node dist/bench/run.js [options]
+  --quick              small matrix (unix socket, 7 workloads, 1 round, 1 s runs): under two minutes
+  --profile            also profile blockgate (node --cpu-prof) under the 4k random workloads
+  --profile-only       only the profile, merged into the existing results.json in --out
+  --rounds N           rounds per cell; the median is reported (full: 3)
+  --runtime S          seconds per fio run after ramp (full: 1.5)
+  --ramp S             fio ramp_time seconds (0.25)
+  --transports LIST    unix,tcp
+  --servers LIST       ${SERVERS.join(',')} (${BASELINE} is always included: ratios need it)
+  --workloads LIST     workload ids (see bench/workloads.ts)
+  --size MiB           export size (default 256)
+  --uv-threads N       UV_THREADPOOL_SIZE for blockgate (default: node's, 4)
+  --out DIR            output directory (full: docs/bench, quick: bench/out)
+  --render DIR         only re-render DIR/report.md and DIR/chart.svg from DIR/results.json`;
+
+function list(v: string | undefined): string[] | null {
+  return v ? v.split(',').map((s) => s.trim()).filter(Boolean) : null;
+}
+
+function parseOptions(argv: string[]): Options {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      quick: { type: 'boolean', default: false },
+      profile: { type: 'boolean', default: false },
+      'profile-only': { type: 'boolean', default: false },
+      rounds: { type: 'string' },
+      runtime: { type: 'string' },
+      ramp: { type: 'string' },
+      transports: { type: 'string' },
+      servers: { type: 'string' },
+      workloads: { type: 'string' },
+      size: { type: 'string' },
+      'uv-threads': { type: 'string' },
+      out: { type: 'string' },
+      render: { type: 'string' },
+      help: { type: 'boolean', default: false },
+    },
+  });
+  if (values.help) {
+    process.stdout.write(USAGE + '\n');
+    process.exit(0);
+  }
+  if (values.render) {
+    render(path.resolve(values.render));
+    process.exit(0);
+  }
+  const quick = values.quick!;
+  const num = (v: string | undefined, d: number): number => {
+    const n = v === undefined ? d : Number(v);
+    if (!Number.isFinite(n) || n < 0) throw new Error(`bad number '${v}'\n${USAGE}`);
+    return n;
+  };
+  const transports = (list(values.transports) ?? (quick ? ['unix'] : ['unix', 'tcp'])) as Transport[];
+  for (const t of transports) if (t !== 'unix' && t !== 'tcp') throw new Error(`unknown transport '${t}'`);
+  const wanted = (list(values.servers) ?? [...SERVERS]) as ServerName[];
+  for (const s of wanted) if (!SERVERS.includes(s)) throw new Error(`unknown server '${s}'`);
+  const servers = SERVERS.filter((s) => s === BASELINE || wanted.includes(s));
+  return {
+    quick,
+    profile: values.profile! || values['profile-only']!,
+    profileOnly: values['profile-only']!,
+    rounds: Math.max(1, Math.round(num(values.rounds, quick ? 1 : 3))),
+    timing: { runtimeS: Math.max(0.5, num(values.runtime, quick ? 1 : 1.5)), rampS: num(values.ramp, 0.25) },
+    profileRuntimeS: quick ? 2 : 5,
+    transports,
+    servers,
+    workloads: selectWorkloads(list(values.workloads) ?? (quick ? QUICK_IDS : null)),
+    sizeBytes: Math.round(num(values.size, 256)) * MiB,
+    outDir: path.resolve(ROOT, values.out ?? (quick ? 'bench/out' : 'docs/bench')),
+    blockgateEnv: values['uv-threads'] ? { UV_THREADPOOL_SIZE: String(Math.round(num(values['uv-threads'], 4))) } : {},
+  };
+}
+
+function round2(x: number): number {
+  return Math.round(x * 100) / 100;
+}
+
+function log(msg: string): void {
+  process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
+}
+
+interface Ctx {
+  reg: ProcessRegistry;
+  workDir: string;
+  rawDir: string;
+  opts: Options;
+}
+
+async function startAll(ctx: Ctx, transport: Transport): Promise<Target[]> {
+  const targets: Target[] = [];
+  for (const s of ctx.opts.servers) {
+    const t = await startServer(s, transport, { reg: ctx.reg, workDir: ctx.workDir, root: ROOT, size: ctx.opts.sizeBytes, blockgateEnv: ctx.opts.blockgateEnv });
+    log(`${s} (${transport}) pid ${t.proc.pid} at ${t.uri}`);
+    targets.push(t);
+  }
+  return targets;
+}
+
+/** One transport's share of the matrix: start everything, fill, then rounds of rotated runs. */
+async function benchTransport(ctx: Ctx, transport: Transport, runs: Map<string, RunStats[]>): Promise<void> {
+  const targets: Target[] = [];
+  try {
+    targets.push(...(await startAll(ctx, transport)));
+    for (const t of targets) await fill(ctx.reg, JOBS_DIR, ctx.rawDir, t.uri, `${t.server}-${transport}`);
+    await settle(ctx.reg);
+    log(`${transport}: all exports filled`);
+    const { workloads, rounds, timing } = ctx.opts;
+    for (let round = 0; round < rounds; round++) {
+      for (const [wi, w] of workloads.entries()) {
+        for (const t of rotation(targets, round + wi)) {
+          const s = await runWorkload(ctx.reg, JOBS_DIR, ctx.rawDir, t.uri, w, timing, `${w.id}-${transport}-${t.server}-r${round}`);
+          const k = cellKey(w.id, transport, t.server);
+          runs.set(k, [...(runs.get(k) ?? []), s]);
+          log(`${transport} r${round + 1}/${rounds} ${w.id.padEnd(20)} ${t.server.padEnd(13)} ${Math.round(s.iops).toString().padStart(7)} IOPS ${s.mibps.toFixed(0).padStart(5)} MiB/s p99 ${s.p99us.toFixed(0)} µs`);
+        }
+      }
+    }
+  } finally {
+    // Stopped by PID even when a run failed half way.
+    for (const t of targets) await ctx.reg.stop(t.proc);
+  }
+}
+
+/**
+ * Writes the fills' dirty pages back before measuring, so background
+ * write-back does not land on whichever server happens to run first.
+ */
+async function settle(reg: ProcessRegistry): Promise<void> {
+  const p = reg.start('sync', 'sync', []);
+  await p.exited;
+}
+
+async function newestProfile(dir: string): Promise<string> {
+  const files = (await fs.promises.readdir(dir)).filter((f) => f.endsWith('.cpuprofile'));
+  if (files.length === 0) throw new Error(`no .cpuprofile written in ${dir}`);
+  return path.join(dir, files.sort().at(-1)!);
+}
+
+/**
+ * Profiles blockgate per 4k random workload. Provisioning and the fill run in
+ * an unprofiled process first; each profiled process then only serves one workload.
+ */
+async function profileBlockgate(ctx: Ctx): Promise<ProfileResult[]> {
+  const base = { reg: ctx.reg, workDir: ctx.workDir, root: ROOT, size: ctx.opts.sizeBytes, blockgateEnv: ctx.opts.blockgateEnv };
+  const setup = await startBlockgate(base, 'unix');
+  try {
+    await fill(ctx.reg, JOBS_DIR, ctx.rawDir, setup.uri, 'profile');
+  } finally {
+    await ctx.reg.stop(setup.proc);
+  }
+  await settle(ctx.reg);
+  const keepDir = path.join(ROOT, 'bench/out/profiles');
+  await fs.promises.mkdir(keepDir, { recursive: true });
+  const results: ProfileResult[] = [];
+  for (const w of selectWorkloads(PROFILE_IDS)) {
+    const profDir = path.join(ctx.workDir, 'prof', w.id);
+    await fs.promises.mkdir(profDir, { recursive: true });
+    const spawned = Date.now();
+    const t = await startBlockgate({ ...base, dataDir: setup.dataDir, cpuProfDir: profDir }, 'unix');
+    const timing = { runtimeS: ctx.opts.profileRuntimeS, rampS: 0.5 };
+    // The profile clock starts with the process; keep only the measured part of the fio run.
+    const skipMs = Date.now() - spawned + timing.rampS * 1000;
+    let exit: { code: number | null; signal: NodeJS.Signals | null };
+    try {
+      const s = await runWorkload(ctx.reg, JOBS_DIR, ctx.rawDir, t.uri, w, timing, `profile-${w.id}`);
+      log(`profile ${w.id}: ${Math.round(s.iops)} IOPS under --cpu-prof`);
+    } finally {
+      // SIGTERM lets blockgate flush and exit 0, which is when node writes the profile.
+      exit = await ctx.reg.stop(t.proc);
+    }
+    if (exit.code !== 0) throw new Error(`profiled blockgate exited ${exit.code ?? exit.signal}:\n${t.proc.output()}`);
+    const file = await newestProfile(profDir);
+    const kept = path.join(keepDir, `${w.id}.cpuprofile`);
+    await fs.promises.copyFile(file, kept);
+    const prof = JSON.parse(await fs.promises.readFile(file, 'utf8')) as CpuProfile;
+    const windowMs = timing.runtimeS * 1000;
+    results.push({ workload: w.id, file: path.relative(ROOT, kept), skipMs, windowMs, summary: summariseProfile(prof, { top: 15, root: ROOT, skipMs, windowMs }) });
+  }
+  return results;
+}
+
+async function writeOutputs(r: Results, outDir: string): Promise<void> {
+  await fs.promises.mkdir(outDir, { recursive: true });
+  await fs.promises.writeFile(path.join(outDir, 'results.json'), JSON.stringify(r, null, 2) + '\n');
+  await fs.promises.writeFile(path.join(outDir, 'report.md'), renderMarkdown(r));
+  await fs.promises.writeFile(path.join(outDir, 'chart.svg'), renderSvg(r));
+}
+
+/** A new profile of the current code beside the last full run's table. */
+async function mergeProfiles(outDir: string, profiles: ProfileResult[]): Promise<void> {
+  const file = path.join(outDir, 'results.json');
+  const r = JSON.parse(await fs.promises.readFile(file, 'utf8')) as Results;
+  r.profiles = profiles;
+  r.profiledAt = new Date().toISOString();
+  await writeOutputs(r, outDir);
+  log(`profiles merged into ${path.relative(ROOT, file)}`);
+}
+
+/** Report-format changes should not need a 15-minute rerun. */
+function render(dir: string): void {
+  const r = JSON.parse(fs.readFileSync(path.join(dir, 'results.json'), 'utf8')) as Results;
+  fs.writeFileSync(path.join(dir, 'report.md'), renderMarkdown(r));
+  fs.writeFileSync(path.join(dir, 'chart.svg'), renderSvg(r));
+}
+
+function printSummary(r: Results): void {
+  for (const t of r.targets) {
+    const worst = t.worst === null ? '–' : `${t.worst.toFixed(2)}×`;
+    log(`${t.met ? 'MET    ' : 'NOT MET'} ${t.label} (worst ${worst})`);
+  }
+}
+
+async function main(): Promise<void> {
+  const opts = parseOptions(process.argv.slice(2));
+  const started = Date.now();
+  installTools(ROOT);
+  const workDir = await fs.promises.mkdtemp(path.join(os.tmpdir(), 'blockgate-bench-'));
+  const rawDir = path.join(workDir, 'raw');
+  await fs.promises.mkdir(rawDir);
+  const reg = new ProcessRegistry();
+  const ctx: Ctx = { reg, workDir, rawDir, opts };
+  const cleanup = async (): Promise<void> => {
+    await reg.stopAll();
+    await fs.promises.rm(workDir, { recursive: true, force: true });
+  };
+  const onSignal = (sig: NodeJS.Signals): void => {
+    interrupted = true;
+    log(`${sig}: stopping ${reg.count} child process(es) by PID`);
+    void cleanup().finally(() => process.exit(130));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+
+  // Other work on a shared machine is the biggest noise source; say how busy it was.
+  const loadStart = os.loadavg()[0]!;
+  const runs = new Map<string, RunStats[]>();
+  let profiles: ProfileResult[] = [];
+  const date = new Date().toISOString();
+  try {
+    if (opts.profileOnly) log(`profile only, merged into ${path.relative(ROOT, opts.outDir)}/results.json; scratch ${workDir}`);
+    else log(`${opts.quick ? 'quick' : 'full'} run: ${opts.workloads.length} workloads × ${opts.servers.length} servers × ${opts.transports.join('+')} × ${opts.rounds} round(s); scratch ${workDir}`);
+    if (!opts.profileOnly) for (const tr of opts.transports) await benchTransport(ctx, tr, runs);
+    if (opts.profile) profiles = await profileBlockgate(ctx);
+  } finally {
+    await cleanup();
+  }
+  if (opts.profileOnly) {
+    await mergeProfiles(opts.outDir, profiles);
+    return;
+  }
+
+  const cells = buildCells(runs, opts.workloads, opts.transports, opts.servers, BASELINE);
+  const results: Results = {
+    date,
+    mode: opts.quick ? 'quick' : 'full',
+    config: {
+      rounds: opts.rounds,
+      runtimeS: opts.timing.runtimeS,
+      rampS: opts.timing.rampS,
+      sizeBytes: opts.sizeBytes,
+      transports: opts.transports,
+      servers: opts.servers,
+      baseline: BASELINE,
+      workloads: opts.workloads,
+      workDirFs: filesystemOf(os.tmpdir()),
+      blockgateEnv: opts.blockgateEnv,
+    },
+    machine: { ...machineInfo(), loadavg1Start: round2(loadStart), loadavg1End: round2(os.loadavg()[0]!) },
+    versions: versions(ROOT),
+    cells,
+    targets: evaluateTargets(cells, opts.workloads),
+    profiles,
+    durationS: (Date.now() - started) / 1000,
+  };
+  await writeOutputs(results, opts.outDir);
+  printSummary(results);
+  log(`wrote ${path.relative(ROOT, opts.outDir)}/{results.json,report.md,chart.svg} in ${results.durationS.toFixed(0)} s`);
+}
+
+/** Set on SIGINT/SIGTERM: the runs that fail because their server was stopped are not errors. */
+let interrupted = false;
+
+main().catch((e: unknown) => {
+  if (interrupted) process.exit(130);
+  process.stderr.write(`bench: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,184 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { freePort, sleep, waitListening, type Endpoint, type Proc, type ProcessRegistry } from './procs.js';
+
+export type ServerName = 'blockgate' | 'nbdkit-file' | 'nbdkit-memory' | 'qemu-nbd';
+export type Transport = 'unix' | 'tcp';
+
+export const SERVERS: readonly ServerName[] = ['blockgate', 'nbdkit-file', 'nbdkit-memory', 'qemu-nbd'];
+/** The baseline every ratio is taken against. */
+export const BASELINE: ServerName = 'nbdkit-file';
+
+export interface Target {
+  server: ServerName;
+  transport: Transport;
+  uri: string;
+  proc: Proc;
+  /** Where the profile lands when blockgate runs under --cpu-prof. */
+  profileDir?: string;
+}
+
+export interface StartContext {
+  reg: ProcessRegistry;
+  /** Scratch directory for backing files and sockets (one filesystem for all servers). */
+  workDir: string;
+  /** Repository root (for dist/bin/blockgate.js). */
+  root: string;
+  size: number;
+  /** Set to profile blockgate: node writes a .cpuprofile here on exit. */
+  cpuProfDir?: string;
+  /** Reuse an existing blockgate data directory (already set up) instead of creating one. */
+  dataDir?: string;
+  /** Extra environment for blockgate only (e.g. UV_THREADPOOL_SIZE, a tuning knob worth measuring). */
+  blockgateEnv?: Record<string, string>;
+}
+
+const TOKEN = 'bench-token-0123456789abcdef';
+
+async function endpoint(transport: Transport, sock: string): Promise<Endpoint> {
+  return transport === 'unix' ? { kind: 'unix', path: sock } : { kind: 'tcp', host: '127.0.0.1', port: await freePort() };
+}
+
+function uriOf(ep: Endpoint, exportName: string): string {
+  return ep.kind === 'unix' ? `nbd+unix:///${exportName}?socket=${ep.path}` : `nbd://127.0.0.1:${ep.port}/${exportName}`;
+}
+
+/** A sparse backing file of the benchmark size, like blockgate's own arrays. */
+async function backingFile(file: string, size: number): Promise<void> {
+  const h = await fs.promises.open(file, 'w', 0o600);
+  try {
+    await h.truncate(size);
+  } finally {
+    await h.close();
+  }
+}
+
+async function startNbdkit(ctx: StartContext, transport: Transport, plugin: 'file' | 'memory'): Promise<Target> {
+  const tag = `nbdkit-${plugin}-${transport}`;
+  const ep = await endpoint(transport, path.join(ctx.workDir, `${tag}.sock`));
+  const listen = ep.kind === 'unix' ? ['-U', ep.path] : ['-i', ep.host, '-p', String(ep.port)];
+  const pluginArgs: string[] = [];
+  if (plugin === 'file') {
+    const file = path.join(ctx.workDir, `${tag}.img`);
+    await backingFile(file, ctx.size);
+    pluginArgs.push('file', file);
+  } else {
+    pluginArgs.push('memory', String(ctx.size));
+  }
+  // -f keeps nbdkit in the foreground so the PID we hold is the server's own.
+  const proc = ctx.reg.start(tag, 'nbdkit', ['-f', '--exit-with-parent', ...listen, ...pluginArgs]);
+  await waitListening(ep, proc, ctx.reg);
+  return { server: `nbdkit-${plugin}`, transport, uri: uriOf(ep, ''), proc };
+}
+
+async function startQemuNbd(ctx: StartContext, transport: Transport): Promise<Target> {
+  const tag = `qemu-nbd-${transport}`;
+  const ep = await endpoint(transport, path.join(ctx.workDir, `${tag}.sock`));
+  const file = path.join(ctx.workDir, `${tag}.img`);
+  await backingFile(file, ctx.size);
+  const listen = ep.kind === 'unix' ? ['-k', ep.path] : ['-b', ep.host, '-p', String(ep.port)];
+  // -t: keep serving after a client leaves (every fio run reconnects); -e 8 allows the 4-connection job.
+  const proc = ctx.reg.start(tag, 'qemu-nbd', ['-f', 'raw', '--cache=writeback', '-e', '8', '-t', ...listen, file]);
+  await waitListening(ep, proc, ctx.reg);
+  return { server: 'qemu-nbd', transport, uri: uriOf(ep, ''), proc };
+}
+
+async function api(base: string, method: string, url: string, body?: unknown): Promise<unknown> {
+  const res = await fetch(base + url, {
+    method,
+    headers: { authorization: `Bearer ${TOKEN}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await res.text();
+  if (!res.ok) throw new Error(`blockgate API ${method} ${url} -> ${res.status} ${text}`);
+  return text ? JSON.parse(text) : null;
+}
+
+async function waitRunFile(dataDir: string, proc: Proc, reg: ProcessRegistry): Promise<{ api: string }> {
+  const runFile = path.join(dataDir, 'run.json');
+  const deadline = Date.now() + 30_000;
+  while (Date.now() < deadline) {
+    if (!reg.isRunning(proc)) throw new Error(`blockgate exited early:\n${proc.output()}`);
+    try {
+      const info = JSON.parse(await fs.promises.readFile(runFile, 'utf8')) as { pid: number; api: string };
+      if (info.pid === proc.pid) return info;
+    } catch {
+      /* not written yet */
+    }
+    await sleep(50);
+  }
+  throw new Error(`blockgate did not become ready:\n${proc.output()}`);
+}
+
+/** The one host, farm, array and volume the benchmark uses; TCP gets the host's own port. */
+async function provisionBlockgate(base: string, size: number, tcp: Endpoint | null): Promise<void> {
+  await api(base, 'POST', '/v1/farms', { name: 'bench' });
+  await api(base, 'POST', '/v1/arrays', { name: 'bench', size });
+  const host: Record<string, unknown> = { name: 'bench', farm: 'bench' };
+  if (tcp?.kind === 'tcp') host.nbdTcp = `${tcp.host}:${tcp.port}`;
+  await api(base, 'POST', '/v1/hosts', host);
+  await api(base, 'POST', '/v1/volumes', { name: 'bench', size, farm: 'bench' });
+  await api(base, 'POST', '/v1/bindings', { volume: 'bench', host: 'bench', target: 0, lun: 0, map: true });
+}
+
+/**
+ * blockgate in its own data directory under workDir (so its array file sits on
+ * the same filesystem as the peers' backing files). With ctx.dataDir it
+ * restarts on an already provisioned directory: the profile runs use that so
+ * set-up and fill stay out of the profile.
+ */
+async function startBlockgate(ctx: StartContext, transport: Transport, tcpPort?: number): Promise<Target & { dataDir: string; tcpPort?: number }> {
+  const fresh = ctx.dataDir === undefined;
+  const dataDir = ctx.dataDir ?? (await fs.promises.mkdtemp(path.join(ctx.workDir, `blockgate-${transport}-`)));
+  const nodeArgs: string[] = [];
+  if (ctx.cpuProfDir) nodeArgs.push('--cpu-prof', `--cpu-prof-dir=${ctx.cpuProfDir}`);
+  const args = [
+    ...nodeArgs,
+    path.join(ctx.root, 'dist/bin/blockgate.js'),
+    'serve',
+    '--data-dir',
+    dataDir,
+    '--api',
+    '127.0.0.1:0',
+    '--nbd',
+    '127.0.0.1:0',
+    '--api-token',
+    TOKEN,
+    '--log-level',
+    'warn',
+    '--no-demo',
+  ];
+  await fs.promises.rm(path.join(dataDir, 'run.json'), { force: true });
+  const proc = ctx.reg.start(`blockgate-${transport}`, process.execPath, args, { env: { ...process.env, ...ctx.blockgateEnv } });
+  const info = await waitRunFile(dataDir, proc, ctx.reg);
+  const sock = path.join(dataDir, 'sockets', 'bench.sock');
+  let ep: Endpoint;
+  if (transport === 'unix') ep = { kind: 'unix', path: sock };
+  else ep = { kind: 'tcp', host: '127.0.0.1', port: tcpPort ?? (await freePort()) };
+  if (fresh) await provisionBlockgate(info.api, ctx.size, ep);
+  await waitListening(ep, proc, ctx.reg);
+  return {
+    server: 'blockgate',
+    transport,
+    uri: uriOf(ep, '0/0'),
+    proc,
+    dataDir,
+    ...(ep.kind === 'tcp' ? { tcpPort: ep.port } : {}),
+    ...(ctx.cpuProfDir ? { profileDir: ctx.cpuProfDir } : {}),
+  };
+}
+
+export async function startServer(name: ServerName, transport: Transport, ctx: StartContext): Promise<Target> {
+  switch (name) {
+    case 'blockgate':
+      return startBlockgate(ctx, transport);
+    case 'nbdkit-file':
+      return startNbdkit(ctx, transport, 'file');
+    case 'nbdkit-memory':
+      return startNbdkit(ctx, transport, 'memory');
+    case 'qemu-nbd':
+      return startQemuNbd(ctx, transport);
+  }
+}
+
+export { startBlockgate };

@@ -1,0 +1,248 @@
+import t from 'tap';
+import { summariseProfile, shortUrl, type CpuProfile } from '../../bench/profile.js';
+import { buildCells, cellKey, evaluateTargets, renderMarkdown, renderSvg, type Results } from '../../bench/report.js';
+import type { ServerName, Transport } from '../../bench/servers.js';
+import {
+  histogramPercentile,
+  median,
+  medianStats,
+  mergeBins,
+  parseFioJson,
+  ratio,
+  rotation,
+  statsFromFio,
+  type RunStats,
+} from '../../bench/stats.js';
+import { selectWorkloads } from '../../bench/workloads.js';
+
+const MiB = 1024 * 1024;
+
+/** The shape fio 3.33 writes with --output-format=json+ (trimmed to what is read). */
+function fioOutput(read: { iops: number; bins?: Record<string, number>; p50?: number; n?: number }, write?: typeof read): string {
+  const dir = (d: typeof read | undefined): object =>
+    d
+      ? {
+          iops: d.iops,
+          bw_bytes: d.iops * 4096,
+          total_ios: d.n ?? d.iops,
+          clat_ns: { percentile: { '50.000000': d.p50 ?? 0, '99.000000': (d.p50 ?? 0) * 2 }, ...(d.bins ? { bins: d.bins } : {}) },
+        }
+      : { iops: 0, bw_bytes: 0, total_ios: 0, clat_ns: {} };
+  return JSON.stringify({ 'fio version': 'fio-3.33', jobs: [{ jobname: 'j', error: 0, read: dir(read), write: dir(write) }] }, null, 2);
+}
+
+t.test('fio JSON is found after engine chatter on stdout', async (t) => {
+  const out = parseFioJson('fio: connected to NBD server\n' + fioOutput({ iops: 10 }));
+  t.equal(out.jobs.length, 1);
+  t.throws(() => parseFioJson('fio: nothing here'), /no JSON/);
+  t.throws(() => parseFioJson('{"jobs": []}'), /no jobs/);
+});
+
+t.test('a mixed run sums both directions and takes percentiles over their merged histograms', async (t) => {
+  // reads: 3 at 10 µs; writes: 1 at 100 µs → p50 = 10 µs, p99 = 100 µs over all four.
+  const s = statsFromFio(parseFioJson(fioOutput({ iops: 3000, bins: { '10000': 3 } }, { iops: 1000, bins: { '100000': 1 } })));
+  t.equal(s.iops, 4000);
+  t.equal(s.readIops, 3000);
+  t.equal(s.writeIops, 1000);
+  t.equal(s.mibps, (4000 * 4096) / MiB);
+  t.equal(s.p50us, 10);
+  t.equal(s.p99us, 100);
+});
+
+t.test('without histograms the busier direction gives the percentiles', async (t) => {
+  const s = statsFromFio(parseFioJson(fioOutput({ iops: 100, p50: 5000, n: 100 }, { iops: 50, p50: 9000, n: 50 })));
+  t.equal(s.p50us, 5);
+  t.equal(s.p99us, 10);
+});
+
+t.test('a fio job error fails the run', async (t) => {
+  const bad = JSON.stringify({ jobs: [{ jobname: 'x', error: 5, read: { iops: 1 } }] });
+  t.throws(() => statsFromFio(parseFioJson(bad)), /error 5/);
+});
+
+t.test('histogram helpers', async (t) => {
+  const b = mergeBins([{ '1': 1, '2': 1 }, { '2': 1, '4': 1 }, undefined]);
+  t.same([...b.entries()].sort((x, y) => x[0] - y[0]), [
+    [1, 1],
+    [2, 2],
+    [4, 1],
+  ]);
+  t.equal(histogramPercentile(b, 0.5), 2);
+  t.equal(histogramPercentile(b, 1), 4);
+  t.equal(histogramPercentile(b, 0), 1, 'the minimum is rank 1, not rank 0');
+  t.ok(Number.isNaN(histogramPercentile(new Map(), 0.5)));
+});
+
+t.test('median, ratio and rotation', async (t) => {
+  t.equal(median([3, 1, 2]), 2);
+  t.equal(median([4, 1, 3, 2]), 2.5);
+  t.equal(median([5, Number.NaN]), 5, 'a missing value does not poison the median');
+  t.ok(Number.isNaN(median([])));
+  t.equal(ratio(3, 2), 1.5);
+  t.equal(ratio(3, 0), null);
+  t.equal(ratio(undefined, 2), null);
+  t.same(rotation(['a', 'b', 'c'], 1), ['b', 'c', 'a']);
+  t.same(rotation(['a', 'b', 'c'], 5), ['c', 'a', 'b']);
+  t.same(rotation(['a', 'b', 'c'], -1), ['c', 'a', 'b']);
+  const counts = new Map<string, number[]>();
+  for (let shift = 0; shift < 3; shift++) rotation(['a', 'b', 'c'], shift).forEach((x, slot) => counts.set(x, [...(counts.get(x) ?? []), slot]));
+  for (const slots of counts.values()) t.same([...slots].sort(), [0, 1, 2], 'every server takes every slot once per cycle');
+});
+
+t.test('medianStats takes each column on its own', async (t) => {
+  const r = (iops: number, p99: number): RunStats => ({ iops, readIops: iops, writeIops: 0, mibps: iops / 256, p50us: 1, p99us: p99 });
+  const m = medianStats([r(100, 900), r(300, 100), r(200, 500)]);
+  t.equal(m.iops, 200);
+  t.equal(m.p99us, 500);
+});
+
+function runsFixture(): Map<string, RunStats[]> {
+  const s = (iops: number): RunStats => ({ iops, readIops: iops, writeIops: 0, mibps: iops / 256, p50us: 10, p99us: 20 });
+  const runs = new Map<string, RunStats[]>();
+  const put = (w: string, tr: Transport, srv: ServerName, v: number[]): void => void runs.set(cellKey(w, tr, srv), v.map(s));
+  put('randread-4k-qd1', 'unix', 'nbdkit-file', [100, 110, 90]);
+  put('randread-4k-qd1', 'unix', 'blockgate', [120, 130, 500]);
+  put('randread-4k-qd1', 'unix', 'qemu-nbd', [50, 50, 50]);
+  put('seqread-1m-qd8', 'unix', 'nbdkit-file', [10]);
+  put('seqread-1m-qd8', 'unix', 'blockgate', [7]);
+  put('seqread-1m-qd8', 'unix', 'qemu-nbd', [3]);
+  return runs;
+}
+
+t.test('cells carry medians and ratios to the baseline; targets hold only when every row does', async (t) => {
+  const ws = selectWorkloads(['randread-4k-qd1', 'seqread-1m-qd8']);
+  const servers: ServerName[] = ['blockgate', 'nbdkit-file', 'qemu-nbd'];
+  const cells = buildCells(runsFixture(), ws, ['unix'], servers, 'nbdkit-file');
+  t.equal(cells.length, 6);
+  const bg = cells.find((c) => c.server === 'blockgate' && c.workload === 'randread-4k-qd1')!;
+  t.equal(bg.median.iops, 130, 'one outlier round does not move the median');
+  t.equal(bg.ratioToBaseline, 1.3);
+  t.equal(cells.find((c) => c.server === 'nbdkit-file')!.ratioToBaseline, 1);
+
+  const targets = evaluateTargets(cells, ws);
+  const byId = new Map(targets.map((x) => [x.id, x]));
+  t.equal(byId.get('randread')!.met, true);
+  t.equal(byId.get('seq')!.met, false, '0.7× is below 0.8×');
+  t.equal(byId.get('seq')!.worst, 0.7);
+  t.equal(byId.get('randwrite')!.met, false, 'a target with no measured rows is not met');
+  const q = byId.get('qemu')!;
+  t.equal(q.rows.length, 2);
+  t.equal(q.worst, 7 / 3, 'the worst row decides');
+  t.equal(q.met, true);
+});
+
+t.test('report and chart render from a results document', async (t) => {
+  const ws = selectWorkloads(['randread-4k-qd1', 'seqread-1m-qd8']);
+  const servers: ServerName[] = ['blockgate', 'nbdkit-file', 'qemu-nbd'];
+  const cells = buildCells(runsFixture(), ws, ['unix'], servers, 'nbdkit-file');
+  const r: Results = {
+    date: '2026-01-01T00:00:00.000Z',
+    mode: 'quick',
+    config: { rounds: 3, runtimeS: 1, rampS: 0.25, sizeBytes: 256 * MiB, transports: ['unix'], servers, baseline: 'nbdkit-file', workloads: ws, workDirFs: 'ext4' },
+    machine: { cpuModel: 'Test CPU', nproc: 2, memoryGiB: 4, kernel: 'Linux' },
+    versions: { node: 'v20', fio: '3.33', nbdkit: '1.32', 'qemu-nbd': '7.2', blockgate: '0.1.0' },
+    cells,
+    targets: evaluateTargets(cells, ws),
+    profiles: [],
+    durationS: 60,
+  };
+  const md = renderMarkdown(r);
+  t.match(md, /Test CPU × 2/);
+  t.match(md, /\| 4k random read QD1 \| \*\*blockgate\*\* \| 130 \|.*\| 1\.30× \|/);
+  t.match(md, /1 MiB sequential ≥ 0\.8× nbdkit-file \| 0 \/ 1 \| 0\.70× \(seqread-1m-qd8, unix\) .*not met/);
+  t.match(md, /cached 4k random read ≥ 1\.0× nbdkit-file \| 1 \/ 1 \|.*✅ met/);
+  const svg = renderSvg(r);
+  t.match(svg, /^<svg /);
+  t.match(svg, /blockgate 4k random read QD1: 1\.30×/);
+  t.notMatch(svg, /nbdkit-file 4k/, 'the baseline is the 1.0 line, not bars');
+});
+
+/** (root) → main → hot, main → cold; plus (idle) and (garbage collector) under root. */
+function profileFixture(): CpuProfile {
+  const frame = (functionName: string, url = '', lineNumber = -1) => ({ functionName, url, lineNumber, columnNumber: 0 });
+  return {
+    nodes: [
+      { id: 1, callFrame: frame('(root)'), children: [2, 5, 6] },
+      { id: 2, callFrame: frame('main', 'file:///repo/dist/a.js', 0), children: [3, 4] },
+      { id: 3, callFrame: frame('hot', 'file:///repo/dist/a.js', 9) },
+      { id: 4, callFrame: frame('cold', 'file:///repo/dist/b.js', 4) },
+      { id: 5, callFrame: frame('(idle)') },
+      { id: 6, callFrame: frame('(garbage collector)') },
+    ],
+    startTime: 0,
+    endTime: 10_000,
+    // Each delta is the time the previous sample covered: hot 6 ms, cold 2 ms, idle 1 ms, gc 1 ms.
+    samples: [3, 3, 3, 4, 5, 6, 2],
+    timeDeltas: [0, 3000, 3000, 0, 2000, 1000, 1000],
+  };
+}
+
+t.test('profile summary: self and total time per function, idle and GC apart', async (t) => {
+  const s = summariseProfile(profileFixture(), { root: '/repo' });
+  t.equal(s.durationMs, 10);
+  t.equal(s.idlePct, 10);
+  t.equal(s.gcPct, 10);
+  const hot = s.top[0]!;
+  t.equal(hot.label, 'hot (dist/a.js:10)', 'lines are shown 1-based');
+  t.equal(hot.selfMs, 6);
+  t.equal(hot.selfPct, 60);
+  t.equal(Math.round(hot.selfPctBusy * 1000) / 1000, Math.round((600 / 9) * 1000) / 1000);
+  const main = summariseProfile(profileFixture(), { root: '/repo', top: 50 }).top.find((f) => f.functionName === 'main');
+  t.equal(main, undefined, 'main has no self time, so it is not in the self-time list');
+  t.notOk(s.top.some((f) => f.functionName === '(idle)'), 'idle is not a hot spot');
+  t.same(
+    s.files.map((f) => f.file),
+    ['dist/a.js', 'dist/b.js', '(garbage collector)'],
+  );
+});
+
+t.test('profile summary honours the measurement window', async (t) => {
+  // Skip the first 3 ms (one hot sample) and stop 5 ms later.
+  const s = summariseProfile(profileFixture(), { skipMs: 3, windowMs: 5, root: '/repo' });
+  t.equal(s.durationMs, 5);
+  t.equal(s.top[0]!.functionName, 'hot');
+  t.equal(s.top[0]!.selfMs, 3);
+});
+
+t.test('profiles without timestamps fall back to hit counts', async (t) => {
+  const p = profileFixture();
+  delete p.samples;
+  delete p.timeDeltas;
+  p.nodes[2]!.hitCount = 3;
+  p.nodes[3]!.hitCount = 1;
+  const s = summariseProfile(p);
+  t.equal(s.top[0]!.functionName, 'hot');
+  t.equal(s.top[0]!.selfPct, 75);
+});
+
+t.test('profile URLs are shortened to repository paths', async (t) => {
+  t.equal(shortUrl('file:///repo/dist/x.js', '/repo'), 'dist/x.js');
+  t.equal(shortUrl('file:///elsewhere/node_modules/pino/x.js', '/repo'), 'node_modules/pino/x.js');
+  t.equal(shortUrl('node:fs'), 'node:fs');
+  t.equal(shortUrl(''), '');
+});
+
+t.test('a native binding is split by the JavaScript frame that called it', async (t) => {
+  const frame = (functionName: string, url = '', lineNumber = 0) => ({ functionName, url, lineNumber, columnNumber: 0 });
+  const p: CpuProfile = {
+    nodes: [
+      { id: 1, callFrame: frame('(root)'), children: [2, 4] },
+      { id: 2, callFrame: frame('write', 'node:fs', 820), children: [3] },
+      { id: 3, callFrame: frame('writeBuffer') },
+      { id: 4, callFrame: frame('handleWriteReq', 'node:internal/stream_base_commons', 45), children: [5] },
+      { id: 5, callFrame: frame('writeBuffer') },
+    ],
+    startTime: 0,
+    endTime: 4000,
+    samples: [3, 3, 5, 1],
+    timeDeltas: [0, 1000, 1000, 1000],
+  };
+  const s = summariseProfile(p);
+  t.same(
+    s.top.map((f) => [f.label, f.selfMs]),
+    [
+      ['writeBuffer [native, from write node:fs]', 2],
+      ['writeBuffer [native, from handleWriteReq node:internal/stream_base_commons]', 1],
+    ],
+  );
+});
