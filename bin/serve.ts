@@ -7,6 +7,7 @@ import { buildApi } from '../control-api/index.js';
 import { SimpleEngine } from '../disks/index.js';
 import { StorageManager, formatAddress, parseAddress, seedDemo } from '../manager/index.js';
 import { Namespaces, NbdServer } from '../target/index.js';
+import { StatsRegistry } from '../target/stats.js';
 
 export interface ServeOptions {
   dataDir: string;
@@ -51,14 +52,22 @@ export async function serve(opts: ServeOptions): Promise<void> {
   const apiAddr = parseAddress(opts.api);
   const namespaces = new Namespaces();
   const store = new BlockStore();
+  // The data path's I/O counters: units record into them, /metrics reads them when scraped.
+  const stats = new StatsRegistry();
   const nbd = new NbdServer(
     { namespaces, store },
     {
-      onSession: (e) => log.info({ session: e.kind, host: e.host, listener: e.listener, remote: e.remote, reason: e.reason }, `nbd session ${e.kind}`),
+      stats,
+      // One line per session event (connect, negotiate, disconnect with its reason); never per request.
+      onSession: (e) =>
+        log.info(
+          { session: e.kind, host: e.host, listener: e.listener, remote: e.remote, reason: e.reason, export: e.export, volume: e.volume, option: e.option, structuredReplies: e.structuredReplies, tls: e.tls },
+          `nbd session ${e.kind}`,
+        ),
     },
   );
   const engine = new SimpleEngine((id) => store.getArray(id));
-  const manager = await StorageManager.open({ namespaces, store, nbd, engine }, {
+  const manager = await StorageManager.open({ namespaces, store, nbd, engine, stats }, {
     dataDir,
     log,
     nbdAddress: nbdAddr,
@@ -70,7 +79,17 @@ export async function serve(opts: ServeOptions): Promise<void> {
 
   const nbdPort = await nbd.listenTcp('tcp:shared', nbdAddr.host, nbdAddr.port, () => manager.setting('nbd.default_host') ?? null);
   nbdAddr.port = nbdPort;
-  const api = buildApi(manager, { token, logger: log, version: opts.version });
+  const api = buildApi(manager, {
+    token,
+    logger: log,
+    version: opts.version,
+    metrics: {
+      io: stats,
+      jobs: () => manager.jobs.countByState(),
+      // The cache branch adds BlockStore.stats(); until then there is nothing to report.
+      cache: () => numericStats((store as { stats?: () => Record<string, number | string> }).stats?.()),
+    },
+  });
   await api.listen({ host: apiAddr.host, port: apiAddr.port });
   const apiPort = (api.server.address() as { port: number }).port;
 
@@ -89,20 +108,33 @@ export async function serve(opts: ServeOptions): Promise<void> {
   log.info({ api: info.api, nbd: info.nbd, dataDir }, 'blockgate ready');
 
   let stopping = false;
+  /**
+   * Graceful shutdown (SIGTERM from systemd, Ctrl-C): no new control calls or
+   * sessions; every NBD request already read is served and answered; jobs
+   * stop at a checkpoint; the cache is written back and every array
+   * fdatasync'ed; only then exit 0. A second signal does not cut this short
+   * (systemd's TimeoutStopSec is the backstop).
+   */
   const stop = async (signal: string): Promise<void> => {
     if (stopping) return;
     stopping = true;
-    log.info({ signal }, 'shutting down: draining sessions and flushing arrays');
-    await api.close();
-    await manager.stop();
-    await nbd.close();
-    await store.flushAll();
-    for (const a of store.listArrays()) await a.close();
-    manager.close();
-    await fs.promises.rm(runFile, { force: true });
-    log.info('stopped');
+    log.info({ op: 'shutdown', signal }, 'shutting down: draining sessions and flushing arrays');
+    let code = 0;
+    try {
+      await api.close();
+      await nbd.close();
+      await manager.stop();
+      await store.flushAll();
+      for (const a of store.listArrays()) await a.close();
+      manager.close();
+      await fs.promises.rm(runFile, { force: true });
+      log.info({ op: 'shutdown' }, 'stopped');
+    } catch (e) {
+      code = 1;
+      log.error({ op: 'shutdown', err: e }, 'shutdown failed: data written since the last flush may not be on disk');
+    }
     log.flush();
-    process.exit(0);
+    process.exit(code);
   };
   process.on('SIGTERM', () => void stop('SIGTERM'));
   process.on('SIGINT', () => void stop('SIGINT'));
@@ -125,4 +157,11 @@ function printBanner(m: StorageManager, info: RunInfo): void {
   }
   lines.push('', 'Try:  nbdinfo nbd://' + info.nbd + '    or    qemu-img info nbd://' + info.nbd);
   process.stdout.write(lines.join('\n') + '\n');
+}
+
+/** Keeps the numeric fields of a stats record (labels must not carry free text). */
+function numericStats(s: Record<string, number | string> | undefined): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [k, v] of Object.entries(s ?? {})) if (typeof v === 'number' && Number.isFinite(v)) out[k] = v;
+  return out;
 }

@@ -29,6 +29,7 @@ import {
   TFLAG,
 } from './constants.js';
 import { nbdErrno } from './errno.js';
+import { OP } from '../stats.js';
 import { parseExportName } from './export-name.js';
 
 export interface NbdLimits {
@@ -55,6 +56,15 @@ export interface NbdBackend {
 }
 
 /** Why a session ended, for the per-session log line. */
+/** What a session settled on when it entered transmission, for the per-session log line. */
+export interface NegotiatedSession {
+  export: string;
+  unit: Unit;
+  option: 'GO' | 'EXPORT_NAME';
+  structuredReplies: boolean;
+  tls: boolean;
+}
+
 export type CloseReason = 'client-disconnect' | 'abort' | 'protocol-error' | 'socket-error' | 'revoked' | 'server-shutdown' | 'export-unknown';
 
 const enum Mode {
@@ -83,6 +93,7 @@ export class NbdConnection {
   private readonly backend: NbdBackend;
   private readonly limits: NbdLimits;
   private readonly onClose: (c: NbdConnection, reason: CloseReason) => void;
+  private readonly onTransmission: ((c: NbdConnection, info: NegotiatedSession) => void) | undefined;
 
   private mode = Mode.Header;
   private phase = Phase.ClientFlags;
@@ -112,7 +123,9 @@ export class NbdConnection {
     backend: NbdBackend,
     limits: NbdLimits,
     onClose: (c: NbdConnection, reason: CloseReason) => void,
+    onTransmission?: (c: NbdConnection, info: NegotiatedSession) => void,
   ) {
+    this.onTransmission = onTransmission;
     this.socket = socket;
     this.host = host;
     this.backend = backend;
@@ -136,6 +149,29 @@ export class NbdConnection {
     this.closeReason = reason;
     this.socket.destroy();
     this.onClose(this, reason);
+  }
+
+  /**
+   * Graceful end for a server shutdown: read no further requests, let the ones
+   * in flight finish and send their replies, then close. Resolves once the
+   * socket is closed (or destroyed after `graceMs` if the client never lets go).
+   */
+  shutdown(graceMs = 10_000): Promise<void> {
+    if (this.mode === Mode.Closed) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => this.close('server-shutdown'), graceMs);
+      this.socket.once('close', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      this.closeReason = 'server-shutdown';
+      this.disconnecting = true;
+      this.socket.pause();
+      if (this.inflight === 0) {
+        this.uncork();
+        this.socket.end();
+      }
+    });
   }
 
   // ---- input framing ---------------------------------------------------
@@ -310,7 +346,7 @@ export class NbdConnection {
     b.writeBigUInt64BE(BigInt(unit.volume.layout.size), 0);
     b.writeUInt16BE(this.transmissionFlags(unit), 8);
     this.socket.write(b);
-    this.enterTransmission(unit);
+    this.enterTransmission(unit, 'EXPORT_NAME');
   }
 
   private optList(data: Buffer): void {
@@ -358,7 +394,7 @@ export class NbdConnection {
     this.optionReply(option, REP.INFO, bs);
 
     this.optionReply(option, REP.ACK);
-    if (option === OPT.GO) this.enterTransmission(unit);
+    if (option === OPT.GO) this.enterTransmission(unit, 'GO');
   }
 
   private resolveExport(name: string): Unit | undefined {
@@ -373,10 +409,11 @@ export class NbdConnection {
     return f;
   }
 
-  private enterTransmission(unit: Unit): void {
+  private enterTransmission(unit: Unit, option: 'GO' | 'EXPORT_NAME'): void {
     this.unit = unit;
     this.phase = Phase.Transmission;
     this.expectHeader(REQUEST_HEADER_SIZE);
+    this.onTransmission?.(this, { export: `${unit.target}/${unit.lun}`, unit, option, structuredReplies: this.structured, tls: false });
   }
 
   private optionReply(option: number, type: number, payload?: Buffer): void {
@@ -440,7 +477,7 @@ export class NbdConnection {
       case CMD.FLUSH: {
         if (flags !== 0 && flags !== CMD_FLAG.FUA) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'unsupported flags on FLUSH');
         if (offset !== 0 || length !== 0) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'FLUSH must have zero offset and length');
-        this.track(this.backend.store.flush(unit.volume), cookieHi, cookieLo, false);
+        this.track(this.backend.store.flush(unit.volume), cookieHi, cookieLo, false, OP.flush, 0);
         return;
       }
       case CMD.DISC:
@@ -460,7 +497,7 @@ export class NbdConnection {
     if (unit.readOnly) return this.replyError(cookieHi, cookieLo, ERRNO.EPERM, 'export is read-only');
     if (!unit.volume.layout.inRange(offset, payload.length)) return this.replyError(cookieHi, cookieLo, ERRNO.ENOSPC, 'write beyond end of export');
     const fua = (flags & CMD_FLAG.FUA) !== 0;
-    this.track(this.backend.store.write(unit.volume, offset, payload, fua), cookieHi, cookieLo, true);
+    this.track(this.backend.store.write(unit.volume, offset, payload, fua), cookieHi, cookieLo, true, OP.write, payload.length);
   }
 
   private startRead(cookieHi: number, cookieLo: number, offset: number, length: number): void {
@@ -483,27 +520,36 @@ export class NbdConnection {
       buf.writeUInt32BE(cookieLo, 12);
     }
     this.begin();
+    const stats = this.unit!.stats;
+    const t0 = performance.now();
     this.backend.store.read(this.unit!.volume, offset, length, buf.subarray(hdr)).then(
       () => {
         this.send(length === 0 && this.structured ? buf.subarray(0, 20) : buf);
+        stats.record(OP.read, length, (performance.now() - t0) / 1000, true);
         this.end();
       },
       (err: unknown) => {
         this.replyError(cookieHi, cookieLo, nbdErrno(err), errMessage(err));
+        stats.record(OP.read, length, (performance.now() - t0) / 1000, false);
         this.end();
       },
     );
   }
 
-  private track(work: Promise<void>, cookieHi: number, cookieLo: number, forWrite: boolean): void {
+  /** `op` and `bytes` are what the request counts as in the unit's IoStats (target/stats.ts OP). */
+  private track(work: Promise<void>, cookieHi: number, cookieLo: number, forWrite: boolean, op: number, bytes: number): void {
     this.begin();
+    const stats = this.unit!.stats;
+    const t0 = performance.now();
     work.then(
       () => {
         this.replyOk(cookieHi, cookieLo);
+        stats.record(op, bytes, (performance.now() - t0) / 1000, true);
         this.end();
       },
       (err: unknown) => {
         this.replyError(cookieHi, cookieLo, nbdErrno(err, forWrite), errMessage(err));
+        stats.record(op, bytes, (performance.now() - t0) / 1000, false);
         this.end();
       },
     );
