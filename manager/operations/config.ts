@@ -3,7 +3,7 @@ import path from 'node:path';
 import { BlockgateError, badRequest, conflict } from '../../common/errors.js';
 import type { CachePolicy } from '../../cache/index.js';
 import { ArrayFile } from '../../disks/index.js';
-import type { AccessMode, ShareMode, StorageManager } from '../manager.js';
+import type { AccessMode, ArrayRow, ShareMode, StorageManager } from '../manager.js';
 import { VOLUME_STATES, type VolumeState } from '../state.js';
 
 export const CONFIG_KIND = 'blockgate-config';
@@ -140,13 +140,27 @@ export class ConfigOperations {
     })();
   }
 
-  /** Nothing an import could collide with: no farm, array, volume, host, image or VM yet. */
-  private assertEmpty(): void {
+  /**
+   * Nothing an import could collide with: no farm, volume, host, image or VM
+   * yet. Arrays may exist: discovery adopts the array files it finds at start,
+   * so an appliance whose database was lost already knows its files. Those
+   * the document names by path are taken over by the document's rows (they
+   * hold no extents, as there are no volumes); any other must not clash.
+   * Returns the rows to take over.
+   */
+  private assertEmpty(doc: ConfigDocument): ArrayRow[] {
     const n = (t: string): number => (this.m.db.prepare(`SELECT COUNT(*) AS n FROM ${t}`).get() as { n: number }).n;
-    const held = ['farms', 'arrays', 'volumes', 'hosts', 'images', 'vms'].filter((t) => n(t) > 0);
+    const held = ['farms', 'volumes', 'hosts', 'images', 'vms'].filter((t) => n(t) > 0);
     if (held.length > 0) {
       throw conflict(`a configuration is imported only into an empty appliance; this one already has ${held.join(', ')} (start it on a new data directory with --no-demo)`, { held });
     }
+    const byPath = new Set(doc.arrays.map((a) => path.resolve(a.path)));
+    const takeOver: ArrayRow[] = [];
+    for (const a of this.m.listArrays()) {
+      if (byPath.has(path.resolve(a.path))) takeOver.push(a);
+      else if (doc.arrays.some((d) => d.name === a.name || d.id === a.id)) throw conflict(`array '${a.name}' (${a.path}) clashes with an array of the configuration`, { array: a.name });
+    }
+    return takeOver;
   }
 
   /** Cross-references and invariants zod cannot see; refused before anything is written. */
@@ -223,8 +237,8 @@ export class ConfigOperations {
     const { m } = this;
     if (doc.kind !== CONFIG_KIND) throw badRequest(`not a blockgate configuration (kind '${String(doc.kind)}')`);
     if (doc.version > CONFIG_VERSION) throw badRequest(`configuration version ${doc.version} is newer than this blockgate understands (${CONFIG_VERSION})`);
-    this.assertEmpty();
     this.check(doc);
+    this.assertEmpty(doc);
 
     // Files first, as createArray does: a row never names a file that could not be opened.
     const created: string[] = [];
@@ -241,9 +255,12 @@ export class ConfigOperations {
     }
 
     const db = m.db;
+    const replaced: ArrayRow[] = [];
     db.transaction(() => {
       // Checked again inside the transaction: another import may have raced this one.
-      this.assertEmpty();
+      const takeOver = this.assertEmpty(doc);
+      for (const a of takeOver) db.prepare('DELETE FROM arrays WHERE id = ?').run(a.id);
+      replaced.push(...takeOver);
       const farmId = new Map<string, number>();
       for (const f of doc.farms) {
         db.prepare('INSERT INTO farms (id, name, created_at) VALUES (?, ?, ?)').run(f.id, f.name, f.createdAt);
@@ -327,6 +344,12 @@ export class ConfigOperations {
       m.events.emit('config.imported', null, { farms: doc.farms.length, arrays: doc.arrays.length, volumes: doc.volumes.length, hosts: doc.hosts.length, bindings: doc.bindings.length });
     })();
     m.applianceId = doc.appliance;
+    // The data path still holds the taken-over files under their old ids.
+    for (const a of replaced) {
+      const f = m.dataPath.store.listArrays().find((x) => x.id === a.id);
+      m.dataPath.store.removeArray(a.id);
+      await f?.close();
+    }
 
     try {
       await m.attachRestored(m.listArrays(), m.listHosts());
