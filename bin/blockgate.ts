@@ -33,7 +33,7 @@ Connection: --api, --token and --data-dir may be given before the noun or after 
 otherwise $BLOCKGATE_API / $BLOCKGATE_API_TOKEN / $BLOCKGATE_DATA_DIR, else DATA/run.json and DATA/api-token.
 
 Exit codes: 0 ok, 1 error, 2 usage or bad request, 3 not found, 4 conflict or illegal state,
-            5 unauthorized, 6 control API unreachable, 7 job failed or cancelled.`,
+            5 unauthorized, 6 control API unreachable, 7 job failed or cancelled, 8 no space.`,
   );
 withGlobals(program);
 

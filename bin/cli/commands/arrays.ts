@@ -43,7 +43,8 @@ export function register(program: Command): void {
     .option('--class <class>', 'quality class (std, performance, raid1, …)')
     .action(async (name: string, o: { size: string; class?: string }, cmd: Command) => {
       const a = await client(cmd).call<ArrayInfo>('POST', '/v1/arrays', { name, size: o.size, ...(o.class ? { qualityClass: o.class } : {}) });
-      out(cmd, a, () => arrayTable([a]));
+      // A new array is all free space.
+      out(cmd, a, () => arrayTable([{ used: 0, free: a.size, ...a }]));
     });
 
   const discovery = program.command('discovery').description('the wiring map: arrays, capacity, free extents, volumes, listeners');
