@@ -87,7 +87,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
       io: stats,
       jobs: () => manager.jobs.countByState(),
       // The cache branch adds BlockStore.stats(); until then there is nothing to report.
-      cache: () => numericStats((store as { stats?: () => Record<string, number | string> }).stats?.()),
+      cache: () => (store as { stats?: () => Record<string, number | string> }).stats?.(),
     },
   });
   await api.listen({ host: apiAddr.host, port: apiAddr.port });
@@ -157,11 +157,4 @@ function printBanner(m: StorageManager, info: RunInfo): void {
   }
   lines.push('', 'Try:  nbdinfo nbd://' + info.nbd + '    or    qemu-img info nbd://' + info.nbd);
   process.stdout.write(lines.join('\n') + '\n');
-}
-
-/** Keeps the numeric fields of a stats record (labels must not carry free text). */
-function numericStats(s: Record<string, number | string> | undefined): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const [k, v] of Object.entries(s ?? {})) if (typeof v === 'number' && Number.isFinite(v)) out[k] = v;
-  return out;
 }
