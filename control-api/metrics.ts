@@ -51,6 +51,17 @@ export function buildMetrics(src: MetricsSources): Registry {
     },
   });
 
+  new Counter({
+    name: 'blockgate_session_ends_total',
+    help: 'NBD sessions ended, by reason (client-disconnect, protocol-error, socket-error, revoked, server-shutdown, …)',
+    labelNames: ['reason'],
+    registers: [reg],
+    collect() {
+      this.reset();
+      for (const [reason, n] of src.io.sessionEnds()) this.inc({ reason }, n);
+    },
+  });
+
   if (src.cache) {
     const read = src.cache;
     new Gauge({

@@ -92,7 +92,7 @@ export class NbdServer {
       this.limits,
       (c, reason) => {
         this.sessions.delete(c);
-        this.stats?.sessionClosed(host);
+        this.stats?.sessionClosed(host, reason);
         this.onSession({ kind: 'disconnect', host, listener, remote, reason });
       },
       (_c, n) =>

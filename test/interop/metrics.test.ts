@@ -83,6 +83,7 @@ t.test('/metrics moves under fio load, per host and volume, with no offset-value
   t.equal(value(after, 'blockgate_io_bytes_total', { host: 'h2', volume: 'demo-boot' }), 0);
   t.ok(after.some((x) => x.name === 'blockgate_sessions' && x.labels.host === 'demo'), 'sessions gauge per host');
   t.equal(value(after, 'blockgate_sessions', {}), 0, 'clients gone: no open sessions');
+  t.ok(value(after, 'blockgate_session_ends_total', { reason: 'client-disconnect' }) >= 2, 'session ends by reason');
 
   // Jobs by state.
   const scrubbed = await s.call('POST', '/v1/volumes', { name: 'tmp', size: '8M', farm: 'default', configure: false });
@@ -99,7 +100,7 @@ t.test('/metrics moves under fio load, per host and volume, with no offset-value
   t.equal(value(withJob, 'blockgate_jobs', { state: 'running' }), 0);
 
   // No label anywhere carries an offset, and blockgate's own labels are from a closed set.
-  const ours = new Set(['host', 'volume', 'op', 'le', 'state', 'stat']);
+  const ours = new Set(['host', 'volume', 'op', 'le', 'state', 'stat', 'reason']);
   for (const x of withJob) {
     for (const [k, v] of Object.entries(x.labels)) {
       t.notMatch(k, /offset|lba|block|sector/i, `${x.name}: label ${k}`);

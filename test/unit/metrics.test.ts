@@ -22,7 +22,7 @@ t.test('exposition: per host/volume series, histogram, sessions, jobs, numeric c
   t.equal(io.for('h1', 'v1'), io.for('h1', 'v1'), 'one IoStats per (host, volume), kept across lookups');
   io.sessionOpened('h1');
   io.sessionOpened('h1');
-  io.sessionClosed('h1');
+  io.sessionClosed('h1', 'protocol-error');
   const reg = buildMetrics({ io, jobs: () => ({ running: 2, failed: 0 }), cache: () => ({ hits: 10, misses: 3, policy: 'write-back' }) });
   const text = await reg.metrics();
   t.match(text, /blockgate_io_ops_total\{host="h1",volume="v1",op="write"\} 1/);
@@ -31,6 +31,7 @@ t.test('exposition: per host/volume series, histogram, sessions, jobs, numeric c
   t.match(text, /blockgate_io_latency_seconds_count\{host="h2",volume="v2",op="read"\} 1/);
   t.match(text, /blockgate_sessions\{host="h1"\} 1/);
   t.match(text, /blockgate_jobs\{state="running"\} 2/);
+  t.match(text, /blockgate_session_ends_total\{reason="protocol-error"\} 1/);
   t.match(text, /blockgate_cache\{stat="hits"\} 10/);
   t.notMatch(text, /write-back|policy/, 'string cache fields are not exported');
   t.notMatch(text, /offset/i);
