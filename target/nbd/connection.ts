@@ -55,7 +55,6 @@ export interface NbdBackend {
   store: BlockStore;
 }
 
-/** Why a session ended, for the per-session log line. */
 /** What a session settled on when it entered transmission, for the per-session log line. */
 export interface NegotiatedSession {
   export: string;
@@ -65,6 +64,7 @@ export interface NegotiatedSession {
   tls: boolean;
 }
 
+/** Why a session ended, for the per-session log line. */
 export type CloseReason = 'client-disconnect' | 'abort' | 'protocol-error' | 'socket-error' | 'revoked' | 'server-shutdown' | 'export-unknown';
 
 const enum Mode {
