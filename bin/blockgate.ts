@@ -1,13 +1,42 @@
 #!/usr/bin/env node
 import fs from 'node:fs';
-import { Command } from 'commander';
+import { Command, CommanderError } from 'commander';
 import { parseSize } from '../common/units.js';
-import { serve } from './serve.js';
+import { CliError, EXIT } from './cli/client.js';
+import * as arrays from './cli/commands/arrays.js';
+import * as bindings from './cli/commands/bindings.js';
+import * as config from './cli/commands/config.js';
+import * as farms from './cli/commands/farms.js';
+import * as hosts from './cli/commands/hosts.js';
+import * as images from './cli/commands/images.js';
+import * as jobs from './cli/commands/jobs.js';
+import * as status from './cli/commands/status.js';
+import * as trace from './cli/commands/trace.js';
+import * as vms from './cli/commands/vms.js';
+import * as volumes from './cli/commands/volumes.js';
+import { withGlobals } from './cli/context.js';
 
 const pkg = JSON.parse(fs.readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
 const program = new Command();
-program.name('blockgate').description('A virtual storage appliance: virtual disks over NBD, run through a control API.').version(pkg.version);
+program
+  .name('blockgate')
+  .description('A virtual storage appliance: virtual disks over NBD, run through a control API.\nAdmin verbs are `blockgate <noun> <verb>`; every one talks to the control API.')
+  .version(pkg.version)
+  // Program options end at the noun, so `serve --api HOST:PORT` (listen) never collides with the client's `--api URL`.
+  .enablePositionalOptions()
+  .exitOverride()
+  .showHelpAfterError('(run with --help for usage)')
+  .addHelpText(
+    'after',
+    `
+Connection: --api, --token and --data-dir may be given before the noun or after the verb;
+otherwise $BLOCKGATE_API / $BLOCKGATE_API_TOKEN / $BLOCKGATE_DATA_DIR, else DATA/run.json and DATA/api-token.
+
+Exit codes: 0 ok, 1 error, 2 usage or bad request, 3 not found, 4 conflict or illegal state,
+            5 unauthorized, 6 control API unreachable, 7 job failed or cancelled, 8 no space.`,
+  );
+withGlobals(program);
 
 program
   .command('serve')
@@ -16,17 +45,32 @@ program
   .option('--api <host:port>', 'control API listen address', '127.0.0.1:8480')
   .option('--nbd <host:port>', 'shared NBD TCP listener address', '127.0.0.1:10809')
   .option('--api-token <token>', 'bearer token for the control API (default: $BLOCKGATE_API_TOKEN, else DATA/api-token, generated)')
-  .option('--log-level <level>', 'pino log level', 'info')
+  .option('--log-level <level>', 'pino log level (fatal, error, warn, info, debug, trace, silent)', 'info')
   .option('--no-demo', 'do not create the demo appliance on first start')
   .option('--cache-size <size>', 'RAM block cache size, e.g. 512M or 2G (pinned and dirty data count against it)', process.env.BLOCKGATE_CACHE_SIZE ?? '512M')
   .option('--cache-block <size>', 'cache block size, a power of two from 4K to 1M', '64K')
   .option('--io-route <route>', 'threads for cache misses and write-back: libuv or piscina', 'libuv')
   .action(async (o: { dataDir: string; api: string; nbd: string; apiToken?: string; logLevel: string; demo: boolean; cacheSize: string; cacheBlock: string; ioRoute: string }) => {
     if (o.ioRoute !== 'libuv' && o.ioRoute !== 'piscina') throw new Error(`--io-route must be libuv or piscina, not '${o.ioRoute}'`);
+    // Loaded only here: admin verbs start in a fraction of the time without the server's modules.
+    const { serve } = await import('./serve.js');
     await serve({ ...o, cacheSize: parseSize(o.cacheSize), cacheBlock: parseSize(o.cacheBlock), ioRoute: o.ioRoute, version: pkg.version });
   });
 
-program.parseAsync().catch((e: unknown) => {
+for (const m of [status, farms, arrays, hosts, volumes, bindings, images, vms, jobs, trace, config]) m.register(program);
+
+function fail(e: unknown): never {
+  if (e instanceof CommanderError) {
+    // Help and --version end through here too, with exit code 0.
+    process.exit(e.exitCode === 0 ? EXIT.OK : EXIT.USAGE);
+  }
+  const code = e instanceof CliError ? e.exitCode : EXIT.ERROR;
   process.stderr.write(`blockgate: ${e instanceof Error ? e.message : String(e)}\n`);
-  process.exit(1);
-});
+  process.exit(code);
+}
+
+try {
+  await program.parseAsync();
+} catch (e) {
+  fail(e);
+}

@@ -7,6 +7,7 @@ import { buildApi } from '../control-api/index.js';
 import { PiscinaEngine, makeRoute, type IoRouteName } from '../disks/index.js';
 import { StorageManager, formatAddress, parseAddress, seedDemo } from '../manager/index.js';
 import { Namespaces, NbdServer, NbdTlsKeys } from '../target/index.js';
+import { StatsRegistry } from '../target/stats.js';
 
 export interface ServeOptions {
   dataDir: string;
@@ -59,15 +60,23 @@ export async function serve(opts: ServeOptions): Promise<void> {
   const store = new BlockStore({ size: opts.cacheSize, blockSize: opts.cacheBlock, route: makeRoute(opts.ioRoute ?? 'libuv') });
   const tls = new NbdTlsKeys(path.join(dataDir, 'tls'));
   await tls.load();
+  // The data path's I/O counters: units record into them, /metrics reads them when scraped.
+  const stats = new StatsRegistry();
   const nbd = new NbdServer(
     { namespaces, store, tls },
     {
-      onSession: (e) => log.info({ session: e.kind, host: e.host, listener: e.listener, remote: e.remote, reason: e.reason }, `nbd session ${e.kind}`),
+      stats,
+      // One line per session event (connect, negotiate, disconnect with its reason); never per request.
+      onSession: (e) =>
+        log.info(
+          { session: e.kind, host: e.host, listener: e.listener, remote: e.remote, reason: e.reason, export: e.export, volume: e.volume, option: e.option, structuredReplies: e.structuredReplies, tls: e.tls },
+          `nbd session ${e.kind}`,
+        ),
     },
   );
   // Bulk work gets one worker thread of its own: its bounded share.
   const engine = new PiscinaEngine((id) => store.getArray(id), { threads: 1, cache: store });
-  const manager = await StorageManager.open({ namespaces, store, nbd, engine, tls }, {
+  const manager = await StorageManager.open({ namespaces, store, nbd, engine, tls, stats }, {
     dataDir,
     log,
     nbdAddress: nbdAddr,
@@ -79,7 +88,16 @@ export async function serve(opts: ServeOptions): Promise<void> {
 
   const nbdPort = await nbd.listenTcp('tcp:shared', nbdAddr.host, nbdAddr.port, () => manager.setting('nbd.default_host') ?? null, true);
   nbdAddr.port = nbdPort;
-  const api = buildApi(manager, { token, logger: log, version: opts.version });
+  const api = buildApi(manager, {
+    token,
+    logger: log,
+    version: opts.version,
+    metrics: {
+      io: stats,
+      jobs: () => manager.jobs.countByState(),
+      cache: () => ({ ...store.stats() }),
+    },
+  });
   await api.listen({ host: apiAddr.host, port: apiAddr.port });
   const apiPort = (api.server.address() as { port: number }).port;
 
@@ -98,22 +116,35 @@ export async function serve(opts: ServeOptions): Promise<void> {
   log.info({ api: info.api, nbd: info.nbd, dataDir }, 'blockgate ready');
 
   let stopping = false;
+  /**
+   * Graceful shutdown (SIGTERM from systemd, Ctrl-C): no new control calls or
+   * sessions; every NBD request already read is served and answered; jobs
+   * stop at a checkpoint; the cache is written back and every array
+   * fdatasync'ed; only then exit 0. A second signal does not cut this short
+   * (systemd's TimeoutStopSec is the backstop).
+   */
   const stop = async (signal: string): Promise<void> => {
     if (stopping) return;
     stopping = true;
-    log.info({ signal }, 'shutting down: draining sessions and flushing arrays');
-    await api.close();
-    await manager.stop();
-    await nbd.close();
-    // Writes back every dirty block and syncs every array before the files close.
-    await store.close();
-    await engine.close();
-    for (const a of store.listArrays()) await a.close();
-    manager.close();
-    await fs.promises.rm(runFile, { force: true });
-    log.info('stopped');
+    log.info({ op: 'shutdown', signal }, 'shutting down: draining sessions and flushing arrays');
+    let code = 0;
+    try {
+      await api.close();
+      await nbd.close();
+      await manager.stop();
+      // Writes back every dirty block and syncs every array before the files close.
+      await store.close();
+      await engine.close();
+      for (const a of store.listArrays()) await a.close();
+      manager.close();
+      await fs.promises.rm(runFile, { force: true });
+      log.info({ op: 'shutdown' }, 'stopped');
+    } catch (e) {
+      code = 1;
+      log.error({ op: 'shutdown', err: e }, 'shutdown failed: data written since the last flush may not be on disk');
+    }
     log.flush();
-    process.exit(0);
+    process.exit(code);
   };
   process.on('SIGTERM', () => void stop('SIGTERM'));
   process.on('SIGINT', () => void stop('SIGINT'));

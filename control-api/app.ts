@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import { z } from 'zod';
 import type { StorageManager } from '../manager/index.js';
 import { errorHandler, sendError } from './errors.js';
+import { buildMetrics, type MetricsSources } from './metrics.js';
 import { schemas } from './schemas.js';
 import { serveEvents } from './sse.js';
 
@@ -11,6 +12,8 @@ export interface ApiOptions {
   token: string;
   logger: Logger | false;
   version: string;
+  /** Where /metrics reads from; without it /metrics answers 404. */
+  metrics?: MetricsSources | undefined;
 }
 
 /** Constant-time token check, so timing reveals nothing about the token. */
@@ -292,6 +295,20 @@ export function buildApi(m: StorageManager, opts: ApiOptions): FastifyInstance {
       return;
     }
     void reply.send({ events: m.events.since(query.since ?? 0, query.limit) });
+  });
+
+  // ---- saved configuration
+  r.add('GET', '/v1/config', { summary: 'Export the whole control state as one JSON document (saveconfig)', tag: 'config' }, () => m.config.export());
+  r.add('POST', '/v1/config', { summary: 'Import a saved control state into an empty appliance (restoreconfig)', tag: 'config', body: S.config, status: 201 }, ({ body }) =>
+    m.config.import(body),
+  );
+
+  // ---- metrics: the same token as the API (Prometheus sends it with authorization.credentials_file)
+  const registry = opts.metrics ? buildMetrics(opts.metrics) : null;
+  r.add('GET', '/metrics', { summary: 'Prometheus text exposition: I/O by host and volume, latency histograms, cache, sessions, jobs', tag: 'system', raw: true }, async ({ reply }) => {
+    if (!registry) return sendError(reply, 404, 'NOT_FOUND', 'metrics are not enabled');
+    const text = await registry.metrics();
+    void reply.code(200).header('content-type', registry.contentType).send(text);
   });
 
   // ---- trace and resolve

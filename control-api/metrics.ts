@@ -3,8 +3,8 @@ import { LATENCY_BUCKETS, OP_NAMES, type StatsRegistry } from '../target/stats.j
 
 export interface MetricsSources {
   io: StatsRegistry;
-  /** Cache counters (hits, misses, dirtyBytes, …), read at scrape time. */
-  cache?: () => Record<string, number>;
+  /** Cache counters (hits, misses, dirtyBytes, …), read at scrape time; non-numeric fields are left out. */
+  cache?: () => Record<string, number | string> | undefined;
   /** Job counts by state. */
   jobs?: () => Record<string, number>;
 }
@@ -51,6 +51,17 @@ export function buildMetrics(src: MetricsSources): Registry {
     },
   });
 
+  new Counter({
+    name: 'blockgate_session_ends_total',
+    help: 'NBD sessions ended, by reason (client-disconnect, protocol-error, socket-error, revoked, server-shutdown, …)',
+    labelNames: ['reason'],
+    registers: [reg],
+    collect() {
+      this.reset();
+      for (const [reason, n] of src.io.sessionEnds()) this.inc({ reason }, n);
+    },
+  });
+
   if (src.cache) {
     const read = src.cache;
     new Gauge({
@@ -60,7 +71,8 @@ export function buildMetrics(src: MetricsSources): Registry {
       registers: [reg],
       collect() {
         this.reset();
-        for (const [stat, v] of Object.entries(read())) this.set({ stat }, v);
+        // Only numbers become samples: a string (a policy name, a path) must never become a label value.
+        for (const [stat, v] of Object.entries(read() ?? {})) if (typeof v === 'number' && Number.isFinite(v)) this.set({ stat }, v);
       },
     });
   }

@@ -20,6 +20,53 @@ const mode = z.enum(['exclusive', 'shared', 'read-only']);
 const qualityClass = z.string().min(1).max(32);
 const intQuery = z.coerce.number().int().min(0);
 
+const when = z.string().min(1).max(64);
+const count = z.number().int().min(0);
+const id = z.number().int().positive();
+
+/**
+ * The saved configuration (`GET`/`POST /v1/config`): the whole control state
+ * as one document, with ids, serials and NAAs, so a restore is the same
+ * appliance to its hosts. Rows are strict: a typo is an error, not a default.
+ */
+const configDocument = z.strictObject({
+  kind: z.literal('blockgate-config'),
+  version: z.number().int().min(1),
+  exportedAt: when.optional(),
+  appliance: z.string().regex(/^[0-9a-f]{7}$/, 'appliance id is 7 hex digits'),
+  settings: z.record(z.string().max(128), z.string().max(4096)),
+  farms: z.array(z.strictObject({ id, name, createdAt: when })),
+  arrays: z.array(z.strictObject({ id, name, path: z.string().min(1).max(4096), size: z.number().int().positive(), qualityClass, createdAt: when })),
+  images: z.array(z.strictObject({ id, name, path: z.string().min(1).max(4096), size: z.number().int().positive(), createdAt: when })),
+  volumes: z.array(
+    z.strictObject({
+      id,
+      name,
+      farm: name.nullable(),
+      size: z.number().int().positive(),
+      state: z.enum(['free', 'allocated', 'configured', 'bound', 'mapped', 'unmapped', 'unbound', 'unconfigured']),
+      shareMode: z.enum(['exclusive', 'shared']),
+      cachePolicy: z.enum(['none', 'write-through', 'write-back']),
+      serial: z.string().min(1).max(64),
+      naa: z.string().min(1).max(64),
+      qualityClass: qualityClass.nullable(),
+      image: name.nullable(),
+      snapshotOf: name.nullable(),
+      everMapped: z.boolean(),
+      dirty: z.boolean(),
+      scrubbedAt: when.nullable(),
+      extents: z.array(z.strictObject({ array: name, offset: count, length: z.number().int().positive() })).max(4096),
+      createdAt: when,
+      updatedAt: when,
+    }),
+  ),
+  hosts: z.array(
+    z.strictObject({ id, name, farm: name, protocols: z.array(z.string().min(1).max(16)).min(1), defaultProtocol: z.string().min(1).max(16), nbdTcp: z.string().max(300).nullable(), createdAt: when }),
+  ),
+  bindings: z.array(z.strictObject({ id, volume: name, host: name, target, lun, protocol: z.string().min(1).max(16), mode, mapped: z.boolean(), createdAt: when })),
+  vms: z.array(z.strictObject({ id, name, host: name, bindings: z.array(id).max(256), createdAt: when })),
+});
+
 /** Every request schema of the control API; the OpenAPI document is built from these. */
 export const schemas = {
   farm: z.strictObject({ name }),
@@ -70,6 +117,7 @@ export const schemas = {
     array: name.optional(),
     offset: intQuery.optional(),
   }),
+  config: configDocument,
   nameParam: z.strictObject({ name }),
   idParam: z.strictObject({ id: z.coerce.number().int().positive() }),
   unitParams: z.strictObject({ host: name, target: z.coerce.number().int().min(0).max(255), lun: z.coerce.number().int().min(0).max(16383) }),

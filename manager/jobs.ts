@@ -73,6 +73,7 @@ export class JobQueue {
     const ins = this.db.prepare('INSERT OR IGNORE INTO job_volumes (job_id, volume_id) VALUES (?, ?)');
     for (const v of volumeIds) ins.run(id, v);
     this.events.emit('job.queued', `job/${id}`, { id, kind });
+    this.log.info({ op: 'job.submit', job: id, kind, volumes: volumeIds }, 'job queued');
     queueMicrotask(() => this.pump());
     return this.get(id);
   }
@@ -223,6 +224,13 @@ export class JobQueue {
     this.db.prepare('UPDATE jobs SET state = ?, error = ?, finished_at = ? WHERE id = ?').run(state, message, now(), j.id);
     this.events.emit(`job.${state}`, `job/${j.id}`, { id: j.id, kind: j.kind, error: message });
     this.log.warn({ op: 'job', job: j.id, kind: j.kind, state, error: message }, `job ${state}`);
+  }
+
+  /** Every state with its count (zero included, so a gauge drops back to 0). */
+  countByState(): Record<JobState, number> {
+    const out: Record<JobState, number> = { queued: 0, running: 0, succeeded: 0, failed: 0, cancelled: 0 };
+    for (const r of this.db.prepare('SELECT state, COUNT(*) AS n FROM jobs GROUP BY state').all() as { state: JobState; n: number }[]) out[r.state] = r.n;
+    return out;
   }
 
   describe(j: JobRow): Record<string, unknown> {

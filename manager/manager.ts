@@ -8,6 +8,8 @@ import type { BlockStore, CachePolicy } from '../cache/index.js';
 import { ArrayFile, type Engine } from '../disks/index.js';
 import { EXTENT_ALIGN, VolumeLayout, allocateExtents, freeExtents, type Extent } from '../mapper/index.js';
 import type { Namespaces, NbdServer, NbdTlsKeys, Unit } from '../target/index.js';
+import { StatsRegistry } from '../target/stats.js';
+import { ConfigOperations } from './operations/config.js';
 import { openDb, type Db } from './db.js';
 import { EventLog } from './events.js';
 import { JobQueue } from './jobs.js';
@@ -25,6 +27,8 @@ export interface DataPath {
   engine: Engine;
   /** TLS identities of the shared NBD listener (PSK keys live in DATA/tls/psk). */
   tls?: NbdTlsKeys | undefined;
+  /** Per (host, volume) I/O counters the units record into; one is made if the caller has none. */
+  stats?: StatsRegistry;
 }
 
 export interface ManagerOptions {
@@ -119,11 +123,14 @@ export class StorageManager {
   readonly db: Db;
   readonly dataDir: string;
   private readonly dp: DataPath;
-  private readonly log: Logger;
+  readonly log: Logger;
   private readonly nbdAddress: { host: string; port: number } | undefined;
   /** Layouts are shared by every unit of a volume so translation is built once. */
   private readonly layouts = new Map<number, VolumeLayout>();
-  readonly applianceId: string;
+  /** Set once; replaced only when a saved configuration is imported into an empty appliance. */
+  applianceId: string;
+  readonly stats: StatsRegistry;
+  readonly config: ConfigOperations;
   readonly events: EventLog;
   readonly jobs: JobQueue;
   readonly bindings: BindingOperations;
@@ -148,6 +155,8 @@ export class StorageManager {
     this.bulk = new BulkOperations(this);
     this.tracer = new Tracer(this);
     this.inventory = new Inventory(this);
+    this.config = new ConfigOperations(this);
+    this.stats = dp.stats ?? new StatsRegistry();
     this.dataDir = opts.dataDir;
     this.log = opts.log;
     this.nbdAddress = opts.nbdAddress;
@@ -204,6 +213,15 @@ export class StorageManager {
 
   hostSocketPath(host: string): string {
     return path.join(this.dataDir, 'sockets', `${host}.sock`);
+  }
+
+  /** Brings arrays and hosts written straight into the database (config import) onto the data path. */
+  async attachRestored(arrays: ArrayRow[], hosts: HostRow[]): Promise<void> {
+    for (const a of arrays) await this.attachArray(a, false);
+    for (const h of hosts) {
+      await this.openHostListeners(h);
+      this.publishHost(h.id);
+    }
   }
 
   private async openHostListeners(h: HostRow): Promise<void> {
@@ -401,6 +419,7 @@ export class StorageManager {
       }
       this.db.prepare('UPDATE volumes SET farm_id = ?, updated_at = ? WHERE id = ?').run(farm.id, now(), v.id);
       this.events.emit('volume.claimed', `volume/${v.name}`, { volume: v.name, farm: farm.name });
+      this.log.info({ op: 'volume.claim', volume: v.name, farm: farm.name }, 'predefined volume claimed');
       return this.volumeById(v.id);
     })();
   }
@@ -468,6 +487,7 @@ export class StorageManager {
       this.db.prepare('DELETE FROM volumes WHERE id = ?').run(v.id);
       this.events.emit('volume.deleted', `volume/${v.name}`, { volume: v.name });
     })();
+    this.log.info({ op: 'volume.delete', volume: v.name }, 'volume deleted');
   }
 
   /** Grows a volume with extents from arrays of its quality class; hosts see the new size on reconnect. */
@@ -815,6 +835,7 @@ export class StorageManager {
           serial: v.serial,
           naa: v.naa,
           readOnly: b.mode === 'read-only',
+          stats: this.stats.for(h.name, v.name),
         };
       });
     this.fault('publish');

@@ -1,4 +1,5 @@
 import type { VolumeHandle } from '../cache/index.js';
+import type { IoStats } from './stats.js';
 
 /** A unit as one host sees it: an address in the host's namespace backed by a volume. */
 export interface Unit {
@@ -10,6 +11,8 @@ export interface Unit {
   serial: string;
   naa: string;
   readOnly: boolean;
+  /** Counters of this host's I/O to this volume (kept across republishing; read by /metrics). */
+  stats: IoStats;
 }
 
 export type UnitListener = (host: string, removed: Unit[]) => void;

@@ -42,6 +42,7 @@ export class IoStats {
 export class StatsRegistry {
   private readonly byKey = new Map<string, { host: string; volume: string; stats: IoStats }>();
   private readonly sessionsByHost = new Map<string, number>();
+  private readonly endsByReason = new Map<string, number>();
 
   for(host: string, volume: string): IoStats {
     const key = `${host}\u0000${volume}`;
@@ -62,9 +63,15 @@ export class StatsRegistry {
     this.sessionsByHost.set(h, (this.sessionsByHost.get(h) ?? 0) + 1);
   }
 
-  sessionClosed(host: string | null): void {
+  sessionClosed(host: string | null, reason?: string): void {
     const h = host ?? '';
     this.sessionsByHost.set(h, Math.max(0, (this.sessionsByHost.get(h) ?? 0) - 1));
+    if (reason !== undefined) this.endsByReason.set(reason, (this.endsByReason.get(reason) ?? 0) + 1);
+  }
+
+  /** Sessions ended, by reason (protocol-error and socket-error are the ones to alert on). */
+  sessionEnds(): Map<string, number> {
+    return new Map(this.endsByReason);
   }
 
   sessions(): Map<string, number> {

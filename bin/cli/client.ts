@@ -11,6 +11,7 @@ export const EXIT = {
   UNAUTHORIZED: 5,
   UNREACHABLE: 6,
   JOB_FAILED: 7,
+  NO_SPACE: 8,
 } as const;
 
 export class CliError extends Error {
@@ -61,7 +62,7 @@ export function resolveConnection(o: GlobalOptions): Connection {
   return { api: api.replace(/\/$/, ''), token };
 }
 
-const EXIT_BY_STATUS: Record<number, number> = { 400: EXIT.USAGE, 401: EXIT.UNAUTHORIZED, 403: EXIT.UNAUTHORIZED, 404: EXIT.NOT_FOUND, 409: EXIT.CONFLICT };
+const EXIT_BY_STATUS: Record<number, number> = { 400: EXIT.USAGE, 401: EXIT.UNAUTHORIZED, 403: EXIT.UNAUTHORIZED, 404: EXIT.NOT_FOUND, 409: EXIT.CONFLICT, 507: EXIT.NO_SPACE };
 
 export class ApiClient {
   constructor(readonly conn: Connection) {}

@@ -237,6 +237,7 @@ export class BulkOperations {
       m.db.prepare('INSERT INTO images (name, path, size, created_at) VALUES (?, ?, ?, ?)').run(name, abs, st.size, new Date().toISOString());
       m.events.emit('image.registered', `image/${name}`, { image: name, size: st.size });
     })();
+    m.log.info({ op: 'image.register', image: name, size: st.size }, 'image registered');
     return this.image(name);
   }
 

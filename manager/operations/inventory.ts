@@ -81,6 +81,7 @@ export class Inventory {
       for (const id of new Set(opts.bindings)) ins.run(vmId, id);
       m.events.emit('vm.created', `vm/${opts.name}`, { vm: opts.name, host: h.name, bindings: opts.bindings });
     })();
+    m.log.info({ op: 'vm.create', vm: opts.name, host: h.name, bindings: opts.bindings }, 'vm created');
     return this.describeVm(this.vm(opts.name));
   }
 
@@ -107,5 +108,6 @@ export class Inventory {
       this.m.db.prepare('DELETE FROM vms WHERE id = ?').run(v.id);
       this.m.events.emit('vm.deleted', `vm/${name}`, { vm: name });
     })();
+    this.m.log.info({ op: 'vm.delete', vm: name }, 'vm deleted');
   }
 }

@@ -30,6 +30,7 @@ import {
   TFLAG,
 } from './constants.js';
 import { nbdErrno } from './errno.js';
+import { OP } from '../stats.js';
 import { parseExportName } from './export-name.js';
 
 export interface NbdLimits {
@@ -78,6 +79,15 @@ export interface ListenerTraits {
   authenticated: boolean;
 }
 
+/** What a session settled on when it entered transmission, for the per-session log line. */
+export interface NegotiatedSession {
+  export: string;
+  unit: Unit;
+  option: 'GO' | 'EXPORT_NAME';
+  structuredReplies: boolean;
+  tls: boolean;
+}
+
 /** Why a session ended, for the per-session log line. */
 export type CloseReason = 'client-disconnect' | 'abort' | 'protocol-error' | 'socket-error' | 'revoked' | 'server-shutdown' | 'export-unknown' | 'tls-refused';
 
@@ -122,6 +132,7 @@ export class NbdConnection {
   private readonly limits: NbdLimits;
   private readonly traits: ListenerTraits;
   private readonly onClose: (c: NbdConnection, reason: CloseReason) => void;
+  private readonly onTransmission: ((c: NbdConnection, info: NegotiatedSession) => void) | undefined;
 
   private mode = Mode.Header;
   private phase = Phase.ClientFlags;
@@ -159,7 +170,9 @@ export class NbdConnection {
     limits: NbdLimits,
     onClose: (c: NbdConnection, reason: CloseReason) => void,
     traits: ListenerTraits = { tlsSelectsHost: false, authenticated: true },
+    onTransmission?: (c: NbdConnection, info: NegotiatedSession) => void,
   ) {
+    this.onTransmission = onTransmission;
     this.socket = socket;
     this.hostName = host;
     this.backend = backend;
@@ -208,6 +221,26 @@ export class NbdConnection {
     this.held = null;
     this.socket.destroy();
     this.onClose(this, reason);
+  }
+
+  /**
+   * Graceful end for a server shutdown: read no further requests, let the ones
+   * in flight finish and send their replies, then close. Resolves once the
+   * socket is closed (or destroyed after `graceMs` if the client never lets go).
+   */
+  shutdown(graceMs = 10_000): Promise<void> {
+    if (this.mode === Mode.Closed) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => this.close('server-shutdown'), graceMs);
+      this.socket.once('close', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      this.closeReason = 'server-shutdown';
+      this.disconnecting = true;
+      this.socket.pause();
+      this.maybeFinishDisconnect();
+    });
   }
 
   // ---- input framing ---------------------------------------------------
@@ -418,7 +451,7 @@ export class NbdConnection {
     b.writeBigUInt64BE(BigInt(unit.volume.layout.size), 0);
     b.writeUInt16BE(this.transmissionFlags(unit), 8);
     this.socket.write(b);
-    this.enterTransmission(unit, data.toString('utf8'));
+    this.enterTransmission(unit, data.toString('utf8'), 'EXPORT_NAME');
   }
 
   private optList(data: Buffer): void {
@@ -466,7 +499,7 @@ export class NbdConnection {
     this.optionReply(option, REP.INFO, bs);
 
     this.optionReply(option, REP.ACK);
-    if (option === OPT.GO) this.enterTransmission(unit, name);
+    if (option === OPT.GO) this.enterTransmission(unit, name, 'GO');
   }
 
   /**
@@ -563,12 +596,13 @@ export class NbdConnection {
     return f;
   }
 
-  private enterTransmission(unit: Unit, name: string): void {
+  private enterTransmission(unit: Unit, name: string, option: 'GO' | 'EXPORT_NAME'): void {
     this.unit = unit;
     // Block status only for the export the contexts were selected on.
     this.blockStatusOn = this.structured && this.metaExport !== null && sameExport(this.metaExport, name);
     this.phase = Phase.Transmission;
     this.expectHeader(REQUEST_HEADER_SIZE);
+    this.onTransmission?.(this, { export: `${unit.target}/${unit.lun}`, unit, option, structuredReplies: this.structured, tls: this.tlsActive });
   }
 
   private optionReply(option: number, type: number, payload?: Buffer): void {
@@ -638,14 +672,14 @@ export class NbdConnection {
       case CMD.FLUSH: {
         if ((flags & ~CMD_FLAG.FUA) !== 0) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'unsupported flags on FLUSH');
         if (offset !== 0 || length !== 0) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'FLUSH must have zero offset and length');
-        this.track(store.flush(unit.volume), cookieHi, cookieLo, false);
+        this.track(store.flush(unit.volume), cookieHi, cookieLo, false, OP.flush, 0);
         return;
       }
       case CMD.TRIM: {
         if ((flags & ~CMD_FLAG.FUA) !== 0) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'unsupported flags on TRIM');
         if (unit.readOnly) return this.replyError(cookieHi, cookieLo, ERRNO.EPERM, 'export is read-only');
         if (!layout.inRange(offset, length)) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'trim beyond end of export');
-        this.track(store.trim(unit.volume, offset, length, (flags & CMD_FLAG.FUA) !== 0), cookieHi, cookieLo, true);
+        this.track(store.trim(unit.volume, offset, length, (flags & CMD_FLAG.FUA) !== 0), cookieHi, cookieLo, true, OP.trim, 0);
         return;
       }
       case CMD.WRITE_ZEROES: {
@@ -655,13 +689,13 @@ export class NbdConnection {
         if (unit.readOnly) return this.replyError(cookieHi, cookieLo, ERRNO.EPERM, 'export is read-only');
         if (!layout.inRange(offset, length)) return this.replyError(cookieHi, cookieLo, ERRNO.ENOSPC, 'write beyond end of export');
         const opts = { noHole: (flags & CMD_FLAG.NO_HOLE) !== 0, fast: (flags & CMD_FLAG.FAST_ZERO) !== 0, fua: (flags & CMD_FLAG.FUA) !== 0 };
-        this.track(store.writeZeroes(unit.volume, offset, length, opts), cookieHi, cookieLo, true);
+        this.track(store.writeZeroes(unit.volume, offset, length, opts), cookieHi, cookieLo, true, OP.zero, 0);
         return;
       }
       case CMD.CACHE: {
         if ((flags & ~CMD_FLAG.FUA) !== 0) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'unsupported flags on CACHE');
         if (!layout.inRange(offset, length)) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'cache beyond end of export');
-        this.track(store.prefetch(unit.volume, offset, length), cookieHi, cookieLo, false);
+        this.track(store.prefetch(unit.volume, offset, length), cookieHi, cookieLo, false, OP.other, 0);
         return;
       }
       case CMD.BLOCK_STATUS:
@@ -709,7 +743,7 @@ export class NbdConnection {
     if (unit.readOnly) return this.replyError(cookieHi, cookieLo, ERRNO.EPERM, 'export is read-only');
     if (!unit.volume.layout.inRange(offset, payload.length)) return this.replyError(cookieHi, cookieLo, ERRNO.ENOSPC, 'write beyond end of export');
     const fua = (flags & CMD_FLAG.FUA) !== 0;
-    this.track(this.backend.store.write(unit.volume, offset, payload, fua), cookieHi, cookieLo, true, payload.length);
+    this.track(this.backend.store.write(unit.volume, offset, payload, fua), cookieHi, cookieLo, true, OP.write, payload.length);
   }
 
   private startRead(cookieHi: number, cookieLo: number, offset: number, length: number): void {
@@ -727,13 +761,17 @@ export class NbdConnection {
       buf.writeUInt32BE(cookieLo, 12);
     }
     this.begin(length);
+    const stats = this.unit!.stats;
+    const t0 = performance.now();
     this.backend.store.read(this.unit!.volume, offset, length, buf.subarray(hdr)).then(
       () => {
         this.send(length === 0 && this.structured ? buf.subarray(0, 20) : buf);
+        stats.record(OP.read, length, (performance.now() - t0) / 1000, true);
         this.end(length);
       },
       (err: unknown) => {
         this.replyError(cookieHi, cookieLo, nbdErrno(err), errMessage(err));
+        stats.record(OP.read, length, (performance.now() - t0) / 1000, false);
         this.end(length);
       },
     );
@@ -765,8 +803,11 @@ export class NbdConnection {
     }
     const data = Buffer.allocUnsafe(length);
     this.begin(length);
+    const stats = this.unit!.stats;
+    const t0 = performance.now();
     this.backend.store.read(vol, offset, length, data).then(
       () => {
+        stats.record(OP.read, length, (performance.now() - t0) / 1000, true);
         let at = 0;
         runs.forEach((r, i) => {
           const flag = i === runs.length - 1 ? REPLY_FLAG_DONE : 0;
@@ -789,20 +830,30 @@ export class NbdConnection {
       },
       (err: unknown) => {
         this.replyError(cookieHi, cookieLo, nbdErrno(err), errMessage(err));
+        stats.record(OP.read, length, (performance.now() - t0) / 1000, false);
         this.end(length);
       },
     );
   }
 
-  private track(work: Promise<void>, cookieHi: number, cookieLo: number, forWrite: boolean, bytes = 0): void {
+  /**
+   * Replies when `work` settles. `op` and `bytes` are what the request counts
+   * as in the unit's IoStats (target/stats.ts OP); `bytes` is also the payload
+   * memory it holds while in flight.
+   */
+  private track(work: Promise<void>, cookieHi: number, cookieLo: number, forWrite: boolean, op: number, bytes: number): void {
     this.begin(bytes);
+    const stats = this.unit!.stats;
+    const t0 = performance.now();
     work.then(
       () => {
         this.replyOk(cookieHi, cookieLo);
+        stats.record(op, bytes, (performance.now() - t0) / 1000, true);
         this.end(bytes);
       },
       (err: unknown) => {
         this.replyError(cookieHi, cookieLo, nbdErrno(err, forWrite), errMessage(err));
+        stats.record(op, bytes, (performance.now() - t0) / 1000, false);
         this.end(bytes);
       },
     );

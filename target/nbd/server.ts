@@ -1,18 +1,27 @@
 import fs from 'node:fs';
 import net from 'node:net';
+import type { StatsRegistry } from '../stats.js';
 import { DEFAULT_LIMITS, NbdConnection, type CloseReason, type ListenerTraits, type NbdBackend, type NbdLimits } from './connection.js';
 
 export interface SessionEvent {
-  kind: 'connect' | 'disconnect';
+  kind: 'connect' | 'negotiate' | 'disconnect';
   host: string | null;
   listener: string;
   remote: string;
   reason?: CloseReason;
+  /** negotiate: the unit chosen, how, and with which features. */
+  export?: string;
+  volume?: string;
+  option?: 'GO' | 'EXPORT_NAME';
+  structuredReplies?: boolean;
+  tls?: boolean;
 }
 
 export interface NbdServerOptions {
   limits?: Partial<NbdLimits>;
   onSession?: (e: SessionEvent) => void;
+  /** Open sessions per host are counted here (the sessions gauge of /metrics). */
+  stats?: StatsRegistry;
 }
 
 /** Identity a listener gives every connection it accepts. `null` = nobody in particular. */
@@ -26,6 +35,7 @@ export class NbdServer {
   private readonly backend: NbdBackend;
   private readonly limits: NbdLimits;
   private readonly onSession: (e: SessionEvent) => void;
+  private readonly stats: StatsRegistry | undefined;
   private readonly listeners = new Map<string, net.Server>();
   private readonly sessions = new Set<NbdConnection>();
 
@@ -33,6 +43,7 @@ export class NbdServer {
     this.backend = backend;
     this.limits = { ...DEFAULT_LIMITS, ...opts.limits };
     this.onSession = opts.onSession ?? (() => undefined);
+    this.stats = opts.stats;
     backend.namespaces.onRemoval((host, removed) => {
       const gone = new Set(removed.map((u) => u.volume.id));
       for (const s of this.sessions) {
@@ -82,6 +93,7 @@ export class NbdServer {
   private accept(sock: net.Socket, listener: string, host: string | null, traits: ListenerTraits): void {
     const remote = sock.remoteAddress ? `${sock.remoteAddress}:${sock.remotePort}` : 'unix';
     this.onSession({ kind: 'connect', host, listener, remote });
+    this.stats?.sessionOpened(host);
     const conn = new NbdConnection(
       sock,
       host,
@@ -89,10 +101,14 @@ export class NbdServer {
       this.limits,
       (c, reason) => {
         this.sessions.delete(c);
+        // Counted under the listener's host, the one it was opened under.
+        this.stats?.sessionClosed(host, reason);
         // The host may have changed with STARTTLS: log the one the session acted for.
         this.onSession({ kind: 'disconnect', host: c.host, listener, remote, reason });
       },
       traits,
+      (c, n) =>
+        this.onSession({ kind: 'negotiate', host: c.host, listener, remote, export: n.export, volume: n.unit.volumeName, option: n.option, structuredReplies: n.structuredReplies, tls: n.tls }),
     );
     this.sessions.add(conn);
   }
@@ -119,12 +135,18 @@ export class NbdServer {
     return n;
   }
 
+  /**
+   * Stops accepting, then ends every session gracefully: requests already
+   * read are served and answered before the socket closes, so nothing a
+   * client saw acknowledged is cut off.
+   */
   async close(): Promise<void> {
     // A net.Server's close callback waits for its connections, so stop
     // accepting first, end the sessions, then wait.
     const keys = [...this.listeners.keys()];
-    const closing = keys.map((k) => this.closeListener(k));
-    for (const s of this.sessions) s.close('server-shutdown');
-    await Promise.all(closing);
+    // net.Server.close waits for its connections; start draining them alongside.
+    const closing = Promise.all(keys.map((k) => this.closeListener(k)));
+    await Promise.all([...this.sessions].map((s) => s.shutdown()));
+    await closing;
   }
 }

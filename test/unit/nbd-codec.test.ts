@@ -1,3 +1,4 @@
+import { IoStats } from '../../target/stats.js';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -26,7 +27,7 @@ async function backend(t: { teardown: (fn: () => unknown) => void }): Promise<{ 
   store.addArray(file);
   const namespaces = new Namespaces();
   namespaces.publish('h', [
-    { host: 'h', target: 0, lun: 0, volume: { id: 1, layout: new VolumeLayout([{ arrayId: 1, offset: 0, length: SIZE }]), cachePolicy: 'none' }, volumeName: 'v', serial: 'S1', naa: '3000', readOnly: false },
+    { host: 'h', target: 0, lun: 0, volume: { id: 1, layout: new VolumeLayout([{ arrayId: 1, offset: 0, length: SIZE }]), cachePolicy: 'none' }, volumeName: 'v', serial: 'S1', naa: '3000', readOnly: false, stats: new IoStats() },
   ]);
   t.teardown(async () => {
     await file.close();

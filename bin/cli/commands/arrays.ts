@@ -1,0 +1,75 @@
+import type { Command } from 'commander';
+import { CliError, EXIT } from '../client.js';
+import { table } from '../output.js';
+import { client, details, humanSize, out, verb } from '../context.js';
+
+interface ArrayInfo {
+  name: string;
+  path: string;
+  size: number;
+  qualityClass: string;
+  used?: number;
+  free?: number;
+}
+
+const arrayTable = (arrays: ArrayInfo[]): string =>
+  table(arrays, [
+    ['NAME', (a) => a.name],
+    ['CLASS', (a) => a.qualityClass],
+    ['SIZE', (a) => humanSize(a.size)],
+    ['USED', (a) => (a.used === undefined ? undefined : humanSize(a.used))],
+    ['FREE', (a) => (a.free === undefined ? undefined : humanSize(a.free))],
+    ['FILE', (a) => a.path],
+  ]);
+
+/** `blockgate array …` and `blockgate discovery …`: the backing files and the wiring map. */
+export function register(program: Command): void {
+  const array = program.command('array').description('disk arrays: the sparse backing files volumes are carved from');
+
+  verb(array, 'list', 'list arrays with capacity and free space').action(async (_o, cmd: Command) => {
+    const r = await client(cmd).call<{ arrays: ArrayInfo[] }>('GET', '/v1/arrays');
+    out(cmd, r, () => arrayTable(r.arrays));
+  });
+
+  verb(array, 'show <name>', 'one array').action(async (name: string, _o, cmd: Command) => {
+    const r = await client(cmd).call<{ arrays: ArrayInfo[] }>('GET', '/v1/arrays');
+    const a = r.arrays.find((x) => x.name === name);
+    if (!a) throw new CliError(`array '${name}' does not exist`, EXIT.NOT_FOUND, 'NOT_FOUND');
+    out(cmd, a, () => details({ ...a, size: humanSize(a.size), used: humanSize(a.used ?? 0), free: humanSize(a.free ?? 0) }));
+  });
+
+  verb(array, 'create <name>', 'create a sparse array file under DATA/arrays')
+    .requiredOption('--size <size>', 'size, e.g. 1G or 512M')
+    .option('--class <class>', 'quality class (std, performance, raid1, …)')
+    .action(async (name: string, o: { size: string; class?: string }, cmd: Command) => {
+      const a = await client(cmd).call<ArrayInfo>('POST', '/v1/arrays', { name, size: o.size, ...(o.class ? { qualityClass: o.class } : {}) });
+      // A new array is all free space.
+      out(cmd, a, () => arrayTable([{ used: 0, free: a.size, ...a }]));
+    });
+
+  const discovery = program.command('discovery').description('the wiring map: arrays, capacity, free extents, volumes, listeners');
+  const wiring = (r: { added?: string[]; arrays: (ArrayInfo & { file: string; freeExtents: { offset: number; length: number }[] })[]; volumes: { name: string; state: string; size: number; extents: { array: string; offset: number; length: number }[] }[]; listeners: { host: string; socket: string; tcp: string | null }[] }): string =>
+    (r.added?.length ? `adopted arrays: ${r.added.join(', ')}\n\n` : '') +
+    arrayTable(r.arrays.map((a) => ({ ...a, path: a.file }))) +
+    '\n' +
+    table(r.volumes, [
+      ['VOLUME', (v) => v.name],
+      ['STATE', (v) => v.state],
+      ['SIZE', (v) => humanSize(v.size)],
+      ['EXTENTS', (v) => v.extents.map((e) => `${e.array}@${humanSize(e.offset)}+${humanSize(e.length)}`).join(' ')],
+    ]) +
+    '\n' +
+    table(r.listeners, [
+      ['HOST', (l) => l.host],
+      ['SOCKET', (l) => l.socket],
+      ['TCP', (l) => l.tcp],
+    ]);
+  verb(discovery, 'show', 'report the wiring map').action(async (_o, cmd: Command) => {
+    const r = await client(cmd).call('GET', '/v1/discovery');
+    out(cmd, r, () => wiring(r));
+  });
+  verb(discovery, 'scan', 'adopt array files copied into DATA/arrays, then report the wiring map').action(async (_o, cmd: Command) => {
+    const r = await client(cmd).call('POST', '/v1/discovery');
+    out(cmd, r, () => wiring(r));
+  });
+}

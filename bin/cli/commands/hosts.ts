@@ -1,0 +1,91 @@
+import type { Command } from 'commander';
+import { table } from '../output.js';
+import { client, details, followJob, humanSize, jobOptions, out, parseUnit, verb } from '../context.js';
+
+interface Host {
+  name: string;
+  farm: string;
+  protocols: string[];
+  defaultProtocol: string;
+  nbd: { socket: string; tcp: string | null; sharedListenerDefault: boolean };
+  units: number;
+  createdAt: string;
+}
+
+interface Namespace {
+  host: string;
+  farm: string;
+  units: { target: number; lun: number; volume: string; size: number; serial: string; naa: string; readOnly: boolean; exportName: string; uris: string[] }[];
+}
+
+const hostTable = (hosts: Host[]): string =>
+  table(hosts, [
+    ['NAME', (h) => h.name],
+    ['FARM', (h) => h.farm],
+    ['UNITS', (h) => h.units],
+    ['SOCKET', (h) => h.nbd.socket],
+    ['TCP', (h) => [h.nbd.tcp, h.nbd.sharedListenerDefault ? 'shared listener' : null].filter(Boolean).join(', ') || null],
+  ]);
+
+export const namespaceTable = (ns: Namespace): string =>
+  ns.units.length === 0
+    ? `host ${ns.host}: no units mapped\n`
+    : table(ns.units, [
+        ['UNIT', (u) => u.exportName],
+        ['VOLUME', (u) => u.volume],
+        ['SIZE', (u) => humanSize(u.size)],
+        ['SERIAL', (u) => u.serial],
+        ['NAA', (u) => u.naa],
+        ['RO', (u) => u.readOnly],
+        ['URI', (u) => u.uris[0]],
+      ]);
+
+/** `blockgate host …`: clients with an identity and a namespace of units. */
+export function register(program: Command): void {
+  const host = program.command('host').description('hosts: clients, each with its own listener and namespace of units');
+
+  verb(host, 'list', 'list hosts').action(async (_o, cmd: Command) => {
+    const r = await client(cmd).call<{ hosts: Host[] }>('GET', '/v1/hosts');
+    out(cmd, r, () => hostTable(r.hosts));
+  });
+
+  verb(host, 'show <name>', 'one host').action(async (name: string, _o, cmd: Command) => {
+    const h = await client(cmd).call<Host>('GET', `/v1/hosts/${encodeURIComponent(name)}`);
+    out(cmd, h, () => details({ ...h, protocols: h.protocols.join(',') }));
+  });
+
+  verb(host, 'create <name>', 'create a host; its unix socket listener opens at once')
+    .option('--farm <farm>', 'the farm it belongs to', 'default')
+    .option('--nbd-tcp <host:port>', 'a TCP listener dedicated to this host')
+    .action(async (name: string, o: { farm: string; nbdTcp?: string }, cmd: Command) => {
+      const h = await client(cmd).call<Host>('POST', '/v1/hosts', { name, farm: o.farm, ...(o.nbdTcp ? { nbdTcp: o.nbdTcp } : {}) });
+      out(cmd, h, () => hostTable([h]));
+    });
+
+  verb(host, 'namespace <name>', "the host's live namespace: units, volumes, serials, NBD URIs").action(async (name: string, _o, cmd: Command) => {
+    const ns = await client(cmd).call<Namespace>('GET', `/v1/hosts/${encodeURIComponent(name)}/namespace`);
+    out(cmd, ns, () => namespaceTable(ns));
+  });
+
+  jobOptions(
+    verb(host, 'activate <name>', 'allocate → configure → copy image → bind → map in one job, rolled back on failure')
+      .requiredOption('--volume <volume>', 'name of the new volume')
+      .requiredOption('--size <size>', 'size, e.g. 4G')
+      .option('--class <class>', 'quality class')
+      .option('--image <image>', 'image to copy onto it')
+      .option('--unit <T/L>', 'unit address in the host namespace', '0/0')
+      .option('--mode <mode>', 'exclusive, shared or read-only'),
+  ).action(async (name: string, o: { volume: string; size: string; class?: string; image?: string; unit: string; mode?: string }, cmd: Command) => {
+    const { target, lun } = parseUnit(o.unit);
+    const r = await client(cmd).call('POST', `/v1/hosts/${encodeURIComponent(name)}/activate`, {
+      volume: o.volume,
+      size: o.size,
+      target,
+      lun,
+      ...(o.class ? { qualityClass: o.class } : {}),
+      ...(o.image ? { image: o.image } : {}),
+      ...(o.mode ? { mode: o.mode } : {}),
+    });
+    await followJob(cmd, r);
+  });
+}

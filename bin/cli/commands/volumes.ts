@@ -1,0 +1,165 @@
+import type { Command } from 'commander';
+import { table } from '../output.js';
+import { traceText } from './trace.js';
+import { client, details, followJob, humanSize, jobOptions, list, out, parseIntArg, usage, verb } from '../context.js';
+
+export interface Volume {
+  name: string;
+  farm: string | null;
+  size: number;
+  state: string;
+  shareMode: string;
+  cachePolicy: string;
+  serial: string;
+  naa: string;
+  meta: boolean;
+  qualityClass: string | null;
+  dirty: boolean;
+  allowed: string[];
+  job: number | null;
+  extents: { array: string; offset: number; length: number }[];
+  [k: string]: unknown;
+}
+
+const volumeTable = (vs: Volume[]): string =>
+  table(vs, [
+    ['NAME', (v) => v.name],
+    ['FARM', (v) => v.farm],
+    ['STATE', (v) => v.state],
+    ['SIZE', (v) => humanSize(v.size)],
+    ['CLASS', (v) => v.qualityClass],
+    ['META', (v) => v.meta],
+    ['DIRTY', (v) => v.dirty],
+    ['SERIAL', (v) => v.serial],
+    ['JOB', (v) => v.job],
+  ]);
+
+export const volumeDetails = (v: Volume): string =>
+  details({
+    ...v,
+    size: `${humanSize(v.size)} (${v.size} bytes)`,
+    allowed: v.allowed.join(', '),
+    extents: v.extents.map((e) => `${e.array}@${e.offset}+${humanSize(e.length)}`).join(' '),
+  });
+
+/** "a0:1G,a1:512M" → the API's layout list. */
+function parseLayout(s: string): { array: string; size: string }[] {
+  return list(s).map((part) => {
+    const m = /^([^:]+):(.+)$/.exec(part);
+    if (!m) throw usage(`layout part '${part}' is not ARRAY:SIZE`);
+    return { array: m[1]!, size: m[2]! };
+  });
+}
+
+/** `blockgate volume …`: the FIG. 7 lifecycle of a virtual disk. */
+export function register(program: Command): void {
+  const volume = program.command('volume').description('volumes (virtual disks) and their lifecycle: allocate, configure, scrub, copy, snap, resize, release');
+  const enc = encodeURIComponent;
+
+  verb(volume, 'list', 'list volumes').action(async (_o, cmd: Command) => {
+    const r = await client(cmd).call<{ volumes: Volume[] }>('GET', '/v1/volumes');
+    out(cmd, r, () => volumeTable(r.volumes));
+  });
+
+  verb(volume, 'show <name>', 'one volume: state, identity, extents and the operations allowed now').action(async (name: string, _o, cmd: Command) => {
+    const v = await client(cmd).call<Volume>('GET', `/v1/volumes/${enc(name)}`);
+    out(cmd, v, () => volumeDetails(v));
+  });
+
+  verb(volume, 'create <name>', 'allocate a volume (and configure it, unless --no-configure)')
+    .requiredOption('--size <size>', 'size, e.g. 4G or 512M')
+    .option('--farm <farm>', 'farm it belongs to (none: a predefined volume)')
+    .option('--class <class>', 'quality class of the arrays to carve it from')
+    .option('--layout <array:size,…>', 'explicit extents, in order (a meta volume across arrays), e.g. a0:1G,a1:1G')
+    .option('--shared', 'may be bound to several hosts of its farm')
+    .option('--no-configure', 'stop in allocated (configure later with `volume configure`)')
+    .action(async (name: string, o: { size: string; farm?: string; class?: string; layout?: string; shared?: boolean; configure: boolean }, cmd: Command) => {
+      const v = await client(cmd).call<Volume>('POST', '/v1/volumes', {
+        name,
+        size: o.size,
+        configure: o.configure,
+        ...(o.farm ? { farm: o.farm } : {}),
+        ...(o.class ? { qualityClass: o.class } : {}),
+        ...(o.layout ? { layout: parseLayout(o.layout) } : {}),
+        ...(o.shared ? { shareMode: 'shared' } : {}),
+      });
+      out(cmd, v, () => volumeDetails(v));
+    });
+
+  verb(volume, 'claim', 'hand the smallest fitting predefined volume to a farm')
+    .requiredOption('--farm <farm>', 'the farm')
+    .requiredOption('--size <size>', 'at least this size')
+    .option('--class <class>', 'quality class')
+    .action(async (o: { farm: string; size: string; class?: string }, cmd: Command) => {
+      const v = await client(cmd).call<Volume>('POST', '/v1/volumes/claim', { farm: o.farm, size: o.size, ...(o.class ? { qualityClass: o.class } : {}) });
+      out(cmd, v, () => volumeDetails(v));
+    });
+
+  const step = (name: string, route: string, description: string): void => {
+    verb(volume, `${name} <name>`, description).action(async (vol: string, _o, cmd: Command) => {
+      const v = await client(cmd).call<Volume>('POST', `/v1/volumes/${enc(vol)}/${route}`);
+      out(cmd, v, () => `volume ${v.name} is now ${v.state}\n`);
+    });
+  };
+  step('configure', 'configure', 'configure / meta create (allocated → configured)');
+  step('meta', 'meta', 'meta create: same as configure');
+  step('break', 'break', 'break the (meta) volume (→ unconfigured)');
+  step('deallocate', 'deallocate', 'give the space back (unconfigured → free); refused until scrubbed');
+
+  verb(volume, 'resize <name>', 'grow a volume; hosts see the new size when they reconnect')
+    .requiredOption('--size <size>', 'the new size, e.g. 8G')
+    .action(async (name: string, o: { size: string }, cmd: Command) => {
+      const v = await client(cmd).call<Volume>('POST', `/v1/volumes/${enc(name)}/resize`, { size: o.size });
+      out(cmd, v, () => `volume ${v.name} is now ${humanSize(v.size)} (${v.size} bytes)\n`);
+    });
+
+  jobOptions(
+    verb(volume, 'scrub <name>', 'overwrite with a byte pattern and read back to verify (a job)')
+      .option('--pattern <byte>', 'byte value 0-255', parseIntArg('pattern'), 0)
+      .option('--no-verify', 'skip the read-back'),
+  ).action(async (name: string, o: { pattern: number; verify: boolean }, cmd: Command) => {
+    const r = await client(cmd).call('POST', `/v1/volumes/${enc(name)}/scrub`, { pattern: o.pattern, verify: o.verify });
+    await followJob(cmd, r);
+  });
+
+  jobOptions(
+    verb(volume, 'copy <source>', 'copy an unbound volume onto unbound targets, at least as large (a job)')
+      .requiredOption('--to <volume,…>', 'target volumes')
+      .option('--no-verify', 'skip the comparison'),
+  ).action(async (source: string, o: { to: string; verify: boolean }, cmd: Command) => {
+    const r = await client(cmd).call('POST', `/v1/volumes/${enc(source)}/copy`, { targets: list(o.to), verify: o.verify });
+    await followJob(cmd, r);
+  });
+
+  jobOptions(
+    verb(volume, 'copy-image <name>', 'copy an image onto a configured volume (a job)')
+      .requiredOption('--image <image>', 'the image')
+      .option('--no-verify', 'skip the comparison'),
+  ).action(async (name: string, o: { image: string; verify: boolean }, cmd: Command) => {
+    const r = await client(cmd).call('POST', `/v1/volumes/${enc(name)}/copy-image`, { image: o.image, verify: o.verify });
+    await followJob(cmd, r);
+  });
+
+  jobOptions(verb(volume, 'snap <name> <snapshot>', 'point-in-time copy of a mapped volume into a new volume (copy-on-write, a job)')).action(
+    async (name: string, snapshot: string, _o, cmd: Command) => {
+      const r = await client(cmd).call('POST', `/v1/volumes/${enc(name)}/snap`, { snapshot });
+      await followJob(cmd, r);
+    },
+  );
+
+  verb(volume, 'delete <name>', 'forget a free volume (its serial and NAA are never reused)').action(async (name: string, _o, cmd: Command) => {
+    await client(cmd).call('DELETE', `/v1/volumes/${enc(name)}`);
+    out(cmd, { deleted: name }, () => `volume ${name} deleted\n`);
+  });
+
+  verb(volume, 'trace <name>', 'volume → units, VMs, extents and array files')
+    .option('--offset <bytes>', 'start of a request', parseIntArg('offset'))
+    .option('--length <bytes>', 'length of a request', parseIntArg('length'))
+    .action(async (name: string, o: { offset?: number; length?: number }, cmd: Command) => {
+      const q = new URLSearchParams();
+      if (o.offset !== undefined) q.set('offset', String(o.offset));
+      if (o.length !== undefined) q.set('length', String(o.length));
+      const r = await client(cmd).call('GET', `/v1/trace/volumes/${enc(name)}${q.size ? `?${q}` : ''}`);
+      out(cmd, r, () => traceText(r));
+    });
+}
