@@ -1,6 +1,7 @@
 import t from 'tap';
 import { RawNbd } from '../helpers/nbd-client.js';
 import { startServer } from '../helpers/server.js';
+import { prng } from '../helpers/prng.js';
 
 /**
  * The durability contract under kill -9: every write acknowledged before an
@@ -18,17 +19,6 @@ const BLOCK = 4096;
 const REGION_BLOCKS = 1024; // 4 MiB written per volume
 const QD = 12;
 
-/** mulberry32: small, fixed-seed, good enough to pick offsets. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** A block's bytes name its volume, block index and version; the rest is derived from those. */
 function payload(vol: number, block: number, seq: number): Buffer {

@@ -4,6 +4,7 @@ import { fioVerifyArgs } from '../helpers/fio.js';
 import { startServer } from '../helpers/server.js';
 import { requireTools, run } from '../helpers/tools.js';
 import { CMD, WireClient } from '../helpers/nbd-wire.js';
+import { prng } from '../helpers/prng.js';
 
 // Protocol fuzzing from raw sockets: a fixed seed, >=100k random and mutated
 // frames over the handshake and transmission phases, on the demo host's unix
@@ -19,17 +20,6 @@ const FRAMES = 100_000;
 const PARALLEL = 6;
 const MiB = 1024 * 1024;
 
-/** mulberry32: small, fast, deterministic. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 class Gen {
   readonly r: () => number;
