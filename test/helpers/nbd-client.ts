@@ -1,4 +1,5 @@
 import net from 'node:net';
+import { request as frame } from './nbd-frames.js';
 
 /**
  * A minimal raw NBD client for tests that must know exactly which requests
@@ -116,15 +117,8 @@ export class RawNbd {
   private request(type: number, flags: number, offset: number, length: number, payload: Buffer | null, replyLen: number): Promise<Buffer> {
     if (this.closed) return Promise.reject(this.closed);
     const cookie = this.nextCookie++;
-    const h = Buffer.alloc(28);
-    h.writeUInt32BE(0x25609513, 0);
-    h.writeUInt16BE(flags, 4);
-    h.writeUInt16BE(type, 6);
-    h.writeBigUInt64BE(cookie, 8);
-    h.writeBigUInt64BE(BigInt(offset), 16);
-    h.writeUInt32BE(length, 24);
     const p = new Promise<Buffer>((resolve, reject) => this.pending.set(cookie, { len: replyLen, resolve, reject }));
-    this.sock!.write(payload ? Buffer.concat([h, payload]) : h);
+    this.sock!.write(frame(type, cookie, offset, length, flags, payload ?? undefined));
     return p;
   }
 

@@ -22,7 +22,7 @@ export function infoRequest(name: string, infos: number[] = []): Buffer {
   return b;
 }
 
-export function request(type: number, cookie: number, offset: number, length: number, flags = 0, payload?: Buffer): Buffer {
+export function request(type: number, cookie: number | bigint, offset: number | bigint, length: number, flags = 0, payload?: Buffer): Buffer {
   const b = Buffer.alloc(28 + (payload?.length ?? 0));
   b.writeUInt32BE(REQUEST_MAGIC, 0);
   b.writeUInt16BE(flags, 4);

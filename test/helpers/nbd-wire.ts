@@ -1,5 +1,6 @@
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
+import { infoRequest, request as frame } from './nbd-frames.js';
 
 /**
  * A deliberately small NBD client for wire-level tests: it speaks exactly the
@@ -156,13 +157,7 @@ export class WireClient {
   }
 
   static infoRequest(name: string, infos: number[] = []): Buffer {
-    const n = Buffer.from(name);
-    const b = Buffer.alloc(4 + n.length + 2 + 2 * infos.length);
-    b.writeUInt32BE(n.length, 0);
-    n.copy(b, 4);
-    b.writeUInt16BE(infos.length, 4 + n.length);
-    infos.forEach((t, i) => b.writeUInt16BE(t, 6 + n.length + 2 * i));
-    return b;
+    return infoRequest(name, infos);
   }
 
   static metaRequest(name: string, queries: string[]): Buffer {
@@ -204,14 +199,7 @@ export class WireClient {
   /** Sends one request without waiting; returns its cookie. */
   send(type: number, offset: bigint | number, length: number, flags = 0, payload?: Buffer): bigint {
     const cookie = this.nextCookie++;
-    const h = Buffer.alloc(28);
-    h.writeUInt32BE(0x25609513, 0);
-    h.writeUInt16BE(flags, 4);
-    h.writeUInt16BE(type, 6);
-    h.writeBigUInt64BE(cookie, 8);
-    h.writeBigUInt64BE(BigInt(offset), 16);
-    h.writeUInt32BE(length, 24);
-    this.sock.write(payload ? Buffer.concat([h, payload]) : h);
+    this.sock.write(frame(type, cookie, offset, length, flags, payload));
     return cookie;
   }
 
