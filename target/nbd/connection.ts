@@ -29,6 +29,7 @@ import {
   STRUCTURED_REPLY_MAGIC,
   TFLAG,
 } from './constants.js';
+import { LARGE_MIN, largeBuffer, releaseLarge, replyBuffer, smallBuffer } from './buffers.js';
 import { nbdErrno } from './errno.js';
 import { parseExportName } from './export-name.js';
 
@@ -310,8 +311,7 @@ export class NbdConnection {
     this.headerSize = size;
   }
 
-  private fill(length: number, then: (buf: Buffer) => void): void {
-    const buf = Buffer.allocUnsafe(length);
+  private fill(length: number, then: (buf: Buffer) => void, buf: Buffer = Buffer.allocUnsafe(length)): void {
     if (length === 0) {
       then(buf);
       return;
@@ -613,7 +613,12 @@ export class NbdConnection {
         this.startWrite(flags, cookieHi, cookieLo, offset, chunk.subarray(p, p + length));
         return p + length;
       }
-      this.fill(length, (payload) => this.startWrite(flags, cookieHi, cookieLo, offset, payload));
+      // A payload spanning chunks (every large write) is gathered into a recycled buffer.
+      if (length >= LARGE_MIN) {
+        this.fill(length, (payload) => this.startWrite(flags, cookieHi, cookieLo, offset, payload, true), largeBuffer(length));
+      } else {
+        this.fill(length, (payload) => this.startWrite(flags, cookieHi, cookieLo, offset, payload));
+      }
       return p;
     }
     this.dispatch(type, flags, cookieHi, cookieLo, offset, length);
@@ -703,19 +708,56 @@ export class NbdConnection {
     this.send(b);
   }
 
-  private startWrite(flags: number, cookieHi: number, cookieLo: number, offset: number, payload: Buffer): void {
+  /**
+   * `pooled`: the payload is a largeBuffer() this request owns; it goes back
+   * to the pool once the store is done with it.
+   */
+  private startWrite(flags: number, cookieHi: number, cookieLo: number, offset: number, payload: Buffer, pooled = false): void {
     const unit = this.unit!;
-    if ((flags & ~CMD_FLAG.FUA) !== 0) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'unsupported flags on WRITE');
-    if (unit.readOnly) return this.replyError(cookieHi, cookieLo, ERRNO.EPERM, 'export is read-only');
-    if (!unit.volume.layout.inRange(offset, payload.length)) return this.replyError(cookieHi, cookieLo, ERRNO.ENOSPC, 'write beyond end of export');
+    const refuse = (errno: number, message: string): void => {
+      if (pooled) releaseLarge(payload);
+      this.replyError(cookieHi, cookieLo, errno, message);
+    };
+    if ((flags & ~CMD_FLAG.FUA) !== 0) return refuse(ERRNO.EINVAL, 'unsupported flags on WRITE');
+    if (unit.readOnly) return refuse(ERRNO.EPERM, 'export is read-only');
+    if (!unit.volume.layout.inRange(offset, payload.length)) return refuse(ERRNO.ENOSPC, 'write beyond end of export');
     const fua = (flags & CMD_FLAG.FUA) !== 0;
-    this.track(this.backend.store.write(unit.volume, offset, payload, fua), cookieHi, cookieLo, true, payload.length);
+    let work: Promise<void> | null;
+    try {
+      work = this.backend.store.writeFast(unit.volume, offset, payload, fua);
+    } catch (err) {
+      work = Promise.reject(err as Error);
+    }
+    const bytes = payload.length;
+    if (work === null) {
+      // Complete in memory (write-back): reply now, no promise hop.
+      return this.writeDone(cookieHi, cookieLo, payload, pooled, null);
+    }
+    this.begin(bytes);
+    work.then(
+      () => {
+        this.writeDone(cookieHi, cookieLo, payload, pooled, null);
+        this.end(bytes);
+      },
+      (err: unknown) => {
+        this.writeDone(cookieHi, cookieLo, payload, pooled, err);
+        this.end(bytes);
+      },
+    );
+  }
+
+  /** A WRITE's completion, at once or after the store's promise: recycle the payload, reply. */
+  private writeDone(cookieHi: number, cookieLo: number, payload: Buffer, pooled: boolean, err: unknown): void {
+    if (pooled) releaseLarge(payload);
+    if (err === null) this.replyOk(cookieHi, cookieLo);
+    else this.replyError(cookieHi, cookieLo, nbdErrno(err, true), errMessage(err));
   }
 
   private startRead(cookieHi: number, cookieLo: number, offset: number, length: number): void {
-    // Header and data share one buffer: one allocation, one socket write.
+    // Header and data share one buffer: one socket write. Small replies are carved
+    // from an arena, large ones recycled once the socket has sent them.
     const hdr = this.structured ? 28 : 16;
-    const buf = Buffer.allocUnsafe(hdr + length);
+    const buf = replyBuffer(hdr + length);
     if (this.structured) {
       writeChunkHeader(buf, 0, REPLY_FLAG_DONE, length === 0 ? REPLY_TYPE.NONE : REPLY_TYPE.OFFSET_DATA, cookieHi, cookieLo, length === 0 ? 0 : 8 + length);
       buf.writeUInt32BE(Math.floor(offset / 0x100000000), 20);
@@ -726,17 +768,38 @@ export class NbdConnection {
       buf.writeUInt32BE(cookieHi, 8);
       buf.writeUInt32BE(cookieLo, 12);
     }
+    let work: Promise<void> | null;
+    try {
+      work = this.backend.store.readFast(this.unit!.volume, offset, length, buf.subarray(hdr));
+    } catch (err) {
+      work = Promise.reject(err as Error);
+    }
+    if (work === null) {
+      // Every block was in memory: the bytes are already in buf.
+      return this.readDone(cookieHi, cookieLo, buf, length, null);
+    }
     this.begin(length);
-    this.backend.store.read(this.unit!.volume, offset, length, buf.subarray(hdr)).then(
+    work.then(
       () => {
-        this.send(length === 0 && this.structured ? buf.subarray(0, 20) : buf);
+        this.readDone(cookieHi, cookieLo, buf, length, null);
         this.end(length);
       },
       (err: unknown) => {
-        this.replyError(cookieHi, cookieLo, nbdErrno(err), errMessage(err));
+        this.readDone(cookieHi, cookieLo, buf, length, err);
         this.end(length);
       },
     );
+  }
+
+  /** A READ's completion, at once (cache hit) or after the store's promise. */
+  private readDone(cookieHi: number, cookieLo: number, buf: Buffer, length: number, err: unknown): void {
+    if (err !== null) {
+      if (buf.length >= LARGE_MIN) releaseLarge(buf);
+      return this.replyError(cookieHi, cookieLo, nbdErrno(err), errMessage(err));
+    }
+    if (length === 0 && this.structured) return this.send(buf.subarray(0, 20));
+    if (buf.length >= LARGE_MIN) return this.send(buf, recycleOnWrite(buf));
+    this.send(buf);
   }
 
   /**
@@ -841,7 +904,7 @@ export class NbdConnection {
   }
 
   private replyOk(cookieHi: number, cookieLo: number): void {
-    const b = Buffer.allocUnsafe(16);
+    const b = smallBuffer(16);
     b.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
     b.writeUInt32BE(0, 4);
     b.writeUInt32BE(cookieHi, 8);
@@ -870,15 +933,18 @@ export class NbdConnection {
 
   // ---- output batching and flow control ----------------------------------
 
-  private send(b: Buffer): void {
+  /** Queues b in the current cork batch; `written` runs once the socket is done with it. */
+  private send(b: Buffer, written?: (err?: Error | null) => void): void {
     if (this.mode === Mode.Closed) return;
     if (!this.corked) {
       this.corked = true;
       this.socket.cork();
-      setImmediate(() => this.uncork());
+      setImmediate(this.uncorkNow);
     }
-    if (!this.socket.write(b) || this.socket.writableLength > this.limits.maxQueuedReplyBytes) this.pauseInput();
+    if (!this.socket.write(b, written) || this.socket.writableLength > this.limits.maxQueuedReplyBytes) this.pauseInput();
   }
+
+  private readonly uncorkNow = (): void => this.uncork();
 
   private uncork(): void {
     if (!this.corked) return;
@@ -909,6 +975,13 @@ export class NbdConnection {
       if (!this.paused && (this.mode as Mode) !== Mode.Closed) this.socket.resume();
     }
   }
+}
+
+/** Returns a large reply buffer to the pool once the socket has written it (not on error: it may still be queued). */
+function recycleOnWrite(buf: Buffer): (err?: Error | null) => void {
+  return (err) => {
+    if (!err) releaseLarge(buf);
+  };
 }
 
 function writeChunkHeader(b: Buffer, p: number, flags: number, type: number, cookieHi: number, cookieLo: number, length: number): void {
