@@ -32,6 +32,13 @@ export function smallBuffer(n: number): Buffer {
   return b;
 }
 
+/** An 8-byte-aligned copy of src (≤ SMALL_MAX bytes) from the arena. */
+export function alignedCopy(src: Buffer): Buffer {
+  const b = smallBuffer(src.length);
+  src.copy(b, 0);
+  return b;
+}
+
 const free = new Map<number, Buffer[]>();
 let pooledBytes = 0;
 

@@ -29,7 +29,7 @@ import {
   STRUCTURED_REPLY_MAGIC,
   TFLAG,
 } from './constants.js';
-import { LARGE_MIN, largeBuffer, releaseLarge, replyBuffer, smallBuffer } from './buffers.js';
+import { LARGE_MIN, SMALL_MAX, alignedCopy, largeBuffer, releaseLarge, replyBuffer, smallBuffer } from './buffers.js';
 import { nbdErrno } from './errno.js';
 import { parseExportName } from './export-name.js';
 
@@ -610,7 +610,11 @@ export class NbdConnection {
         return n;
       }
       if (n - p >= length) {
-        this.startWrite(flags, cookieHi, cookieLo, offset, chunk.subarray(p, p + length));
+        let payload = chunk.subarray(p, p + length);
+        // Copies into the cache's shared memory are word-wise only between 8-byte-aligned
+        // addresses (byte by byte otherwise, ~3x slower): realign small payloads first.
+        if (((chunk.byteOffset + p) & 7) !== 0 && length <= SMALL_MAX) payload = alignedCopy(payload);
+        this.startWrite(flags, cookieHi, cookieLo, offset, payload);
         return p + length;
       }
       // A payload spanning chunks (every large write) is gathered into a recycled buffer.
@@ -757,7 +761,11 @@ export class NbdConnection {
     // Header and data share one buffer: one socket write. Small replies are carved
     // from an arena, large ones recycled once the socket has sent them.
     const hdr = this.structured ? 28 : 16;
-    const buf = replyBuffer(hdr + length);
+    // The data must start 8-byte aligned: V8 copies out of the cache's SharedArrayBuffer
+    // word by word only between aligned addresses (byte by byte otherwise, ~3x slower).
+    const pad = this.structured ? 4 : 0;
+    const whole = replyBuffer(pad + hdr + length);
+    const buf = pad === 0 ? whole : whole.subarray(pad);
     if (this.structured) {
       writeChunkHeader(buf, 0, REPLY_FLAG_DONE, length === 0 ? REPLY_TYPE.NONE : REPLY_TYPE.OFFSET_DATA, cookieHi, cookieLo, length === 0 ? 0 : 8 + length);
       buf.writeUInt32BE(Math.floor(offset / 0x100000000), 20);
@@ -776,29 +784,30 @@ export class NbdConnection {
     }
     if (work === null) {
       // Every block was in memory: the bytes are already in buf.
-      return this.readDone(cookieHi, cookieLo, buf, length, null);
+      return this.readDone(cookieHi, cookieLo, whole, buf, length, null);
     }
     this.begin(length);
     work.then(
       () => {
-        this.readDone(cookieHi, cookieLo, buf, length, null);
+        this.readDone(cookieHi, cookieLo, whole, buf, length, null);
         this.end(length);
       },
       (err: unknown) => {
-        this.readDone(cookieHi, cookieLo, buf, length, err);
+        this.readDone(cookieHi, cookieLo, whole, buf, length, err);
         this.end(length);
       },
     );
   }
 
   /** A READ's completion, at once (cache hit) or after the store's promise. */
-  private readDone(cookieHi: number, cookieLo: number, buf: Buffer, length: number, err: unknown): void {
+  /** `whole` is the buffer as allocated (for recycling), `buf` the reply inside it. */
+  private readDone(cookieHi: number, cookieLo: number, whole: Buffer, buf: Buffer, length: number, err: unknown): void {
     if (err !== null) {
-      if (buf.length >= LARGE_MIN) releaseLarge(buf);
+      if (whole.length >= LARGE_MIN) releaseLarge(whole);
       return this.replyError(cookieHi, cookieLo, nbdErrno(err), errMessage(err));
     }
     if (length === 0 && this.structured) return this.send(buf.subarray(0, 20));
-    if (buf.length >= LARGE_MIN) return this.send(buf, recycleOnWrite(buf));
+    if (whole.length >= LARGE_MIN) return this.send(buf, recycleOnWrite(whole));
     this.send(buf);
   }
 
