@@ -109,8 +109,12 @@ const FINISH_GRACE_MS = 2_000;
  * One NBD session, from greeting to close. Input is parsed in place from the
  * socket's chunks: fixed-size headers are read straight out of the chunk when
  * whole (copied into a 28-byte scratch buffer only when split), payloads are
- * sliced without a copy when they arrive whole and filled into one buffer of
- * the exact size otherwise. Replies are corked and sent once per loop turn.
+ * sliced without a copy when they arrive whole (small ones copied to an
+ * 8-byte-aligned arena buffer when misaligned) and filled into one buffer of
+ * the exact size otherwise (large ones recycled, see buffers.ts). READ replies
+ * and write-back WRITEs that the cache completes in memory are answered at
+ * once, without a promise hop. Replies are corked and sent once per loop turn.
+ * Why each of these: docs/bench/findings.md, "Data path measurements".
  *
  * Flow control: before each new request the limits are checked; above any of
  * them the rest of the chunk is held and the socket paused, so memory held per
