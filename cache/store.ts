@@ -83,8 +83,18 @@ export class BlockStore {
   }
 
   read(vol: VolumeHandle, offset: number, length: number, dest: Buffer): Promise<void> {
-    const gate = this.gates.get(vol.id);
-    if (gate) return this.gated(gate, () => this.readNow(vol, offset, length, dest));
+    return this.readFast(vol, offset, length, dest) ?? Promise.resolve();
+  }
+
+  /**
+   * Like read(), but returns null when the bytes are already in `dest`
+   * (every segment a cache hit): the hot path replies without a promise hop.
+   */
+  readFast(vol: VolumeHandle, offset: number, length: number, dest: Buffer): Promise<void> | null {
+    if (this.gates.size > 0) {
+      const gate = this.gates.get(vol.id);
+      if (gate) return this.gated(gate, () => this.readNow(vol, offset, length, dest) ?? Promise.resolve());
+    }
     return this.readNow(vol, offset, length, dest);
   }
 
@@ -95,15 +105,48 @@ export class BlockStore {
     return gate ? this.gated(gate, run) : run();
   }
 
-  private readNow(vol: VolumeHandle, offset: number, length: number, dest: Buffer): Promise<void> {
+  /**
+   * Like write(), but returns null when the write is complete at once: a
+   * write-back write with no FUA, no quiesce or write hook on the volume,
+   * room under the dirty limit, and every block it touches idle in memory.
+   * `src` is not referenced after null or after the promise settles.
+   */
+  writeFast(vol: VolumeHandle, offset: number, src: Buffer, fua: boolean): Promise<void> | null {
+    if (fua || vol.cachePolicy !== 'write-back' || this.cache.overDirtyLimit || this.gates.has(vol.id) || this.writeHooks.has(vol.id)) {
+      return this.write(vol, offset, src, fua);
+    }
+    return this.writeBackSegments(vol, offset, src);
+  }
+
+  private writeBackSegments(vol: VolumeHandle, offset: number, src: Buffer): Promise<void> | null {
+    const ex = vol.layout.extents;
+    if (ex.length === 1 && vol.layout.inRange(offset, src.length)) {
+      // Single-extent volumes (the common case): no segment walk, no closure.
+      return this.cache.write(this.getArray(ex[0]!.arrayId), ex[0]!.offset + offset, src, 0, src.length, 'back');
+    }
+    let pending: Promise<void>[] | null = null;
+    vol.layout.forEachSegment(offset, src.length, (arrayId, arrayOffset, len, at) => {
+      const p = this.cache.write(this.getArray(arrayId), arrayOffset, src, at, len, 'back');
+      if (p) (pending ??= []).push(p);
+    });
+    const list = pending as Promise<void>[] | null;
+    if (list === null) return null;
+    return list.length === 1 ? list[0]! : Promise.all(list).then(() => undefined);
+  }
+
+  private readNow(vol: VolumeHandle, offset: number, length: number, dest: Buffer): Promise<void> | null {
     const cacheable = vol.cachePolicy !== 'none';
+    const ex = vol.layout.extents;
+    if (ex.length === 1 && vol.layout.inRange(offset, length)) {
+      return this.cache.read(this.getArray(ex[0]!.arrayId), ex[0]!.offset + offset, length, dest, 0, cacheable);
+    }
     let pending: Promise<void>[] | null = null;
     vol.layout.forEachSegment(offset, length, (arrayId, arrayOffset, len, at) => {
       const p = this.cache.read(this.getArray(arrayId), arrayOffset, len, dest, at, cacheable);
       if (p) (pending ??= []).push(p);
     });
     const list = pending as Promise<void>[] | null;
-    if (list === null) return Promise.resolve();
+    if (list === null) return null;
     return list.length === 1 ? list[0]! : Promise.all(list).then(() => undefined);
   }
 
@@ -117,13 +160,8 @@ export class BlockStore {
     const policy = vol.cachePolicy;
     if (policy === 'write-back' && !fua) {
       if (this.cache.overDirtyLimit) await this.cache.waitDirtyRoom();
-      let pending: Promise<void>[] | null = null;
-      vol.layout.forEachSegment(offset, src.length, (arrayId, arrayOffset, len, at) => {
-        const p = this.cache.write(this.getArray(arrayId), arrayOffset, src, at, len, 'back');
-        if (p) (pending ??= []).push(p);
-      });
-      const list = pending as Promise<void>[] | null;
-      if (list) await (list.length === 1 ? list[0] : Promise.all(list));
+      const p = this.writeBackSegments(vol, offset, src);
+      if (p) await p;
       return;
     }
     const mode: WriteMode = policy === 'none' ? 'none' : 'through';

@@ -29,6 +29,7 @@ import {
   STRUCTURED_REPLY_MAGIC,
   TFLAG,
 } from './constants.js';
+import { LARGE_MIN, SMALL_MAX, alignedCopy, largeBuffer, releaseLarge, replyBuffer, smallBuffer } from './buffers.js';
 import { nbdErrno } from './errno.js';
 import { OP } from '../stats.js';
 import { parseExportName } from './export-name.js';
@@ -118,8 +119,12 @@ const FINISH_GRACE_MS = 2_000;
  * One NBD session, from greeting to close. Input is parsed in place from the
  * socket's chunks: fixed-size headers are read straight out of the chunk when
  * whole (copied into a 28-byte scratch buffer only when split), payloads are
- * sliced without a copy when they arrive whole and filled into one buffer of
- * the exact size otherwise. Replies are corked and sent once per loop turn.
+ * sliced without a copy when they arrive whole (small ones copied to an
+ * 8-byte-aligned arena buffer when misaligned) and filled into one buffer of
+ * the exact size otherwise (large ones recycled, see buffers.ts). READ replies
+ * and write-back WRITEs that the cache completes in memory are answered at
+ * once, without a promise hop. Replies are corked and sent once per loop turn.
+ * Why each of these: docs/bench/findings.md, "Data path measurements".
  *
  * Flow control: before each new request the limits are checked; above any of
  * them the rest of the chunk is held and the socket paused, so memory held per
@@ -343,8 +348,7 @@ export class NbdConnection {
     this.headerSize = size;
   }
 
-  private fill(length: number, then: (buf: Buffer) => void): void {
-    const buf = Buffer.allocUnsafe(length);
+  private fill(length: number, then: (buf: Buffer) => void, buf: Buffer = Buffer.allocUnsafe(length)): void {
     if (length === 0) {
       then(buf);
       return;
@@ -644,10 +648,19 @@ export class NbdConnection {
         return n;
       }
       if (n - p >= length) {
-        this.startWrite(flags, cookieHi, cookieLo, offset, chunk.subarray(p, p + length));
+        let payload = chunk.subarray(p, p + length);
+        // Copies into the cache's shared memory are word-wise only between 8-byte-aligned
+        // addresses (byte by byte otherwise, ~3x slower): realign small payloads first.
+        if (((chunk.byteOffset + p) & 7) !== 0 && length <= SMALL_MAX) payload = alignedCopy(payload);
+        this.startWrite(flags, cookieHi, cookieLo, offset, payload);
         return p + length;
       }
-      this.fill(length, (payload) => this.startWrite(flags, cookieHi, cookieLo, offset, payload));
+      // A payload spanning chunks (every large write) is gathered into a recycled buffer.
+      if (length >= LARGE_MIN) {
+        this.fill(length, (payload) => this.startWrite(flags, cookieHi, cookieLo, offset, payload, true), largeBuffer(length));
+      } else {
+        this.fill(length, (payload) => this.startWrite(flags, cookieHi, cookieLo, offset, payload));
+      }
       return p;
     }
     this.dispatch(type, flags, cookieHi, cookieLo, offset, length);
@@ -737,19 +750,62 @@ export class NbdConnection {
     this.send(b);
   }
 
-  private startWrite(flags: number, cookieHi: number, cookieLo: number, offset: number, payload: Buffer): void {
+  /**
+   * `pooled`: the payload is a largeBuffer() this request owns; it goes back
+   * to the pool once the store is done with it.
+   */
+  private startWrite(flags: number, cookieHi: number, cookieLo: number, offset: number, payload: Buffer, pooled = false): void {
     const unit = this.unit!;
-    if ((flags & ~CMD_FLAG.FUA) !== 0) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'unsupported flags on WRITE');
-    if (unit.readOnly) return this.replyError(cookieHi, cookieLo, ERRNO.EPERM, 'export is read-only');
-    if (!unit.volume.layout.inRange(offset, payload.length)) return this.replyError(cookieHi, cookieLo, ERRNO.ENOSPC, 'write beyond end of export');
+    const refuse = (errno: number, message: string): void => {
+      if (pooled) releaseLarge(payload);
+      this.replyError(cookieHi, cookieLo, errno, message);
+    };
+    if ((flags & ~CMD_FLAG.FUA) !== 0) return refuse(ERRNO.EINVAL, 'unsupported flags on WRITE');
+    if (unit.readOnly) return refuse(ERRNO.EPERM, 'export is read-only');
+    if (!unit.volume.layout.inRange(offset, payload.length)) return refuse(ERRNO.ENOSPC, 'write beyond end of export');
     const fua = (flags & CMD_FLAG.FUA) !== 0;
-    this.track(this.backend.store.write(unit.volume, offset, payload, fua), cookieHi, cookieLo, true, OP.write, payload.length);
+    const t0 = performance.now();
+    let work: Promise<void> | null;
+    try {
+      work = this.backend.store.writeFast(unit.volume, offset, payload, fua);
+    } catch (err) {
+      work = Promise.reject(err as Error);
+    }
+    const bytes = payload.length;
+    if (work === null) {
+      // Complete in memory (write-back): reply now, no promise hop.
+      return this.writeDone(cookieHi, cookieLo, payload, pooled, null, t0);
+    }
+    this.begin(bytes);
+    work.then(
+      () => {
+        this.writeDone(cookieHi, cookieLo, payload, pooled, null, t0);
+        this.end(bytes);
+      },
+      (err: unknown) => {
+        this.writeDone(cookieHi, cookieLo, payload, pooled, err, t0);
+        this.end(bytes);
+      },
+    );
+  }
+
+  /** A WRITE's completion, at once or after the store's promise: recycle the payload, reply. */
+  private writeDone(cookieHi: number, cookieLo: number, payload: Buffer, pooled: boolean, err: unknown, t0: number): void {
+    this.unit!.stats.record(OP.write, payload.length, (performance.now() - t0) / 1000, err === null);
+    if (pooled) releaseLarge(payload);
+    if (err === null) this.replyOk(cookieHi, cookieLo);
+    else this.replyError(cookieHi, cookieLo, nbdErrno(err, true), errMessage(err));
   }
 
   private startRead(cookieHi: number, cookieLo: number, offset: number, length: number): void {
-    // Header and data share one buffer: one allocation, one socket write.
+    // Header and data share one buffer: one socket write. Small replies are carved
+    // from an arena, large ones recycled once the socket has sent them.
     const hdr = this.structured ? 28 : 16;
-    const buf = Buffer.allocUnsafe(hdr + length);
+    // The data must start 8-byte aligned: V8 copies out of the cache's SharedArrayBuffer
+    // word by word only between aligned addresses (byte by byte otherwise, ~3x slower).
+    const pad = this.structured ? 4 : 0;
+    const whole = replyBuffer(pad + hdr + length);
+    const buf = pad === 0 ? whole : whole.subarray(pad);
     if (this.structured) {
       writeChunkHeader(buf, 0, REPLY_FLAG_DONE, length === 0 ? REPLY_TYPE.NONE : REPLY_TYPE.OFFSET_DATA, cookieHi, cookieLo, length === 0 ? 0 : 8 + length);
       buf.writeUInt32BE(Math.floor(offset / 0x100000000), 20);
@@ -760,21 +816,43 @@ export class NbdConnection {
       buf.writeUInt32BE(cookieHi, 8);
       buf.writeUInt32BE(cookieLo, 12);
     }
-    this.begin(length);
-    const stats = this.unit!.stats;
     const t0 = performance.now();
-    this.backend.store.read(this.unit!.volume, offset, length, buf.subarray(hdr)).then(
+    let work: Promise<void> | null;
+    try {
+      work = this.backend.store.readFast(this.unit!.volume, offset, length, buf.subarray(hdr));
+    } catch (err) {
+      work = Promise.reject(err as Error);
+    }
+    if (work === null) {
+      // Every block was in memory: the bytes are already in buf.
+      return this.readDone(cookieHi, cookieLo, whole, buf, length, null, t0);
+    }
+    this.begin(length);
+    work.then(
       () => {
-        this.send(length === 0 && this.structured ? buf.subarray(0, 20) : buf);
-        stats.record(OP.read, length, (performance.now() - t0) / 1000, true);
+        this.readDone(cookieHi, cookieLo, whole, buf, length, null, t0);
         this.end(length);
       },
       (err: unknown) => {
-        this.replyError(cookieHi, cookieLo, nbdErrno(err), errMessage(err));
-        stats.record(OP.read, length, (performance.now() - t0) / 1000, false);
+        this.readDone(cookieHi, cookieLo, whole, buf, length, err, t0);
         this.end(length);
       },
     );
+  }
+
+  /**
+   * A READ's completion, at once (cache hit) or after the store's promise.
+   * `whole` is the buffer as allocated (for recycling), `buf` the reply inside it.
+   */
+  private readDone(cookieHi: number, cookieLo: number, whole: Buffer, buf: Buffer, length: number, err: unknown, t0: number): void {
+    this.unit!.stats.record(OP.read, length, (performance.now() - t0) / 1000, err === null);
+    if (err !== null) {
+      if (whole.length >= LARGE_MIN) releaseLarge(whole);
+      return this.replyError(cookieHi, cookieLo, nbdErrno(err), errMessage(err));
+    }
+    if (length === 0 && this.structured) return this.send(buf.subarray(0, 20));
+    if (whole.length >= LARGE_MIN) return this.send(buf, recycleOnWrite(whole));
+    this.send(buf);
   }
 
   /**
@@ -894,7 +972,7 @@ export class NbdConnection {
   }
 
   private replyOk(cookieHi: number, cookieLo: number): void {
-    const b = Buffer.allocUnsafe(16);
+    const b = smallBuffer(16);
     b.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
     b.writeUInt32BE(0, 4);
     b.writeUInt32BE(cookieHi, 8);
@@ -923,15 +1001,18 @@ export class NbdConnection {
 
   // ---- output batching and flow control ----------------------------------
 
-  private send(b: Buffer): void {
+  /** Queues b in the current cork batch; `written` runs once the socket is done with it. */
+  private send(b: Buffer, written?: (err?: Error | null) => void): void {
     if (this.mode === Mode.Closed) return;
     if (!this.corked) {
       this.corked = true;
       this.socket.cork();
-      setImmediate(() => this.uncork());
+      setImmediate(this.uncorkNow);
     }
-    if (!this.socket.write(b) || this.socket.writableLength > this.limits.maxQueuedReplyBytes) this.pauseInput();
+    if (!this.socket.write(b, written) || this.socket.writableLength > this.limits.maxQueuedReplyBytes) this.pauseInput();
   }
+
+  private readonly uncorkNow = (): void => this.uncork();
 
   private uncork(): void {
     if (!this.corked) return;
@@ -962,6 +1043,13 @@ export class NbdConnection {
       if (!this.paused && (this.mode as Mode) !== Mode.Closed) this.socket.resume();
     }
   }
+}
+
+/** Returns a large reply buffer to the pool once the socket has written it (not on error: it may still be queued). */
+function recycleOnWrite(buf: Buffer): (err?: Error | null) => void {
+  return (err) => {
+    if (!err) releaseLarge(buf);
+  };
 }
 
 function writeChunkHeader(b: Buffer, p: number, flags: number, type: number, cookieHi: number, cookieLo: number, length: number): void {

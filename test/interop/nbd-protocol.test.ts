@@ -165,10 +165,17 @@ t.test('read-only unit: flag set, every write refused with EPERM', async (t) => 
 });
 
 t.test('replies come out of order', async (t) => {
+  const w = await connect();
+  await w.open('0/0');
+  await w.request(CMD.WRITE, 16 * MiB, MiB, 0, Buffer.alloc(MiB, 3));
+  w.destroy();
+  // A cache hit is answered at once, in order: restart (shutdown writes back)
+  // so the cache is cold and the read needs the disk.
+  await s.stop();
+  await s.start();
   const c = await connect();
   await c.open('0/0');
-  await c.request(CMD.WRITE, 16 * MiB, MiB, 0, Buffer.alloc(MiB, 3));
-  // The read needs the disk; block status is answered from memory at once.
+  // Block status is answered from memory at once.
   // Both in one segment, so the server parses them in the same turn.
   c.sock.cork();
   const rd = c.send(CMD.READ, 16 * MiB, MiB);
