@@ -802,17 +802,7 @@ export class StorageManager {
   }
 
   describeBinding(b: BindingRow): Record<string, unknown> {
-    return {
-      id: b.id,
-      volume: this.volumeById(b.volume_id).name,
-      host: this.hostById(b.host_id).name,
-      target: b.target,
-      lun: b.lun,
-      protocol: b.protocol,
-      mode: b.mode,
-      mapped: b.mapped === 1,
-      createdAt: b.created_at,
-    };
+    return bindingRecord(b, this.volumeById(b.volume_id).name, this.hostById(b.host_id).name);
   }
 
   volumeHandle(v: VolumeRow): { id: number; layout: VolumeLayout; cachePolicy: CachePolicy } {
@@ -902,6 +892,21 @@ export function failed(op: string, volume: string, cause: Error, state: string):
     volume,
     state,
   });
+}
+
+/** A binding as the API and a saved configuration show it, with its volume and host by name. */
+export function bindingRecord(b: BindingRow, volume: string, host: string) {
+  return {
+    id: b.id,
+    volume,
+    host,
+    target: b.target,
+    lun: b.lun,
+    protocol: b.protocol,
+    mode: b.mode,
+    mapped: b.mapped === 1,
+    createdAt: b.created_at,
+  };
 }
 
 export function parseAddress(s: string): { host: string; port: number } {

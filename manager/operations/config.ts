@@ -3,7 +3,7 @@ import path from 'node:path';
 import { BlockgateError, badRequest, conflict } from '../../common/errors.js';
 import type { CachePolicy } from '../../cache/index.js';
 import { ArrayFile } from '../../disks/index.js';
-import type { AccessMode, ArrayRow, ShareMode, StorageManager } from '../manager.js';
+import { bindingRecord, type AccessMode, type ArrayRow, type ShareMode, type StorageManager } from '../manager.js';
 import { VOLUME_STATES, type VolumeState } from '../state.js';
 
 export const CONFIG_KIND = 'blockgate-config';
@@ -118,17 +118,7 @@ export class ConfigOperations {
           nbdTcp: h.nbd_tcp,
           createdAt: h.created_at,
         })),
-        bindings: m.listBindings().map((b) => ({
-          id: b.id,
-          volume: volumeName.get(b.volume_id)!,
-          host: hostName.get(b.host_id)!,
-          target: b.target,
-          lun: b.lun,
-          protocol: b.protocol,
-          mode: b.mode,
-          mapped: b.mapped === 1,
-          createdAt: b.created_at,
-        })),
+        bindings: m.listBindings().map((b) => bindingRecord(b, volumeName.get(b.volume_id)!, hostName.get(b.host_id)!)),
         vms: vmRows.map((vm) => ({
           id: vm.id,
           name: vm.name,
