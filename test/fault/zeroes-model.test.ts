@@ -33,7 +33,7 @@ const NS = REGION / SECTOR;
 const CONNS = 4;
 const QD = 6;
 const ROUNDS = 3;
-const ROUND_MS = 9000;
+const ROUND_MS = 7000;
 /** Hang guard for one request: a reply that never comes fails the test, it does not wait forever. */
 const REPLY_DEADLINE_MS = 30_000;
 
