@@ -124,6 +124,13 @@ export class BlockCache {
   private readonly slab: Slab;
   private readonly lru: LRUCache<number, Block>;
   private readonly held = new Map<number, Block>();
+  /**
+   * Blocks (resident or not) that a map-changing command (WRITE_ZEROES, TRIM)
+   * owns until its change lands: reads, writes, loads and pins of them wait on
+   * the promise, so nothing caches, dirties or writes back bytes from before
+   * the change over it.
+   */
+  private readonly changing = new Map<number, Promise<void>>();
   /** Dirty blocks in the order they became dirty (oldest first). */
   private readonly dirty = new Map<number, Block>();
   private readonly arrays: (id: number) => ArrayFile;
@@ -307,6 +314,20 @@ export class BlockCache {
     let pending: Promise<void>[] | null = null;
     let missFrom = -1;
     for (let start = idx * bs; start < end; idx++, start += bs) {
+      if (this.changing.size > 0) {
+        const busy = this.changing.get(base + idx);
+        if (busy !== undefined) {
+          if (missFrom >= 0) {
+            (pending ??= []).push(this.readMisses(a, missFrom, idx, pos, end, dest, dOff, cacheable));
+            missFrom = -1;
+          }
+          const s = start > pos ? start : pos;
+          const e = start + bs < end ? start + bs : end;
+          const retry = (): Promise<void> | undefined => this.read(a, s, e - s, dest, dOff + s - pos, cacheable) ?? undefined;
+          (pending ??= []).push(busy.then(retry));
+          continue;
+        }
+      }
       const b = this.lookup(base + idx);
       if (b === undefined) {
         if (missFrom < 0) missFrom = idx;
@@ -402,6 +423,14 @@ export class BlockCache {
     for (let idx = Math.floor(pos / bs), start = idx * bs; start < end; idx++, start += bs) {
       const s = start > pos ? start : pos;
       const e = start + bs < end ? start + bs : end;
+      if (this.changing.size > 0) {
+        const changing = this.changing.get(base + idx);
+        if (changing !== undefined) {
+          const retry = (): Promise<void> | undefined => this.write(a, s, src, sOff + s - pos, e - s, mode) ?? undefined;
+          (pending ??= []).push(changing.then(retry));
+          continue;
+        }
+      }
       const b = this.lookup(base + idx);
       if (b !== undefined) {
         const busy = b.loading ?? b.writing;
@@ -645,6 +674,11 @@ export class BlockCache {
     for (let i = i0; i < i1; i++) {
       const key = a.id * KEY_MUL + i;
       for (;;) {
+        const changing = this.changing.get(key);
+        if (changing) {
+          await changing;
+          continue;
+        }
         let b = this.lookup(key);
         if (!b) {
           b = this.newBlock(a.id, i) ?? undefined;
@@ -673,6 +707,91 @@ export class BlockCache {
       if (--b.pins === 0) {
         this.pinnedBytes -= bs;
         this.settle(b);
+      }
+    }
+  }
+
+  // ---- map changes (WRITE_ZEROES, TRIM) ---------------------------------------
+
+  /**
+   * Runs `apply`, a change made below the cache to array bytes
+   * [offset, offset+length) (the allocation map, zero bytes), ordered with
+   * every other request on the cache blocks the range touches:
+   *
+   * 1. the blocks enter the changing state (resident or not): new reads,
+   *    writes, loads and pins of them wait until step 4;
+   * 2. what started before settles: loads land, write-backs finish, and dirty
+   *    bytes are written back, so no dirty span (which may cover bytes the
+   *    change is about to zero) is left to land over the change later;
+   * 3. `apply` runs; then resident copies get the new bytes: zeroes over
+   *    [zeroFrom, zeroTo), what the array now reads as zeroes. If `apply`
+   *    failed the array's state is unknown, so the copies are dropped (pinned
+   *    ones re-read);
+   * 4. the blocks leave the changing state and the waiters go on.
+   *
+   * Changes to the same block run one at a time.
+   */
+  async change(a: ArrayFile, offset: number, length: number, zeroFrom: number, zeroTo: number, apply: () => Promise<void>): Promise<void> {
+    if (length <= 0) return apply();
+    const bs = this.blockSize;
+    const base = a.id * KEY_MUL;
+    const i0 = Math.floor(offset / bs);
+    const i1 = Math.ceil((offset + length) / bs);
+    for (;;) {
+      let busy: Promise<void> | undefined;
+      for (let i = i0; i < i1 && busy === undefined; i++) busy = this.changing.get(base + i);
+      if (busy === undefined) break;
+      await busy;
+    }
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    for (let i = i0; i < i1; i++) this.changing.set(base + i, gate);
+    try {
+      for (let i = i0; i < i1; i++) await this.settleForChange(base + i);
+      let applied = false;
+      try {
+        await apply();
+        applied = true;
+      } finally {
+        if (applied) await this.fillChanged(base, i0, i1, zeroFrom, zeroTo);
+        else await this.invalidate(a, offset, length);
+      }
+    } finally {
+      for (let i = i0; i < i1; i++) if (this.changing.get(base + i) === gate) this.changing.delete(base + i);
+      release();
+    }
+  }
+
+  /** Waits until the block is absent, or resident, idle and clean (writing back what is dirty). */
+  private async settleForChange(key: number): Promise<void> {
+    for (;;) {
+      const b = this.peek(key);
+      if (b === undefined) return;
+      const busy = b.loading ?? b.writing;
+      if (busy) await busy;
+      else if (b.dirty) await this.ensureClean(b, b.dirtyGen);
+      else return;
+    }
+  }
+
+  /** Zero-fills the resident copies of [from, to) after a change made those bytes read as zeroes. */
+  private async fillChanged(base: number, i0: number, i1: number, from: number, to: number): Promise<void> {
+    const bs = this.blockSize;
+    for (let i = i0; i < i1; i++) {
+      const s = Math.max(from, i * bs);
+      const e = Math.min(to, (i + 1) * bs);
+      if (e <= s) continue;
+      for (;;) {
+        const b = this.peek(base + i);
+        if (b === undefined) break;
+        // Only an invalidation below the cache can be busy here; let it land first.
+        const busy = b.loading ?? b.writing;
+        if (busy) {
+          await busy;
+          continue;
+        }
+        b.buf.fill(0, s - i * bs, e - i * bs);
+        break;
       }
     }
   }

@@ -252,38 +252,58 @@ export class BlockStore {
 
   /** TRIM: whole allocation blocks become holes (partial ones are left: TRIM is a hint). */
   trim(vol: VolumeHandle, offset: number, length: number, fua: boolean): Promise<void> {
-    return this.modify(vol, offset, length, async (segs) => {
-      for (const [a, off, len] of segs) a.trim(off, len);
-      if (fua) await Promise.all([...new Set(segs.map((x) => x[0]))].map((a) => a.flush()));
-    });
+    return this.modify(
+      vol,
+      offset,
+      length,
+      // Only whole allocation blocks become holes (and read as zeroes).
+      (off, len) => [Math.ceil(off / ALLOC_BLOCK) * ALLOC_BLOCK, Math.floor((off + len) / ALLOC_BLOCK) * ALLOC_BLOCK],
+      (a, off, len) => {
+        a.trim(off, len);
+        return Promise.resolve();
+      },
+      fua,
+    );
   }
 
   /** WRITE_ZEROES: blocks become ZERO (noHole) or holes; partial data blocks get zero bytes. */
   writeZeroes(vol: VolumeHandle, offset: number, length: number, opts: ZeroOptions): Promise<void> {
-    return this.modify(vol, offset, length, async (segs) => {
-      await Promise.all(segs.map(([a, off, len]) => a.writeZeroes(off, len, opts.noHole, opts.fast)));
-      if (opts.fua) await Promise.all([...new Set(segs.map((x) => x[0]))].map((a) => a.flush()));
-    });
+    return this.modify(
+      vol,
+      offset,
+      length,
+      (off, len) => [off, off + len],
+      (a, off, len) => a.writeZeroes(off, len, opts.noHole, opts.fast),
+      opts.fua,
+    );
   }
 
   /**
    * Runs a map-changing command like a write (gated, after the snapshot hook),
-   * with the cache out of its way: dirty bytes of the range are written back
-   * first (so no later write-back lands over the change) and cached copies
-   * are dropped after (so none is served over it).
+   * each array segment through the cache's change(): ordered with every other
+   * request on the cache blocks it touches, and cached copies hold the
+   * segment's `zeroed` range as zeroes once the change lands.
    */
-  private modify(vol: VolumeHandle, offset: number, length: number, change: (segs: [ArrayFile, number, number][]) => Promise<void>): Promise<void> {
+  private modify(
+    vol: VolumeHandle,
+    offset: number,
+    length: number,
+    zeroed: (off: number, len: number) => [number, number],
+    apply: (a: ArrayFile, off: number, len: number) => Promise<void>,
+    fua: boolean,
+  ): Promise<void> {
     const segs: [ArrayFile, number, number][] = [];
     vol.layout.forEachSegment(offset, length, (arrayId, arrayOffset, len) => segs.push([this.getArray(arrayId), arrayOffset, len]));
     const run = async (): Promise<void> => {
       const hook = this.writeHooks.get(vol.id);
       if (hook) await hook(offset, length);
-      for (const [a, off, len] of segs) await this.cache.writeBack(new Set([a.id]), { offset: off, length: len });
-      try {
-        await change(segs);
-      } finally {
-        await Promise.all(segs.map(([a, off, len]) => this.cache.invalidate(a, off, len)));
-      }
+      await Promise.all(
+        segs.map(([a, off, len]) => {
+          const [zFrom, zTo] = zeroed(off, len);
+          return this.cache.change(a, off, len, zFrom, zTo, () => apply(a, off, len));
+        }),
+      );
+      if (fua) await Promise.all([...new Set(segs.map((x) => x[0]))].map((a) => a.flush()));
     };
     const gate = this.gates.get(vol.id);
     return gate ? this.gated(gate, run) : run();

@@ -53,13 +53,48 @@ export class ArrayFile {
   }
 
   /**
-   * Records a vectored write of whole allocation blocks completed outside
-   * this object (a worker thread wrote through `descriptor`): the next flush
-   * has work to do and the blocks now hold data.
+   * Records a write completed outside this object (a worker thread wrote
+   * through `descriptor`, or a vectored write-back): the next flush has work
+   * to do and every block wholly covered now holds data. The file's last
+   * block may be short; a write reaching the end of the file covers it.
+   * Partly covered blocks are data only if prepareWrite() made them so.
    */
   noteWrite(position: number, length: number): void {
     this.writeGen++;
-    this.alloc.setFull(position, length, AllocState.Data);
+    const end = position + length;
+    const last = end >= this.size ? Math.ceil(this.size / ALLOC_BLOCK) : Math.floor(end / ALLOC_BLOCK);
+    this.alloc.setBlocks(Math.ceil(position / ALLOC_BLOCK), last, AllocState.Data);
+  }
+
+  /**
+   * Call before a write of [position, position+length) made outside this
+   * object: a partly covered edge block that holds no data is first written
+   * whole with zeroes and marked data (its old file bytes may be another
+   * owner's), so after the outside write every block it touched reads back
+   * exactly what was written there, and nothing else.
+   */
+  async prepareWrite(position: number, length: number): Promise<void> {
+    if (length <= 0) return;
+    const end = position + length;
+    const edges: number[] = [];
+    if (position % ALLOC_BLOCK !== 0) edges.push(Math.floor(position / ALLOC_BLOCK));
+    const tail = Math.floor((end - 1) / ALLOC_BLOCK);
+    if (end % ALLOC_BLOCK !== 0 && end < this.size && edges[0] !== tail) edges.push(tail);
+    for (const b of edges) {
+      if (this.alloc.state(b) === AllocState.Data) continue;
+      const lo = Math.max(position, b * ALLOC_BLOCK);
+      const hi = Math.min(end, (b + 1) * ALLOC_BLOCK);
+      await this.write(Buffer.alloc(hi - lo), 0, hi - lo, lo);
+    }
+  }
+
+  /** The runs of [position, position+length) that hold no data (they read as zeroes, whatever the file holds). */
+  holes(position: number, length: number): { offset: number; length: number }[] {
+    const out: { offset: number; length: number }[] = [];
+    this.alloc.runs(position, length, (offset, len, state) => {
+      if (state !== AllocState.Data) out.push({ offset, length: len });
+    });
+    return out;
   }
 
   /** True when a vectored read of the range can go straight to the file (no holes, no pad in flight). */

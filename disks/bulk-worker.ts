@@ -1,6 +1,6 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import { fillPattern, pieces, project, type ArrayRange } from './ranges.js';
+import { fillPattern, indexHoles, pieces, project, zeroHoles, type ArrayRange } from './ranges.js';
 
 /**
  * One bulk job (scrub, copy, checksum) run to completion inside a piscina
@@ -14,6 +14,8 @@ export interface BulkTask {
   fds: Record<number, number>;
   ranges: ArrayRange[];
   targets?: ArrayRange[][];
+  /** Parts of `ranges` the allocation map calls holes: read as zeroes, not as the file's old bytes. */
+  holes?: ArrayRange[];
   pattern?: number | Uint8Array;
   verify?: boolean;
   chunk: number;
@@ -56,6 +58,12 @@ export default function bulk(task: BulkTask): BulkResult {
   const writeFull = (f: number, b: Buffer, off: number, len: number, pos: number): void => {
     for (let put = 0; put < len; ) put += fs.writeSync(f, b, off + put, len - put, pos + put);
   };
+  const holes = indexHoles(task.holes ?? []);
+  /** Reads a source piece as hosts see it. */
+  const readSource = (p: { arrayId: number; offset: number }, b: Buffer): void => {
+    readFull(fd(p.arrayId), b, b.length, p.offset);
+    zeroHoles(holes, p.arrayId, p.offset, b);
+  };
   const syncAll = (ranges: ArrayRange[]): void => {
     for (const id of new Set(ranges.map((r) => r.arrayId))) fs.fdatasyncSync(fd(id));
   };
@@ -67,7 +75,7 @@ export default function bulk(task: BulkTask): BulkResult {
       for (const p of pieces(task.ranges, task.chunk)) {
         step(n);
         const b = buf.subarray(0, p.length);
-        readFull(fd(p.arrayId), b, p.length, p.offset);
+        readSource(p, b);
         h.update(b);
         n += p.length;
       }
@@ -103,7 +111,7 @@ export default function bulk(task: BulkTask): BulkResult {
     for (const p of pieces(task.ranges, task.chunk)) {
       step(n);
       const data = buf.subarray(0, p.length);
-      readFull(fd(p.arrayId), data, p.length, p.offset);
+      readSource(p, data);
       for (const t of targets) for (const q of project(t, p.at, p.length)) writeFull(fd(q.arrayId), data, q.bufOffset, q.length, q.offset);
       if (task.verify) {
         for (const t of targets) {

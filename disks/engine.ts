@@ -5,6 +5,10 @@ import { Piscina } from 'piscina';
 import type { BulkResult, BulkTask } from './bulk-worker.js';
 import { fillPattern, pieces, project, total, type ArrayRange } from './ranges.js';
 
+/** The part of each target a copy of `length` bytes writes. */
+const writtenPart = (targets: readonly (readonly ArrayRange[])[], length: number): ArrayRange[][] =>
+  targets.map((t) => [...project(t, 0, length)].map((q) => ({ arrayId: q.arrayId, offset: q.offset, length: q.length })));
+
 export type { ArrayRange };
 
 export interface BulkOptions {
@@ -171,6 +175,13 @@ export class PiscinaEngine implements Engine {
     this.pool = new Piscina({ filename: new URL('./bulk-worker.js', import.meta.url).href, minThreads: 0, maxThreads: threads, idleTimeout: 30_000 });
   }
 
+  /** Where the sources hold no data, for the worker to read as zeroes. */
+  private holes(ranges: readonly ArrayRange[]): ArrayRange[] {
+    const out: ArrayRange[] = [];
+    for (const r of ranges) for (const h of this.arrays(r.arrayId).holes(r.offset, r.length)) out.push({ arrayId: r.arrayId, ...h });
+    return out;
+  }
+
   private fds(...lists: (readonly ArrayRange[])[]): Record<number, number> {
     const out: Record<number, number> = {};
     for (const l of lists) for (const r of l) out[r.arrayId] = this.arrays(r.arrayId).descriptor;
@@ -179,6 +190,8 @@ export class PiscinaEngine implements Engine {
 
   private async run(task: Omit<BulkTask, 'control' | 'chunk'>, opts: BulkOptions, totalBytes: number, written: readonly (readonly ArrayRange[])[]): Promise<BulkResult & { ok: true }> {
     checkAbort(opts.signal);
+    // Edge blocks of what the worker writes become whole, zero-padded data blocks first (see prepareWrite).
+    for (const l of written) for (const x of l) await this.arrays(x.arrayId).prepareWrite(x.offset, x.length);
     const control = new SharedArrayBuffer(16);
     const flag = new Int32Array(control, 0, 1);
     const done = new Float64Array(control, 8, 1);
@@ -226,17 +239,18 @@ export class PiscinaEngine implements Engine {
     }
     await this.flushSources(source);
     await this.run(
-      { op: 'copy', fds: this.fds(source, ...targets), ranges: [...source], targets: targets.map((t) => [...t]), verify: !!opts.verify },
+      { op: 'copy', fds: this.fds(source, ...targets), ranges: [...source], holes: this.holes(source), targets: targets.map((t) => [...t]), verify: !!opts.verify },
       opts,
       all,
-      targets,
+      // Only the prefix the source fills is written: a larger target's tail keeps what it held.
+      writtenPart(targets, all),
     );
     return { bytes: all, verified: !!opts.verify };
   }
 
   async checksum(ranges: readonly ArrayRange[], opts: BulkOptions = {}): Promise<string> {
     await this.flushSources(ranges);
-    const r = await this.run({ op: 'checksum', fds: this.fds(ranges), ranges: [...ranges] }, opts, total(ranges), []);
+    const r = await this.run({ op: 'checksum', fds: this.fds(ranges), ranges: [...ranges], holes: this.holes(ranges) }, opts, total(ranges), []);
     return r.digest!;
   }
 

@@ -38,6 +38,42 @@ export function* project(ranges: readonly { offset: number; length: number; arra
   }
 }
 
+/** Holes by array, sorted by offset, for zeroHoles(). */
+export type HoleIndex = Map<number, ArrayRange[]>;
+
+export function indexHoles(holes: readonly ArrayRange[]): HoleIndex {
+  const idx: HoleIndex = new Map();
+  for (const h of holes) {
+    let l = idx.get(h.arrayId);
+    if (!l) idx.set(h.arrayId, (l = []));
+    l.push(h);
+  }
+  for (const l of idx.values()) l.sort((x, y) => x.offset - y.offset);
+  return idx;
+}
+
+/**
+ * Zeroes the parts of buf (array bytes [offset, offset+buf.length) of one
+ * array, read straight from the file) that the allocation map calls holes:
+ * trimmed or zeroed blocks keep their old bytes in the file.
+ */
+export function zeroHoles(idx: HoleIndex, arrayId: number, offset: number, buf: Buffer): void {
+  const l = idx.get(arrayId);
+  if (!l) return;
+  const end = offset + buf.length;
+  let lo = 0;
+  let hi = l.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (l[mid]!.offset + l[mid]!.length <= offset) lo = mid + 1;
+    else hi = mid;
+  }
+  for (let i = lo; i < l.length && l[i]!.offset < end; i++) {
+    const h = l[i]!;
+    buf.fill(0, Math.max(h.offset, offset) - offset, Math.min(h.offset + h.length, end) - offset);
+  }
+}
+
 export function fillPattern(buf: Buffer, pattern: number | Buffer, streamOffset: number): void {
   if (typeof pattern === 'number') {
     buf.fill(pattern);

@@ -134,6 +134,11 @@ export class RawNbd {
     await this.request(3, 0, 0, 0, null, 0);
   }
 
+  /** Any command without payload or reply data (TRIM, WRITE_ZEROES, CACHE...), with its flags. */
+  async command(type: number, flags: number, offset: number, length: number): Promise<void> {
+    await this.request(type, flags, offset, length, null, 0);
+  }
+
   close(): void {
     this.fail(new Error('closed by test'));
     this.sock?.destroy();
