@@ -75,6 +75,8 @@ export class BlockStore {
   getArray(id: number): ArrayFile {
     const a = this.arrays.get(id);
     if (!a) throw new BlockgateError('IO_ERROR', `array ${id} is not attached`);
+    // A failed array serves nothing, cached or not, until the admin re-attaches it.
+    if (a.fault) throw a.faultError();
     return a;
   }
 
@@ -195,8 +197,11 @@ export class BlockStore {
 
   /** Writes back everything dirty and syncs every array (shutdown, protocol switch). */
   async flushAll(): Promise<void> {
-    await this.cache.writeBack(null);
-    await Promise.all(this.listArrays().map((a) => a.flush()));
+    // A failed array's dirty blocks have nowhere to go (they were dropped when it failed).
+    const healthy = this.listArrays().filter((a) => !a.fault);
+    for (const a of this.listArrays()) if (a.fault) this.cache.dropArray(a.id);
+    await this.cache.writeBack(new Set(healthy.map((a) => a.id)));
+    await Promise.all(healthy.map((a) => a.flush()));
   }
 
   /** Writes back dirty cached bytes of an array range (before bulk work reads it below the cache). */
