@@ -353,7 +353,10 @@ export class BlockStore {
 
   /** Data as far as a reader can tell: on the file per the map, or newer in a dirty cached block. */
   private dataIn(arrayId: number, offset: number, length: number): boolean {
-    if (this.getArray(arrayId).alloc.allData(offset, length)) return true;
+    const a = this.arrays.get(arrayId);
+    // Not a question a failed array can answer: say "data" so the read itself runs and gets the array's error.
+    if (!a || a.fault) return true;
+    if (a.alloc.allData(offset, length)) return true;
     if (!this.cache.hasDirty(arrayId, offset, length)) return false;
     let all = true;
     this.segmentRuns(arrayId, offset, length, (_len, flags) => {

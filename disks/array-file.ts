@@ -117,7 +117,7 @@ export class ArrayFile {
   fail(reason: ArrayFault['reason'], message: string, errno?: string): ArrayFault {
     if (this.fault) return this.fault;
     this.fault = { reason, message, errno, at: new Date().toISOString() };
-    this.onIoError?.(this, { op: reason, errno: errno ?? reason, failed: true });
+    this.onIoError?.(this, { op: 'check', errno: errno ?? reason, failed: true });
     return this.fault;
   }
 

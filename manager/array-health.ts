@@ -78,6 +78,8 @@ export class ArrayHealth {
         this.announce(a, f);
       });
     }
+    // A fault found by a check (not by an I/O) is announced above; there is no error burst to log.
+    if (e.op === 'check') return;
     const key = `${a.id}:${e.errno}`;
     const now = Date.now();
     const b = this.bursts.get(key);
