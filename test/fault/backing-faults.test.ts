@@ -6,22 +6,12 @@ import { ioOk, qemuIo } from '../helpers/api.js';
 import { RawNbd } from '../helpers/nbd-client.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 import { requireTools } from '../helpers/tools.js';
+import { waitFor } from '../helpers/wait.js';
 
 requireTools('qemu-io');
 
 const EIO = 5;
 type T = Test<BuiltPlugins> & BuiltPlugins;
-
-/** Polls `probe` until it returns a value (not undefined); fails after a generous deadline. */
-export async function waitFor<T>(label: string, probe: () => Promise<T | undefined>): Promise<T> {
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`gave up waiting for ${label}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 async function degraded(s: TestServer, array: string): Promise<any> {
   return waitFor(`health to report ${array} failed`, async () => {
