@@ -1,17 +1,15 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import type { BuiltPlugins, Test } from '@tapjs/test';
 import t from 'tap';
 import { ioOk, qemuIo } from '../helpers/api.js';
 import { RawNbd } from '../helpers/nbd-client.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 import { requireTools } from '../helpers/tools.js';
-import { waitFor } from '../helpers/wait.js';
+import { waitFor, type TapTest } from '../helpers/wait.js';
 
 requireTools('qemu-io');
 
 const EIO = 5;
-type T = Test<BuiltPlugins> & BuiltPlugins;
 
 async function degraded(s: TestServer, array: string): Promise<any> {
   return waitFor(`health to report ${array} failed`, async () => {
@@ -37,7 +35,7 @@ async function setup(s: TestServer): Promise<{ a0: string }> {
 }
 
 /** The failure as every interface shows it: EIO to the host, health, event, one error line naming array and volume; v1 unaffected. */
-async function assertFailed(t: T, s: TestServer, reason: string): Promise<void> {
+async function assertFailed(t: TapTest, s: TestServer, reason: string): Promise<void> {
   const h = await degraded(s, 'a0');
   const r = h.reasons.find((x: any) => x.array === 'a0');
   t.equal(r.reason, reason, `health names the reason: ${r.message}`);
@@ -75,7 +73,7 @@ async function assertFailed(t: T, s: TestServer, reason: string): Promise<void> 
   t.match(lines[0], /"volumes":\["v0"\]/);
 }
 
-async function assertAttachedBack(t: T, s: TestServer): Promise<void> {
+async function assertAttachedBack(t: TapTest, s: TestServer): Promise<void> {
   const a = await s.call('POST', '/v1/arrays/a0/attach');
   t.equal(a.state, 'online', 'attach brings the array back');
   const h = (await s.request('GET', '/v1/health', undefined, null)).body;

@@ -1,3 +1,8 @@
+import type { BuiltPlugins, Test } from '@tapjs/test';
+
+/** A tap subtest, for helpers that assert. */
+export type TapTest = Test<BuiltPlugins> & BuiltPlugins;
+
 /** Polls `probe` until it returns a value (not undefined); throws after a generous deadline (never a timing assertion). */
 export async function waitFor<T>(label: string, probe: () => Promise<T | undefined>, deadlineMs = 30_000): Promise<T> {
   const deadline = Date.now() + deadlineMs;
