@@ -23,6 +23,10 @@ export interface ServeOptions {
   cacheBlock?: number | undefined;
   /** Which threads move cache slots to and from the arrays (see docs/engine.md). */
   ioRoute?: IoRouteName | undefined;
+  /** Array file re-check and capacity measure interval (0: only at flush). */
+  checkIntervalMs?: number | undefined;
+  /** Saved as setting arrays.overcommit when given. */
+  overcommit?: number | undefined;
 }
 
 /** Written once everything listens, so scripts and tests learn the real ports (":0" picks free ones). */
@@ -82,7 +86,9 @@ export async function serve(opts: ServeOptions): Promise<void> {
     nbdAddress: nbdAddr,
     // Test-only fault injection for the failure edges (see ManagerOptions.faults).
     faults: process.env.BLOCKGATE_FAULTS ? process.env.BLOCKGATE_FAULTS.split(',').filter(Boolean) : undefined,
+    checkIntervalMs: opts.checkIntervalMs,
   });
+  if (opts.overcommit !== undefined) manager.setSetting('arrays.overcommit', String(opts.overcommit));
   await manager.start();
   if (opts.demo && (await seedDemo(manager))) log.info({ op: 'seed' }, 'demo appliance created');
 

@@ -401,7 +401,11 @@ export class BlockCache {
       this.pump();
       await new Promise<void>((r) => this.dirtyWaiters.push(r));
       const failed = this.writebackError as Error | null;
-      if (failed) throw new BlockgateError('IO_ERROR', `write-back is failing, cache is full of dirty data: ${failed.message}`);
+      if (failed) {
+        // A full backing file system stays NO_SPACE (ENOSPC to hosts): they may free space and retry.
+        const code = failed instanceof BlockgateError && failed.code === 'NO_SPACE' ? 'NO_SPACE' : 'IO_ERROR';
+        throw new BlockgateError(code, `write-back is failing, cache is full of dirty data: ${failed.message}`);
+      }
     }
   }
 

@@ -83,6 +83,8 @@ export class BlockStore {
   getArray(id: number): ArrayFile {
     const a = this.arrays.get(id);
     if (!a) throw new BlockgateError('IO_ERROR', `array ${id} is not attached`);
+    // A failed array serves nothing, cached or not, until the admin re-attaches it.
+    if (a.fault) throw a.faultError();
     return a;
   }
 
@@ -203,8 +205,11 @@ export class BlockStore {
 
   /** Writes back everything dirty and syncs every array (shutdown, protocol switch). */
   async flushAll(): Promise<void> {
-    await this.cache.writeBack(null);
-    await Promise.all(this.listArrays().map((a) => a.flush()));
+    // A failed array's dirty blocks have nowhere to go (they were dropped when it failed).
+    const healthy = this.listArrays().filter((a) => !a.fault);
+    for (const a of this.listArrays()) if (a.fault) this.cache.dropArray(a.id);
+    await this.cache.writeBack(new Set(healthy.map((a) => a.id)));
+    await Promise.all(healthy.map((a) => a.flush()));
   }
 
   /** Writes back dirty cached bytes of an array range (before bulk work reads it below the cache). */
@@ -381,7 +386,10 @@ export class BlockStore {
 
   /** Data as far as a reader can tell: on the file per the map, or newer in a dirty cached block. */
   private dataIn(arrayId: number, offset: number, length: number): boolean {
-    if (this.getArray(arrayId).alloc.allData(offset, length)) return true;
+    const a = this.arrays.get(arrayId);
+    // Not a question a failed array can answer: say "data" so the read itself runs and gets the array's error.
+    if (!a || a.fault) return true;
+    if (a.alloc.allData(offset, length)) return true;
     if (!this.cache.hasDirty(arrayId, offset, length)) return false;
     let all = true;
     this.segmentRuns(arrayId, offset, length, (_len, state) => {

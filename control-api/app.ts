@@ -169,18 +169,22 @@ export function buildApi(m: StorageManager, opts: ApiOptions): FastifyInstance {
   const S = schemas;
   const job = (j: Record<string, unknown>): Record<string, unknown> => ({ job: j, location: `/v1/jobs/${String(j.id)}` });
 
-  r.add('GET', '/v1/health', { summary: 'Liveness (no token needed)', tag: 'system' }, () => ({ status: 'ok', version: opts.version, appliance: m.applianceId }));
+  r.add('GET', '/v1/health', { summary: 'Liveness and health (no token needed): degraded, with the reasons, while an array has failed', tag: 'system' }, () => {
+    const h = m.health.report();
+    return { status: h.status, version: opts.version, appliance: m.applianceId, reasons: h.reasons, warnings: h.warnings };
+  });
   r.add('GET', '/v1/openapi.json', { summary: 'This document', tag: 'system' }, () => r.openapi(opts.version));
 
   // ---- discovery and arrays
   r.add('GET', '/v1/discovery', { summary: 'The wiring map: arrays, capacity, free extents, volumes, listeners', tag: 'arrays' }, () => m.inventory.wiringMap());
   r.add('POST', '/v1/discovery', { summary: 'Scan the arrays directory for new array files, then report the wiring map', tag: 'arrays' }, () => m.inventory.discover());
-  r.add('GET', '/v1/arrays', { summary: 'List arrays with capacity and free space', tag: 'arrays' }, () => ({
-    arrays: m.listArrays().map((a) => {
-      const u = m.arrayUsage(a);
-      return { name: a.name, path: a.path, size: a.size, qualityClass: a.quality_class, used: u.used, free: u.free };
-    }),
+  r.add('GET', '/v1/arrays', { summary: 'List arrays: state, virtual size and free space, bytes allocated on the file system, its free space', tag: 'arrays' }, async () => ({
+    arrays: await Promise.all(m.listArrays().map((a) => m.describeArray(a))),
   }));
+  r.add('GET', '/v1/arrays/:name', { summary: 'One array, with its state and capacity', tag: 'arrays', params: S.nameParam }, ({ params }) => m.describeArray(m.array(params.name)));
+  r.add('POST', '/v1/arrays/:name/attach', { summary: 'Attach a failed array again after its file was repaired (409 while it still fails the checks)', tag: 'arrays', params: S.nameParam }, ({ params }) =>
+    m.reattachArray(params.name),
+  );
   r.add('POST', '/v1/arrays', { summary: 'Create an array file', tag: 'arrays', body: S.array, status: 201 }, async ({ body }) => {
     const a = await m.createArray(body.name, body.size, body.qualityClass);
     return { name: a.name, path: a.path, size: a.size, qualityClass: a.quality_class };

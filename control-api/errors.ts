@@ -33,6 +33,11 @@ export function errorHandler(err: unknown, req: FastifyRequest, reply: FastifyRe
     return sendError(reply, 400, 'BAD_REQUEST', msg);
   }
   const fe = err as { statusCode?: number; code?: string; message?: string };
+  // A full file system is the storage's condition, not a server bug, wherever it surfaced from.
+  if (fe.code === 'ENOSPC' || fe.code === 'EDQUOT') {
+    req.log.error({ err }, 'backing file system full');
+    return sendError(reply, 507, 'NO_SPACE', `the backing file system is full (${fe.code})`);
+  }
   if (fe.statusCode && fe.statusCode >= 400 && fe.statusCode < 500) {
     return sendError(reply, fe.statusCode, 'BAD_REQUEST', fe.message ?? 'bad request');
   }

@@ -18,6 +18,16 @@ import { BlockgateError } from '../common/errors.js';
  */
 export const ALLOC_BLOCK = 4096;
 
+/**
+ * The largest array the map supports: 4 TiB is a 1 GiB map held in RAM. An
+ * 8 TiB map (2 Gi entries) went past what one read call may move and killed
+ * the process with a native assertion at start; larger arrays are refused at
+ * create and fail (that array only) at attach.
+ */
+export const MAX_ARRAY_SIZE = 4 * 1024 ** 4;
+/** Sidecar reads and writes move at most this much per call. */
+const IO_CHUNK = 64 * 1024 * 1024;
+
 export const enum AllocState {
   /** Never written since the space was (re)allocated, or trimmed: a hole that reads as zeroes. */
   Unallocated = 0,
@@ -74,41 +84,58 @@ export class AllocationMap {
   }
 
   /**
-   * Opens the sidecar, or creates it. A missing sidecar beside a file that
-   * has blocks on disk is an array from before allocation tracking: all DATA,
-   * so nothing written is lost. Start-up / control path only.
+   * Opens the sidecar, or creates it. A missing (or empty) sidecar beside a
+   * file that has blocks on disk is an array from before allocation tracking:
+   * all DATA, so nothing written is lost. A sidecar that exists but cannot be
+   * read whole (foreign magic, other block size, fewer entries than the
+   * array has blocks, a read error) is refused: guessing would either hide
+   * data (holes where data is) or expose leftovers (data where holes are).
+   * Start-up / control path only.
    */
   static async open(path: string, arraySize: number, fileHasData: boolean): Promise<AllocationMap> {
+    if (arraySize > MAX_ARRAY_SIZE) {
+      throw new BlockgateError('BAD_REQUEST', `array size ${arraySize} exceeds the largest supported array (${MAX_ARRAY_SIZE} bytes: its allocation map is held in RAM)`);
+    }
     const blocks = Math.ceil(arraySize / ALLOC_BLOCK);
     const m = new AllocationMap(path, blocks);
     let h: fs.promises.FileHandle;
     let existing = true;
     try {
       h = await fs.promises.open(path, fs.constants.O_RDWR);
-    } catch {
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw mapError(path, 'cannot open', e);
       existing = false;
-      h = await fs.promises.open(path, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+      h = await fs.promises.open(path, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600).catch((e2: unknown) => {
+        throw mapError(path, 'cannot create', e2);
+      });
+    }
+    try {
+      const size = existing ? (await h.stat()).size : 0;
+      if (size === 0) {
+        if (fileHasData) m.states.fill(AllocState.Data);
+        await m.writeAll(h);
+      } else {
+        const head = Buffer.alloc(HEADER);
+        await readFully(h, head, 0, HEADER, 0, path);
+        if (head.toString('latin1', 0, 8) !== MAGIC || head.readUInt32LE(8) !== ALLOC_BLOCK) {
+          throw new BlockgateError('IO_ERROR', `allocation map ${path} is corrupt (no ${MAGIC} header with ${ALLOC_BLOCK}-byte blocks)`, { reason: 'map-corrupt' });
+        }
+        const n = head.readUInt32LE(12);
+        if (n < blocks || size < HEADER + blocks) {
+          throw new BlockgateError('IO_ERROR', `allocation map ${path} is truncated: it covers ${Math.min(n, Math.max(0, size - HEADER))} blocks, the array has ${blocks}`, {
+            reason: 'map-truncated',
+          });
+        }
+        await readFully(h, m.states, 0, blocks, HEADER, path);
+        // Keep the header's block count current (the array may have grown).
+        if (n !== blocks && blocks > 0) await m.writeHeader(h);
+      }
+    } catch (e) {
+      await h.close().catch(() => undefined);
+      throw e;
     }
     m.fd = h.fd;
     m.handle = h;
-    let loaded = false;
-    if (existing) {
-      const head = Buffer.alloc(HEADER);
-      await h.read(head, 0, HEADER, 0);
-      if (head.toString('latin1', 0, 8) === MAGIC && head.readUInt32LE(8) === ALLOC_BLOCK) {
-        const n = Math.min(head.readUInt32LE(12), blocks);
-        await h.read(m.states, 0, n, HEADER);
-        loaded = true;
-      }
-    }
-    if (!loaded) {
-      // A corrupt or foreign sidecar is treated like a legacy one: keep data reachable.
-      if (existing || fileHasData) m.states.fill(AllocState.Data);
-      await m.writeAll(h);
-    } else if (blocks > 0) {
-      // Keep the header's block count current (the array may have grown).
-      await m.writeHeader(h);
-    }
     return m;
   }
 
@@ -121,9 +148,16 @@ export class AllocationMap {
   }
 
   private async writeAll(h: fs.promises.FileHandle): Promise<void> {
-    await this.writeHeader(h);
-    await h.write(this.states, 0, this.states.length, HEADER);
-    await h.datasync();
+    try {
+      await this.writeHeader(h);
+      for (let done = 0; done < this.states.length; ) {
+        const { bytesWritten } = await h.write(this.states, done, Math.min(IO_CHUNK, this.states.length - done), HEADER + done);
+        done += bytesWritten;
+      }
+      await h.datasync();
+    } catch (e) {
+      throw mapError(this.path, 'cannot write', e);
+    }
   }
 
   /** Grows the map with the array; new space is unallocated. */
@@ -311,6 +345,25 @@ export class AllocationMap {
     }
     return c;
   }
+}
+
+/** Reads exactly `length` bytes in bounded calls; a short file is a truncated map. */
+async function readFully(h: fs.promises.FileHandle, buf: Uint8Array, off: number, length: number, position: number, path: string): Promise<void> {
+  for (let done = 0; done < length; ) {
+    const { bytesRead } = await h.read(buf, off + done, Math.min(IO_CHUNK, length - done), position + done).catch((e: unknown) => {
+      throw mapError(path, 'cannot read', e);
+    });
+    if (bytesRead === 0) throw new BlockgateError('IO_ERROR', `allocation map ${path} is truncated`, { reason: 'map-truncated' });
+    done += bytesRead;
+  }
+}
+
+/** A sidecar failure as a stable error: no space is NO_SPACE, the rest IO_ERROR. */
+function mapError(path: string, what: string, e: unknown): BlockgateError {
+  if (e instanceof BlockgateError) return e;
+  const code = (e as NodeJS.ErrnoException).code;
+  const noSpace = code === 'ENOSPC' || code === 'EDQUOT';
+  return new BlockgateError(noSpace ? 'NO_SPACE' : 'IO_ERROR', `${what} allocation map ${path}: ${code ?? (e as Error).message}`, { errno: code, reason: 'map-unreadable' });
 }
 
 function pwrite(fd: number, buf: Uint8Array, position: number): Promise<void> {

@@ -1,6 +1,25 @@
 import fs from 'node:fs';
 import { BlockgateError } from '../common/errors.js';
-import { ALLOC_BLOCK, AllocState, AllocationMap, type RunVisitor } from './allocation.js';
+import { ALLOC_BLOCK, AllocState, AllocationMap, MAX_ARRAY_SIZE, type RunVisitor } from './allocation.js';
+
+/** Why an array stopped serving: what the admin must repair before re-attaching it. */
+export interface ArrayFault {
+  reason: 'missing' | 'truncated' | 'replaced' | 'unreadable' | 'io-error' | 'map-corrupt' | 'map-truncated' | 'map-unreadable' | 'too-large';
+  message: string;
+  errno?: string | undefined;
+  at: string;
+}
+
+/** One failed backing I/O, as the array reports it to whoever watches it (logs, events). */
+export interface ArrayIoError {
+  op: string;
+  errno: string;
+  /** True when the error failed the array (everything but a full file system). */
+  failed: boolean;
+}
+
+/** Errors that say "no room now", not "the array is broken": the host gets ENOSPC and may retry. */
+const NO_SPACE_ERRNOS = new Set(['ENOSPC', 'EDQUOT']);
 
 /**
  * One disk array: a sparse backing file. All I/O goes through libuv's thread
@@ -16,6 +35,17 @@ export class ArrayFile {
   /** Incremented when a write completes; a flush syncs only if it moved. */
   private writeGen = 0;
   private syncedGen = 0;
+  /**
+   * Set when the backing file can no longer be trusted (gone, shrunk,
+   * replaced, failing I/O): every I/O is refused with IO_ERROR from then on,
+   * so no host ever reads zeroes where its data was. Cleared only by opening
+   * a new ArrayFile (the admin's attach after a repair).
+   */
+  fault: ArrayFault | null = null;
+  /** Told of every failed backing I/O and of the fault, if any, it caused. */
+  onIoError: ((a: ArrayFile, e: ArrayIoError) => void) | null = null;
+  /** The file the descriptor is open on: a path naming another file means it was replaced or deleted. */
+  private identity: { dev: number; ino: number } | null = null;
 
   constructor(id: number, name: string, path: string, size: number) {
     this.id = id;
@@ -24,17 +54,97 @@ export class ArrayFile {
     this.size = size;
   }
 
-  /** Opens (creating a sparse file of `size` bytes if absent). Start-up and control path only. */
+  /**
+   * Opens the file. With `create` a missing file is made (sparse, `size`
+   * bytes) and a short one extended; without it (attaching an existing
+   * array) a missing, shorter or non-regular file is refused, never
+   * silently re-created or re-extended. Start-up and control path only;
+   * a refusal throws IO_ERROR with `details.reason` (an ArrayFault reason).
+   */
   async open(create: boolean): Promise<void> {
+    if (this.size > MAX_ARRAY_SIZE) throw openError(this.name, 'too-large', `array ${this.name} is ${this.size} bytes, more than the largest supported array (${MAX_ARRAY_SIZE} bytes)`);
     const flags = fs.constants.O_RDWR | (create ? fs.constants.O_CREAT : 0);
     const h = await fs.promises.open(this.path, flags, 0o600).catch((e: NodeJS.ErrnoException) => {
-      throw new BlockgateError('IO_ERROR', `cannot open array ${this.name} at ${this.path}: ${e.code ?? e.message}`);
+      const reason = e.code === 'ENOENT' ? 'missing' : 'unreadable';
+      throw openError(this.name, reason, `cannot open array ${this.name} at ${this.path}: ${e.code ?? e.message}`, e.code);
     });
-    const st = await h.stat();
-    if (st.size < this.size) await h.truncate(this.size);
+    try {
+      const st = await h.stat();
+      if (!st.isFile()) throw openError(this.name, 'unreadable', `array ${this.name}: ${this.path} is not a regular file`);
+      if (st.size < this.size) {
+        if (!create) {
+          throw openError(this.name, 'truncated', `array ${this.name}: ${this.path} is ${st.size} bytes, the array is ${this.size}; restore the file, then attach the array`);
+        }
+        await h.truncate(this.size);
+      }
+      this.alloc = await AllocationMap.open(`${this.path}.alloc`, this.size, st.blocks > 0).catch((e: unknown) => {
+        if (e instanceof BlockgateError && e.code === 'NO_SPACE') throw e;
+        const reason = ((e as BlockgateError).details?.reason as ArrayFault['reason'] | undefined) ?? 'map-unreadable';
+        throw openError(this.name, reason, `array ${this.name}: ${(e as Error).message}`);
+      });
+      this.identity = { dev: st.dev, ino: st.ino };
+    } catch (e) {
+      await h.close().catch(() => undefined);
+      throw e;
+    }
     this.handle = h;
     this.fd = h.fd;
-    this.alloc = await AllocationMap.open(`${this.path}.alloc`, this.size, st.blocks > 0);
+  }
+
+  /**
+   * Checks that the path still names the open file at full size. Returns the
+   * fault found (and fails the array with it), or null. Control path and
+   * flush: one stat on libuv's pool.
+   */
+  async verify(): Promise<ArrayFault | null> {
+    if (this.fault) return this.fault;
+    if (!this.identity) return null;
+    let st: fs.Stats;
+    try {
+      st = await fs.promises.stat(this.path);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      return this.fail(code === 'ENOENT' ? 'missing' : 'unreadable', `array ${this.name}: ${this.path} ${code === 'ENOENT' ? 'was deleted' : `cannot be checked: ${code}`}`, code);
+    }
+    if (st.dev !== this.identity.dev || st.ino !== this.identity.ino) {
+      return this.fail('replaced', `array ${this.name}: ${this.path} was replaced by another file (inode ${st.ino}, was ${this.identity.ino})`);
+    }
+    if (st.size < this.size) return this.fail('truncated', `array ${this.name}: ${this.path} shrank to ${st.size} bytes, the array is ${this.size}`);
+    return null;
+  }
+
+  /** Puts the array in the failed state (first fault wins) and tells the watcher. */
+  fail(reason: ArrayFault['reason'], message: string, errno?: string): ArrayFault {
+    if (this.fault) return this.fault;
+    this.fault = { reason, message, errno, at: new Date().toISOString() };
+    this.onIoError?.(this, { op: 'check', errno: errno ?? reason, failed: true });
+    return this.fault;
+  }
+
+  /** The error every I/O of a failed array gets. */
+  faultError(): BlockgateError {
+    return new BlockgateError('IO_ERROR', `array ${this.name} has failed (${this.fault?.message ?? 'unknown'}); repair it and attach it again`, {
+      array: this.name,
+      reason: this.fault?.reason,
+    });
+  }
+
+  /**
+   * Turns a failed system call into the error callers see: ENOSPC/EDQUOT are
+   * NO_SPACE (the array stays up), anything else fails the array. Every one
+   * is reported to the watcher, which decides what to log.
+   */
+  ioError(op: string, err: NodeJS.ErrnoException | string): BlockgateError {
+    const code = typeof err === 'string' ? err : (err.code ?? err.message);
+    if (NO_SPACE_ERRNOS.has(code)) {
+      this.onIoError?.(this, { op, errno: code, failed: false });
+      return new BlockgateError('NO_SPACE', `${op} on array ${this.name} failed: the file system holding ${this.path} is full (${code})`, { errno: code, array: this.name });
+    }
+    if (!this.fault) {
+      this.fault = { reason: 'io-error', message: `${op} on array ${this.name} failed: ${code}`, errno: code, at: new Date().toISOString() };
+      this.onIoError?.(this, { op, errno: code, failed: true });
+    } else this.onIoError?.(this, { op, errno: code, failed: false });
+    return new BlockgateError('IO_ERROR', `${op} on array ${this.name} failed: ${code}`, { errno: code, array: this.name });
   }
 
   /** Which blocks hold data; decides what reads return (see disks/allocation.ts). */
@@ -48,6 +158,7 @@ export class ArrayFile {
 
   /** The open descriptor, for worker threads doing I/O on this array (fds are process-wide). */
   get descriptor(): number {
+    if (this.fault) throw this.faultError();
     if (this.fd < 0) throw new BlockgateError('IO_ERROR', `array ${this.name} is not open`);
     return this.fd;
   }
@@ -106,6 +217,7 @@ export class ArrayFile {
   /** Grows the backing file (never shrinks it). */
   async grow(newSize: number): Promise<void> {
     if (newSize <= this.size) return;
+    if (this.fault) throw this.faultError();
     await this.handle!.truncate(newSize);
     this.size = newSize;
     await this.alloc.grow(newSize);
@@ -113,6 +225,8 @@ export class ArrayFile {
 
   /** Reads through the allocation map: blocks without data read as zeroes, off the file. */
   read(buf: Buffer, bufOffset: number, length: number, position: number): Promise<void> {
+    // A failed array's holes must not read as zeroes either: nothing it says can be trusted.
+    if (this.fault) return Promise.reject(this.faultError());
     const m = this.alloc;
     if (m.anyPending && m.isPending(position, length)) {
       return m.waitPending(position, length).then(() => this.read(buf, bufOffset, length, position));
@@ -133,6 +247,7 @@ export class ArrayFile {
    * (its old bytes may be another volume's), as one padded block write.
    */
   write(buf: Buffer, bufOffset: number, length: number, position: number): Promise<void> {
+    if (this.fault) return Promise.reject(this.faultError());
     const m = this.alloc;
     if (length === 0) return Promise.resolve();
     if (m.anyPending && m.isPending(position, length)) {
@@ -190,6 +305,7 @@ export class ArrayFile {
    * (NOT_SUPPORTED) when that would need a write, as FAST_ZERO asks.
    */
   async writeZeroes(position: number, length: number, noHole: boolean, fast: boolean): Promise<void> {
+    if (this.fault) throw this.faultError();
     const m = this.alloc;
     if (length === 0) return;
     await m.waitPending(position, length);
@@ -210,11 +326,13 @@ export class ArrayFile {
 
   /** TRIM: whole blocks become holes; partial blocks are left alone (TRIM is advisory). */
   trim(position: number, length: number): void {
+    if (this.fault) throw this.faultError();
     if (this.alloc.setFull(position, length, AllocState.Unallocated) > 0) this.writeGen++;
   }
 
   /** Hands space to a new owner: reads as zeroes from now on, durably. Control path only. */
   discardSync(position: number, length: number): void {
+    if (this.fault) throw this.faultError();
     this.alloc.discardSync(position, length);
   }
 
@@ -224,6 +342,7 @@ export class ArrayFile {
    * runs are read and the rest zero-filled, as read() does.
    */
   readv(bufs: readonly NodeJS.ArrayBufferView[], length: number, position: number, cb: (err: Error | null) => void): void {
+    if (this.fault) return cb(this.faultError());
     const m = this.alloc;
     if (m.anyPending && m.isPending(position, length)) {
       m.waitPending(position, length).then(() => this.readv(bufs, length, position, cb), cb);
@@ -236,7 +355,7 @@ export class ArrayFile {
       return;
     }
     fs.readv(this.fd, bufs, position, (err, n) => {
-      if (err) return cb(ioError('read', this.name, err));
+      if (err) return cb(this.ioError('read', err));
       if (n < length) return this.finishShort(bufs, n, position, cb, false);
       cb(null);
     });
@@ -253,13 +372,14 @@ export class ArrayFile {
       cb(new BlockgateError('INTERNAL', `vectored write at ${position}+${length} is not aligned to ${ALLOC_BLOCK}`));
       return;
     }
+    if (this.fault) return cb(this.faultError());
     const m = this.alloc;
     if (m.anyPending && m.isPending(position, length)) {
       m.waitPending(position, length).then(() => this.writev(bufs, length, position, cb), cb);
       return;
     }
     fs.writev(this.fd, bufs, position, (err, n) => {
-      if (err) return cb(ioError('write', this.name, err));
+      if (err) return cb(this.ioError('write', err));
       if (n < length) return this.finishShort(bufs, n, position, cb, true);
       this.noteWrite(position, length);
       cb(null);
@@ -290,11 +410,11 @@ export class ArrayFile {
     return new Promise((resolve, reject) => {
       const step = (done: number): void => {
         fs.read(this.fd, buf, bufOffset + done, length - done, position + done, (err, n) => {
-          if (err) return reject(ioError('read', this.name, err));
+          if (err) return reject(this.ioError('read', err));
           if (n === 0) {
-            // Past the end of a file that lost its tail: a hole reads as zeroes.
-            buf.fill(0, bufOffset + done, bufOffset + length);
-            return resolve();
+            // The file ends inside the array: it lost its tail under us. Its data is gone, not zero.
+            this.fail('truncated', `array ${this.name}: ${this.path} ends before offset ${position + done}; the file was truncated`);
+            return reject(this.faultError());
           }
           if (done + n < length) return step(done + n);
           resolve();
@@ -308,7 +428,7 @@ export class ArrayFile {
     return new Promise((resolve, reject) => {
       const step = (done: number): void => {
         fs.write(this.fd, buf, bufOffset + done, length - done, position + done, (err, n) => {
-          if (err) return reject(ioError('write', this.name, err));
+          if (err) return reject(this.ioError('write', err));
           if (done + n < length) return step(done + n);
           this.writeGen++;
           resolve();
@@ -324,17 +444,25 @@ export class ArrayFile {
    * why that order).
    */
   flush(): Promise<void> {
+    if (this.fault) return Promise.reject(this.faultError());
     const target = this.writeGen;
     const m = this.alloc;
     if (target === this.syncedGen && !m.hasDirty) return m.persist(new Map(), Promise.resolve());
     const snap = m.snapshot();
     const synced = new Promise<void>((resolve, reject) => {
       fs.fdatasync(this.fd, (err) => {
-        if (err) return reject(ioError('fdatasync', this.name, err));
+        if (err) return reject(this.ioError('fdatasync', err));
         resolve();
       });
     });
-    return m.persist(snap, synced).then(() => {
+    // A flush acknowledges durability: syncing a file that was deleted or
+    // replaced under us would acknowledge bytes no restart will find.
+    const checked = Promise.all([synced, this.verify()]).then(([, fault]) => {
+      if (fault) throw this.faultError();
+    });
+    // Handled by the persist chain, maybe after it rejects: do not let Node call it unhandled.
+    checked.catch(() => undefined);
+    return m.persist(snap, checked).then(() => {
       if (target > this.syncedGen) this.syncedGen = target;
     });
   }
@@ -359,6 +487,6 @@ function eachPiece(bufs: readonly NodeJS.ArrayBufferView[], position: number, vi
   }
 }
 
-function ioError(op: string, array: string, err: NodeJS.ErrnoException): BlockgateError {
-  return new BlockgateError('IO_ERROR', `${op} on array ${array} failed: ${err.code ?? err.message}`, { errno: err.code });
+function openError(array: string, reason: ArrayFault['reason'], message: string, errno?: string): BlockgateError {
+  return new BlockgateError('IO_ERROR', message, { array, reason, ...(errno ? { errno } : {}) });
 }

@@ -67,7 +67,7 @@ export class PiscinaRoute implements IoRoute {
     }
     const task: IoTask = { op, fd: a.descriptor, bufs, length, position };
     const r = (await this.pool.run(task)) as string | null;
-    if (r !== null) throw new BlockgateError('IO_ERROR', `${op} on array ${a.name} failed: ${r}`, { errno: r });
+    if (r !== null) throw a.ioError(op, r);
     if (op === 'writev') a.noteWrite(position, length);
   }
 

@@ -5,10 +5,11 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { BlockgateError, badRequest, conflict, notFound } from '../common/errors.js';
 import type { BlockStore, CachePolicy } from '../cache/index.js';
-import { ArrayFile, type Engine } from '../disks/index.js';
+import { ArrayFile, MAX_ARRAY_SIZE, type ArrayFault, type Engine } from '../disks/index.js';
 import { EXTENT_ALIGN, VolumeLayout, allocateExtents, freeExtents, type Extent } from '../mapper/index.js';
 import type { Namespaces, NbdServer, NbdTlsKeys, Unit } from '../target/index.js';
 import { StatsRegistry } from '../target/stats.js';
+import { ArrayHealth, DEFAULT_OVERCOMMIT } from './array-health.js';
 import { ConfigOperations } from './operations/config.js';
 import { openDb, type Db } from './db.js';
 import { EventLog } from './events.js';
@@ -42,6 +43,8 @@ export interface ManagerOptions {
    * array or the namespace side had refused it.
    */
   faults?: readonly string[] | undefined;
+  /** How often every array's file is re-checked (deleted, replaced, truncated) and file-system fill measured; 0 turns it off. */
+  checkIntervalMs?: number | undefined;
 }
 
 export type ShareMode = 'exclusive' | 'shared';
@@ -137,6 +140,8 @@ export class StorageManager {
   readonly bulk: BulkOperations;
   readonly tracer: Tracer;
   readonly inventory: Inventory;
+  /** Backing-file faults, I/O error bursts and capacity warnings. */
+  readonly health: ArrayHealth;
   private faults: ReadonlySet<string>;
   /** The job whose code is running (its own volumes are not "busy" to it). */
   private readonly currentJob = new AsyncLocalStorage<number>();
@@ -161,6 +166,7 @@ export class StorageManager {
     this.log = opts.log;
     this.nbdAddress = opts.nbdAddress;
     this.applianceId = this.setting('appliance_id') ?? this.initApplianceId();
+    this.health = new ArrayHealth(this, opts.checkIntervalMs ?? 2000);
   }
 
   /** Opens the control database and brings the data path up to match it. */
@@ -195,20 +201,82 @@ export class StorageManager {
 
   /** Attaches every array, publishes every namespace and opens every host's listeners. */
   async start(): Promise<void> {
-    for (const a of this.listArrays()) await this.attachArray(a, false);
+    // One array that cannot be opened fails alone: the rest of the appliance starts and serves.
+    for (const a of this.listArrays()) await this.attachOrFail(a);
     for (const h of this.listHosts()) {
       await this.openHostListeners(h);
       this.publishHost(h.id);
     }
     // Array files placed in the data directory while the appliance was down are adopted now.
     await this.inventory.discover();
+    await this.health.check();
+    this.health.start();
     await this.jobs.start();
   }
 
-  private async attachArray(row: ArrayRow, create: boolean): Promise<void> {
+  private async attachArray(row: ArrayRow, create: boolean): Promise<ArrayFile> {
     const f = new ArrayFile(row.id, row.name, row.path, row.size);
     await f.open(create);
+    this.health.watch(f);
     this.dp.store.addArray(f);
+    return f;
+  }
+
+  /** Attaches an array, or puts it in the failed state (I/O to it gets EIO) when its file cannot be used. */
+  private async attachOrFail(row: ArrayRow): Promise<void> {
+    try {
+      await this.attachArray(row, false);
+    } catch (e) {
+      const f = new ArrayFile(row.id, row.name, row.path, row.size);
+      const d = (e as BlockgateError).details as { reason?: ArrayFault['reason']; errno?: string } | undefined;
+      f.fail(d?.reason ?? 'unreadable', (e as Error).message, d?.errno);
+      this.dp.store.addArray(f);
+      this.health.failedToOpen(f);
+    }
+  }
+
+  /**
+   * Re-attach (the repair edge): after the admin restored the array's file,
+   * it is opened again with every start-up check; on success the array and
+   * its volumes serve again, with nothing cached from before. A file that
+   * still fails the checks is refused (409) and the array stays failed.
+   */
+  async reattachArray(name: string): Promise<Record<string, unknown>> {
+    const row = this.array(name);
+    const store = this.dp.store;
+    const old = store.listArrays().find((a) => a.id === row.id);
+    if (old && !old.fault && old.isOpen && !(await old.verify())) return this.describeArray(this.array(name));
+    // The old descriptor's map goes to the sidecar first: it knows which space belongs to whom.
+    if (old) {
+      store.cache.dropArray(row.id);
+      await old.close().catch(() => undefined);
+    }
+    const f = new ArrayFile(row.id, row.name, row.path, row.size);
+    try {
+      await f.open(false);
+    } catch (e) {
+      const d = (e as BlockgateError).details as { reason?: ArrayFault['reason']; errno?: string } | undefined;
+      const failedFile = new ArrayFile(row.id, row.name, row.path, row.size);
+      failedFile.fail(d?.reason ?? 'unreadable', (e as Error).message, d?.errno);
+      store.addArray(failedFile);
+      this.health.failedToOpen(failedFile);
+      throw new BlockgateError('CONFLICT', `array '${name}' cannot be attached: ${(e as Error).message}`, { array: name, reason: d?.reason ?? 'unreadable' });
+    }
+    store.removeArray(row.id);
+    this.health.watch(f);
+    store.addArray(f);
+    this.health.cleared(row.id);
+    const volumes = this.volumesOnArray(row.id);
+    this.events.emit('array.attached', `array/${name}`, { array: name, volumes });
+    this.log.info({ op: 'array.attach', array: name, volumes }, `array ${name} attached again; volumes ${volumes.join(', ') || '(none)'} serve again`);
+    return this.describeArray(this.array(name));
+  }
+
+  /** Names of the volumes with extents on an array (for fault reports). */
+  volumesOnArray(arrayId: number): string[] {
+    return (
+      this.db.prepare('SELECT DISTINCT v.name FROM extents e JOIN volumes v ON v.id = e.volume_id WHERE e.array_id = ? ORDER BY v.name').all(arrayId) as { name: string }[]
+    ).map((r) => r.name);
   }
 
   hostSocketPath(host: string): string {
@@ -217,7 +285,7 @@ export class StorageManager {
 
   /** Brings arrays and hosts written straight into the database (config import) onto the data path. */
   async attachRestored(arrays: ArrayRow[], hosts: HostRow[]): Promise<void> {
-    for (const a of arrays) await this.attachArray(a, false);
+    for (const a of arrays) await this.attachOrFail(a);
     for (const h of hosts) {
       await this.openHostListeners(h);
       this.publishHost(h.id);
@@ -264,29 +332,91 @@ export class StorageManager {
 
   // ---- arrays ------------------------------------------------------------
 
+  /**
+   * Creates an array file and its row. The file system is asked first (a
+   * probe file the size of the array, removed at once: EFBIG means it cannot
+   * hold such a file), then the map's size limit and the thin-provisioning
+   * limit (setting `arrays.overcommit`: at most that many times the file
+   * system's free space); a create that fails after that removes what it
+   * made, files and row, so nothing is left behind.
+   */
   async createArray(name: string, size: number, qualityClass = 'std'): Promise<ArrayRow> {
     checkName('array', name);
     if (size <= 0 || size % EXTENT_ALIGN !== 0) throw badRequest(`array size must be a positive multiple of ${EXTENT_ALIGN} bytes`);
     if (this.findArray(name)) throw conflict(`array '${name}' already exists`);
-    const file = path.join(this.dataDir, 'arrays', `${name}.img`);
-    if (fs.existsSync(file)) throw conflict(`a file already exists at ${file}`);
+    const dir = path.join(this.dataDir, 'arrays');
+    const file = path.join(dir, `${name}.img`);
+    if (await fs.promises.stat(file).then(() => true, () => false)) throw conflict(`a file already exists at ${file}`);
+    await this.checkArrayFits(dir, name, size);
     const row: ArrayRow = { id: 0, name, path: file, size, quality_class: qualityClass, created_at: now() };
-    // The file comes first: a row never names a file that could not be made.
+    // A sidecar with no image beside it is a leftover of an earlier failed create: it describes nothing.
+    await fs.promises.rm(`${file}.alloc`, { force: true });
     await this.attachNew(row);
     this.log.info({ op: 'array.create', array: name, size, qualityClass }, 'array created');
     return this.array(name);
   }
 
+  /** The thin-provisioning limit: a new array may be at most this many times the file system's free space. */
+  overcommit(): number {
+    const v = Number(this.setting('arrays.overcommit'));
+    return Number.isFinite(v) && v > 0 ? v : DEFAULT_OVERCOMMIT;
+  }
+
+  private async checkArrayFits(dir: string, name: string, size: number): Promise<void> {
+    const probe = path.join(dir, `.${name}.probe-${process.pid}`);
+    let h: fs.promises.FileHandle | null = null;
+    try {
+      h = await fs.promises.open(probe, 'wx', 0o600);
+      await h.truncate(size);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
+      if (code === 'EFBIG' || code === 'EINVAL') {
+        throw badRequest(`the file system holding ${dir} cannot hold a file of ${size} bytes (${code}); create a smaller array`, { errno: code, size });
+      }
+      if (code === 'ENOSPC' || code === 'EDQUOT') throw new BlockgateError('NO_SPACE', `the file system holding ${dir} is full (${code})`, { errno: code });
+      throw new BlockgateError('IO_ERROR', `cannot create array files in ${dir}: ${code}`, { errno: code });
+    } finally {
+      await h?.close().catch(() => undefined);
+      await fs.promises.rm(probe, { force: true });
+    }
+    if (size > MAX_ARRAY_SIZE) {
+      throw badRequest(`array size ${size} exceeds the largest supported array (${MAX_ARRAY_SIZE} bytes: its allocation map is held in RAM)`, { size, max: MAX_ARRAY_SIZE });
+    }
+    const fsSpace = await this.health.space(dir);
+    const ratio = this.overcommit();
+    if (size > ratio * fsSpace.available) {
+      throw new BlockgateError(
+        'NO_SPACE',
+        `array '${name}' (${size} bytes) would overcommit the file system holding ${dir}: ${fsSpace.available} bytes free, thin arrays may be at most ${ratio}x that (setting arrays.overcommit)`,
+        { size, available: fsSpace.available, overcommit: ratio },
+      );
+    }
+  }
+
   private async attachNew(row: ArrayRow): Promise<void> {
-    const f = new ArrayFile(-1, row.name, row.path, row.size);
-    await f.open(true);
-    await f.close();
-    const id = Number(
-      this.db
-        .prepare('INSERT INTO arrays (name, path, size, quality_class, created_at) VALUES (?, ?, ?, ?, ?)')
-        .run(row.name, row.path, row.size, row.quality_class, row.created_at).lastInsertRowid,
-    );
-    await this.attachArray({ ...row, id }, false);
+    let id = 0;
+    try {
+      // The file comes first: a row never names a file that could not be made.
+      const f = new ArrayFile(-1, row.name, row.path, row.size);
+      await f.open(true);
+      await f.close();
+      id = Number(
+        this.db
+          .prepare('INSERT INTO arrays (name, path, size, quality_class, created_at) VALUES (?, ?, ?, ?, ?)')
+          .run(row.name, row.path, row.size, row.quality_class, row.created_at).lastInsertRowid,
+      );
+      await this.attachArray({ ...row, id }, false);
+    } catch (e) {
+      if (id) {
+        this.dp.store.removeArray(id);
+        this.db.prepare('DELETE FROM arrays WHERE id = ?').run(id);
+      }
+      await fs.promises.rm(row.path, { force: true });
+      await fs.promises.rm(`${row.path}.alloc`, { force: true });
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOSPC' || code === 'EDQUOT') throw new BlockgateError('NO_SPACE', `cannot create array '${row.name}': the file system is full (${code})`, { errno: code });
+      throw e;
+    }
   }
 
   /** Registers an array file that already exists (found by discovery). */
@@ -329,6 +459,47 @@ export class StorageManager {
       free: free.reduce((s, e) => s + e.length, 0),
       freeExtents: free,
     };
+  }
+
+  /**
+   * An array as the admin sees it: virtual size and what volumes hold of it,
+   * what the file really occupies on its file system, that file system's
+   * free space (thin arrays can outgrow it), and whether it is serving.
+   */
+  async describeArray(a: ArrayRow): Promise<Record<string, unknown>> {
+    const u = this.arrayUsage(a);
+    const fault = this.health.fault(a.id);
+    const allocated = await fs.promises.stat(a.path).then(
+      (st) => st.blocks * 512,
+      () => null,
+    );
+    const space = await this.health.space(path.dirname(a.path)).catch(() => null);
+    return {
+      name: a.name,
+      path: a.path,
+      size: a.size,
+      qualityClass: a.quality_class,
+      state: fault ? 'failed' : 'online',
+      ...(fault ? { fault: { reason: fault.reason, message: fault.message, since: fault.at } } : {}),
+      used: u.used,
+      free: u.free,
+      allocated,
+      fileSystem: space ? { size: space.size, available: space.available, usedPercent: space.usedPercent } : null,
+      volumes: this.volumesOnArray(a.id),
+    };
+  }
+
+  /** Bytes of a volume that hold data or explicit zeroes (its arrays' allocation maps). */
+  volumeAllocated(volumeId: number): number | null {
+    let n = 0;
+    for (const e of this.extentsOf(volumeId)) {
+      const a = this.dp.store.listArrays().find((x) => x.id === e.arrayId);
+      if (!a || a.fault || !a.isOpen) return null;
+      a.allocationRuns(e.offset, e.length, (_off, len, st) => {
+        if (st !== 0) n += len;
+      });
+    }
+    return n;
   }
 
   private arrayExtents(arrayId: number): Extent[] {
@@ -586,6 +757,8 @@ export class StorageManager {
     const taken = new Map<number, Extent[]>();
     return layout.map((l) => {
       const a = this.array(l.array);
+      const fault = this.health.fault(a.id);
+      if (fault) throw conflict(`array '${a.name}' has failed (${fault.message}); repair it and attach it first`, { array: a.name, reason: fault.reason });
       const extra = taken.get(a.id) ?? [];
       const [e] = allocateExtents(l.size, [{ arrayId: a.id, size: a.size, used: [...this.arrayExtents(a.id), ...extra] }]);
       if (!e || e.length !== l.size) throw new BlockgateError('NO_SPACE', `array '${l.array}' has no contiguous ${l.size} bytes free`);
@@ -595,7 +768,8 @@ export class StorageManager {
   }
 
   private placeAuto(size: number, qualityClass?: string): Extent[] {
-    const arrays = this.listArrays().filter((a) => !qualityClass || a.quality_class === qualityClass);
+    // Failed arrays give no new space: their files are not there to hold it.
+    const arrays = this.listArrays().filter((a) => (!qualityClass || a.quality_class === qualityClass) && !this.health.fault(a.id));
     if (arrays.length === 0) throw new BlockgateError('NO_SPACE', `no array of quality class '${qualityClass}'`);
     return allocateExtents(
       size,
@@ -659,12 +833,22 @@ export class StorageManager {
       scrubbedAt: v.scrubbed_at,
       image: v.image_id === null ? null : ((this.db.prepare('SELECT name FROM images WHERE id = ?').get(v.image_id) as { name: string } | undefined)?.name ?? null),
       snapshotOf: v.snapshot_of === null ? null : this.volumeById(v.snapshot_of).name,
+      allocated: this.volumeAllocated(v.id),
+      ...this.volumeHealth(v.id),
       allowed: allowedOperations(v.state as VolumeState),
       job: this.jobs.activeOn(v.id)?.id ?? null,
       extents: this.extentsOf(v.id).map((e) => ({ array: arrays.get(e.arrayId), offset: e.offset, length: e.length })),
       createdAt: v.created_at,
       updatedAt: v.updated_at,
     };
+  }
+
+  /** A volume is failed while any array under it is: its I/O gets EIO. */
+  volumeHealth(volumeId: number): { health: 'ok' | 'failed'; failedArrays?: string[] } {
+    const ids = [...new Set(this.extentsOf(volumeId).map((e) => e.arrayId))].filter((id) => this.health.fault(id));
+    if (ids.length === 0) return { health: 'ok' };
+    const names = new Map(this.listArrays().map((a) => [a.id, a.name]));
+    return { health: 'failed', failedArrays: ids.map((id) => names.get(id) ?? String(id)) };
   }
 
   // ---- hosts -------------------------------------------------------------
@@ -877,6 +1061,7 @@ export class StorageManager {
   }
 
   async stop(): Promise<void> {
+    await this.health.stop();
     await this.jobs.stop();
   }
 

@@ -24,19 +24,26 @@ export class Inventory {
     const dir = path.join(m.dataDir, 'arrays');
     const known = new Set(m.listArrays().map((a) => path.resolve(a.path)));
     const added: string[] = [];
+    const skipped: { file: string; error: string }[] = [];
     for (const f of (await fs.promises.readdir(dir)).sort()) {
       const abs = path.resolve(dir, f);
       if (!f.endsWith('.img') || known.has(abs)) continue;
-      const st = await fs.promises.stat(abs);
-      const name = f.slice(0, -4);
-      const size = Math.floor(st.size / EXTENT_ALIGN) * EXTENT_ALIGN;
-      if (!st.isFile() || size === 0 || m.findArray(name)) continue;
-      checkName('array', name);
-      await m.adoptArray(name, abs, size);
-      added.push(name);
+      try {
+        const st = await fs.promises.stat(abs);
+        const name = f.slice(0, -4);
+        const size = Math.floor(st.size / EXTENT_ALIGN) * EXTENT_ALIGN;
+        if (!st.isFile() || size === 0 || m.findArray(name)) continue;
+        checkName('array', name);
+        await m.adoptArray(name, abs, size);
+        added.push(name);
+      } catch (e) {
+        // One unusable file (too large, unreadable map) is reported, never a reason not to start.
+        skipped.push({ file: abs, error: (e as Error).message });
+        m.log.warn({ op: 'array.adopt', file: abs, err: (e as Error).message }, `array file ${abs} not adopted: ${(e as Error).message}`);
+      }
     }
     if (added.length) m.events.emit('arrays.discovered', null, { added });
-    return { added, ...this.wiringMap() };
+    return { added, ...(skipped.length ? { skipped } : {}), ...this.wiringMap() };
   }
 
   wiringMap(): Record<string, unknown> {
@@ -51,6 +58,7 @@ export class Inventory {
           file: a.path,
           size: a.size,
           qualityClass: a.quality_class,
+          state: m.health.fault(a.id) ? 'failed' : 'online',
           used: u.used,
           free: u.free,
           freeExtents: u.freeExtents.map((e) => ({ offset: e.offset, length: e.length })),

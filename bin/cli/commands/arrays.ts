@@ -1,5 +1,4 @@
 import type { Command } from 'commander';
-import { CliError, EXIT } from '../client.js';
 import { table } from '../output.js';
 import { client, details, humanSize, out, verb } from '../context.js';
 
@@ -10,15 +9,23 @@ interface ArrayInfo {
   qualityClass: string;
   used?: number;
   free?: number;
+  state?: 'online' | 'failed';
+  fault?: { reason: string; message: string; since: string };
+  allocated?: number | null;
+  fileSystem?: { size: number; available: number; usedPercent: number } | null;
 }
 
 const arrayTable = (arrays: ArrayInfo[]): string =>
   table(arrays, [
     ['NAME', (a) => a.name],
     ['CLASS', (a) => a.qualityClass],
+    ['STATE', (a) => (a.state === 'failed' ? `FAILED (${a.fault?.reason ?? '?'})` : a.state)],
     ['SIZE', (a) => humanSize(a.size)],
     ['USED', (a) => (a.used === undefined ? undefined : humanSize(a.used))],
     ['FREE', (a) => (a.free === undefined ? undefined : humanSize(a.free))],
+    // What the sparse file really occupies, and what its file system has left: thin arrays can outgrow it.
+    ['ALLOCATED', (a) => (a.allocated === undefined || a.allocated === null ? undefined : humanSize(a.allocated))],
+    ['FS FREE', (a) => (a.fileSystem ? `${humanSize(a.fileSystem.available)} (${a.fileSystem.usedPercent}% used)` : undefined)],
     ['FILE', (a) => a.path],
   ]);
 
@@ -31,12 +38,32 @@ export function register(program: Command): void {
     out(cmd, r, () => arrayTable(r.arrays));
   });
 
-  verb(array, 'show <name>', 'one array').action(async (name: string, _o, cmd: Command) => {
-    const r = await client(cmd).call<{ arrays: ArrayInfo[] }>('GET', '/v1/arrays');
-    const a = r.arrays.find((x) => x.name === name);
-    if (!a) throw new CliError(`array '${name}' does not exist`, EXIT.NOT_FOUND, 'NOT_FOUND');
-    out(cmd, a, () => details({ ...a, size: humanSize(a.size), used: humanSize(a.used ?? 0), free: humanSize(a.free ?? 0) }));
+  const showArray = (a: ArrayInfo): string =>
+    details({
+      name: a.name,
+      path: a.path,
+      qualityClass: a.qualityClass,
+      state: a.state,
+      ...(a.fault ? { fault: `${a.fault.reason}: ${a.fault.message} (since ${a.fault.since})` } : {}),
+      size: humanSize(a.size),
+      used: humanSize(a.used ?? 0),
+      free: humanSize(a.free ?? 0),
+      allocated: a.allocated === null || a.allocated === undefined ? '-' : humanSize(a.allocated),
+      fsSize: a.fileSystem ? humanSize(a.fileSystem.size) : '-',
+      fsAvailable: a.fileSystem ? `${humanSize(a.fileSystem.available)} (${a.fileSystem.usedPercent}% used)` : '-',
+    });
+
+  verb(array, 'show <name>', 'one array: state, capacity, its file system').action(async (name: string, _o, cmd: Command) => {
+    const a = await client(cmd).call<ArrayInfo>('GET', `/v1/arrays/${encodeURIComponent(name)}`);
+    out(cmd, a, () => showArray(a));
   });
+
+  verb(array, 'attach <name>', 'attach a failed array again once its file is restored (refused while it still fails the checks)').action(
+    async (name: string, _o, cmd: Command) => {
+      const a = await client(cmd).call<ArrayInfo>('POST', `/v1/arrays/${encodeURIComponent(name)}/attach`);
+      out(cmd, a, () => showArray(a));
+    },
+  );
 
   verb(array, 'create <name>', 'create a sparse array file under DATA/arrays')
     .requiredOption('--size <size>', 'size, e.g. 1G or 512M')
