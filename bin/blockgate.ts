@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import fs from 'node:fs';
 import { Command, CommanderError } from 'commander';
+import { isBlockgateError, type ErrorCode } from '../common/errors.js';
 import { parseSize } from '../common/units.js';
 import { CliError, EXIT } from './cli/client.js';
 import * as arrays from './cli/commands/arrays.js';
@@ -50,21 +51,30 @@ program
   .option('--cache-size <size>', 'RAM block cache size, e.g. 512M or 2G (pinned and dirty data count against it)', process.env.BLOCKGATE_CACHE_SIZE ?? '512M')
   .option('--cache-block <size>', 'cache block size, a power of two from 4K to 1M', '64K')
   .option('--io-route <route>', 'threads for cache misses and write-back: libuv or piscina', 'libuv')
-  .action(async (o: { dataDir: string; api: string; nbd: string; apiToken?: string; logLevel: string; demo: boolean; cacheSize: string; cacheBlock: string; ioRoute: string }) => {
+  .option('--restore [file]', 'rebuild a lost control database from DATA/blockgate.config.json, or from FILE (a `config export`)')
+  .option('--image-root <dir>', 'also register images from files under DIR (repeatable; DATA/images always)', (v: string, acc: string[]) => [...acc, v], imageRootsFromEnv())
+  .action(async (o: { dataDir: string; api: string; nbd: string; apiToken?: string; logLevel: string; demo: boolean; cacheSize: string; cacheBlock: string; ioRoute: string; restore?: boolean | string; imageRoot: string[] }) => {
     if (o.ioRoute !== 'libuv' && o.ioRoute !== 'piscina') throw new Error(`--io-route must be libuv or piscina, not '${o.ioRoute}'`);
     // Loaded only here: admin verbs start in a fraction of the time without the server's modules.
     const { serve } = await import('./serve.js');
-    await serve({ ...o, cacheSize: parseSize(o.cacheSize), cacheBlock: parseSize(o.cacheBlock), ioRoute: o.ioRoute, version: pkg.version });
+    await serve({ ...o, cacheSize: parseSize(o.cacheSize), cacheBlock: parseSize(o.cacheBlock), ioRoute: o.ioRoute, imageRoots: o.imageRoot, version: pkg.version });
   });
 
+function imageRootsFromEnv(): string[] {
+  return (process.env.BLOCKGATE_IMAGE_ROOTS ?? '').split(':').filter(Boolean);
+}
+
 for (const m of [status, farms, arrays, hosts, volumes, bindings, images, vms, jobs, trace, config]) m.register(program);
+
+const SERVE_EXIT: Partial<Record<ErrorCode, number>> = { BAD_REQUEST: EXIT.USAGE, CONFLICT: EXIT.CONFLICT, ILLEGAL_STATE: EXIT.CONFLICT, NOT_FOUND: EXIT.NOT_FOUND };
 
 function fail(e: unknown): never {
   if (e instanceof CommanderError) {
     // Help and --version end through here too, with exit code 0.
     process.exit(e.exitCode === 0 ? EXIT.OK : EXIT.USAGE);
   }
-  const code = e instanceof CliError ? e.exitCode : EXIT.ERROR;
+  // serve's own refusals (data directory in use, lost database, bad --restore file) carry error codes.
+  const code = e instanceof CliError ? e.exitCode : isBlockgateError(e) ? (SERVE_EXIT[e.code] ?? EXIT.ERROR) : EXIT.ERROR;
   process.stderr.write(`blockgate: ${e instanceof Error ? e.message : String(e)}\n`);
   process.exit(code);
 }

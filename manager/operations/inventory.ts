@@ -24,6 +24,7 @@ export class Inventory {
     const dir = path.join(m.dataDir, 'arrays');
     const known = new Set(m.listArrays().map((a) => path.resolve(a.path)));
     const added: string[] = [];
+    const refused: { file: string; reason: string }[] = [];
     for (const f of (await fs.promises.readdir(dir)).sort()) {
       const abs = path.resolve(dir, f);
       if (!f.endsWith('.img') || known.has(abs)) continue;
@@ -31,12 +32,18 @@ export class Inventory {
       const name = f.slice(0, -4);
       const size = Math.floor(st.size / EXTENT_ALIGN) * EXTENT_ALIGN;
       if (!st.isFile() || size === 0 || m.findArray(name)) continue;
-      checkName('array', name);
-      await m.adoptArray(name, abs, size);
-      added.push(name);
+      try {
+        checkName('array', name);
+        await m.adoptArray(name, abs, size);
+        added.push(name);
+      } catch (e) {
+        // One file that is not ours (another appliance's array, a bad name) does not stop the others.
+        refused.push({ file: abs, reason: (e as Error).message });
+        m.log.warn({ op: 'array.adopt', file: abs, err: (e as Error).message }, 'array file not adopted');
+      }
     }
     if (added.length) m.events.emit('arrays.discovered', null, { added });
-    return { added, ...this.wiringMap() };
+    return { added, ...(refused.length ? { refused } : {}), ...this.wiringMap() };
   }
 
   wiringMap(): Record<string, unknown> {
