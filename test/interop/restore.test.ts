@@ -37,10 +37,10 @@ t.test('a lost control database: start refuses, restore brings every volume back
   await api('POST', '/v1/volumes', { name: 'meta', size: '48M', farm: 'acme', layout: [{ array: 'array0', size: '16M' }, { array: 'a1', size: '32M' }] });
   await api('POST', '/v1/bindings', { volume: 'meta', host: 'h1', target: 0, lun: 0 });
 
-  // Random data on both volumes, written by a stock client (nbdcopy flushes at the end).
+  // Random data on both volumes, written by a stock client (nbdcopy --flush: acknowledged flushed before the crash below).
   const seed = path.join(refs, 'seed.img');
   fs.writeFileSync(seed, crypto.randomBytes(20 * M));
-  await runOk('nbdcopy', [seed, s.unixUri('h1', '0/0')]);
+  await runOk('nbdcopy', ['--flush', seed, s.unixUri('h1', '0/0')]);
   t.ok(ioOk(await qemuIo(s, 'demo', '0/0', 'write -P 0xd1 0 3M', `write -P 0xd2 ${200 * M} 1M`, 'flush')));
 
   const before = await units(s);
