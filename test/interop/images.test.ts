@@ -25,6 +25,7 @@ t.test('images are registered only from where images live', async (t) => {
   fs.writeFileSync(path.join(path.dirname(dir), `${path.basename(dir)}-outside.img`), 'x');
   t.teardown(() => fs.rmSync(path.join(path.dirname(dir), `${path.basename(dir)}-outside.img`), { force: true }));
   fs.symlinkSync('../api-token', path.join(images, 'token-link.img'));
+  fs.symlinkSync(`../../${path.basename(dir)}-outside.img`, path.join(images, 'outside-link.img'));
   fs.symlinkSync('../arrays/array0.img', path.join(images, 'array-link.img'));
   fs.symlinkSync(path.join(other, 'arrays', 'theirs.img'), path.join(root, 'theirs-link.img'));
   fs.linkSync(path.join(dir, 'arrays', 'array0.img'), path.join(images, 'array-hardlink.img'));
@@ -41,6 +42,7 @@ t.test('images are registered only from where images live', async (t) => {
     [`../${path.basename(dir)}-outside.img`, /image/],
     ['/etc/hostname', /image/],
     ['images/token-link.img', /image/],
+    ['images/outside-link.img', /outside the image directories/],
     ['images/array-link.img', /image/],
     ['images/array-hardlink.img', /array/],
     ['images/sub.img', /regular file/],
