@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import fs from 'node:fs';
 import { Command, CommanderError } from 'commander';
+import { isBlockgateError, type ErrorCode } from '../common/errors.js';
 import { parseSize } from '../common/units.js';
 import { CliError, EXIT } from './cli/client.js';
 import * as arrays from './cli/commands/arrays.js';
@@ -52,7 +53,9 @@ program
   .option('--io-route <route>', 'threads for cache misses and write-back: libuv or piscina', 'libuv')
   .option('--check-interval <ms>', 'how often array files are re-checked (deleted, replaced, truncated) and file-system fill measured; 0: only at flush', '2000')
   .option('--overcommit <ratio>', 'thin-provisioning limit saved as setting arrays.overcommit: a new array may be at most RATIO times its file system\'s free space (default 4)')
-  .action(async (o: { dataDir: string; api: string; nbd: string; apiToken?: string; logLevel: string; demo: boolean; cacheSize: string; cacheBlock: string; ioRoute: string; checkInterval: string; overcommit?: string }) => {
+  .option('--restore [file]', 'rebuild a lost control database from DATA/blockgate.config.json, or from FILE (a `config export`)')
+  .option('--image-root <dir>', 'also register images from files under DIR (repeatable; DATA/images always)', (v: string, acc: string[]) => [...acc, v], imageRootsFromEnv())
+  .action(async (o: { dataDir: string; api: string; nbd: string; apiToken?: string; logLevel: string; demo: boolean; cacheSize: string; cacheBlock: string; ioRoute: string; checkInterval: string; overcommit?: string; restore?: boolean | string; imageRoot: string[] }) => {
     if (o.ioRoute !== 'libuv' && o.ioRoute !== 'piscina') throw new Error(`--io-route must be libuv or piscina, not '${o.ioRoute}'`);
     const checkIntervalMs = Number(o.checkInterval);
     if (!Number.isInteger(checkIntervalMs) || checkIntervalMs < 0) throw new Error(`--check-interval must be a whole number of milliseconds, not '${o.checkInterval}'`);
@@ -60,17 +63,24 @@ program
     if (overcommit !== undefined && !(overcommit > 0 && Number.isFinite(overcommit))) throw new Error(`--overcommit must be a positive number, not '${o.overcommit}'`);
     // Loaded only here: admin verbs start in a fraction of the time without the server's modules.
     const { serve } = await import('./serve.js');
-    await serve({ ...o, cacheSize: parseSize(o.cacheSize), cacheBlock: parseSize(o.cacheBlock), ioRoute: o.ioRoute, version: pkg.version, checkIntervalMs, overcommit });
+    await serve({ ...o, cacheSize: parseSize(o.cacheSize), cacheBlock: parseSize(o.cacheBlock), ioRoute: o.ioRoute, imageRoots: o.imageRoot, version: pkg.version, checkIntervalMs, overcommit });
   });
 
+function imageRootsFromEnv(): string[] {
+  return (process.env.BLOCKGATE_IMAGE_ROOTS ?? '').split(':').filter(Boolean);
+}
+
 for (const m of [status, farms, arrays, hosts, volumes, bindings, images, vms, jobs, trace, config]) m.register(program);
+
+const SERVE_EXIT: Partial<Record<ErrorCode, number>> = { BAD_REQUEST: EXIT.USAGE, CONFLICT: EXIT.CONFLICT, ILLEGAL_STATE: EXIT.CONFLICT, NOT_FOUND: EXIT.NOT_FOUND };
 
 function fail(e: unknown): never {
   if (e instanceof CommanderError) {
     // Help and --version end through here too, with exit code 0.
     process.exit(e.exitCode === 0 ? EXIT.OK : EXIT.USAGE);
   }
-  const code = e instanceof CliError ? e.exitCode : EXIT.ERROR;
+  // serve's own refusals (data directory in use, lost database, bad --restore file) carry error codes.
+  const code = e instanceof CliError ? e.exitCode : isBlockgateError(e) ? (SERVE_EXIT[e.code] ?? EXIT.ERROR) : EXIT.ERROR;
   process.stderr.write(`blockgate: ${e instanceof Error ? e.message : String(e)}\n`);
   process.exit(code);
 }

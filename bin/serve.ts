@@ -3,9 +3,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { pino, type Logger } from 'pino';
 import { BlockStore } from '../cache/index.js';
-import { buildApi } from '../control-api/index.js';
+import { badRequest } from '../common/errors.js';
+import { buildApi, schemas } from '../control-api/index.js';
 import { PiscinaEngine, makeRoute, type IoRouteName } from '../disks/index.js';
-import { StorageManager, formatAddress, parseAddress, seedDemo } from '../manager/index.js';
+import { DataDirLock, SAVED_CONFIG, StorageManager, formatAddress, parseAddress, seedDemo, type ConfigDocument } from '../manager/index.js';
 import { Namespaces, NbdServer, NbdTlsKeys } from '../target/index.js';
 import { StatsRegistry } from '../target/stats.js';
 
@@ -27,6 +28,10 @@ export interface ServeOptions {
   checkIntervalMs?: number | undefined;
   /** Saved as setting arrays.overcommit when given. */
   overcommit?: number | undefined;
+  /** Rebuild a lost control database: true for DATA/blockgate.config.json, or a saved configuration file. */
+  restore?: boolean | string | undefined;
+  /** Directories besides DATA/images that images may be registered from. */
+  imageRoots?: string[] | undefined;
 }
 
 /** Written once everything listens, so scripts and tests learn the real ports (":0" picks free ones). */
@@ -51,9 +56,30 @@ async function loadToken(dataDir: string, given: string | undefined): Promise<{ 
   }
 }
 
+/** Reads and validates the configuration `--restore` names, before anything in the data directory changes. */
+async function readRestore(dataDir: string, restore: boolean | string): Promise<ConfigDocument> {
+  const file = restore === true ? path.join(dataDir, SAVED_CONFIG) : path.resolve(String(restore));
+  let text: string;
+  try {
+    text = await fs.promises.readFile(file, 'utf8');
+  } catch (e) {
+    throw badRequest(`--restore: cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  try {
+    return schemas.config.parse(JSON.parse(text)) as ConfigDocument;
+  } catch (e) {
+    const issues = (e as { issues?: { path: PropertyKey[]; message: string }[] }).issues;
+    const msg = issues ? issues.map((i) => `${i.path.map(String).join('.') || 'document'}: ${i.message}`).join('; ') : (e as Error).message;
+    throw badRequest(`--restore: ${file} is not a blockgate configuration: ${msg}`);
+  }
+}
+
 export async function serve(opts: ServeOptions): Promise<void> {
   const dataDir = path.resolve(opts.dataDir);
   await fs.promises.mkdir(dataDir, { recursive: true });
+  // Before anything else here: a refused second start must not touch the first one's files.
+  const lock = DataDirLock.acquire(dataDir);
+  const restore = opts.restore ? await readRestore(dataDir, opts.restore) : undefined;
   // Logs go to stderr as JSON; stdout carries the human banner.
   const log: Logger = pino({ level: opts.logLevel, base: { pid: process.pid } }, pino.destination(2));
   const { token, file: tokenFile } = await loadToken(dataDir, opts.apiToken);
@@ -87,8 +113,12 @@ export async function serve(opts: ServeOptions): Promise<void> {
     // Test-only fault injection for the failure edges (see ManagerOptions.faults).
     faults: process.env.BLOCKGATE_FAULTS ? process.env.BLOCKGATE_FAULTS.split(',').filter(Boolean) : undefined,
     checkIntervalMs: opts.checkIntervalMs,
+    lock,
+    restore,
+    imageRoots: opts.imageRoots?.map((r) => path.resolve(r)),
   });
   if (opts.overcommit !== undefined) manager.setSetting('arrays.overcommit', String(opts.overcommit));
+  if (restore) log.info({ op: 'config.restore', volumes: restore.volumes.length, hosts: restore.hosts.length }, 'configuration restored into a new control database');
   await manager.start();
   if (opts.demo && (await seedDemo(manager))) log.info({ op: 'seed' }, 'demo appliance created');
 
@@ -144,6 +174,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
       for (const a of store.listArrays()) await a.close();
       manager.close();
       await fs.promises.rm(runFile, { force: true });
+      lock.release();
       log.info({ op: 'shutdown' }, 'stopped');
     } catch (e) {
       code = 1;

@@ -165,6 +165,12 @@ export function buildApi(m: StorageManager, opts: ApiOptions): FastifyInstance {
     }
   });
 
+  // A change the API acknowledged is in the saved configuration (DATA/blockgate.config.json) before the reply.
+  app.addHook('onSend', async (req, _reply, payload) => {
+    if (req.method !== 'GET' && req.method !== 'HEAD') await m.config.save();
+    return payload;
+  });
+
   const r = new Routes(app);
   const S = schemas;
   const job = (j: Record<string, unknown>): Record<string, unknown> => ({ job: j, location: `/v1/jobs/${String(j.id)}` });

@@ -5,3 +5,5 @@ export type { Engine, ArrayRange, BulkOptions, ScrubResult, CacheHooks, PiscinaE
 export { LibuvRoute, PiscinaRoute, makeRoute } from './io-route.js';
 export type { IoRoute, IoRouteName } from './io-route.js';
 export { ALLOC_BLOCK, AllocState, AllocationMap, MAX_ARRAY_SIZE } from './allocation.js';
+export { checkArrayIdentity, readArrayIdentity, writeArrayIdentity, identityFile } from './array-identity.js';
+export type { ArrayIdentity, ArrayClaim, IdentityVerdict } from './array-identity.js';

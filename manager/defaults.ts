@@ -9,13 +9,19 @@ export const DEMO = {
 } as const;
 
 /**
- * Creates whatever part of the demo appliance is missing. Each step checks
- * first, so a start interrupted half-way finishes the job and a restart
+ * Creates whatever part of the demo appliance is missing. It starts only in
+ * an empty data directory (no configuration, no array files: never over an
+ * appliance whose database was lost); each step checks first, so a start
+ * interrupted half-way finishes the job (the `seeding` mark) and a restart
  * creates nothing twice; once complete it is never re-run (an admin may have
  * deleted parts of it on purpose).
  */
 export async function seedDemo(m: StorageManager): Promise<boolean> {
   if (m.setting('seeded') !== undefined) return false;
+  if (m.setting('seeding') === undefined) {
+    if (!m.freshDataDir) return false;
+    m.setSetting('seeding', new Date().toISOString());
+  }
   if (!m.findFarm(DEMO.farm)) m.createFarm(DEMO.farm);
   if (!m.findArray(DEMO.array.name)) await m.createArray(DEMO.array.name, DEMO.array.size);
   if (!m.findHost(DEMO.host)) await m.createHost({ name: DEMO.host, farm: DEMO.farm });

@@ -5,3 +5,6 @@ export { openDb, SCHEMA_VERSION } from './db.js';
 export { TRANSITIONS, VOLUME_STATES, OPERATIONS, transition, allowedOperations, type VolumeState, type Operation } from './state.js';
 export type { EventLog, EventRecord } from './events.js';
 export type { JobRow, JobState } from './jobs.js';
+export { DataDirLock, probeHolder, type Holder } from './data-dir-lock.js';
+export { SAVED_CONFIG, DB_FILE, OWN_FILES } from './data-dir.js';
+export type { ConfigDocument } from './operations/config.js';

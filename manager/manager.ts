@@ -10,8 +10,11 @@ import { EXTENT_ALIGN, VolumeLayout, allocateExtents, freeExtents, type Extent }
 import type { Namespaces, NbdServer, NbdTlsKeys, Unit } from '../target/index.js';
 import { StatsRegistry } from '../target/stats.js';
 import { ArrayHealth, DEFAULT_OVERCOMMIT } from './array-health.js';
-import { ConfigOperations } from './operations/config.js';
+import { ConfigOperations, type ConfigDocument } from './operations/config.js';
+import type { DataDirLock } from './data-dir-lock.js';
+import { DB_FILE, hasConfiguration, hasRemains, inspectRemains, lostDatabase, moveAsideLostDatabase } from './data-dir.js';
 import { openDb, type Db } from './db.js';
+import { Ownership } from './ownership.js';
 import { EventLog } from './events.js';
 import { JobQueue } from './jobs.js';
 import { BindingOperations } from './operations/bindings.js';
@@ -45,6 +48,15 @@ export interface ManagerOptions {
   faults?: readonly string[] | undefined;
   /** How often every array's file is re-checked (deleted, replaced, truncated) and file-system fill measured; 0 turns it off. */
   checkIntervalMs?: number | undefined;
+  /** The data directory's lock, held by the caller; told the appliance id once it is known. */
+  lock?: DataDirLock | undefined;
+  /**
+   * Restore mode: the control database is missing or empty and this saved
+   * configuration is to be recreated in it before anything starts.
+   */
+  restore?: ConfigDocument | undefined;
+  /** Directories besides DATA/images that image files may be registered from (admin setting). */
+  imageRoots?: readonly string[] | undefined;
 }
 
 export type ShareMode = 'exclusive' | 'shared';
@@ -125,6 +137,13 @@ const now = (): string => new Date().toISOString();
 export class StorageManager {
   readonly db: Db;
   readonly dataDir: string;
+  /** The data directory's real path: what array identities and the lock name. */
+  readonly dataDirReal: string;
+  /** True when this start found no configuration and no array files: only then is the demo seeded. */
+  freshDataDir = false;
+  readonly ownership: Ownership;
+  readonly imageRoots: readonly string[];
+  private readonly lock: DataDirLock | undefined;
   private readonly dp: DataPath;
   readonly log: Logger;
   private readonly nbdAddress: { host: string; port: number } | undefined;
@@ -150,8 +169,12 @@ export class StorageManager {
     return this.dp;
   }
 
-  private constructor(db: Db, dp: DataPath, opts: ManagerOptions) {
+  private constructor(db: Db, dp: DataPath, opts: ManagerOptions, dataDirReal: string) {
     this.db = db;
+    this.dataDirReal = dataDirReal;
+    this.ownership = new Ownership(dataDirReal);
+    this.lock = opts.lock;
+    this.imageRoots = opts.imageRoots ?? [];
     this.dp = dp;
     this.events = new EventLog(db);
     this.jobs = new JobQueue(db, this.events, opts.log);
@@ -169,13 +192,51 @@ export class StorageManager {
     this.health = new ArrayHealth(this, opts.checkIntervalMs ?? 2000);
   }
 
-  /** Opens the control database and brings the data path up to match it. */
+  /**
+   * Opens the control database. A missing, zero-length or empty database
+   * over an appliance's remains (stamped arrays, allocation maps, a saved
+   * configuration) is refused unless `restore` brings that appliance back.
+   */
   static async open(dp: DataPath, opts: ManagerOptions): Promise<StorageManager> {
-    await fs.promises.mkdir(path.join(opts.dataDir, 'arrays'), { recursive: true });
-    await fs.promises.mkdir(path.join(opts.dataDir, 'sockets'), { recursive: true });
-    const db = openDb(path.join(opts.dataDir, 'blockgate.db'));
-    const m = new StorageManager(db, dp, opts);
+    for (const d of ['arrays', 'sockets', 'images']) await fs.promises.mkdir(path.join(opts.dataDir, d), { recursive: true });
+    const dataDirReal = await fs.promises.realpath(opts.dataDir);
+    const dbPath = path.join(opts.dataDir, DB_FILE);
+    const st = await fs.promises.stat(dbPath).catch(() => null);
+    let db: Db | null = null;
+    let why = st ? 'a zero-length control database (blockgate.db)' : 'no control database (blockgate.db is missing)';
+    if (st && st.size > 0) {
+      db = openDb(dbPath);
+      why = 'a control database with no configuration in it';
+    }
+    const empty = db === null || !hasConfiguration(db);
+    const remains = empty ? await inspectRemains(opts.dataDir) : null;
+    try {
+      if (opts.restore && !empty) {
+        throw conflict(`--restore recreates a configuration only where the control database is missing or empty; ${dbPath} holds one (serve without --restore)`);
+      }
+      if (!opts.restore && remains && hasRemains(remains)) throw lostDatabase(dataDirReal, why, remains);
+    } catch (e) {
+      db?.close();
+      throw e;
+    }
+    if (db === null) {
+      const moved = await moveAsideLostDatabase(opts.dataDir);
+      if (moved.length) opts.log.warn({ op: 'db.lost', moved }, 'kept what was left of the lost control database aside');
+      db = openDb(dbPath);
+    }
+    const m = new StorageManager(db, dp, opts, dataDirReal);
+    m.freshDataDir = empty && remains !== null && remains.arrayFiles === 0 && !opts.restore;
+    if (opts.restore) {
+      // Rows only: start() opens the arrays and listeners as for any start.
+      await m.config.import(opts.restore, { attach: false });
+    }
+    await m.lock?.setAppliance(m.applianceId);
     return m;
+  }
+
+  /** Records a new appliance id (a configuration import) where the data directory lock names its holder. */
+  async noteApplianceId(): Promise<void> {
+    await this.lock?.setAppliance(this.applianceId);
   }
 
   // ---- settings ----------------------------------------------------------
@@ -212,9 +273,12 @@ export class StorageManager {
     await this.health.check();
     this.health.start();
     await this.jobs.start();
+    this.config.startSaving();
   }
 
   private async attachArray(row: ArrayRow, create: boolean): Promise<ArrayFile> {
+    // The one place an array file is opened for hosts: it must be this appliance's.
+    await this.ownership.claim(row, this.applianceId);
     const f = new ArrayFile(row.id, row.name, row.path, row.size);
     await f.open(create);
     this.health.watch(f);
@@ -1063,6 +1127,7 @@ export class StorageManager {
   async stop(): Promise<void> {
     await this.health.stop();
     await this.jobs.stop();
+    await this.config.stopSaving();
   }
 
   close(): void {

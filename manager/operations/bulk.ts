@@ -6,6 +6,7 @@ import { ArrayFile, BULK_CHUNK, type ArrayRange } from '../../disks/index.js';
 import { EXTENT_ALIGN } from '../../mapper/index.js';
 import type { JobContext, JobRow } from '../jobs.js';
 import type { AccessMode, StorageManager, VolumeRow } from '../manager.js';
+import { resolveImagePath } from './image-paths.js';
 
 /** Images are attached to the store as read-only sources under ids no array uses. */
 const IMAGE_ARRAY_BASE = 1_000_000_000;
@@ -223,15 +224,11 @@ export class BulkOperations {
 
   // ---- images ----------------------------------------------------------------
 
-  /** Registers an existing file under the data directory as an OS image. */
+  /** Registers an existing file under DATA/images (or an admin's image root) as an OS image. */
   async registerImage(name: string, file: string): Promise<ImageRow> {
     const { m } = this;
-    const root = path.resolve(m.dataDir);
-    const abs = path.resolve(root, file);
-    if (abs !== root && !abs.startsWith(root + path.sep)) throw badRequest(`image path must lie under the data directory ${root}`);
-    const st = await fs.promises.stat(abs).catch(() => null);
-    if (!st?.isFile()) throw badRequest(`image file ${abs} does not exist or is not a regular file`);
-    if (st.size === 0) throw badRequest(`image file ${abs} is empty`);
+    const { path: abs, size } = await resolveImagePath(m, file);
+    const st = { size };
     if (m.db.prepare('SELECT 1 FROM images WHERE name = ?').get(name)) throw conflict(`image '${name}' already exists`);
     m.db.transaction(() => {
       m.db.prepare('INSERT INTO images (name, path, size, created_at) VALUES (?, ?, ?, ?)').run(name, abs, st.size, new Date().toISOString());
@@ -337,6 +334,8 @@ export class BulkOperations {
   }
 
   private async withImage<T>(img: ImageRow, fn: (arrayId: number) => Promise<T>): Promise<T> {
+    // Checked again at use: the name may have been swapped for a link since it was registered.
+    await resolveImagePath(this.m, img.path);
     const id = IMAGE_ARRAY_BASE + img.id;
     const f = new ArrayFile(id, `image:${img.name}`, img.path, img.size);
     await f.open(false);

@@ -1,9 +1,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { BlockgateError, badRequest, conflict } from '../../common/errors.js';
+import { writeAtomically } from '../../common/files.js';
 import type { CachePolicy } from '../../cache/index.js';
 import { ArrayFile } from '../../disks/index.js';
 import { bindingRecord, type AccessMode, type ArrayRow, type ShareMode, type StorageManager } from '../manager.js';
+import { SAVED_CONFIG } from '../data-dir.js';
 import { VOLUME_STATES, type VolumeState } from '../state.js';
 
 export const CONFIG_KIND = 'blockgate-config';
@@ -49,11 +51,66 @@ export interface ConfigDocument {
 }
 
 /** Settings that describe this process, not the configuration an admin built. */
-const LOCAL_SETTINGS = new Set(['seeded']);
+const LOCAL_SETTINGS = new Set(['seeded', 'seeding']);
+
+/** How often the saved copy checks for changes no API request made (jobs finishing, state edges). */
+const SAVE_POLL_MS = 1000;
 
 /** Saved configuration: export the control state, and recreate it in an empty appliance. */
 export class ConfigOperations {
+  /** The last document written to DATA/blockgate.config.json, without its time stamp. */
+  private saved = '';
+  /** SQLite's total_changes() when that document was taken: unchanged means nothing to look at. */
+  private savedAtChanges = -1;
+  private saving: Promise<void> = Promise.resolve();
+  private timer: NodeJS.Timeout | null = null;
+
   constructor(private readonly m: StorageManager) {}
+
+  get savedFile(): string {
+    return path.join(this.m.dataDir, SAVED_CONFIG);
+  }
+
+  /**
+   * Keeps DATA/blockgate.config.json equal to the database, so a lost
+   * database can be rebuilt from it (`serve --restore`). Called after every
+   * control request that may have changed something, before its reply, and
+   * polled for changes made by jobs. Writes are serialized and atomic, and
+   * only when the document changed.
+   */
+  save(): Promise<void> {
+    const run = this.saving.then(() => this.saveNow());
+    this.saving = run.catch((e: Error) => {
+      this.m.log.error({ op: 'config.save', err: e.message }, 'could not write the saved configuration');
+    });
+    return this.saving;
+  }
+
+  private async saveNow(): Promise<void> {
+    if (!this.m.db.open) return;
+    const changes = (this.m.db.prepare('SELECT total_changes() AS n').get() as { n: number }).n;
+    if (changes === this.savedAtChanges) return;
+    const doc = this.snapshot();
+    const key = JSON.stringify({ ...doc, exportedAt: undefined });
+    if (key !== this.saved) {
+      await writeAtomically(this.savedFile, JSON.stringify(doc, null, 2) + '\n');
+      this.saved = key;
+    }
+    this.savedAtChanges = changes;
+  }
+
+  startSaving(): void {
+    if (this.timer) return;
+    void this.save();
+    this.timer = setInterval(() => void this.save(), SAVE_POLL_MS);
+    this.timer.unref();
+  }
+
+  async stopSaving(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    await this.save();
+  }
 
   export(): ConfigDocument {
     const doc = this.snapshot();
@@ -223,12 +280,24 @@ export class ConfigOperations {
    * document says they are (created sparse when missing); then listeners
    * opened and namespaces published.
    */
-  async import(doc: ConfigDocument): Promise<{ imported: Record<string, number>; createdArrayFiles: string[] }> {
+  async import(doc: ConfigDocument, opts: { attach?: boolean } = {}): Promise<{ imported: Record<string, number>; createdArrayFiles: string[] }> {
     const { m } = this;
     if (doc.kind !== CONFIG_KIND) throw badRequest(`not a blockgate configuration (kind '${String(doc.kind)}')`);
     if (doc.version > CONFIG_VERSION) throw badRequest(`configuration version ${doc.version} is newer than this blockgate understands (${CONFIG_VERSION})`);
     this.check(doc);
-    this.assertEmpty(doc);
+    const takeOver = this.assertEmpty(doc);
+
+    // No array file another appliance owns is adopted; checked for all before anything is written.
+    for (const a of doc.arrays) {
+      const mine = takeOver.find((t) => path.resolve(t.path) === path.resolve(a.path));
+      try {
+        await m.ownership.check({ id: a.id, name: a.name, path: a.path, size: a.size }, doc.appliance);
+      } catch (e) {
+        // Discovery adopted this very file at start under a new id: the document's row takes it over.
+        const adoptedHere = mine && (await m.ownership.check(mine, m.applianceId).then(() => true, () => false));
+        if (!adoptedHere) throw e;
+      }
+    }
 
     // Files first, as createArray does: a row never names a file that could not be opened.
     const created: string[] = [];
@@ -340,12 +409,16 @@ export class ConfigOperations {
       m.dataPath.store.removeArray(a.id);
       await f?.close();
     }
+    await m.noteApplianceId();
 
     try {
-      await m.attachRestored(m.listArrays(), m.listHosts());
+      // The files are this appliance's now, under the document's ids.
+      for (const a of m.listArrays()) await m.ownership.stamp(a, m.applianceId);
+      if (opts.attach !== false) await m.attachRestored(m.listArrays(), m.listHosts());
     } catch (e) {
       throw new BlockgateError('IO_ERROR', `configuration saved, but bringing it onto the data path failed: ${(e as Error).message}; restart the appliance to retry`);
     }
+    if (opts.attach !== false) await this.save();
     const imported = {
       farms: doc.farms.length,
       arrays: doc.arrays.length,

@@ -136,3 +136,35 @@ export async function startServer(t: { teardown: (fn: () => unknown) => void }, 
   });
   return s.start();
 }
+
+/**
+ * Runs a `blockgate serve` that should refuse to start. Resolves with its exit
+ * code and output; if it starts instead (writes run.json with its own pid), it
+ * is stopped by its PID and `started` is true. Never touches run.json itself.
+ */
+export async function serveRefused(dataDir: string, args: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; output: string; started: boolean }> {
+  const argv = [BIN, 'serve', '--data-dir', dataDir, '--api', '127.0.0.1:0', '--nbd', '127.0.0.1:0', '--api-token', TOKEN, '--log-level', 'warn', ...args];
+  const child = spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+  let output = '';
+  child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (output += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const runFile = path.join(dataDir, 'run.json');
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const done = await Promise.race([exited.then((c) => ({ c })), new Promise<null>((r) => setTimeout(() => r(null), 50))]);
+    if (done) return { code: done.c, output, started: false };
+    let pid = 0;
+    try {
+      pid = (JSON.parse(fs.readFileSync(runFile, 'utf8')) as { pid: number }).pid;
+    } catch {
+      /* not there, or being replaced */
+    }
+    if (pid === child.pid || Date.now() > deadline) {
+      process.kill(child.pid!, pid === child.pid ? 'SIGTERM' : 'SIGKILL');
+      const code = await Promise.race([exited, new Promise<null>((r) => setTimeout(() => r(null), 20_000))]);
+      if (code === null && child.exitCode === null) process.kill(child.pid!, 'SIGKILL');
+      return { code, output, started: pid === child.pid };
+    }
+  }
+}

@@ -4,7 +4,7 @@ import path from 'node:path';
 import t from 'tap';
 import { M, ioOk, qemuIo } from '../helpers/api.js';
 import { cli, cliOk } from '../helpers/cli.js';
-import { startServer } from '../helpers/server.js';
+import { serveRefused, startServer } from '../helpers/server.js';
 import { requireTools, run } from '../helpers/tools.js';
 
 requireTools('qemu-io');
@@ -60,24 +60,28 @@ t.test('config export → wipe the control database → import: same namespaces,
   // stdout export is the same document.
   t.same(stable((await cliOk(s, ['config', 'export'])).json), stable(doc));
 
-  // Wipe the control database; the array files stay.
+  // Wipe the control database and the saved copy beside it; the array files stay.
   await s.stop();
-  for (const f of ['blockgate.db', 'blockgate.db-wal', 'blockgate.db-shm']) fs.rmSync(path.join(dataDir, f), { force: true });
-  s = await startServer(t, { dataDir, demo: false });
-  t.same((await s.call('GET', '/v1/volumes')).volumes, [], 'nothing known after the wipe');
+  for (const f of ['blockgate.db', 'blockgate.db-wal', 'blockgate.db-shm', 'blockgate.config.json']) fs.rmSync(path.join(dataDir, f), { force: true });
+  // A plain start would be a new appliance over the old arrays: refused, and told how to restore.
+  const plain = await serveRefused(dataDir, ['--no-demo']);
+  t.notOk(plain.started);
+  t.equal(plain.code, 4, plain.output);
+  t.match(plain.output, `blockgate serve --data-dir ${dataDir} --restore FILE`);
 
   // A document that does not validate is refused whole (exit 2), and nothing is written.
   const bad = path.join(dataDir, 'saved', 'bad.json');
   fs.writeFileSync(bad, JSON.stringify({ ...doc, volumes: [{ ...doc.volumes[0], extents: [{ array: 'nope', offset: 0, length: 1 }] }] }));
-  const refused = await cli(s, ['config', 'import', bad]);
-  t.equal(refused.code, 2, refused.stderr);
+  const refused = await serveRefused(dataDir, ['--restore', bad]);
+  t.equal(refused.code, 2, refused.output);
+  t.match(refused.output, /unknown array 'nope'/);
   fs.writeFileSync(bad, JSON.stringify({ ...doc, farms: 'x' }));
-  t.equal((await cli(s, ['config', 'import', bad])).code, 2);
-  t.same((await s.call('GET', '/v1/farms')).farms, []);
+  t.equal((await serveRefused(dataDir, ['--restore', bad])).code, 2);
+  t.equal((await serveRefused(dataDir, ['--no-demo'])).code, 4, 'nothing was written: a plain start still refuses');
 
-  const imp = await cliOk(s, ['config', 'import', saved, '--json']);
-  t.same(imp.json.imported, { farms: 2, arrays: 2, images: 0, volumes: 3, hosts: 2, bindings: 2, vms: 1 });
-  t.same(imp.json.createdArrayFiles, [], 'the array files were adopted where they were');
+  s = await startServer(t, { dataDir, demo: false, args: ['--restore', saved] });
+  // Through the API too, a document that does not validate is refused whole (exit 2).
+  t.equal((await cli(s, ['config', 'import', bad])).code, 2);
   t.same(await namespaces(s), before, 'same units, volumes, serials and NAAs');
   t.same(stable((await cliOk(s, ['config', 'export'])).json), stable(doc), 'export after import is the same document');
 

@@ -182,8 +182,8 @@ t.test('failure edges: meta build, bind, map, image copy', async (t) => {
     m.createFarm('f');
     await m.createArray('a0', 64 * M);
     const fs = await import('node:fs');
-    fs.writeFileSync(`${dataDir}/os.img`, Buffer.alloc(M, 7));
-    await m.bulk.registerImage('os', 'os.img');
+    fs.writeFileSync(`${dataDir}/images/os.img`, Buffer.alloc(M, 7));
+    await m.bulk.registerImage('os', 'images/os.img');
     m.createVolume({ name: 'v', size: 16 * M, farm: 'f', configure: true });
     const j = m.bulk.copyImage('v', 'os') as { id: number };
     const done = await m.jobs.wait(j.id);

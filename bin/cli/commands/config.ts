@@ -5,34 +5,8 @@ import { CliError, EXIT } from '../client.js';
 import { print, printJson } from '../output.js';
 import { client, opts, verb, withGlobals } from '../context.js';
 
-/**
- * Writes `text` so that FILE is either the old or the whole new document,
- * never a torn one: a temporary file beside it, fsync'ed, renamed over it,
- * then the directory fsync'ed so the rename itself survives power loss.
- */
-export async function writeAtomically(file: string, text: string): Promise<void> {
-  const dir = path.dirname(path.resolve(file));
-  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.tmp`);
-  const h = await fs.promises.open(tmp, 'w', 0o600);
-  try {
-    await h.writeFile(text);
-    await h.sync();
-  } finally {
-    await h.close();
-  }
-  try {
-    await fs.promises.rename(tmp, file);
-  } catch (e) {
-    await fs.promises.rm(tmp, { force: true });
-    throw e;
-  }
-  const d = await fs.promises.open(dir, 'r');
-  try {
-    await d.sync();
-  } finally {
-    await d.close();
-  }
-}
+export { writeAtomically } from '../../../common/files.js';
+import { writeAtomically } from '../../../common/files.js';
 
 /** `blockgate config export|import`: the whole control state as one JSON document (LIO's saveconfig/restoreconfig). */
 export function register(program: Command): void {
