@@ -50,11 +50,12 @@ program
   .option('--cache-size <size>', 'RAM block cache size, e.g. 512M or 2G (pinned and dirty data count against it)', process.env.BLOCKGATE_CACHE_SIZE ?? '512M')
   .option('--cache-block <size>', 'cache block size, a power of two from 4K to 1M', '64K')
   .option('--io-route <route>', 'threads for cache misses and write-back: libuv or piscina', 'libuv')
-  .action(async (o: { dataDir: string; api: string; nbd: string; apiToken?: string; logLevel: string; demo: boolean; cacheSize: string; cacheBlock: string; ioRoute: string }) => {
+  .option('--bulk-rate <size>', 'bytes per second each bulk job (scrub, copy, snapshot) may move, e.g. 64M (default: unlimited)', process.env.BLOCKGATE_BULK_RATE)
+  .action(async (o: { dataDir: string; api: string; nbd: string; apiToken?: string; logLevel: string; demo: boolean; cacheSize: string; cacheBlock: string; ioRoute: string; bulkRate?: string }) => {
     if (o.ioRoute !== 'libuv' && o.ioRoute !== 'piscina') throw new Error(`--io-route must be libuv or piscina, not '${o.ioRoute}'`);
     // Loaded only here: admin verbs start in a fraction of the time without the server's modules.
     const { serve } = await import('./serve.js');
-    await serve({ ...o, cacheSize: parseSize(o.cacheSize), cacheBlock: parseSize(o.cacheBlock), ioRoute: o.ioRoute, version: pkg.version });
+    await serve({ ...o, cacheSize: parseSize(o.cacheSize), cacheBlock: parseSize(o.cacheBlock), ioRoute: o.ioRoute, bulkRate: o.bulkRate ? parseSize(o.bulkRate) : undefined, version: pkg.version });
   });
 
 for (const m of [status, farms, arrays, hosts, volumes, bindings, images, vms, jobs, trace, config]) m.register(program);

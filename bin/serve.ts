@@ -23,6 +23,8 @@ export interface ServeOptions {
   cacheBlock?: number | undefined;
   /** Which threads move cache slots to and from the arrays (see docs/engine.md). */
   ioRoute?: IoRouteName | undefined;
+  /** Bytes per second each bulk job (scrub, copy, verify, snapshot copy) may move; undefined = unlimited. */
+  bulkRate?: number | undefined;
 }
 
 /** Written once everything listens, so scripts and tests learn the real ports (":0" picks free ones). */
@@ -75,7 +77,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     },
   );
   // Bulk work gets one worker thread of its own: its bounded share.
-  const engine = new PiscinaEngine((id) => store.getArray(id), { threads: 1, cache: store });
+  const engine = new PiscinaEngine((id) => store.getArray(id), { threads: 1, cache: store, rate: opts.bulkRate });
   const manager = await StorageManager.open({ namespaces, store, nbd, engine, tls, stats }, {
     dataDir,
     log,
