@@ -12,8 +12,8 @@ requireTools('qemu-io');
 // could not happen fails instead of being skipped.
 
 const CHUNK = M; // the bulk engine's chunk: a scrub resumes at a chunk boundary
-const RATE = '32M';
-const SIZE = 256 * M;
+const RATE = '16M';
+const SIZE = 64 * M;
 
 /** Waits until the job is running and has done at least `min` bytes (and not all); returns its progress then. */
 async function midJob(s: TestServer, id: number, min = 1): Promise<{ done: number; total: number }> {
@@ -43,6 +43,13 @@ async function appliance(t: Parameters<typeof startServer>[0], args: string[] = 
   return s;
 }
 
+/** kill -9 (or SIGTERM), then the same appliance again without the bulk rate, so what follows runs at full speed. */
+async function restart(t: Parameters<typeof startServer>[0], s: TestServer, how: 'kill' | 'stop' = 'kill'): Promise<TestServer> {
+  if (how === 'kill') await s.kill();
+  else await s.stop();
+  return startServer(t, { demo: false, dataDir: s.dataDir });
+}
+
 const arrayFile = async (s: TestServer): Promise<string> => (await s.call('GET', '/v1/arrays')).arrays[0].path;
 
 /** Resumes a scrub cut at `seen`: asserts it restarted at its checkpoint (not at 0) and finished verified. */
@@ -69,34 +76,33 @@ async function checkResumed(t: Test, s: TestServer, id: number, seen: { done: nu
 
 t.test('kill -9 during a scrub: after restart the scrub resumes from its checkpoint and completes', async (t) => {
   const s = await appliance(t);
-  await writtenUnbound(s, 'big', '256M', 0x77);
+  await writtenUnbound(s, 'big', '64M', 0x77);
   const r = await s.call('POST', '/v1/volumes/big/scrub', { pattern: 0 });
   const seen = await midJob(s, r.job.id, 8 * M);
-  await s.kill();
-  await s.start();
-  await checkResumed(t, s, r.job.id, seen);
+  await checkResumed(t, await restart(t, s), r.job.id, seen);
 });
 
 t.test('SIGTERM during a scrub: the job stops at a checkpoint, exit 0, and resumes at the next start', async (t) => {
   const s = await appliance(t);
-  await writtenUnbound(s, 'big', '256M', 0x66);
+  await writtenUnbound(s, 'big', '64M', 0x66);
   const r = await s.call('POST', '/v1/volumes/big/scrub', { pattern: 0 });
   const seen = await midJob(s, r.job.id, 8 * M);
-  await s.stop();
+  const s2 = await restart(t, s, 'stop');
   t.equal(s.exitCode, 0, 'graceful exit with a job cut short');
-  await s.start();
-  await checkResumed(t, s, r.job.id, seen);
+  await checkResumed(t, s2, r.job.id, seen);
 });
 
 t.test('kill -9 during a copy: after restart the copy is failed cleanly and its targets must be scrubbed', async (t) => {
-  const s = await appliance(t);
-  await writtenUnbound(s, 'src', '256M', 0x31);
-  await writtenUnbound(s, 'dst', '256M', 0x32);
-  await s.call('POST', '/v1/volumes/dst/scrub', {}).then((r) => waitJob(s, r.job.id));
-  const r = await s.call('POST', '/v1/volumes/src/copy', { targets: ['dst'] });
-  await midJob(s, r.job.id);
-  await s.kill();
-  await s.start();
+  const s0 = await appliance(t);
+  await writtenUnbound(s0, 'src', '64M', 0x31);
+  // A target that never held data (bound unmapped, unbound): clean until the copy writes to it.
+  await s0.call('POST', '/v1/volumes', { name: 'dst', size: '64M', farm: 'f' });
+  const b = await s0.call('POST', '/v1/bindings', { volume: 'dst', host: 'h', target: 1, lun: 0, map: false });
+  await s0.call('DELETE', `/v1/bindings/${b.id}`);
+  t.equal((await s0.call('GET', '/v1/volumes/dst')).dirty, false, 'the target starts clean');
+  const r = await s0.call('POST', '/v1/volumes/src/copy', { targets: ['dst'] });
+  await midJob(s0, r.job.id);
+  const s = await restart(t, s0);
   const j = await waitJob(s, r.job.id);
   t.equal(j.state, 'failed', 'a copy cut by a crash is failed, not left running');
   t.match(j.error, /interrupted by a restart/);
@@ -117,15 +123,14 @@ t.test('kill -9 during a copy: after restart the copy is failed cleanly and its 
 });
 
 t.test('kill -9 during copy-image: the job fails and the volume takes the failure edge to unconfigured', async (t) => {
-  const s = await appliance(t);
-  fs.mkdirSync(path.join(s.dataDir, 'images'), { recursive: true });
-  fs.writeFileSync(path.join(s.dataDir, 'images', 'os.img'), Buffer.alloc(128 * M, 0x07));
-  await s.call('POST', '/v1/images', { name: 'os', path: 'images/os.img' });
-  await s.call('POST', '/v1/volumes', { name: 'v', size: '128M', farm: 'f' });
-  const r = await s.call('POST', '/v1/volumes/v/copy-image', { image: 'os' });
-  await midJob(s, r.job.id);
-  await s.kill();
-  await s.start();
+  const s0 = await appliance(t);
+  fs.mkdirSync(path.join(s0.dataDir, 'images'), { recursive: true });
+  fs.writeFileSync(path.join(s0.dataDir, 'images', 'os.img'), Buffer.alloc(64 * M, 0x07));
+  await s0.call('POST', '/v1/images', { name: 'os', path: 'images/os.img' });
+  await s0.call('POST', '/v1/volumes', { name: 'v', size: '64M', farm: 'f' });
+  const r = await s0.call('POST', '/v1/volumes/v/copy-image', { image: 'os' });
+  await midJob(s0, r.job.id);
+  const s = await restart(t, s0);
   const j = await waitJob(s, r.job.id);
   t.equal(j.state, 'failed');
   t.match(j.error, /interrupted by a restart/);
@@ -136,14 +141,13 @@ t.test('kill -9 during copy-image: the job fails and the volume takes the failur
 });
 
 t.test('kill -9 during a snap: the job fails, the snapshot is unconfigured, the source stays mapped and serving', async (t) => {
-  const s = await appliance(t, ['--bulk-rate', '8M']);
-  await s.call('POST', '/v1/volumes', { name: 'v', size: '64M', farm: 'f' });
-  await s.call('POST', '/v1/bindings', { volume: 'v', host: 'h', target: 0, lun: 0 });
-  t.ok(ioOk(await qemuIo(s, 'h', '0/0', 'write -P 0xaa 0 64M', 'flush')));
-  const r = await s.call('POST', '/v1/volumes/v/snap', { snapshot: 'v-snap' });
-  await midJob(s, r.job.id);
-  await s.kill();
-  await s.start();
+  const s0 = await appliance(t);
+  await s0.call('POST', '/v1/volumes', { name: 'v', size: '64M', farm: 'f' });
+  await s0.call('POST', '/v1/bindings', { volume: 'v', host: 'h', target: 0, lun: 0 });
+  t.ok(ioOk(await qemuIo(s0, 'h', '0/0', 'write -P 0xaa 0 64M', 'flush')));
+  const r = await s0.call('POST', '/v1/volumes/v/snap', { snapshot: 'v-snap' });
+  await midJob(s0, r.job.id);
+  const s = await restart(t, s0);
   const j = await waitJob(s, r.job.id);
   t.equal(j.state, 'failed', 'the copy-on-write point in time is lost with the process');
   t.match(j.error, /interrupted by a restart/);
@@ -155,11 +159,12 @@ t.test('kill -9 during a snap: the job fails, the snapshot is unconfigured, the 
 });
 
 t.test('kill -9 during activate: after restart the volume is walked back to free and what the image copy wrote is scrubbed', async (t) => {
-  const s = await appliance(t);
-  fs.mkdirSync(path.join(s.dataDir, 'images'), { recursive: true });
-  fs.writeFileSync(path.join(s.dataDir, 'images', 'os.img'), Buffer.alloc(128 * M, 0x07));
-  await s.call('POST', '/v1/images', { name: 'os', path: 'images/os.img' });
-  const r = await s.call('POST', '/v1/hosts/h/activate', { volume: 'act', size: '128M', image: 'os', target: 1, lun: 0 });
+  const s0 = await appliance(t);
+  fs.mkdirSync(path.join(s0.dataDir, 'images'), { recursive: true });
+  fs.writeFileSync(path.join(s0.dataDir, 'images', 'os.img'), Buffer.alloc(64 * M, 0x07));
+  await s0.call('POST', '/v1/images', { name: 'os', path: 'images/os.img' });
+  let s = s0;
+  const r = await s.call('POST', '/v1/hosts/h/activate', { volume: 'act', size: '64M', image: 'os', target: 1, lun: 0 });
   // Activate's progress is by steps (1 of 4 once configured): the image copy is under way.
   for (;;) {
     const j = await s.call('GET', `/v1/jobs/${r.job.id}`);
@@ -176,21 +181,20 @@ t.test('kill -9 during activate: after restart the volume is walked back to free
     if (j.state !== 'running') throw new Error(`activate ended ${j.state} before the image copy wrote anything`);
     await new Promise((res) => setTimeout(res, 20));
   }
-  await s.kill();
-  await s.start();
+  s = await restart(t, s0);
   const j = await waitJob(s, r.job.id);
   t.equal(j.state, 'failed');
   t.match(j.error, /interrupted by a restart/);
   const v = await s.call('GET', '/v1/volumes/act');
   t.equal(v.state, 'free', 'rolled back all the way to free');
   t.equal(v.dirty, false);
-  t.ok(regionIs(file, v0.extents[0].offset, 128 * M, 0), 'what the image copy wrote is scrubbed');
+  t.ok(regionIs(file, v0.extents[0].offset, 64 * M, 0), 'what the image copy wrote is scrubbed');
   t.same((await s.call('GET', '/v1/hosts/h/namespace')).units, [], 'no unit left behind');
 });
 
 t.test('cancel a running scrub: cancelled, stopped where it was, volume still dirty and usable', async (t) => {
   const s = await appliance(t);
-  await writtenUnbound(s, 'v', '256M', 0x11);
+  await writtenUnbound(s, 'v', '64M', 0x11);
   const r = await s.call('POST', '/v1/volumes/v/scrub', {});
   await midJob(s, r.job.id);
   const c = await s.request('POST', `/v1/jobs/${r.job.id}/cancel`);
