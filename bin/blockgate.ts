@@ -55,7 +55,8 @@ program
   .option('--overcommit <ratio>', 'thin-provisioning limit saved as setting arrays.overcommit: a new array may be at most RATIO times its file system\'s free space (default 4)')
   .option('--restore [file]', 'rebuild a lost control database from DATA/blockgate.config.json, or from FILE (a `config export`)')
   .option('--image-root <dir>', 'also register images from files under DIR (repeatable; DATA/images always)', (v: string, acc: string[]) => [...acc, v], imageRootsFromEnv())
-  .action(async (o: { dataDir: string; api: string; nbd: string; apiToken?: string; logLevel: string; demo: boolean; cacheSize: string; cacheBlock: string; ioRoute: string; checkInterval: string; overcommit?: string; restore?: boolean | string; imageRoot: string[] }) => {
+  .option('--bulk-rate <size>', 'bytes per second each bulk job (scrub, copy, snapshot) may move, e.g. 64M (default: unlimited)', process.env.BLOCKGATE_BULK_RATE)
+  .action(async (o: { dataDir: string; api: string; nbd: string; apiToken?: string; logLevel: string; demo: boolean; cacheSize: string; cacheBlock: string; ioRoute: string; checkInterval: string; overcommit?: string; restore?: boolean | string; imageRoot: string[]; bulkRate?: string }) => {
     if (o.ioRoute !== 'libuv' && o.ioRoute !== 'piscina') throw new Error(`--io-route must be libuv or piscina, not '${o.ioRoute}'`);
     const checkIntervalMs = Number(o.checkInterval);
     if (!Number.isInteger(checkIntervalMs) || checkIntervalMs < 0) throw new Error(`--check-interval must be a whole number of milliseconds, not '${o.checkInterval}'`);
@@ -63,7 +64,7 @@ program
     if (overcommit !== undefined && !(overcommit > 0 && Number.isFinite(overcommit))) throw new Error(`--overcommit must be a positive number, not '${o.overcommit}'`);
     // Loaded only here: admin verbs start in a fraction of the time without the server's modules.
     const { serve } = await import('./serve.js');
-    await serve({ ...o, cacheSize: parseSize(o.cacheSize), cacheBlock: parseSize(o.cacheBlock), ioRoute: o.ioRoute, imageRoots: o.imageRoot, version: pkg.version, checkIntervalMs, overcommit });
+    await serve({ ...o, cacheSize: parseSize(o.cacheSize), cacheBlock: parseSize(o.cacheBlock), ioRoute: o.ioRoute, imageRoots: o.imageRoot, bulkRate: o.bulkRate ? parseSize(o.bulkRate) : undefined, version: pkg.version, checkIntervalMs, overcommit });
   });
 
 function imageRootsFromEnv(): string[] {

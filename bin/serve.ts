@@ -32,6 +32,8 @@ export interface ServeOptions {
   restore?: boolean | string | undefined;
   /** Directories besides DATA/images that images may be registered from. */
   imageRoots?: string[] | undefined;
+  /** Bytes per second each bulk job (scrub, copy, verify, snapshot copy) may move; undefined = unlimited. */
+  bulkRate?: number | undefined;
 }
 
 /** Written once everything listens, so scripts and tests learn the real ports (":0" picks free ones). */
@@ -105,7 +107,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     },
   );
   // Bulk work gets one worker thread of its own: its bounded share.
-  const engine = new PiscinaEngine((id) => store.getArray(id), { threads: 1, cache: store });
+  const engine = new PiscinaEngine((id) => store.getArray(id), { threads: 1, cache: store, rate: opts.bulkRate });
   const manager = await StorageManager.open({ namespaces, store, nbd, engine, tls, stats }, {
     dataDir,
     log,

@@ -21,6 +21,10 @@ export interface BulkTask {
   chunk: number;
   /** Int32 [0] = cancel flag (set by the main thread); Float64 [1] = bytes done. */
   control: SharedArrayBuffer;
+  /** Bytes per second this job may move; undefined = as fast as the disk goes. */
+  rate?: number | undefined;
+  /** Fault injection: flip the first written byte after the write pass (see BulkOptions.corrupt). */
+  corrupt?: boolean | undefined;
 }
 
 export type BulkResult =
@@ -41,9 +45,23 @@ export default function bulk(task: BulkTask): BulkResult {
     if (f === undefined) throw new Error(`array ${id} is not open`);
     return f;
   };
+  const started = Date.now();
   const step = (n: number): void => {
+    if (task.rate) {
+      // Pace to the bulk rate; a cancel (Atomics.notify on the flag) cuts the wait short.
+      const ahead = started + (n / task.rate) * 1000 - Date.now();
+      if (ahead > 0) Atomics.wait(flag, 0, 0, ahead);
+    }
     if (Atomics.load(flag, 0) !== 0) throw new Cancelled();
     done[0] = n;
+  };
+  const corrupt = (ranges: ArrayRange[]): void => {
+    const r = ranges.find((x) => x.length > 0);
+    if (!task.corrupt || !r) return;
+    const b = Buffer.alloc(1);
+    readFull(fd(r.arrayId), b, 1, r.offset);
+    b[0] = b[0]! ^ 0xff;
+    writeFull(fd(r.arrayId), b, 0, 1, r.offset);
   };
   const readFull = (f: number, b: Buffer, len: number, pos: number): void => {
     for (let got = 0; got < len; ) {
@@ -91,6 +109,7 @@ export default function bulk(task: BulkTask): BulkResult {
         writeFull(fd(p.arrayId), b, 0, p.length, p.offset);
         n += p.length;
       }
+      corrupt(task.ranges);
       syncAll(task.ranges);
       if (task.verify) {
         for (const p of pieces(task.ranges, task.chunk)) {
@@ -113,6 +132,7 @@ export default function bulk(task: BulkTask): BulkResult {
       const data = buf.subarray(0, p.length);
       readSource(p, data);
       for (const t of targets) for (const q of project(t, p.at, p.length)) writeFull(fd(q.arrayId), data, q.bufOffset, q.length, q.offset);
+      if (p.at === 0) for (const t of targets) corrupt(t);
       if (task.verify) {
         for (const t of targets) {
           for (const q of project(t, p.at, p.length)) {

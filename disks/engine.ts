@@ -15,6 +15,12 @@ export interface BulkOptions {
   signal?: AbortSignal | undefined;
   /** Called after each chunk with the bytes done so far and the total. */
   onProgress?: ((done: number, total: number) => void) | undefined;
+  /**
+   * Fault injection (BLOCKGATE_FAULTS=bulk-corrupt): after the write pass the
+   * first written byte is flipped on the array, as storage that does not hold
+   * what it acknowledged would. Exists so the read-back verify can be seen to work.
+   */
+  corrupt?: boolean | undefined;
 }
 
 export interface ScrubResult {
@@ -34,6 +40,8 @@ export interface Engine {
   copy(source: readonly ArrayRange[], targets: readonly (readonly ArrayRange[])[], opts?: BulkOptions & { verify?: boolean }): Promise<ScrubResult>;
   /** SHA-256 of the stream, hex. */
   checksum(ranges: readonly ArrayRange[], opts?: BulkOptions): Promise<string>;
+  /** Bytes per second a bulk job may move (`--bulk-rate`); undefined = unlimited. Jobs outside the engine (snapshot copy) pace themselves to it too. */
+  readonly rate?: number | undefined;
 }
 
 export const BULK_CHUNK = 1024 * 1024;
@@ -152,6 +160,8 @@ export interface PiscinaEngineOptions {
   cache?: CacheHooks | undefined;
   /** How often onProgress is called while a job runs. */
   progressMs?: number | undefined;
+  /** Bytes per second each job may move (reads and writes counted as the job's progress); unlimited when unset. */
+  rate?: number | undefined;
 }
 
 /**
@@ -164,6 +174,7 @@ export class PiscinaEngine implements Engine {
   private readonly pool: Piscina;
   private readonly chunk: number;
   private readonly progressMs: number;
+  readonly rate: number | undefined;
 
   constructor(
     private readonly arrays: (id: number) => ArrayFile,
@@ -172,6 +183,7 @@ export class PiscinaEngine implements Engine {
     const threads = opts.threads ?? 1;
     this.chunk = opts.chunk ?? BULK_CHUNK;
     this.progressMs = opts.progressMs ?? 200;
+    this.rate = opts.rate;
     this.pool = new Piscina({ filename: new URL('./bulk-worker.js', import.meta.url).href, minThreads: 0, maxThreads: threads, idleTimeout: 30_000 });
   }
 
@@ -188,19 +200,23 @@ export class PiscinaEngine implements Engine {
     return out;
   }
 
-  private async run(task: Omit<BulkTask, 'control' | 'chunk'>, opts: BulkOptions, totalBytes: number, written: readonly (readonly ArrayRange[])[]): Promise<BulkResult & { ok: true }> {
+  private async run(task: Omit<BulkTask, 'control' | 'chunk' | 'rate' | 'corrupt'>, opts: BulkOptions, totalBytes: number, written: readonly (readonly ArrayRange[])[]): Promise<BulkResult & { ok: true }> {
     checkAbort(opts.signal);
     // Edge blocks of what the worker writes become whole, zero-padded data blocks first (see prepareWrite).
     for (const l of written) for (const x of l) await this.arrays(x.arrayId).prepareWrite(x.offset, x.length);
     const control = new SharedArrayBuffer(16);
     const flag = new Int32Array(control, 0, 1);
     const done = new Float64Array(control, 8, 1);
-    const onAbort = (): void => void Atomics.store(flag, 0, 1);
+    const onAbort = (): void => {
+      Atomics.store(flag, 0, 1);
+      // Wakes a worker that is pacing itself to the bulk rate.
+      Atomics.notify(flag, 0);
+    };
     opts.signal?.addEventListener('abort', onAbort);
     const timer = opts.onProgress ? setInterval(() => opts.onProgress!(Math.min(done[0]!, totalBytes), totalBytes), this.progressMs) : null;
     let r: BulkResult | undefined;
     try {
-      r = (await this.pool.run({ ...task, control, chunk: this.chunk } satisfies BulkTask)) as BulkResult;
+      r = (await this.pool.run({ ...task, control, chunk: this.chunk, rate: this.rate, corrupt: !!opts.corrupt } satisfies BulkTask)) as BulkResult;
     } finally {
       opts.signal?.removeEventListener('abort', onAbort);
       if (timer) clearInterval(timer);

@@ -790,6 +790,11 @@ export class StorageManager {
     this.faults = new Set(points);
   }
 
+  /** True when a fault point is armed (for faults the data path injects itself, such as 'bulk-corrupt'). */
+  faultArmed(point: string): boolean {
+    return this.faults.has(point);
+  }
+
   fault(point: string): void {
     if (this.faults.has(point)) throw new BlockgateError('IO_ERROR', `injected fault at '${point}'`);
   }

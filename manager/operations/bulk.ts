@@ -1,6 +1,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { BlockgateError, badRequest, conflict, notFound } from '../../common/errors.js';
 import { ArrayFile, BULK_CHUNK, type ArrayRange } from '../../disks/index.js';
 import { EXTENT_ALIGN } from '../../mapper/index.js';
@@ -159,6 +160,7 @@ export class BulkOperations {
       pattern: ctx.params.pattern,
       verify: false,
       signal: ctx.signal,
+      corrupt: m.faultArmed('bulk-corrupt'),
       onProgress: (done) => ctx.progress(start + done, work, { written: start + done }),
     });
     for (const r of ranges) await m.dataPath.store.invalidate(r.arrayId, r.offset, r.length);
@@ -213,6 +215,7 @@ export class BulkOperations {
     const r = await m.dataPath.engine.copy(rangesOf(m, src.id), targets, {
       verify: ctx.params.verify,
       signal: ctx.signal,
+      corrupt: m.faultArmed('bulk-corrupt'),
       onProgress: (d, t) => ctx.progress(d, t),
     });
     for (const t of targets) for (const x of t) await m.dataPath.store.invalidate(x.arrayId, x.offset, x.length);
@@ -322,6 +325,7 @@ export class BulkOperations {
       m.dataPath.engine.copy([{ arrayId, offset: 0, length: img.size }], [rangesOf(m, v.id, img.size)], {
         verify: ctx.params.verify,
         signal: ctx.signal,
+        corrupt: m.faultArmed('bulk-corrupt'),
         onProgress: (d, t) => ctx.progress(d, t),
       }),
     );
@@ -420,7 +424,13 @@ export class BulkOperations {
     const state = this.cow.get(ctx.params.sourceId);
     if (!state || state.snapshotId !== ctx.params.snapshotId) throw new BlockgateError('INTERNAL', 'the snapshot point in time was lost (restart)');
     const src = m.volumeById(ctx.params.sourceId);
+    const rate = m.dataPath.engine.rate;
+    const started = Date.now();
     for (let i = 0; i < state.regions; i++) {
+      if (ctx.signal.aborted) throw new BlockgateError('CONFLICT', 'operation cancelled', { cancelled: true });
+      // The background copy keeps to the bulk rate like any bulk job; host writes (the hook) never wait for it.
+      const ahead = rate ? started + ((i * COW_REGION) / rate) * 1000 - Date.now() : 0;
+      if (ahead > 0) await sleep(ahead, undefined, { signal: ctx.signal }).catch(() => undefined);
       if (ctx.signal.aborted) throw new BlockgateError('CONFLICT', 'operation cancelled', { cancelled: true });
       await state.copyRegion(i);
       ctx.progress(Math.min((i + 1) * COW_REGION, src.size), src.size);
@@ -480,7 +490,7 @@ export class BulkOperations {
       m.setDirty(v.id, true);
       try {
         await this.withImage(img, (arrayId) =>
-          m.dataPath.engine.copy([{ arrayId, offset: 0, length: img.size }], [rangesOf(m, v.id, img.size)], { verify: true, signal: ctx.signal }),
+          m.dataPath.engine.copy([{ arrayId, offset: 0, length: img.size }], [rangesOf(m, v.id, img.size)], { verify: true, signal: ctx.signal, corrupt: m.faultArmed('bulk-corrupt') }),
         );
       } catch (e) {
         this.failEdge(v.id, 'copy-image-failed');

@@ -1,6 +1,9 @@
 import net from 'node:net';
 import { request as frame } from './nbd-frames.js';
 
+/** How long the raw client waits for any answer before it fails the request (a hung server fails the test, never stalls it). */
+const DEADLINE_MS = 60_000;
+
 /**
  * A minimal raw NBD client for tests that must know exactly which requests
  * were acknowledged, and when: fixed newstyle handshake, OPT_GO, simple
@@ -9,7 +12,7 @@ import { request as frame } from './nbd-frames.js';
 export class RawNbd {
   private sock: net.Socket | null = null;
   private buf: Buffer = Buffer.alloc(0);
-  private waiting: { need: number; resolve: (b: Buffer) => void } | null = null;
+  private waiting: { need: number; resolve: (b: Buffer) => void; reject: (e: Error) => void } | null = null;
   private readonly pending = new Map<bigint, { len: number; resolve: (b: Buffer) => void; reject: (e: Error) => void }>();
   private nextCookie = 1n;
   private closed: Error | null = null;
@@ -25,6 +28,9 @@ export class RawNbd {
   private fail(e: Error): void {
     if (this.closed) return;
     this.closed = e;
+    const w = this.waiting;
+    this.waiting = null;
+    w?.reject(e);
     for (const p of this.pending.values()) p.reject(e);
     this.pending.clear();
   }
@@ -75,7 +81,24 @@ export class RawNbd {
       this.buf = this.buf.subarray(n);
       return Promise.resolve(Buffer.from(b));
     }
-    return new Promise((resolve) => (this.waiting = { need: n, resolve }));
+    if (this.closed) return Promise.reject(this.closed);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiting = null;
+        reject(new Error(`handshake: no answer within ${DEADLINE_MS} ms`));
+      }, DEADLINE_MS);
+      this.waiting = {
+        need: n,
+        resolve: (b) => {
+          clearTimeout(timer);
+          resolve(b);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      };
+    });
   }
 
   private transmission = false;
@@ -117,7 +140,23 @@ export class RawNbd {
   private request(type: number, flags: number, offset: number, length: number, payload: Buffer | null, replyLen: number): Promise<Buffer> {
     if (this.closed) return Promise.reject(this.closed);
     const cookie = this.nextCookie++;
-    const p = new Promise<Buffer>((resolve, reject) => this.pending.set(cookie, { len: replyLen, resolve, reject }));
+    const p = new Promise<Buffer>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(cookie);
+        reject(new Error(`request ${type} at ${offset}: no reply within ${DEADLINE_MS} ms`));
+      }, DEADLINE_MS);
+      this.pending.set(cookie, {
+        len: replyLen,
+        resolve: (b) => {
+          clearTimeout(timer);
+          resolve(b);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      });
+    });
     this.sock!.write(frame(type, cookie, offset, length, flags, payload ?? undefined));
     return p;
   }

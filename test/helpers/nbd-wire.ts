@@ -35,7 +35,10 @@ export interface Reply {
   chunks: Chunk[];
 }
 
-/** Byte reader over a socket: waits for exactly n bytes. */
+/** How long any read of a wire-level test waits for the server before it fails. */
+export const READ_DEADLINE_MS = 30_000;
+
+/** Byte reader over a socket: waits for exactly n bytes, within a deadline. */
 class Reader {
   private bufs: Buffer[] = [];
   private have = 0;
@@ -63,10 +66,20 @@ class Reader {
     w?.();
   }
 
-  async read(n: number): Promise<Buffer> {
+  /** Exactly n bytes, or an error when the peer closes or `ms` pass first: a test never hangs on a silent server. */
+  async read(n: number, ms = READ_DEADLINE_MS): Promise<Buffer> {
+    const deadline = Date.now() + ms;
     while (this.have < n) {
       if (this.ended) throw new Error(`connection closed (wanted ${n} bytes, have ${this.have})`);
-      await new Promise<void>((r) => (this.waiter = r));
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`no answer within ${ms} ms (wanted ${n} bytes, have ${this.have})`);
+      await new Promise<void>((r) => {
+        const timer = setTimeout(r, left);
+        this.waiter = () => {
+          clearTimeout(timer);
+          r();
+        };
+      });
     }
     const all = this.bufs.length === 1 ? this.bufs[0]! : Buffer.concat(this.bufs);
     const out = all.subarray(0, n);
@@ -82,8 +95,11 @@ class Reader {
     while (!this.ended) {
       if (Date.now() > deadline) return false;
       await new Promise<void>((r) => {
-        this.waiter = r;
-        setTimeout(r, 50);
+        const timer = setTimeout(r, 50);
+        this.waiter = () => {
+          clearTimeout(timer);
+          r();
+        };
       });
     }
     return true;

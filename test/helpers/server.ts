@@ -53,7 +53,8 @@ export class TestServer {
     this.pid = child.pid!;
     child.stdout!.on('data', (d: Buffer) => (this.log += d.toString()));
     child.stderr!.on('data', (d: Buffer) => (this.log += d.toString()));
-    const deadline = Date.now() + 30_000;
+    // A hang guard, not a timing check: a loaded machine may take a while to start a server.
+    const deadline = Date.now() + 120_000;
     for (;;) {
       if (child.exitCode !== null || child.signalCode !== null) throw new Error(`blockgate exited early:\n${this.log}`);
       try {
