@@ -65,6 +65,8 @@ export const DEFAULT_BLOCK_SIZE = 64 * 1024;
 
 /** Cache keys: array id in the high bits, block index in the low 32 (2^21 arrays, 2^32 blocks each). */
 const KEY_MUL = 2 ** 32;
+/** Dirty state is kept per allocation block (4 KiB page) of a cache block. */
+const PAGE_SHIFT = 12;
 const noop = (): void => undefined;
 
 class Block {
@@ -80,7 +82,7 @@ class Block {
   /** Set while the slot is being written back; never rejects. */
   writing: Promise<void> | null = null;
   dirty = false;
-  /** Dirty byte range inside the block: write-back writes only this. */
+  /** Hull of the dirty bytes inside the block (which 4 KiB pages are dirty is in the cache's page bitmap). */
   lo = 0;
   hi = 0;
   dirtySince = 0;
@@ -142,6 +144,14 @@ export class BlockCache {
   private readonly concurrency: number;
   private readonly maxPinned: number;
   private readonly maxRun: number;
+  /**
+   * One bit per 4 KiB page of every slot, set while the page holds bytes the
+   * array does not have yet: write-back writes exactly these pages, so bytes
+   * nobody wrote (a hole zeroed or trimmed under a dirty block, say) are never
+   * written back over the array as data.
+   */
+  private readonly pageBits: Uint32Array;
+  private readonly pageWords: number;
 
   private gen = 0;
   private seq = 0;
@@ -185,6 +195,8 @@ export class BlockCache {
     this.concurrency = opts.writebackConcurrency ?? 8;
     this.maxPinned = Math.floor(this.capacity * (opts.maxPinnedFraction ?? 0.5));
     this.maxRun = Math.max(1, (1 << 20) >> this.shift);
+    this.pageWords = Math.ceil((bs >> PAGE_SHIFT) / 32);
+    this.pageBits = new Uint32Array(this.slab.slots * this.pageWords);
   }
 
   stats(): CacheStats {
@@ -253,6 +265,7 @@ export class BlockCache {
     b.inLru = false;
     if (b.dirty) {
       b.dirty = false;
+      this.clearPages(b);
       this.dirty.delete(b.key);
       this.dirtyBytes -= this.blockSize;
       this.wakeDirtyWaiters();
@@ -509,6 +522,9 @@ export class BlockCache {
 
   private markDirty(b: Block, lo: number, hi: number): void {
     b.dirtyGen = ++this.gen;
+    const o = b.slot * this.pageWords;
+    const bits = this.pageBits;
+    for (let p = lo >>> PAGE_SHIFT, last = (hi - 1) >>> PAGE_SHIFT; p <= last; p++) bits[o + (p >>> 5)]! |= 1 << (p & 31);
     if (!b.dirty) {
       b.dirty = true;
       b.lo = lo;
@@ -522,6 +538,15 @@ export class BlockCache {
       if (lo < b.lo) b.lo = lo;
       if (hi > b.hi) b.hi = hi;
     }
+  }
+
+  private clearPages(b: Block): void {
+    const o = b.slot * this.pageWords;
+    this.pageBits.fill(0, o, o + this.pageWords);
+  }
+
+  private pageDirty(b: Block, p: number): boolean {
+    return ((this.pageBits[b.slot * this.pageWords + (p >>> 5)]! >>> (p & 31)) & 1) !== 0;
   }
 
   // ---- write-back ---------------------------------------------------------
@@ -569,20 +594,6 @@ export class BlockCache {
       if (!n || !n.dirty || n.writing || n.loading) break;
       run.push(n);
     }
-    const last = run[run.length - 1]!;
-    // Whole allocation blocks only: the array marks what it is given as data,
-    // and every byte of a resident block is valid, so widening is free.
-    const lo = first.lo - (first.lo % ALLOC_BLOCK);
-    const hi = Math.min(bs, Math.ceil(last.hi / ALLOC_BLOCK) * ALLOC_BLOCK);
-    const pos = first.index * bs + lo;
-    const end = last.index * bs + hi;
-    const bufs: Uint8Array[] = [];
-    if (run.length === 1) bufs.push(first.buf.subarray(lo, hi));
-    else {
-      bufs.push(first.buf.subarray(lo));
-      for (let i = 1; i < run.length - 1; i++) bufs.push(run[i]!.buf);
-      bufs.push(last.buf.subarray(0, hi));
-    }
     let a: ArrayFile;
     try {
       a = this.arrays(first.arrayId);
@@ -591,18 +602,48 @@ export class BlockCache {
       for (const b of run) this.drop(b);
       return Promise.reject(err as Error);
     }
+    // Exactly the dirty pages, as maximal runs of neighbours, each one pwritev
+    // of whole allocation blocks (the array marks what it is given as data).
+    const perBlock = bs >> PAGE_SHIFT;
+    const pages = run.length * perBlock;
+    const origin = first.index * bs;
+    const writes: Promise<void>[] = [];
+    let bytes = 0;
+    let from = -1;
+    for (let g = 0; g <= pages; g++) {
+      if (g < pages && this.pageDirty(run[Math.floor(g / perBlock)]!, g % perBlock)) {
+        if (from < 0) from = g;
+        continue;
+      }
+      if (from < 0) continue;
+      const pos = origin + from * ALLOC_BLOCK;
+      const end = Math.min(origin + g * ALLOC_BLOCK, a.size);
+      from = -1;
+      if (end <= pos) continue;
+      const bufs: Uint8Array[] = [];
+      for (let at = pos; at < end; ) {
+        const blk = run[Math.floor((at - origin) / bs)]!;
+        const inBlock = at - blk.index * bs;
+        const n = Math.min(bs - inBlock, end - at);
+        bufs.push(blk.buf.subarray(inBlock, inBlock + n));
+        at += n;
+      }
+      writes.push(this.route.writev(a, bufs, end - pos, pos));
+      bytes += end - pos;
+    }
     const snaps = run.map((b) => b.dirtyGen);
     this.active++;
-    const p = this.route.writev(a, bufs, end - pos, pos).then(
+    const p = (writes.length === 1 ? writes[0]! : Promise.all(writes)).then(
       () => {
         this.counters.writebacks += run.length;
-        this.counters.writebackBytes += end - pos;
+        this.counters.writebackBytes += bytes;
         for (let i = 0; i < run.length; i++) {
           const b = run[i]!;
           b.writing = null;
           b.cleanGen = snaps[i]!;
           if (!b.gone && b.dirty && b.dirtyGen === snaps[i]) {
             b.dirty = false;
+            this.clearPages(b);
             this.dirty.delete(b.key);
             this.dirtyBytes -= bs;
           }

@@ -81,6 +81,7 @@ for (const cmd of ['zero', 'trim'] as const) {
     t.ok(after.subarray(4 * K, 8 * K).equals(fill(4 * K, 0xaa)) && after.subarray(12 * K, 16 * K).equals(fill(4 * K, 0xaa)), 'bytes nobody changed kept theirs');
 
     await store.flush(v);
+    t.not(a.alloc.state((8 * K) / ALLOC_BLOCK), AllocState.Data, 'write-back wrote only the pages written: the changed sector is still no data in the map');
     const below = Buffer.alloc(4 * K);
     await a.read(below, 0, 4 * K, 8 * K);
     t.ok(below.equals(fill(4 * K, 0)), 'the array (below the cache) reads zeroes there');
