@@ -25,6 +25,25 @@ export interface StatusExtent {
   flags: number;
 }
 
+/**
+ * How a run of a volume reads: 'data' (bytes on the array or dirty in the
+ * cache), 'zero' (allocated, reads as zeroes), 'hole' (unallocated, reads as zeroes).
+ */
+export type AllocationState = 'data' | 'zero' | 'hole';
+
+/** One run of a volume's allocation, in volume bytes. */
+export interface AllocationRun {
+  offset: number;
+  length: number;
+  state: AllocationState;
+}
+
+/** Reads and writes of a volume held by exclusive(): they bypass the hold the caller has. */
+export interface ExclusiveAccess {
+  read(offset: number, length: number, dest: Buffer): Promise<void>;
+  write(offset: number, src: Buffer, fua: boolean): Promise<void>;
+}
+
 export interface ZeroOptions {
   /** Keep the blocks allocated (NBD NO_HOLE): report ZERO, not HOLE|ZERO. */
   noHole: boolean;
@@ -35,6 +54,8 @@ export interface ZeroOptions {
 
 const flagsOf = (state: AllocState): number =>
   state === AllocState.Data ? 0 : state === AllocState.Zero ? STATE_ZERO : STATE_HOLE | STATE_ZERO;
+
+const stateOf = (state: AllocState): AllocationState => (state === AllocState.Data ? 'data' : state === AllocState.Zero ? 'zero' : 'hole');
 
 /** Per-volume I/O gate: counts requests in flight and can hold new ones (quiesce). */
 interface Gate {
@@ -303,6 +324,33 @@ export class BlockStore {
   }
 
   /**
+   * Allocation of [offset, offset+length): equal neighbours merged, at most
+   * `max` runs (the last may end before the range does; the caller reports
+   * what it got). Dirty cached blocks count as data.
+   */
+  allocationRuns(vol: VolumeHandle, offset: number, length: number, max: number): AllocationRun[] {
+    const out: AllocationRun[] = [];
+    let full = false;
+    let pos = offset;
+    const add = (runLen: number, flags: number): void => {
+      if (full) return;
+      const state: AllocationState = flags === 0 ? 'data' : (flags & STATE_HOLE) !== 0 ? 'hole' : 'zero';
+      const last = out[out.length - 1];
+      if (last && last.state === state) last.length += runLen;
+      else if (out.length < max) out.push({ offset: pos, length: runLen, state });
+      else {
+        full = true;
+        return;
+      }
+      pos += runLen;
+    };
+    vol.layout.forEachSegment(offset, length, (arrayId, arrayOffset, len) => {
+      if (!full) this.segmentRuns(arrayId, arrayOffset, len, add);
+    });
+    return out;
+  }
+
+  /**
    * Allocation runs of one array range as a reader sees it: the map's, except
    * where a dirty cached block holds newer bytes (its dirty span, widened to
    * allocation blocks, is data; the rest of the block was loaded as the map says).
@@ -389,6 +437,11 @@ export class BlockStore {
     if (!this.gates.has(volumeId)) this.gates.set(volumeId, { inflight: 0, held: 0, waiters: [], drained: [] });
   }
 
+  /** True while the volume's I/O is counted by a gate (a quiesce or exclusive is using it). */
+  tracks(volumeId: number): boolean {
+    return this.gates.has(volumeId);
+  }
+
   untrack(volumeId: number): void {
     const g = this.gates.get(volumeId);
     if (g && g.held === 0 && g.inflight === 0) this.gates.delete(volumeId);
@@ -403,7 +456,8 @@ export class BlockStore {
     this.track(volumeId);
     const g = this.gates.get(volumeId)!;
     g.held++;
-    if (g.inflight > 0) await new Promise<void>((r) => g.drained.push(r));
+    // Re-checked after each wake: an exclusive() woken by the same drain may have started first.
+    while (g.inflight > 0) await new Promise<void>((r) => g.drained.push(r));
     let released = false;
     return () => {
       if (released) return;
@@ -414,6 +468,55 @@ export class BlockStore {
         this.untrack(volumeId);
       }
     };
+  }
+
+  /**
+   * Runs `op` with the volume to itself: waits until nobody holds the volume,
+   * holds new I/O to it from every session and protocol, waits for what is
+   * in flight, then runs `op`, whose reads and writes pass the hold. One
+   * exclusive at a time per volume; a quiesce() that arrives meanwhile waits
+   * for `op` to finish. Write hooks (snapshots) still run before its writes.
+   * Cost: every other request to the volume waits for the drain and for `op`.
+   */
+  async exclusive<T>(vol: VolumeHandle, op: (io: ExclusiveAccess) => Promise<T>): Promise<T> {
+    let g: Gate;
+    for (;;) {
+      // Taken afresh after each wait: the gate may have been untracked and replaced meanwhile.
+      this.track(vol.id);
+      g = this.gates.get(vol.id)!;
+      if (g.held === 0) break;
+      await new Promise<void>((r) => g.waiters.push(r));
+    }
+    g.held++;
+    // First in line for the drain, so a quiesce() woken by the same drain sees us in flight.
+    while (g.inflight > 0) await new Promise<void>((r) => g.drained.unshift(r));
+    g.inflight++;
+    const io: ExclusiveAccess = {
+      read: (offset, length, dest) => this.readNow(vol, offset, length, dest) ?? Promise.resolve(),
+      write: async (offset, src, fua) => {
+        const hook = this.writeHooks.get(vol.id);
+        if (hook) await hook(offset, src.length);
+        await this.writeNow(vol, offset, src, fua);
+      },
+    };
+    try {
+      return await op(io);
+    } finally {
+      g.inflight--;
+      const woken = --g.held === 0 ? g.waiters.splice(0) : [];
+      if (woken.length === 0) {
+        if (g.inflight === 0 && g.drained.length > 0) for (const d of g.drained.splice(0)) d();
+        this.untrack(vol.id);
+      } else {
+        // The requests woken now will count on this gate: it must outlive them, or
+        // a later exclusive on a fresh gate would not wait for them. The last of
+        // them to finish untracks it.
+        g.drained.push(() => {
+          if (this.gates.get(vol.id) === g) this.untrack(vol.id);
+        });
+        for (const wake of woken) wake();
+      }
+    }
   }
 
   setWriteHook(volumeId: number, hook: WriteHook | null): void {

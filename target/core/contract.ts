@@ -9,19 +9,17 @@
  * would need a real write), SHUTTING_DOWN. Each frontend maps them in its one
  * error map (NBD errno, SCSI sense).
  */
+import type { AllocationRun } from '../../cache/index.js';
 import type { Unit } from '../namespace.js';
 
 export type Protocol = 'nbd' | 'iscsi';
 
-/** Allocation state of a run of a unit, as the allocation map and dirty cache say. */
-export type AllocationState = 'data' | 'zero' | 'hole';
-
-export interface AllocationRun {
-  /** Byte offset of the run inside the unit. */
-  offset: number;
-  length: number;
-  state: AllocationState;
-}
+/**
+ * Allocation state of a run of a unit, as the allocation map and dirty cache
+ * say, and one run of it (offset: byte offset inside the unit). Defined by the
+ * store, which computes them.
+ */
+export type { AllocationState, AllocationRun } from '../../cache/index.js';
 
 export interface ZeroRequest {
   /** Keep the space allocated (NBD NO_HOLE; SCSI WRITE SAME without UNMAP). */
@@ -45,7 +43,7 @@ export interface UnitCapabilities {
 }
 
 export interface CompareAndWriteResult {
-  /** -1 when the compare matched and the write landed; else the first differing byte offset in the range. */
+  /** -1 when the compare matched and the write landed; else the first differing byte, counted from the start of the range. */
   mismatchAt: number;
 }
 
@@ -71,8 +69,13 @@ export interface UnitIO {
   extents(offset: number, length: number, max: number): AllocationRun[];
   /** True when the whole range is data (a read needs no hole chunks). */
   allData(offset: number, length: number): boolean;
-  /** Atomic against every other writer of the volume, over every protocol (SCSI COMPARE AND WRITE). */
+  /**
+   * Atomic against every other writer of the volume, over every protocol (SCSI
+   * COMPARE AND WRITE). expected and data have the same length (else BAD_REQUEST).
+   */
   compareAndWrite(offset: number, expected: Buffer, data: Buffer, fua: boolean): Promise<CompareAndWriteResult>;
+  /** Counts a read answered from the allocation map alone, without read() (NBD OFFSET_HOLE replies). */
+  countHoleRead(length: number): void;
 }
 
 /** Why the namespace changed for a host, so frontends can tell their hosts (SCSI unit attentions). */

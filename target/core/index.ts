@@ -1,0 +1,14 @@
+export type {
+  AllocationRun,
+  AllocationState,
+  CompareAndWriteResult,
+  Frontend,
+  NamespaceChange,
+  Protocol,
+  UnitAddress,
+  UnitCapabilities,
+  UnitIO,
+  ZeroRequest,
+} from './contract.js';
+export { openUnit, MAX_TRANSFER, PREFERRED_BLOCK } from './unit-io.js';
+export { IoStats, StatsRegistry, OP, OP_NAMES, LATENCY_BUCKETS } from './stats.js';

@@ -1,0 +1,259 @@
+import type { BlockStore, VolumeHandle } from '../../cache/index.js';
+import { BlockgateError } from '../../common/errors.js';
+import type { Unit } from '../namespace.js';
+import type { AllocationRun, CompareAndWriteResult, UnitCapabilities, UnitIO, ZeroRequest } from './contract.js';
+import { OP, type IoStats } from './stats.js';
+
+/** Largest single request a unit takes (NBD's 32 MiB payload limit; SCSI reports it as MAXIMUM TRANSFER LENGTH). */
+export const MAX_TRANSFER = 32 * 1024 * 1024;
+export const PREFERRED_BLOCK = 4096;
+
+/**
+ * Modifying requests to one volume that went to the store while it was not
+ * tracking the volume (store.tracks() false): the store's gate does not know
+ * them, so compareAndWrite waits for them here. One per (store, volume),
+ * shared by every UnitIO of the volume whatever the host or protocol.
+ */
+class VolumeWrites {
+  untracked = 0;
+  private drained: (() => void)[] = [];
+
+  done(): void {
+    if (--this.untracked === 0 && this.drained.length > 0) for (const d of this.drained.splice(0)) d();
+  }
+
+  async drain(): Promise<void> {
+    while (this.untracked > 0) await new Promise<void>((r) => this.drained.push(r));
+  }
+}
+
+const writesByStore = new WeakMap<BlockStore, Map<number, VolumeWrites>>();
+
+function volumeWrites(store: BlockStore, volumeId: number): VolumeWrites {
+  let m = writesByStore.get(store);
+  if (!m) writesByStore.set(store, (m = new Map()));
+  let w = m.get(volumeId);
+  if (!w) m.set(volumeId, (w = new VolumeWrites()));
+  return w;
+}
+
+const outOfRange = (what: string, offset: number, length: number, size: number): BlockgateError =>
+  new BlockgateError('OUT_OF_RANGE', `${what} of ${length} bytes at ${offset} is beyond the end of the unit (${size} bytes)`);
+const readOnly = (): BlockgateError => new BlockgateError('READ_ONLY', 'the unit is read-only for this host');
+
+/**
+ * UnitIO over the block store. Every check a protocol would otherwise repeat
+ * is here, and every request is counted in the unit's IoStats. Failures are
+ * always a rejected promise (never thrown), so callers have one error path;
+ * extents() and allData() are synchronous and throw.
+ *
+ * The fast paths allocate nothing when the cache completes the request: they
+ * return null and the bytes are already in (or taken from) the caller's buffer.
+ */
+class StoreUnit implements UnitIO {
+  readonly unit: Unit;
+  readonly store: BlockStore;
+  private readonly vol: VolumeHandle;
+  private readonly stats: IoStats;
+  private readonly writes: VolumeWrites;
+
+  constructor(store: BlockStore, unit: Unit) {
+    this.store = store;
+    this.unit = unit;
+    this.vol = unit.volume;
+    this.stats = unit.stats;
+    this.writes = volumeWrites(store, unit.volume.id);
+  }
+
+  size(): number {
+    return this.vol.layout.size;
+  }
+
+  caps(): UnitCapabilities {
+    return {
+      readOnly: this.unit.readOnly,
+      minBlock: 1,
+      preferredBlock: PREFERRED_BLOCK,
+      maxTransfer: MAX_TRANSFER,
+      thin: true,
+      trimReadsZeroes: true,
+      // One store and one cache behind every session; a flush syncs the volume's arrays.
+      flushCoversAllSessions: true,
+    };
+  }
+
+  read(offset: number, length: number, dest: Buffer): Promise<void> | null {
+    if (!this.vol.layout.inRange(offset, length)) return this.refuse(OP.read, outOfRange('read', offset, length, this.vol.layout.size));
+    const t0 = performance.now();
+    let work: Promise<void> | null;
+    try {
+      work = this.store.readFast(this.vol, offset, length, dest);
+    } catch (err) {
+      work = Promise.reject(err as Error);
+    }
+    if (work === null) {
+      this.stats.record(OP.read, length, (performance.now() - t0) / 1000, true);
+      return null;
+    }
+    return this.timed(work, OP.read, length, t0, false);
+  }
+
+  write(offset: number, src: Buffer, fua: boolean): Promise<void> | null {
+    if (this.unit.readOnly) return this.refuse(OP.write, readOnly());
+    if (!this.vol.layout.inRange(offset, src.length)) return this.refuse(OP.write, outOfRange('write', offset, src.length, this.vol.layout.size));
+    const t0 = performance.now();
+    const untracked = !this.store.tracks(this.vol.id);
+    let work: Promise<void> | null;
+    try {
+      work = this.store.writeFast(this.vol, offset, src, fua);
+    } catch (err) {
+      work = Promise.reject(err as Error);
+    }
+    if (work === null) {
+      this.stats.record(OP.write, src.length, (performance.now() - t0) / 1000, true);
+      return null;
+    }
+    return this.timed(work, OP.write, src.length, t0, untracked);
+  }
+
+  flush(): Promise<void> {
+    const t0 = performance.now();
+    return this.timed(this.call(() => this.store.flush(this.vol)), OP.flush, 0, t0, false);
+  }
+
+  trim(offset: number, length: number, fua: boolean): Promise<void> {
+    if (this.unit.readOnly) return this.refuse(OP.trim, readOnly());
+    if (!this.vol.layout.inRange(offset, length)) return this.refuse(OP.trim, outOfRange('trim', offset, length, this.vol.layout.size));
+    const t0 = performance.now();
+    const untracked = !this.store.tracks(this.vol.id);
+    return this.timed(this.call(() => this.store.trim(this.vol, offset, length, fua)), OP.trim, 0, t0, untracked);
+  }
+
+  zero(offset: number, length: number, req: ZeroRequest): Promise<void> {
+    if (this.unit.readOnly) return this.refuse(OP.zero, readOnly());
+    if (!this.vol.layout.inRange(offset, length)) return this.refuse(OP.zero, outOfRange('zero', offset, length, this.vol.layout.size));
+    const t0 = performance.now();
+    const untracked = !this.store.tracks(this.vol.id);
+    const opts = { noHole: req.noHole, fast: req.fast, fua: req.fua };
+    return this.timed(this.call(() => this.store.writeZeroes(this.vol, offset, length, opts)), OP.zero, 0, t0, untracked);
+  }
+
+  prefetch(offset: number, length: number): Promise<void> {
+    if (!this.vol.layout.inRange(offset, length)) return this.refuse(OP.other, outOfRange('prefetch', offset, length, this.vol.layout.size));
+    const t0 = performance.now();
+    return this.timed(this.call(() => this.store.prefetch(this.vol, offset, length)), OP.other, 0, t0, false);
+  }
+
+  extents(offset: number, length: number, max: number): AllocationRun[] {
+    if (!this.vol.layout.inRange(offset, length)) throw outOfRange('allocation query', offset, length, this.vol.layout.size);
+    return this.store.allocationRuns(this.vol, offset, length, max);
+  }
+
+  /** False too when the range is not inside the unit (the read that follows refuses it). */
+  allData(offset: number, length: number): boolean {
+    if (!this.vol.layout.inRange(offset, length)) return false;
+    return this.store.allData(this.vol, offset, length);
+  }
+
+  /**
+   * Reads the range, compares it with `expected` and writes `data` only if
+   * they match, with the volume held (store.exclusive): no request of any
+   * session, host or protocol touches the volume in between. The cost: every
+   * other request to the volume waits while the requests already in flight
+   * drain and while this one reads and writes (one round trip to the array on
+   * a cache miss, plus the write's own cost: in memory under write-back,
+   * through to the array otherwise or with FUA).
+   */
+  compareAndWrite(offset: number, expected: Buffer, data: Buffer, fua: boolean): Promise<CompareAndWriteResult> {
+    const length = data.length;
+    if (expected.length !== length) {
+      return this.refuse(OP.other, new BlockgateError('BAD_REQUEST', `compare and write: ${expected.length} bytes to compare but ${length} to write`));
+    }
+    if (this.unit.readOnly) return this.refuse(OP.other, readOnly());
+    if (!this.vol.layout.inRange(offset, length)) return this.refuse(OP.other, outOfRange('compare and write', offset, length, this.vol.layout.size));
+    const t0 = performance.now();
+    const work = this.store.exclusive(this.vol, async (io) => {
+      // Writes that reached the store before it tracked the volume are not in its gate's count.
+      await this.writes.drain();
+      const current = Buffer.allocUnsafe(length);
+      await io.read(offset, length, current);
+      const mismatchAt = firstDifference(current, expected);
+      if (mismatchAt < 0) await io.write(offset, data, fua);
+      return { mismatchAt };
+    });
+    return work.then(
+      (r) => {
+        this.stats.record(OP.other, length, (performance.now() - t0) / 1000, true);
+        return r;
+      },
+      (err: unknown) => {
+        this.stats.record(OP.other, 0, (performance.now() - t0) / 1000, false);
+        throw err;
+      },
+    );
+  }
+
+  /** A read answered from the allocation map alone (NBD hole chunks): counted as served at once. */
+  countHoleRead(length: number): void {
+    this.stats.record(OP.read, length, 0, true);
+  }
+
+  private refuse<T>(op: number, err: BlockgateError): Promise<T> {
+    this.stats.record(op, 0, 0, false);
+    return Promise.reject(err);
+  }
+
+  private call(fn: () => Promise<void>): Promise<void> {
+    try {
+      return fn();
+    } catch (err) {
+      return Promise.reject(err as Error);
+    }
+  }
+
+  /** Counts `work` in IoStats when it settles; `untracked` counts a modifying request the store's gate does not see. */
+  private timed(work: Promise<void>, op: number, bytes: number, t0: number, untracked: boolean): Promise<void> {
+    if (untracked) this.writes.untracked++;
+    return work.then(
+      () => {
+        if (untracked) this.writes.done();
+        this.stats.record(op, bytes, (performance.now() - t0) / 1000, true);
+      },
+      (err: unknown) => {
+        if (untracked) this.writes.done();
+        this.stats.record(op, bytes, (performance.now() - t0) / 1000, false);
+        throw err;
+      },
+    );
+  }
+}
+
+function firstDifference(a: Buffer, b: Buffer): number {
+  if (a.equals(b)) return -1;
+  // Compare in 4 KiB steps with the native comparison, then find the byte.
+  const STEP = 4096;
+  for (let p = 0; p < a.length; p += STEP) {
+    const e = Math.min(a.length, p + STEP);
+    if (a.compare(b, p, e, p, e) !== 0) {
+      for (let i = p; i < e; i++) if (a[i] !== b[i]) return i;
+    }
+  }
+  return -1;
+}
+
+/** The same UnitIO for the same published unit, whichever session asks. */
+const ios = new WeakMap<Unit, StoreUnit>();
+
+/**
+ * The UnitIO of a published unit. Sessions of any protocol get the one
+ * instance per (store, unit); units republished by the manager get a new one
+ * (counters live in unit.stats, so they carry over).
+ */
+export function openUnit(store: BlockStore, unit: Unit): UnitIO {
+  let io = ios.get(unit);
+  if (!io || io.store !== store) {
+    io = new StoreUnit(store, unit);
+    ios.set(unit, io);
+  }
+  return io;
+}
