@@ -475,6 +475,7 @@ export class IscsiConnection {
   /** Sends R2Ts while data is missing, within MaxOutstandingR2T; executes once everything is in. */
   private advance(t: Task): void {
     if (!t.unsolDone || t.aborted) return;
+    if (!t.write) return this.execute(t);
     const params = this.params!;
     while (t.r2ts.size < params.maxOutstandingR2T && t.nextR2TOffset < t.edtl) {
       const len = Math.min(params.maxBurstLength, t.edtl - t.nextR2TOffset);
@@ -492,7 +493,7 @@ export class IscsiConnection {
       this.send(b);
       t.nextR2TOffset += len;
     }
-    if (t.filled === (t.write ? t.edtl : 0) && t.r2ts.size === 0) this.execute(t);
+    if (t.filled === t.edtl && t.r2ts.size === 0) this.execute(t);
   }
 
   private onDataOut(p: Pdu): void {
@@ -582,15 +583,16 @@ export class IscsiConnection {
       return;
     }
     const data = t.read && rsp.data ? rsp.data : null;
-    const produced = rsp.data ? rsp.data.length : 0;
+    // Residuals compare what the CDB asked to move with what the initiator expected.
+    const spdtl = rsp.transferLength ?? (rsp.data ? rsp.data.length : t.write ? t.edtl : 0);
     let residualFlag = 0;
     let residual = 0;
-    if (produced > t.edtl) {
+    if (spdtl > t.edtl) {
       residualFlag = 0x04;
-      residual = produced - t.edtl;
-    } else if (produced < t.edtl && (t.read || !t.write)) {
+      residual = spdtl - t.edtl;
+    } else if (spdtl < t.edtl) {
       residualFlag = 0x02;
-      residual = t.edtl - produced;
+      residual = t.edtl - spdtl;
     }
     const sendLen = data ? Math.min(data.length, t.edtl) : 0;
     const collapse = sendLen > 0 && rsp.status === STATUS_GOOD && !rsp.sense;

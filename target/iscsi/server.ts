@@ -36,6 +36,8 @@ export interface IscsiBackend {
   /** The SCSI command set, given the live LUN view and the reservation store. */
   device(ctx: ScsiContext): ScsiDevice;
   reservations: ReservationStore;
+  /** MODE SELECT's caching page changes a volume's cache policy (the manager saves it). */
+  setCachePolicy(volumeId: number, policy: 'none' | 'write-through' | 'write-back'): Promise<void>;
   initiators: InitiatorDirectory;
 }
 
@@ -84,6 +86,7 @@ export class IscsiServer implements Frontend {
     this.device = backend.device({
       luns: (nexus: Nexus) => this.luns(nexus.host, targetOf(nexus)),
       reservations: backend.reservations,
+      setCachePolicy: (id, policy) => backend.setCachePolicy(id, policy),
     });
     const directory: LoginDirectory = {
       initiator: (name) => backend.initiators.initiator(name),
