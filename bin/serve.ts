@@ -98,6 +98,8 @@ export async function serve(opts: ServeOptions): Promise<void> {
     },
     {
       stats,
+      // Idle-initiator pings: BLOCKGATE_ISCSI_NOP_MS shortens them (tests of the dead-initiator drop).
+      limits: process.env.BLOCKGATE_ISCSI_NOP_MS ? { nopIntervalMs: Number(process.env.BLOCKGATE_ISCSI_NOP_MS), nopTimeoutMs: Number(process.env.BLOCKGATE_ISCSI_NOP_MS), logoutGraceMs: Number(process.env.BLOCKGATE_ISCSI_NOP_MS) * 2 } : undefined,
       // One line per session login and logout; never per command.
       onSession: (e) =>
         log.info({ session: e.kind, protocol: 'iscsi', host: e.host, remote: e.remote, initiator: e.initiator, target: e.target, type: e.sessionType, reason: e.reason }, `iscsi session ${e.kind}`),
