@@ -45,6 +45,7 @@ program
   .option('--data-dir <dir>', 'data directory (control database, arrays, sockets)', process.env.BLOCKGATE_DATA_DIR ?? './var')
   .option('--api <host:port>', 'control API listen address', '127.0.0.1:8480')
   .option('--nbd <host:port>', 'shared NBD TCP listener address', '127.0.0.1:10809')
+  .option('--iscsi <host:port>', 'iSCSI portal address (":0" picks a free port)', '127.0.0.1:3260')
   .option('--api-token <token>', 'bearer token for the control API (default: $BLOCKGATE_API_TOKEN, else DATA/api-token, generated)')
   .option('--log-level <level>', 'pino log level (fatal, error, warn, info, debug, trace, silent)', 'info')
   .option('--no-demo', 'do not create the demo appliance on first start')
@@ -56,7 +57,7 @@ program
   .option('--restore [file]', 'rebuild a lost control database from DATA/blockgate.config.json, or from FILE (a `config export`)')
   .option('--image-root <dir>', 'also register images from files under DIR (repeatable; DATA/images always)', (v: string, acc: string[]) => [...acc, v], imageRootsFromEnv())
   .option('--bulk-rate <size>', 'bytes per second each bulk job (scrub, copy, snapshot) may move, e.g. 64M (default: unlimited)', process.env.BLOCKGATE_BULK_RATE)
-  .action(async (o: { dataDir: string; api: string; nbd: string; apiToken?: string; logLevel: string; demo: boolean; cacheSize: string; cacheBlock: string; ioRoute: string; checkInterval: string; overcommit?: string; restore?: boolean | string; imageRoot: string[]; bulkRate?: string }) => {
+  .action(async (o: { dataDir: string; api: string; nbd: string; iscsi: string; apiToken?: string; logLevel: string; demo: boolean; cacheSize: string; cacheBlock: string; ioRoute: string; checkInterval: string; overcommit?: string; restore?: boolean | string; imageRoot: string[]; bulkRate?: string }) => {
     if (o.ioRoute !== 'libuv' && o.ioRoute !== 'piscina') throw new Error(`--io-route must be libuv or piscina, not '${o.ioRoute}'`);
     const checkIntervalMs = Number(o.checkInterval);
     if (!Number.isInteger(checkIntervalMs) || checkIntervalMs < 0) throw new Error(`--check-interval must be a whole number of milliseconds, not '${o.checkInterval}'`);

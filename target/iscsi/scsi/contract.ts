@@ -43,8 +43,14 @@ export interface ScsiResponse {
   status: number;
   /** Data-In; the transport sends min(data.length, expectedLength) and computes residuals. */
   data?: Buffer;
-  /** Fixed-format sense data (18+ bytes), with CHECK CONDITION. */
+  /** Sense data with CHECK CONDITION: fixed format (18 bytes), or descriptor format when the Control page's D_SENSE is set. */
   sense?: Buffer;
+  /**
+   * The transfer length the CDB implies (SPDTL), when it differs from the
+   * bytes actually moved (data.length for reads, nothing for a refused
+   * write): the transport sets the overflow/underflow residual against it.
+   */
+  transferLength?: number;
 }
 
 /** Reservation state of one volume, persisted by the manager across restarts. */
@@ -58,6 +64,12 @@ export interface ScsiContext {
   /** The LUNs of this nexus's target right now (host namespace filtered to the target number). */
   luns(nexus: Nexus): ReadonlyMap<number, UnitIO>;
   reservations: ReservationStore;
+  /**
+   * MODE SELECT's caching page: WCE=1 asks for 'write-back', WCE=0 for
+   * 'write-through' (or keeps 'none'). The manager saves it as the volume's
+   * cache policy and updates the live VolumeHandle.
+   */
+  setCachePolicy(volumeId: number, policy: 'none' | 'write-through' | 'write-back'): Promise<void>;
 }
 
 /**
