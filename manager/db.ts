@@ -131,6 +131,14 @@ const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE hosts ADD COLUMN require_tls INTEGER NOT NULL DEFAULT 0;
   `,
+  // 4: SCSI persistent reservations (APTPL) per volume, kept across restarts.
+  `
+  CREATE TABLE scsi_reservations (
+    volume_id INTEGER PRIMARY KEY REFERENCES volumes(id) ON DELETE CASCADE,
+    state TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+  );
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -17,6 +17,7 @@ import { BindingOperations } from './operations/bindings.js';
 import { BulkOperations } from './operations/bulk.js';
 import { Inventory } from './operations/inventory.js';
 import { Tracer } from './operations/trace.js';
+import { SqliteReservationStore, setVolumeCachePolicy } from './operations/scsi.js';
 import { allowedOperations, transition, type Operation, type VolumeState } from './state.js';
 
 /** The data path as the manager sees it: publish namespaces, attach arrays, manage listeners, bulk work. */
@@ -803,6 +804,23 @@ export class StorageManager {
 
   describeBinding(b: BindingRow): Record<string, unknown> {
     return bindingRecord(b, this.volumeById(b.volume_id).name, this.hostById(b.host_id).name);
+  }
+
+  // ---- SCSI state (the iSCSI command set's ScsiContext) ------------------
+
+  /** Where the SCSI layer keeps persistent reservations (one store per manager). */
+  get reservationStore(): SqliteReservationStore {
+    return (this.scsiReservations ??= new SqliteReservationStore(this.db));
+  }
+
+  private scsiReservations: SqliteReservationStore | undefined;
+
+  /** A host asked for another write cache policy (MODE SELECT, WCE): saved and applied to the live units. */
+  async setCachePolicy(volumeId: number, policy: CachePolicy): Promise<void> {
+    const v = this.volumeById(volumeId);
+    if (v.cache_policy === policy) return;
+    setVolumeCachePolicy(this.db, this.dp.namespaces, this.listHosts().map((h) => h.name), volumeId, policy);
+    this.events.emit('volume.cache-policy', `volume/${v.name}`, { volume: v.name, from: v.cache_policy, to: policy, by: 'scsi' });
   }
 
   volumeHandle(v: VolumeRow): { id: number; layout: VolumeLayout; cachePolicy: CachePolicy } {
