@@ -142,6 +142,8 @@ async function startBlockgate(ctx: StartContext, transport: Transport, tcpPort?:
     '127.0.0.1:0',
     '--nbd',
     '127.0.0.1:0',
+    '--iscsi',
+    '127.0.0.1:0',
     '--api-token',
     TOKEN,
     '--log-level',

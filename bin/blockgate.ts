@@ -44,13 +44,14 @@ program
   .option('--data-dir <dir>', 'data directory (control database, arrays, sockets)', process.env.BLOCKGATE_DATA_DIR ?? './var')
   .option('--api <host:port>', 'control API listen address', '127.0.0.1:8480')
   .option('--nbd <host:port>', 'shared NBD TCP listener address', '127.0.0.1:10809')
+  .option('--iscsi <host:port>', 'iSCSI portal address (":0" picks a free port)', '127.0.0.1:3260')
   .option('--api-token <token>', 'bearer token for the control API (default: $BLOCKGATE_API_TOKEN, else DATA/api-token, generated)')
   .option('--log-level <level>', 'pino log level (fatal, error, warn, info, debug, trace, silent)', 'info')
   .option('--no-demo', 'do not create the demo appliance on first start')
   .option('--cache-size <size>', 'RAM block cache size, e.g. 512M or 2G (pinned and dirty data count against it)', process.env.BLOCKGATE_CACHE_SIZE ?? '512M')
   .option('--cache-block <size>', 'cache block size, a power of two from 4K to 1M', '64K')
   .option('--io-route <route>', 'threads for cache misses and write-back: libuv or piscina', 'libuv')
-  .action(async (o: { dataDir: string; api: string; nbd: string; apiToken?: string; logLevel: string; demo: boolean; cacheSize: string; cacheBlock: string; ioRoute: string }) => {
+  .action(async (o: { dataDir: string; api: string; nbd: string; iscsi: string; apiToken?: string; logLevel: string; demo: boolean; cacheSize: string; cacheBlock: string; ioRoute: string }) => {
     if (o.ioRoute !== 'libuv' && o.ioRoute !== 'piscina') throw new Error(`--io-route must be libuv or piscina, not '${o.ioRoute}'`);
     // Loaded only here: admin verbs start in a fraction of the time without the server's modules.
     const { serve } = await import('./serve.js');

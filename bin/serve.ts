@@ -5,14 +5,19 @@ import { pino, type Logger } from 'pino';
 import { BlockStore } from '../cache/index.js';
 import { buildApi } from '../control-api/index.js';
 import { PiscinaEngine, makeRoute, type IoRouteName } from '../disks/index.js';
-import { StorageManager, formatAddress, parseAddress, seedDemo } from '../manager/index.js';
+import { DEMO, StorageManager, formatAddress, parseAddress, seedDemo } from '../manager/index.js';
 import { Namespaces, NbdServer, NbdTlsKeys } from '../target/index.js';
+import { openUnit } from '../target/core/index.js';
+import { IscsiServer } from '../target/iscsi/index.js';
+import { ScsiCommandSet } from '../target/iscsi/scsi/index.js';
 import { StatsRegistry } from '../target/stats.js';
 
 export interface ServeOptions {
   dataDir: string;
   api: string;
   nbd: string;
+  /** iSCSI portal "host:port". */
+  iscsi: string;
   apiToken?: string | undefined;
   logLevel: string;
   demo: boolean;
@@ -30,6 +35,7 @@ export interface RunInfo {
   pid: number;
   api: string;
   nbd: string;
+  iscsi: string;
   dataDir: string;
   tokenFile: string | null;
 }
@@ -74,20 +80,47 @@ export async function serve(opts: ServeOptions): Promise<void> {
         ),
     },
   );
+  const iscsiAddr = parseAddress(opts.iscsi);
+  // The manager answers who an initiator is and keeps SCSI state; it exists only after the frontend, hence the indirection.
+  let mgr: StorageManager | null = null;
+  const need = (): StorageManager => {
+    if (!mgr) throw new Error('manager not open');
+    return mgr;
+  };
+  const iscsi = new IscsiServer(
+    {
+      namespaces,
+      unitIO: (u) => openUnit(store, u),
+      device: (ctx) => new ScsiCommandSet(ctx),
+      reservations: { load: (id) => need().iscsi.reservations.load(id), save: (id, s) => need().iscsi.reservations.save(id, s) },
+      setCachePolicy: (id, p) => need().iscsi.setCachePolicy(id, p),
+      initiators: { initiator: (name) => mgr?.iscsi.initiator(name) ?? null },
+    },
+    {
+      stats,
+      // Idle-initiator pings: BLOCKGATE_ISCSI_NOP_MS shortens them (tests of the dead-initiator drop).
+      limits: process.env.BLOCKGATE_ISCSI_NOP_MS ? { nopIntervalMs: Number(process.env.BLOCKGATE_ISCSI_NOP_MS), nopTimeoutMs: Number(process.env.BLOCKGATE_ISCSI_NOP_MS), logoutGraceMs: Number(process.env.BLOCKGATE_ISCSI_NOP_MS) * 2 } : undefined,
+      // One line per session login and logout; never per command.
+      onSession: (e) =>
+        log.info({ session: e.kind, protocol: 'iscsi', host: e.host, remote: e.remote, initiator: e.initiator, target: e.target, type: e.sessionType, reason: e.reason }, `iscsi session ${e.kind}`),
+    },
+  );
   // Bulk work gets one worker thread of its own: its bounded share.
   const engine = new PiscinaEngine((id) => store.getArray(id), { threads: 1, cache: store });
-  const manager = await StorageManager.open({ namespaces, store, nbd, engine, tls, stats }, {
+  const manager = await StorageManager.open({ namespaces, store, nbd, engine, tls, stats, iscsi }, {
     dataDir,
     log,
     nbdAddress: nbdAddr,
     // Test-only fault injection for the failure edges (see ManagerOptions.faults).
     faults: process.env.BLOCKGATE_FAULTS ? process.env.BLOCKGATE_FAULTS.split(',').filter(Boolean) : undefined,
   });
+  mgr = manager;
   await manager.start();
   if (opts.demo && (await seedDemo(manager))) log.info({ op: 'seed' }, 'demo appliance created');
 
   const nbdPort = await nbd.listenTcp('tcp:shared', nbdAddr.host, nbdAddr.port, () => manager.setting('nbd.default_host') ?? null, true);
   nbdAddr.port = nbdPort;
+  iscsiAddr.port = await iscsi.listen(iscsiAddr.host, iscsiAddr.port);
   const api = buildApi(manager, {
     token,
     logger: log,
@@ -105,6 +138,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     pid: process.pid,
     api: `http://${formatAddress(apiAddr.host, apiPort)}`,
     nbd: formatAddress(nbdAddr.host, nbdPort),
+    iscsi: formatAddress(iscsiAddr.host, iscsiAddr.port),
     dataDir,
     tokenFile,
   };
@@ -113,7 +147,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
   await fs.promises.rename(`${runFile}.tmp`, runFile);
 
   printBanner(manager, info);
-  log.info({ api: info.api, nbd: info.nbd, dataDir }, 'blockgate ready');
+  log.info({ api: info.api, nbd: info.nbd, iscsi: info.iscsi, dataDir }, 'blockgate ready');
 
   let stopping = false;
   /**
@@ -131,6 +165,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     try {
       await api.close();
       await nbd.close();
+      await iscsi.close();
       await manager.stop();
       // Writes back every dirty block and syncs every array before the files close.
       await store.close();
@@ -155,10 +190,13 @@ function printBanner(m: StorageManager, info: RunInfo): void {
     `blockgate ${m.applianceId} serving from ${info.dataDir}`,
     `  control API   ${info.api}  (token: ${info.tokenFile ?? 'from --api-token / BLOCKGATE_API_TOKEN'})`,
     `  NBD listener  nbd://${info.nbd}`,
+    `  iSCSI portal  iscsi://${info.iscsi}`,
   ];
   for (const h of m.listHosts()) {
     const ns = m.namespaceView(h.name) as { units: { exportName: string; volume: string; size: number; uris: string[] }[] };
     lines.push(`  host ${h.name}:`);
+    const initiators = m.iscsi.initiators(h.name);
+    if (initiators.length > 0) lines.push(`    iSCSI initiator ${initiators.join(', ')}${h.chap ? ` (CHAP ${h.chap})` : ''}`);
     if (ns.units.length === 0) lines.push('    (no units mapped)');
     for (const u of ns.units) {
       lines.push(`    unit ${u.exportName}  ${u.volume}  ${u.size} bytes`);
@@ -166,5 +204,7 @@ function printBanner(m: StorageManager, info: RunInfo): void {
     }
   }
   lines.push('', 'Try:  nbdinfo nbd://' + info.nbd + '    or    qemu-img info nbd://' + info.nbd);
+  const demoIqn = m.findHost(DEMO.host) ? m.iscsi.initiators(DEMO.host)[0] : undefined;
+  if (demoIqn) lines.push(`      iscsi-ls -i ${demoIqn} iscsi://${info.iscsi}`);
   process.stdout.write(lines.join('\n') + '\n');
 }

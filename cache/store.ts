@@ -15,16 +15,6 @@ export interface VolumeHandle {
 /** Runs before a write lands (copy-on-write snapshots copy the old bytes out here). */
 export type WriteHook = (offset: number, length: number) => Promise<void>;
 
-/** base:allocation flags, as NBD defines them. */
-export const STATE_HOLE = 1;
-export const STATE_ZERO = 2;
-
-/** One run of a volume's allocation status, in volume bytes. */
-export interface StatusExtent {
-  length: number;
-  flags: number;
-}
-
 /**
  * How a run of a volume reads: 'data' (bytes on the array or dirty in the
  * cache), 'zero' (allocated, reads as zeroes), 'hole' (unallocated, reads as zeroes).
@@ -45,15 +35,12 @@ export interface ExclusiveAccess {
 }
 
 export interface ZeroOptions {
-  /** Keep the blocks allocated (NBD NO_HOLE): report ZERO, not HOLE|ZERO. */
+  /** Keep the blocks allocated (NBD NO_HOLE, SCSI WRITE SAME without UNMAP): they read back as 'zero', not 'hole'. */
   noHole: boolean;
   /** Refuse with NOT_SUPPORTED rather than write zero bytes (NBD FAST_ZERO). */
   fast: boolean;
   fua: boolean;
 }
-
-const flagsOf = (state: AllocState): number =>
-  state === AllocState.Data ? 0 : state === AllocState.Zero ? STATE_ZERO : STATE_HOLE | STATE_ZERO;
 
 const stateOf = (state: AllocState): AllocationState => (state === AllocState.Data ? 'data' : state === AllocState.Zero ? 'zero' : 'hole');
 
@@ -257,7 +244,7 @@ export class BlockStore {
     await this.cache.close();
   }
 
-  // ---- allocation: TRIM, WRITE_ZEROES, BLOCK_STATUS, CACHE -------------------
+  // ---- allocation: trim, zero, allocation runs, prefetch -----------------------
   //
   // The arrays' allocation maps (disks/allocation.ts) say which blocks hold
   // data on the file; dirty cached blocks hold data the map does not know
@@ -303,27 +290,6 @@ export class BlockStore {
   }
 
   /**
-   * Allocation status of [offset, offset+length): equal neighbours merged, at
-   * most `maxExtents` runs (the last may end before the range does; the caller
-   * reports what it got). Dirty cached blocks count as data.
-   */
-  blockStatus(vol: VolumeHandle, offset: number, length: number, maxExtents: number): StatusExtent[] {
-    const out: StatusExtent[] = [];
-    let full = false;
-    const add = (runLen: number, flags: number): void => {
-      if (full) return;
-      const last = out[out.length - 1];
-      if (last && last.flags === flags) last.length += runLen;
-      else if (out.length < maxExtents) out.push({ length: runLen, flags });
-      else full = true;
-    };
-    vol.layout.forEachSegment(offset, length, (arrayId, arrayOffset, len) => {
-      if (!full) this.segmentRuns(arrayId, arrayOffset, len, add);
-    });
-    return out;
-  }
-
-  /**
    * Allocation of [offset, offset+length): equal neighbours merged, at most
    * `max` runs (the last may end before the range does; the caller reports
    * what it got). Dirty cached blocks count as data.
@@ -332,9 +298,8 @@ export class BlockStore {
     const out: AllocationRun[] = [];
     let full = false;
     let pos = offset;
-    const add = (runLen: number, flags: number): void => {
+    const add = (runLen: number, state: AllocationState): void => {
       if (full) return;
-      const state: AllocationState = flags === 0 ? 'data' : (flags & STATE_HOLE) !== 0 ? 'hole' : 'zero';
       const last = out[out.length - 1];
       if (last && last.state === state) last.length += runLen;
       else if (out.length < max) out.push({ offset: pos, length: runLen, state });
@@ -355,16 +320,16 @@ export class BlockStore {
    * where a dirty cached block holds newer bytes (its dirty span, widened to
    * allocation blocks, is data; the rest of the block was loaded as the map says).
    */
-  private segmentRuns(arrayId: number, offset: number, length: number, add: (len: number, flags: number) => void): void {
+  private segmentRuns(arrayId: number, offset: number, length: number, add: (len: number, state: AllocationState) => void): void {
     const a = this.getArray(arrayId);
     const end = offset + length;
     if (!this.cache.hasDirty(arrayId, offset, length)) {
-      a.allocationRuns(offset, length, (_off, runLen, state) => add(runLen, flagsOf(state)));
+      a.allocationRuns(offset, length, (_off, runLen, state) => add(runLen, stateOf(state)));
       return;
     }
     const bs = this.cache.blockSize;
     const mapRuns = (from: number, to: number): void => {
-      if (to > from) a.allocationRuns(from, to - from, (_off, runLen, state) => add(runLen, flagsOf(state)));
+      if (to > from) a.allocationRuns(from, to - from, (_off, runLen, state) => add(runLen, stateOf(state)));
     };
     for (let pos = offset; pos < end; ) {
       const index = Math.floor(pos / bs);
@@ -375,16 +340,16 @@ export class BlockStore {
         const lo = Math.max(pos, index * bs + span[0] - (span[0] % ALLOC_BLOCK));
         const hi = Math.min(next, index * bs + Math.ceil(span[1] / ALLOC_BLOCK) * ALLOC_BLOCK);
         mapRuns(pos, Math.min(lo, next));
-        if (hi > lo) add(hi - lo, 0);
+        if (hi > lo) add(hi - lo, 'data');
         mapRuns(Math.max(hi, pos), next);
       }
       pos = next;
     }
   }
 
-  /** True when the whole range holds data (a READ can be one OFFSET_DATA chunk, no hole chunks). */
+  /** True when the whole range holds data (a sparse-aware read can send it whole, no hole runs). */
   allData(vol: VolumeHandle, offset: number, length: number): boolean {
-    // Every structured READ asks this: skip the segment walk for single-extent volumes.
+    // Every sparse-aware read asks this: skip the segment walk for single-extent volumes.
     const ex = vol.layout.extents;
     if (ex.length === 1 && vol.layout.inRange(offset, length)) return this.dataIn(ex[0]!.arrayId, ex[0]!.offset + offset, length);
     let all = true;
@@ -399,19 +364,19 @@ export class BlockStore {
     if (this.getArray(arrayId).alloc.allData(offset, length)) return true;
     if (!this.cache.hasDirty(arrayId, offset, length)) return false;
     let all = true;
-    this.segmentRuns(arrayId, offset, length, (_len, flags) => {
-      if (flags !== 0) all = false;
+    this.segmentRuns(arrayId, offset, length, (_len, state) => {
+      if (state !== 'data') all = false;
     });
     return all;
   }
 
-  /** CACHE: reads the range's data blocks through, 1 MiB at a time, so the next read is served warm. */
+  /** Prefetch (NBD CACHE, SCSI PRE-FETCH): reads the range's data blocks through, 1 MiB at a time, so the next read is served warm. */
   async prefetch(vol: VolumeHandle, offset: number, length: number): Promise<void> {
     const CHUNK = 1024 * 1024;
     const scratch = Buffer.allocUnsafe(Math.min(CHUNK, length));
     for (let pos = offset; pos < offset + length; pos += CHUNK) {
       const n = Math.min(CHUNK, offset + length - pos);
-      if (!this.allData(vol, pos, n) && this.blockStatus(vol, pos, n, 2).every((e) => e.flags & STATE_ZERO)) continue;
+      if (!this.allData(vol, pos, n) && this.allocationRuns(vol, pos, n, 2).every((e) => e.state !== 'data')) continue;
       await this.read(vol, pos, n, scratch.subarray(0, n));
     }
   }

@@ -249,6 +249,22 @@ export function buildApi(m: StorageManager, opts: ApiOptions): FastifyInstance {
     return { ...k, pskFile: `${k.identity}:${k.key}\n` };
   });
 
+  // Host iSCSI identity: initiator names, CHAP (secrets shown once, on creation), allowed protocols.
+  r.add('POST', '/v1/hosts/:name/initiators', { summary: 'Add an iSCSI initiator name that is this host', tag: 'hosts', params: S.nameParam, body: S.hostInitiator, status: 201 }, ({ params, body }) => ({
+    initiators: m.iscsi.addInitiator(params.name, body.iqn),
+  }));
+  r.add('DELETE', '/v1/hosts/:name/initiators/:iqn', { summary: 'Remove an initiator name (its sessions are asked to log out)', tag: 'hosts', params: S.hostInitiatorParams }, async ({ params }) => ({
+    initiators: await m.iscsi.removeInitiator(params.name, params.iqn),
+  }));
+  r.add('POST', '/v1/hosts/:name/chap', { summary: "Create or rotate the host's CHAP secrets (one-way or mutual); the only time they are shown", tag: 'hosts', params: S.nameParam, body: S.hostChap, status: 201 }, ({ params, body }) =>
+    m.iscsi.setChap(params.name, body),
+  );
+  r.add('DELETE', '/v1/hosts/:name/chap', { summary: 'Stop requiring CHAP for the host', tag: 'hosts', params: S.nameParam, status: 204 }, ({ params }) => m.iscsi.clearChap(params.name));
+  r.add('PUT', '/v1/hosts/:name/protocols', { summary: 'Which protocols the host may use (nbd, iscsi)', tag: 'hosts', params: S.nameParam, body: S.hostProtocols }, async ({ params, body }) => {
+    await m.iscsi.setProtocols(params.name, body.protocols);
+    return m.describeHost(m.host(params.name));
+  });
+
   // ---- bindings
   r.add('GET', '/v1/bindings', { summary: 'List bindings', tag: 'bindings' }, () => ({ bindings: m.listBindings().map((b) => m.describeBinding(b)) }));
   r.add('GET', '/v1/bindings/:id', { summary: 'One binding', tag: 'bindings', params: S.idParam }, ({ params }) => m.describeBinding(m.binding(params.id)));

@@ -131,12 +131,20 @@ const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE hosts ADD COLUMN require_tls INTEGER NOT NULL DEFAULT 0;
   `,
-  // 4: SCSI persistent reservations (APTPL) per volume, kept across restarts.
+  // iSCSI (issue 10): the initiator names that are each host, its CHAP mode (secrets live in
+  // DATA/iscsi/chap/<host>.json, mode 0600), SCSI reservations per volume; hosts may use both protocols.
   `
+  CREATE TABLE host_initiators (
+    iqn TEXT PRIMARY KEY,
+    host_id INTEGER NOT NULL REFERENCES hosts(id) ON DELETE CASCADE,
+    created_at TEXT NOT NULL
+  );
+  CREATE INDEX host_initiators_by_host ON host_initiators(host_id);
+  ALTER TABLE hosts ADD COLUMN chap TEXT CHECK (chap IN ('one-way', 'mutual'));
+  UPDATE hosts SET protocols = 'nbd,iscsi' WHERE protocols = 'nbd';
   CREATE TABLE scsi_reservations (
     volume_id INTEGER PRIMARY KEY REFERENCES volumes(id) ON DELETE CASCADE,
-    state TEXT NOT NULL,
-    updated_at TEXT NOT NULL
+    state TEXT NOT NULL
   );
   `,
 ];

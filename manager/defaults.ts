@@ -5,6 +5,8 @@ export const DEMO = {
   farm: 'default',
   array: { name: 'array0', size: 1024 ** 3 },
   host: 'demo',
+  /** The demo host's iSCSI initiator name: `iscsi-ls -i <this> iscsi://127.0.0.1:3260` works on a fresh start. */
+  initiator: 'iqn.2026-11.io.blockgate:demo-initiator',
   volume: { name: 'demo-boot', size: 256 * 1024 ** 2 },
 } as const;
 
@@ -26,6 +28,7 @@ export async function seedDemo(m: StorageManager): Promise<boolean> {
   if (m.bindingsOfHost(host.id).length === 0) {
     m.bind({ volume: DEMO.volume.name, host: DEMO.host, target: 0, lun: 0, map: true });
   }
+  if (!m.iscsi.initiator(DEMO.initiator)) m.iscsi.addInitiator(DEMO.host, DEMO.initiator);
   m.setSetting('nbd.default_host', DEMO.host);
   m.setSetting('seeded', new Date().toISOString());
   return true;

@@ -17,7 +17,8 @@ import { BindingOperations } from './operations/bindings.js';
 import { BulkOperations } from './operations/bulk.js';
 import { Inventory } from './operations/inventory.js';
 import { Tracer } from './operations/trace.js';
-import { SqliteReservationStore, setVolumeCachePolicy } from './operations/scsi.js';
+import { IscsiAccess } from './operations/iscsi.js';
+import type { Frontend } from '../target/core/index.js';
 import { allowedOperations, transition, type Operation, type VolumeState } from './state.js';
 
 /** The data path as the manager sees it: publish namespaces, attach arrays, manage listeners, bulk work. */
@@ -30,6 +31,8 @@ export interface DataPath {
   tls?: NbdTlsKeys | undefined;
   /** Per (host, volume) I/O counters the units record into; one is made if the caller has none. */
   stats?: StatsRegistry;
+  /** The iSCSI frontend, when serving iSCSI (addresses for the namespace view, unit attentions). */
+  iscsi?: Frontend | undefined;
 }
 
 export interface ManagerOptions {
@@ -80,6 +83,8 @@ export interface HostRow {
   name: string;
   farm_id: number;
   protocols: string;
+  /** iSCSI CHAP mode ('one-way' | 'mutual'); the secrets are in DATA/iscsi/chap/<host>.json. */
+  chap: string | null;
   default_protocol: string;
   nbd_tcp: string | null;
   require_tls: number;
@@ -138,6 +143,7 @@ export class StorageManager {
   readonly bulk: BulkOperations;
   readonly tracer: Tracer;
   readonly inventory: Inventory;
+  readonly iscsi: IscsiAccess;
   private faults: ReadonlySet<string>;
   /** The job whose code is running (its own volumes are not "busy" to it). */
   private readonly currentJob = new AsyncLocalStorage<number>();
@@ -156,6 +162,7 @@ export class StorageManager {
     this.bulk = new BulkOperations(this);
     this.tracer = new Tracer(this);
     this.inventory = new Inventory(this);
+    this.iscsi = new IscsiAccess(this);
     this.config = new ConfigOperations(this);
     this.stats = dp.stats ?? new StatsRegistry();
     this.dataDir = opts.dataDir;
@@ -197,6 +204,7 @@ export class StorageManager {
   /** Attaches every array, publishes every namespace and opens every host's listeners. */
   async start(): Promise<void> {
     for (const a of this.listArrays()) await this.attachArray(a, false);
+    await this.iscsi.load();
     for (const h of this.listHosts()) {
       await this.openHostListeners(h);
       this.publishHost(h.id);
@@ -512,6 +520,10 @@ export class StorageManager {
     return this.volumeById(v.id);
   }
 
+  hostsMappingVolume(volumeId: number): number[] {
+    return this.hostsMapping(volumeId);
+  }
+
   private hostsMapping(volumeId: number): number[] {
     return (this.db.prepare('SELECT DISTINCT host_id FROM bindings WHERE volume_id = ? AND mapped = 1').all(volumeId) as { host_id: number }[]).map((r) => r.host_id);
   }
@@ -677,7 +689,7 @@ export class StorageManager {
     if (opts.nbdTcp) parseAddress(opts.nbdTcp);
     const id = Number(
       this.db
-        .prepare('INSERT INTO hosts (name, farm_id, nbd_tcp, created_at) VALUES (?, ?, ?, ?)')
+        .prepare("INSERT INTO hosts (name, farm_id, nbd_tcp, protocols, created_at) VALUES (?, ?, ?, 'nbd,iscsi', ?)")
         .run(opts.name, farm.id, opts.nbdTcp ?? null, now()).lastInsertRowid,
     );
     const h = this.hostById(id);
@@ -728,6 +740,7 @@ export class StorageManager {
         requireTls: h.require_tls === 1,
         tlsPsk: this.dp.tls?.hasPsk(h.name) ?? false,
       },
+      iscsi: this.iscsi.describe(h),
       units: this.bindingsOfHost(h.id).filter((b) => b.mapped).length,
       createdAt: h.created_at,
     };
@@ -755,10 +768,11 @@ export class StorageManager {
         uris: [
           `nbd+unix:///${exportName}?socket=${sock}`,
           ...tcp.map((a) => `nbd://${a}/${exportName}`),
+          ...((h.protocols.split(',').includes('iscsi') && this.dp.iscsi?.address(h.name, u)?.uris) || []),
         ],
       };
     });
-    return { host: h.name, farm: this.farmName(h.farm_id), socket: sock, tcp, units };
+    return { host: h.name, farm: this.farmName(h.farm_id), socket: sock, tcp, iscsi: this.iscsi.describe(h), units };
   }
 
   // ---- bindings ----------------------------------------------------------
@@ -806,23 +820,6 @@ export class StorageManager {
     return bindingRecord(b, this.volumeById(b.volume_id).name, this.hostById(b.host_id).name);
   }
 
-  // ---- SCSI state (the iSCSI command set's ScsiContext) ------------------
-
-  /** Where the SCSI layer keeps persistent reservations (one store per manager). */
-  get reservationStore(): SqliteReservationStore {
-    return (this.scsiReservations ??= new SqliteReservationStore(this.db));
-  }
-
-  private scsiReservations: SqliteReservationStore | undefined;
-
-  /** A host asked for another write cache policy (MODE SELECT, WCE): saved and applied to the live units. */
-  async setCachePolicy(volumeId: number, policy: CachePolicy): Promise<void> {
-    const v = this.volumeById(volumeId);
-    if (v.cache_policy === policy) return;
-    setVolumeCachePolicy(this.db, this.dp.namespaces, this.listHosts().map((h) => h.name), volumeId, policy);
-    this.events.emit('volume.cache-policy', `volume/${v.name}`, { volume: v.name, from: v.cache_policy, to: policy, by: 'scsi' });
-  }
-
   volumeHandle(v: VolumeRow): { id: number; layout: VolumeLayout; cachePolicy: CachePolicy } {
     return { id: v.id, layout: this.layoutOf(v.id), cachePolicy: v.cache_policy };
   }
@@ -847,8 +844,10 @@ export class StorageManager {
         };
       });
     this.fault('publish');
-    const before = this.dp.namespaces.list(h.name).map((u) => `${u.target}/${u.lun}:${u.volume.id}`).join(',');
+    const previous = this.dp.namespaces.list(h.name);
+    const before = previous.map((u) => `${u.target}/${u.lun}:${u.volume.id}`).join(',');
     this.dp.namespaces.publish(h.name, units);
+    this.iscsi.namespaceChanged(h.name, previous, units);
     this.dp.namespaces.setRequireTls(h.name, h.require_tls === 1);
     const after = units.map((u) => `${u.target}/${u.lun}:${u.volume.id}`).sort().join(',');
     if (before.split(',').sort().join(',') !== after) {

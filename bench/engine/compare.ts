@@ -48,7 +48,7 @@ async function startBlockgate(dir: string): Promise<Blockgate> {
   fs.rmSync(runFile, { force: true });
   const child = spawn(
     process.execPath,
-    [path.join(ROOT, 'dist/bin/blockgate.js'), 'serve', '--data-dir', dir, '--api', '127.0.0.1:0', '--nbd', '127.0.0.1:0', '--api-token', 'bench', '--log-level', 'warn', '--cache-size', cacheSize, '--cache-block', cacheBlock, '--io-route', ioRoute],
+    [path.join(ROOT, 'dist/bin/blockgate.js'), 'serve', '--data-dir', dir, '--api', '127.0.0.1:0', '--nbd', '127.0.0.1:0', '--iscsi', '127.0.0.1:0', '--api-token', 'bench', '--log-level', 'warn', '--cache-size', cacheSize, '--cache-block', cacheBlock, '--io-route', ioRoute],
     { stdio: ['ignore', 'ignore', 'inherit'] },
   );
   await waitFor(() => fs.existsSync(runFile), 'blockgate');

@@ -1,11 +1,11 @@
 import type { Socket } from 'node:net';
 import tls from 'node:tls';
-import { STATE_ZERO, type BlockStore } from '../../cache/index.js';
+import type { BlockStore } from '../../cache/index.js';
+import { openUnit, type AllocationRun, type UnitIO } from '../core/index.js';
 import type { Namespaces, Unit } from '../namespace.js';
 import {
   CMD,
   CMD_FLAG,
-  ERRNO,
   FLAG_C_FIXED_NEWSTYLE,
   FLAG_C_NO_ZEROES,
   FLAG_FIXED_NEWSTYLE,
@@ -14,12 +14,10 @@ import {
   IHAVEOPT_LO,
   INFO,
   MAX_PAYLOAD,
-  MIN_BLOCK,
   OPT,
   OPTION_HEADER_SIZE,
   OPT_REPLY_MAGIC_HI,
   OPT_REPLY_MAGIC_LO,
-  PREFERRED_BLOCK,
   REP,
   REPLY_FLAG_DONE,
   REPLY_TYPE,
@@ -30,8 +28,8 @@ import {
   TFLAG,
 } from './constants.js';
 import { LARGE_MIN, SMALL_MAX, alignedCopy, largeBuffer, releaseLarge, replyBuffer, smallBuffer } from './buffers.js';
-import { nbdErrno } from './errno.js';
-import { OP } from '../stats.js';
+import { ERRNO, nbdErrno } from './errno.js';
+import { allocationFlags, writeChunkHeader, writeOffset } from './wire.js';
 import { parseExportName } from './export-name.js';
 
 export interface NbdLimits {
@@ -160,6 +158,8 @@ export class NbdConnection {
   private blockStatusOn = false;
   private optionCount = 0;
   private unit: Unit | null = null;
+  /** The unit's I/O, once in transmission (every request goes through it). */
+  private io: UnitIO | null = null;
 
   private inflight = 0;
   private inflightBytes = 0;
@@ -495,11 +495,12 @@ export class NbdConnection {
     // Sent unasked: it carries the serial and NAA a host needs to match the device.
     this.optionReply(option, REP.INFO, infoString(INFO.DESCRIPTION, describe(unit)));
 
+    const caps = openUnit(this.backend.store, unit).caps();
     const bs = Buffer.allocUnsafe(14);
     bs.writeUInt16BE(INFO.BLOCK_SIZE, 0);
-    bs.writeUInt32BE(MIN_BLOCK, 2);
-    bs.writeUInt32BE(PREFERRED_BLOCK, 6);
-    bs.writeUInt32BE(MAX_PAYLOAD, 10);
+    bs.writeUInt32BE(caps.minBlock, 2);
+    bs.writeUInt32BE(caps.preferredBlock, 6);
+    bs.writeUInt32BE(Math.min(caps.maxTransfer, MAX_PAYLOAD), 10);
     this.optionReply(option, REP.INFO, bs);
 
     this.optionReply(option, REP.ACK);
@@ -591,17 +592,18 @@ export class NbdConnection {
   }
 
   private transmissionFlags(unit: Unit): number {
-    // One store behind every connection, and FLUSH syncs whole arrays: a flush
-    // on any connection covers writes completed on all of them (multi-conn).
-    let f = TFLAG.HAS_FLAGS | TFLAG.SEND_FLUSH | TFLAG.SEND_FUA | TFLAG.CAN_MULTI_CONN | TFLAG.SEND_CACHE;
+    const caps = openUnit(this.backend.store, unit).caps();
+    let f = TFLAG.HAS_FLAGS | TFLAG.SEND_FLUSH | TFLAG.SEND_FUA | TFLAG.SEND_CACHE;
+    if (caps.flushCoversAllSessions) f |= TFLAG.CAN_MULTI_CONN;
     if (this.structured) f |= TFLAG.SEND_DF;
-    if (unit.readOnly) f |= TFLAG.READ_ONLY;
+    if (caps.readOnly) f |= TFLAG.READ_ONLY;
     else f |= TFLAG.SEND_TRIM | TFLAG.SEND_WRITE_ZEROES | TFLAG.SEND_FAST_ZERO;
     return f;
   }
 
   private enterTransmission(unit: Unit, name: string, option: 'GO' | 'EXPORT_NAME'): void {
     this.unit = unit;
+    this.io = openUnit(this.backend.store, unit);
     // Block status only for the export the contexts were selected on.
     this.blockStatusOn = this.structured && this.metaExport !== null && sameExport(this.metaExport, name);
     this.phase = Phase.Transmission;
@@ -668,16 +670,14 @@ export class NbdConnection {
   }
 
   private dispatch(type: number, flags: number, cookieHi: number, cookieLo: number, offset: number, length: number): void {
-    const unit = this.unit!;
-    const store = this.backend.store;
-    const layout = unit.volume.layout;
+    const io = this.io!;
     switch (type) {
       case CMD.READ: {
         const allowed = CMD_FLAG.FUA | (this.structured ? CMD_FLAG.DF : 0);
         if ((flags & ~allowed) !== 0) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'unsupported flags on READ');
         if (length > MAX_PAYLOAD) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'read larger than maximum payload');
-        if (!layout.inRange(offset, length)) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'read beyond end of export');
-        if (this.structured && (flags & CMD_FLAG.DF) === 0 && length > 0 && !store.allData(unit.volume, offset, length)) {
+        // allData() is false out of range too: the sparse path's extents() then refuses it.
+        if (this.structured && (flags & CMD_FLAG.DF) === 0 && length > 0 && !io.allData(offset, length)) {
           return this.startSparseRead(cookieHi, cookieLo, offset, length);
         }
         return this.startRead(cookieHi, cookieLo, offset, length);
@@ -685,30 +685,26 @@ export class NbdConnection {
       case CMD.FLUSH: {
         if ((flags & ~CMD_FLAG.FUA) !== 0) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'unsupported flags on FLUSH');
         if (offset !== 0 || length !== 0) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'FLUSH must have zero offset and length');
-        this.track(store.flush(unit.volume), cookieHi, cookieLo, false, OP.flush, 0);
+        this.track(io.flush(), cookieHi, cookieLo, false, 0);
         return;
       }
       case CMD.TRIM: {
         if ((flags & ~CMD_FLAG.FUA) !== 0) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'unsupported flags on TRIM');
-        if (unit.readOnly) return this.replyError(cookieHi, cookieLo, ERRNO.EPERM, 'export is read-only');
-        if (!layout.inRange(offset, length)) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'trim beyond end of export');
-        this.track(store.trim(unit.volume, offset, length, (flags & CMD_FLAG.FUA) !== 0), cookieHi, cookieLo, true, OP.trim, 0);
+        // Not forWrite: a trim past the end is EINVAL (the spec keeps ENOSPC for writes).
+        this.track(io.trim(offset, length, (flags & CMD_FLAG.FUA) !== 0), cookieHi, cookieLo, false, 0);
         return;
       }
       case CMD.WRITE_ZEROES: {
         if ((flags & ~(CMD_FLAG.FUA | CMD_FLAG.NO_HOLE | CMD_FLAG.FAST_ZERO)) !== 0) {
           return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'unsupported flags on WRITE_ZEROES');
         }
-        if (unit.readOnly) return this.replyError(cookieHi, cookieLo, ERRNO.EPERM, 'export is read-only');
-        if (!layout.inRange(offset, length)) return this.replyError(cookieHi, cookieLo, ERRNO.ENOSPC, 'write beyond end of export');
-        const opts = { noHole: (flags & CMD_FLAG.NO_HOLE) !== 0, fast: (flags & CMD_FLAG.FAST_ZERO) !== 0, fua: (flags & CMD_FLAG.FUA) !== 0 };
-        this.track(store.writeZeroes(unit.volume, offset, length, opts), cookieHi, cookieLo, true, OP.zero, 0);
+        const req = { noHole: (flags & CMD_FLAG.NO_HOLE) !== 0, fast: (flags & CMD_FLAG.FAST_ZERO) !== 0, fua: (flags & CMD_FLAG.FUA) !== 0 };
+        this.track(io.zero(offset, length, req), cookieHi, cookieLo, true, 0);
         return;
       }
       case CMD.CACHE: {
         if ((flags & ~CMD_FLAG.FUA) !== 0) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'unsupported flags on CACHE');
-        if (!layout.inRange(offset, length)) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'cache beyond end of export');
-        this.track(store.prefetch(unit.volume, offset, length), cookieHi, cookieLo, false, OP.other, 0);
+        this.track(io.prefetch(offset, length), cookieHi, cookieLo, false, 0);
         return;
       }
       case CMD.BLOCK_STATUS:
@@ -726,15 +722,13 @@ export class NbdConnection {
   }
 
   private blockStatus(flags: number, cookieHi: number, cookieLo: number, offset: number, length: number): void {
-    const unit = this.unit!;
     if (!this.blockStatusOn) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'no metadata context selected (SET_META_CONTEXT base:allocation)');
     if ((flags & ~(CMD_FLAG.FUA | CMD_FLAG.REQ_ONE)) !== 0) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'unsupported flags on BLOCK_STATUS');
     if (length === 0) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'BLOCK_STATUS needs a length');
-    if (!unit.volume.layout.inRange(offset, length)) return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'block status beyond end of export');
     const max = (flags & CMD_FLAG.REQ_ONE) !== 0 ? 1 : this.limits.maxExtents;
-    let extents;
+    let extents: AllocationRun[];
     try {
-      extents = this.backend.store.blockStatus(unit.volume, offset, length, max);
+      extents = this.io!.extents(offset, length, max);
     } catch (err) {
       return this.replyError(cookieHi, cookieLo, nbdErrno(err), errMessage(err));
     }
@@ -744,7 +738,7 @@ export class NbdConnection {
     let p = 24;
     for (const e of extents) {
       b.writeUInt32BE(e.length, p);
-      b.writeUInt32BE(e.flags, p + 4);
+      b.writeUInt32BE(allocationFlags(e.state), p + 4);
       p += 8;
     }
     this.send(b);
@@ -755,43 +749,31 @@ export class NbdConnection {
    * to the pool once the store is done with it.
    */
   private startWrite(flags: number, cookieHi: number, cookieLo: number, offset: number, payload: Buffer, pooled = false): void {
-    const unit = this.unit!;
-    const refuse = (errno: number, message: string): void => {
+    if ((flags & ~CMD_FLAG.FUA) !== 0) {
       if (pooled) releaseLarge(payload);
-      this.replyError(cookieHi, cookieLo, errno, message);
-    };
-    if ((flags & ~CMD_FLAG.FUA) !== 0) return refuse(ERRNO.EINVAL, 'unsupported flags on WRITE');
-    if (unit.readOnly) return refuse(ERRNO.EPERM, 'export is read-only');
-    if (!unit.volume.layout.inRange(offset, payload.length)) return refuse(ERRNO.ENOSPC, 'write beyond end of export');
-    const fua = (flags & CMD_FLAG.FUA) !== 0;
-    const t0 = performance.now();
-    let work: Promise<void> | null;
-    try {
-      work = this.backend.store.writeFast(unit.volume, offset, payload, fua);
-    } catch (err) {
-      work = Promise.reject(err as Error);
+      return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'unsupported flags on WRITE');
     }
+    const work = this.io!.write(offset, payload, (flags & CMD_FLAG.FUA) !== 0);
     const bytes = payload.length;
     if (work === null) {
       // Complete in memory (write-back): reply now, no promise hop.
-      return this.writeDone(cookieHi, cookieLo, payload, pooled, null, t0);
+      return this.writeDone(cookieHi, cookieLo, payload, pooled, null);
     }
     this.begin(bytes);
     work.then(
       () => {
-        this.writeDone(cookieHi, cookieLo, payload, pooled, null, t0);
+        this.writeDone(cookieHi, cookieLo, payload, pooled, null);
         this.end(bytes);
       },
       (err: unknown) => {
-        this.writeDone(cookieHi, cookieLo, payload, pooled, err, t0);
+        this.writeDone(cookieHi, cookieLo, payload, pooled, err);
         this.end(bytes);
       },
     );
   }
 
-  /** A WRITE's completion, at once or after the store's promise: recycle the payload, reply. */
-  private writeDone(cookieHi: number, cookieLo: number, payload: Buffer, pooled: boolean, err: unknown, t0: number): void {
-    this.unit!.stats.record(OP.write, payload.length, (performance.now() - t0) / 1000, err === null);
+  /** A WRITE's completion, at once or after the unit's promise: recycle the payload, reply. */
+  private writeDone(cookieHi: number, cookieLo: number, payload: Buffer, pooled: boolean, err: unknown): void {
     if (pooled) releaseLarge(payload);
     if (err === null) this.replyOk(cookieHi, cookieLo);
     else this.replyError(cookieHi, cookieLo, nbdErrno(err, true), errMessage(err));
@@ -816,25 +798,19 @@ export class NbdConnection {
       buf.writeUInt32BE(cookieHi, 8);
       buf.writeUInt32BE(cookieLo, 12);
     }
-    const t0 = performance.now();
-    let work: Promise<void> | null;
-    try {
-      work = this.backend.store.readFast(this.unit!.volume, offset, length, buf.subarray(hdr));
-    } catch (err) {
-      work = Promise.reject(err as Error);
-    }
+    const work = this.io!.read(offset, length, buf.subarray(hdr));
     if (work === null) {
       // Every block was in memory: the bytes are already in buf.
-      return this.readDone(cookieHi, cookieLo, whole, buf, length, null, t0);
+      return this.readDone(cookieHi, cookieLo, whole, buf, length, null);
     }
     this.begin(length);
     work.then(
       () => {
-        this.readDone(cookieHi, cookieLo, whole, buf, length, null, t0);
+        this.readDone(cookieHi, cookieLo, whole, buf, length, null);
         this.end(length);
       },
       (err: unknown) => {
-        this.readDone(cookieHi, cookieLo, whole, buf, length, err, t0);
+        this.readDone(cookieHi, cookieLo, whole, buf, length, err);
         this.end(length);
       },
     );
@@ -844,8 +820,7 @@ export class NbdConnection {
    * A READ's completion, at once (cache hit) or after the store's promise.
    * `whole` is the buffer as allocated (for recycling), `buf` the reply inside it.
    */
-  private readDone(cookieHi: number, cookieLo: number, whole: Buffer, buf: Buffer, length: number, err: unknown, t0: number): void {
-    this.unit!.stats.record(OP.read, length, (performance.now() - t0) / 1000, err === null);
+  private readDone(cookieHi: number, cookieLo: number, whole: Buffer, buf: Buffer, length: number, err: unknown): void {
     if (err !== null) {
       if (whole.length >= LARGE_MIN) releaseLarge(whole);
       return this.replyError(cookieHi, cookieLo, nbdErrno(err), errMessage(err));
@@ -862,36 +837,33 @@ export class NbdConnection {
    * which is what concurrent requests are allowed to see.
    */
   private startSparseRead(cookieHi: number, cookieLo: number, offset: number, length: number): void {
-    const vol = this.unit!.volume;
-    let runs;
+    const io = this.io!;
+    let runs: AllocationRun[];
     try {
-      runs = this.backend.store.blockStatus(vol, offset, length, MAX_READ_CHUNKS);
+      runs = io.extents(offset, length, MAX_READ_CHUNKS);
     } catch (err) {
       return this.replyError(cookieHi, cookieLo, nbdErrno(err), errMessage(err));
     }
     const covered = runs.reduce((s, r) => s + r.length, 0);
     // Anything past the runs we took is sent as data.
-    if (covered < length) runs.push({ length: length - covered, flags: 0 });
-    if (runs.length === 1 && (runs[0]!.flags & STATE_ZERO) !== 0) {
+    if (covered < length) runs.push({ offset: offset + covered, length: length - covered, state: 'data' });
+    if (runs.length === 1 && runs[0]!.state !== 'data') {
       const b = Buffer.allocUnsafe(32);
       writeChunkHeader(b, 0, REPLY_FLAG_DONE, REPLY_TYPE.OFFSET_HOLE, cookieHi, cookieLo, 12);
       writeOffset(b, 20, offset);
       b.writeUInt32BE(length, 28);
       // Answered from the map alone: counted as a read served at once.
-      this.unit!.stats.record(OP.read, length, 0, true);
+      io.countHoleRead(length);
       return this.send(b);
     }
     const data = Buffer.allocUnsafe(length);
     this.begin(length);
-    const stats = this.unit!.stats;
-    const t0 = performance.now();
-    this.backend.store.read(vol, offset, length, data).then(
+    (io.read(offset, length, data) ?? Promise.resolve()).then(
       () => {
-        stats.record(OP.read, length, (performance.now() - t0) / 1000, true);
         let at = 0;
         runs.forEach((r, i) => {
           const flag = i === runs.length - 1 ? REPLY_FLAG_DONE : 0;
-          if ((r.flags & STATE_ZERO) !== 0) {
+          if (r.state !== 'data') {
             const b = Buffer.allocUnsafe(32);
             writeChunkHeader(b, 0, flag, REPLY_TYPE.OFFSET_HOLE, cookieHi, cookieLo, 12);
             writeOffset(b, 20, offset + at);
@@ -910,30 +882,24 @@ export class NbdConnection {
       },
       (err: unknown) => {
         this.replyError(cookieHi, cookieLo, nbdErrno(err), errMessage(err));
-        stats.record(OP.read, length, (performance.now() - t0) / 1000, false);
         this.end(length);
       },
     );
   }
 
   /**
-   * Replies when `work` settles. `op` and `bytes` are what the request counts
-   * as in the unit's IoStats (target/stats.ts OP); `bytes` is also the payload
-   * memory it holds while in flight.
+   * Replies when `work` settles (the unit counts it in its IoStats). `bytes`
+   * is the payload memory the request holds while in flight.
    */
-  private track(work: Promise<void>, cookieHi: number, cookieLo: number, forWrite: boolean, op: number, bytes: number): void {
+  private track(work: Promise<void>, cookieHi: number, cookieLo: number, forWrite: boolean, bytes: number): void {
     this.begin(bytes);
-    const stats = this.unit!.stats;
-    const t0 = performance.now();
     work.then(
       () => {
         this.replyOk(cookieHi, cookieLo);
-        stats.record(op, bytes, (performance.now() - t0) / 1000, true);
         this.end(bytes);
       },
       (err: unknown) => {
         this.replyError(cookieHi, cookieLo, nbdErrno(err, forWrite), errMessage(err));
-        stats.record(op, bytes, (performance.now() - t0) / 1000, false);
         this.end(bytes);
       },
     );
@@ -1050,20 +1016,6 @@ function recycleOnWrite(buf: Buffer): (err?: Error | null) => void {
   return (err) => {
     if (!err) releaseLarge(buf);
   };
-}
-
-function writeChunkHeader(b: Buffer, p: number, flags: number, type: number, cookieHi: number, cookieLo: number, length: number): void {
-  b.writeUInt32BE(STRUCTURED_REPLY_MAGIC, p);
-  b.writeUInt16BE(flags, p + 4);
-  b.writeUInt16BE(type, p + 6);
-  b.writeUInt32BE(cookieHi, p + 8);
-  b.writeUInt32BE(cookieLo, p + 12);
-  b.writeUInt32BE(length, p + 16);
-}
-
-function writeOffset(b: Buffer, p: number, offset: number): void {
-  b.writeUInt32BE(Math.floor(offset / 0x100000000), p);
-  b.writeUInt32BE(offset >>> 0, p + 4);
 }
 
 /** Two export names address the same unit ("" and "0/0" are one). */

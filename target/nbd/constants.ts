@@ -96,16 +96,9 @@ export const REPLY_TYPE = {
   ERROR_OFFSET: 32770,
 } as const;
 
-export const ERRNO = {
-  EPERM: 1,
-  EIO: 5,
-  ENOMEM: 12,
-  EINVAL: 22,
-  ENOSPC: 28,
-  EOVERFLOW: 75,
-  ENOTSUP: 95,
-  ESHUTDOWN: 108,
-} as const;
+/** base:allocation status flags (NBD_STATE_*). */
+export const STATE_HOLE = 1 << 0;
+export const STATE_ZERO = 1 << 1;
 
 export const REQUEST_HEADER_SIZE = 28;
 export const OPTION_HEADER_SIZE = 16;

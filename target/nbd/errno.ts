@@ -1,5 +1,16 @@
 import { isBlockgateError } from '../../common/errors.js';
-import { ERRNO } from './constants.js';
+
+/** NBD error values (the spec's errno subset); the only place they are spelled. */
+export const ERRNO = {
+  EPERM: 1,
+  EIO: 5,
+  ENOMEM: 12,
+  EINVAL: 22,
+  ENOSPC: 28,
+  EOVERFLOW: 75,
+  ENOTSUP: 95,
+  ESHUTDOWN: 108,
+} as const;
 
 /**
  * The one place blockgate errors become NBD error values. `forWrite` picks

@@ -20,6 +20,8 @@ export class TestServer {
   pid = 0;
   api = '';
   nbd = '';
+  /** iSCSI portal "host:port" from run.json. */
+  iscsi = '';
   private child: ChildProcess | null = null;
   private readonly opts: ServerOptions;
   log = '';
@@ -45,7 +47,7 @@ export class TestServer {
   async start(): Promise<this> {
     const runFile = path.join(this.dataDir, 'run.json');
     fs.rmSync(runFile, { force: true });
-    const args = [BIN, 'serve', '--data-dir', this.dataDir, '--api', '127.0.0.1:0', '--nbd', '127.0.0.1:0', '--api-token', TOKEN, '--log-level', 'warn'];
+    const args = [BIN, 'serve', '--data-dir', this.dataDir, '--api', '127.0.0.1:0', '--nbd', '127.0.0.1:0', '--iscsi', '127.0.0.1:0', '--api-token', TOKEN, '--log-level', 'warn'];
     if (this.opts.demo === false) args.push('--no-demo');
     args.push(...(this.opts.args ?? []));
     const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...this.opts.env } });
@@ -57,10 +59,11 @@ export class TestServer {
     for (;;) {
       if (child.exitCode !== null || child.signalCode !== null) throw new Error(`blockgate exited early:\n${this.log}`);
       try {
-        const info = JSON.parse(fs.readFileSync(runFile, 'utf8')) as { pid: number; api: string; nbd: string };
+        const info = JSON.parse(fs.readFileSync(runFile, 'utf8')) as { pid: number; api: string; nbd: string; iscsi: string };
         if (info.pid === this.pid) {
           this.api = info.api;
           this.nbd = info.nbd;
+          this.iscsi = info.iscsi;
           return this;
         }
       } catch {

@@ -47,8 +47,8 @@ async function rig(t: { teardown: (fn: () => unknown) => void; same: (...a: any[
       }
       return out;
     },
-    reservations: m.reservationStore,
-    setCachePolicy: (id, p) => m.setCachePolicy(id, p),
+    reservations: m.iscsi.reservations,
+    setCachePolicy: (id, p) => m.iscsi.setCachePolicy(id, p),
   };
   const dev = new ScsiCommandSet(ctx);
   const A = nexusOf('400000000001');

@@ -44,7 +44,7 @@ t.test('a volume on reused space never shows the previous owner\'s bytes', async
   const buf = Buffer.alloc(8 * MiB, 0xff);
   await store.read(h2, 0, 8 * MiB, buf);
   t.ok(buf.every((x) => x === 0), 'reads zeroes');
-  t.same(store.blockStatus(h2, 0, 8 * MiB, 10), [{ length: 8 * MiB, flags: 3 }], 'and reports a hole');
+  t.same(store.allocationRuns(h2, 0, 8 * MiB, 10), [{ offset: 0, length: 8 * MiB, state: 'hole' }], 'and reports a hole');
   const crashed = store;
   t.teardown(async () => {
     for (const a of crashed.listArrays()) await a.close();

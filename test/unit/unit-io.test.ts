@@ -14,9 +14,9 @@ const M = 1024 * K;
 const SIZE = 4 * M;
 
 /** A store over a real sparse array file in a temp dir, closed in teardown. */
-async function setup(tt: { teardown: (fn: () => unknown) => void }): Promise<{ store: BlockStore; array: ArrayFile }> {
+async function setup(tt: { teardown: (fn: () => unknown) => void }, dirtyLimit?: number): Promise<{ store: BlockStore; array: ArrayFile }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'blockgate-unitio-'));
-  const store = new BlockStore({ size: 4 * M, blockSize: 64 * K, writebackDelayMs: 60_000 });
+  const store = new BlockStore({ size: 4 * M, blockSize: 64 * K, writebackDelayMs: 60_000, dirtyLimit });
   const array = new ArrayFile(1, 'a1', path.join(dir, 'a1.img'), 16 * M);
   await array.open(true);
   store.addArray(array);
@@ -82,6 +82,7 @@ t.test('reads and writes land in the volume; bytes outside the range are refused
   t.same(onDisk, fill(8192, 0xab), 'written through at the extent offset');
 
   t.equal(await code(io.read(SIZE - 10, 20, Buffer.alloc(20))), 'OUT_OF_RANGE', 'read past the end');
+  await t.rejects(io.read(SIZE, 1, Buffer.alloc(1))!, /beyond the end of the unit/, 'refused by the unit, before the store');
   t.equal(await code(io.write(SIZE - 10, fill(20, 1), false)), 'OUT_OF_RANGE', 'write past the end');
   t.equal(await code(io.write(-1, fill(2, 1), false)), 'OUT_OF_RANGE', 'negative offset');
   t.equal(await code(io.trim(SIZE, 4096, false)), 'OUT_OF_RANGE', 'trim past the end');
@@ -230,4 +231,20 @@ t.test('compareAndWrite waits while a control operation holds the volume', async
   release();
   t.same(await caw, { mismatchAt: -1 }, 'runs once released');
   t.same(await readAll(io, 0, 512), fill(512, 2));
+});
+
+t.test('compareAndWrite waits for a write that is waiting for dirty room (in flight, not yet in the cache)', async (t) => {
+  // Dirty limit of two cache blocks: four dirty blocks put writers over it.
+  const { store } = await setup(t, 128 * K);
+  const a = openUnit(store, unit('a', 'write-back'));
+  const b = openUnit(store, unit('b', 'write-back'));
+  await a.write(0, fill(64 * K, 0xaa), false);
+  await b.write(1 * M, fill(192 * K, 0x55), false);
+  t.ok(store.cache.overDirtyLimit, 'over the dirty limit');
+  const before = b.write(0, fill(64 * K, 0xbb), false);
+  t.not(before, null, 'the write waits for room');
+  const r = await a.compareAndWrite(0, fill(64 * K, 0xaa), fill(64 * K, 0xcc), false);
+  await before;
+  t.equal(r.mismatchAt, 0, 'the compare saw the earlier write');
+  t.same(await readAll(a, 0, 64 * K), fill(64 * K, 0xbb), 'and wrote nothing over it');
 });
