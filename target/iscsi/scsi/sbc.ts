@@ -141,8 +141,12 @@ export async function compareAndWrite(req: Req): Promise<ScsiResponse> {
   checkWritable(req);
   if (n > MAX_CAW_BLOCKS) throw badCdb(13);
   checkRange(req, lba, n);
-  if (n === 0) return GOOD;
   const d = req.cmd.data;
+  // No blocks but a Data-Out: the CDB cannot be what the initiator meant (an NLB that overflowed its byte).
+  if (n === 0) {
+    if (d && d.length > 0) throw badCdb(13);
+    return GOOD;
+  }
   // The Data-Out is exactly the verify half then the write half.
   if (!d || d.length !== 2 * n * BLOCK) throw fail(new Sense(KEY.ILLEGAL_REQUEST, 0x0e, 0x03));
   const fua = (cdb[1]! & 0x08) !== 0;
@@ -199,8 +203,9 @@ export async function writeSame(req: Req): Promise<ScsiResponse> {
   if (ndob) block = Buffer.alloc(BLOCK);
   else {
     const d = cmd.data;
-    if (!d || d.length < BLOCK) throw fail(new Sense(KEY.ILLEGAL_REQUEST, 0x0e, 0x03));
-    block = d.subarray(0, BLOCK);
+    // Exactly one block of Data-Out (SBC-3 5.48).
+    if (!d || d.length !== BLOCK) throw new CheckCondition(new Sense(KEY.ILLEGAL_REQUEST, 0x0e, 0x03), BLOCK);
+    block = d;
   }
   const zero = isZero(block);
   if (zero) {
@@ -247,7 +252,9 @@ export async function unmap(req: Req): Promise<ScsiResponse> {
     if (lba + n > req.blocks) throw fail(SENSE.LBA_OUT_OF_RANGE);
     if (n > 0) ranges.push([lba, n]);
   }
-  for (const [lba, n] of ranges) await io.trim(lba * BLOCK, n * BLOCK, false);
+  // Zeroing rather than trimming: whole allocation blocks become holes either way, and the partial
+  // ones read back as zeroes, as LBPRZ promises for every unmapped LBA.
+  for (const [lba, n] of ranges) await io.zero(lba * BLOCK, n * BLOCK, { noHole: false, fast: false, fua: false });
   return GOOD;
 }
 
@@ -266,7 +273,7 @@ export function getLbaStatus(req: Req): ScsiResponse {
   // Runs are in bytes; descriptors are in blocks, neighbours of equal status merged.
   const descs: [number, number, number][] = [];
   for (const r of runs) {
-    const start = Math.floor(r.offset / BLOCK);
+    const start = Math.max(lba, Math.floor(r.offset / BLOCK));
     const end = Math.ceil((r.offset + r.length) / BLOCK);
     const status = r.state === 'hole' ? 1 : 0;
     const last = descs[descs.length - 1];
