@@ -119,3 +119,26 @@ t.test('a failed change drops the cached copies rather than guess', async (t) =>
   await store.read(v, 0, 64 * K, got);
   t.ok(got.equals(fill(64 * K, 0xaa)), 'the bytes are what the array holds');
 });
+
+t.test('a write inside the same 4 KiB page as a partial zero waits for it', async (t) => {
+  const { store, a, v } = await setup(t);
+  await store.write(v, 0, fill(64 * K, 0xaa), false);
+  await store.flush(v);
+  const h = holdAfterChange(a);
+  // Zero bytes [8K+512, 8K+1024): the array gets zero bytes inside a data page.
+  const change = store.writeZeroes(v, 8 * K + 512, 512, { noHole: false, fast: false, fua: false });
+  await h.entered;
+  // Same page, other bytes; then a write-back of that page while the change is still landing.
+  const w = store.write(v, 8 * K, fill(512, 0xbb), false);
+  const f = store.flush(v);
+  h.release();
+  await Promise.all([change, w, f]);
+  await store.flush(v);
+  // What the array holds, not what the cache remembers.
+  await store.invalidate(1, 0, 64 * K);
+  const got = Buffer.alloc(2 * K);
+  await store.read(v, 8 * K, 2 * K, got);
+  t.ok(got.subarray(0, 512).equals(fill(512, 0xbb)), 'the write stuck');
+  t.ok(got.subarray(512, 1024).equals(fill(512, 0)), 'the zeroed bytes are zero on the array');
+  t.ok(got.subarray(1024).equals(fill(1024, 0xaa)), 'the rest of the page kept its bytes');
+});
