@@ -101,20 +101,24 @@ function inUse(dir: string, h: Holder | null): BlockgateError {
 
 /**
  * Whether an appliance holds `dataDir` now, and who: a read attempt on its
- * lock fails while the lock is held. Never creates anything there.
+ * lock fails while the lock is held. Never creates anything there. (The
+ * open is synchronous, as every SQLite call here is; it reads one page.)
  */
-export function probeHolder(dataDir: string): { live: boolean; holder: Holder | null } {
+export async function probeHolder(dataDir: string): Promise<{ live: boolean; holder: Holder | null }> {
   const file = path.join(dataDir, LOCK_FILE);
-  if (!fs.existsSync(file)) return { live: false, holder: null };
+  let live = false;
   let db: Database.Database | null = null;
   try {
     db = new Database(file, { readonly: true, fileMustExist: true, timeout: 0 });
     db.prepare('SELECT COUNT(*) FROM sqlite_master').get();
-    return { live: false, holder: readHolder(dataDir) };
   } catch (e) {
-    const busy = (e as { code?: string }).code === 'SQLITE_BUSY';
-    return { live: busy, holder: readHolder(dataDir) };
+    live = (e as { code?: string }).code === 'SQLITE_BUSY';
   } finally {
     db?.close();
   }
+  const holder = await fs.promises
+    .readFile(path.join(dataDir, HOLDER_FILE), 'utf8')
+    .then((t) => JSON.parse(t) as Holder)
+    .catch(() => null);
+  return { live, holder };
 }

@@ -21,7 +21,7 @@ export class Ownership {
     const v = await checkArrayIdentity(a.path, { appliance, dataDir: this.dataDir, array: a.id, name: a.name, size: a.size });
     if (v.kind === 'foreign') {
       const id = v.identity;
-      const { live, holder } = probeHolder(id.dataDir);
+      const { live, holder } = await probeHolder(id.dataDir);
       const who = live ? `in use by ${describeHolder(holder, id.dataDir)}` : 'not running now';
       throw new BlockgateError(
         'CONFLICT',

@@ -154,7 +154,15 @@ export async function serveRefused(dataDir: string, args: string[] = [], env: No
   child.stderr!.on('data', (d: Buffer) => (output += d.toString()));
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   const runFile = path.join(dataDir, 'run.json');
-  const deadline = Date.now() + 30_000;
+  // Generous: a refusal is quick, but a loaded machine can take long to start node at all.
+  const deadline = Date.now() + 120_000;
+  const signal = (sig: NodeJS.Signals): void => {
+    try {
+      process.kill(child.pid!, sig);
+    } catch {
+      /* already gone */
+    }
+  };
   for (;;) {
     const done = await Promise.race([exited.then((c) => ({ c })), new Promise<null>((r) => setTimeout(() => r(null), 50))]);
     if (done) return { code: done.c, output, started: false };
@@ -165,9 +173,9 @@ export async function serveRefused(dataDir: string, args: string[] = [], env: No
       /* not there, or being replaced */
     }
     if (pid === child.pid || Date.now() > deadline) {
-      process.kill(child.pid!, pid === child.pid ? 'SIGTERM' : 'SIGKILL');
+      signal(pid === child.pid ? 'SIGTERM' : 'SIGKILL');
       const code = await Promise.race([exited, new Promise<null>((r) => setTimeout(() => r(null), 20_000))]);
-      if (code === null && child.exitCode === null) process.kill(child.pid!, 'SIGKILL');
+      if (code === null && child.exitCode === null) signal('SIGKILL');
       return { code, output, started: pid === child.pid };
     }
   }
