@@ -192,19 +192,24 @@ t.test('READ/WRITE 6/10/12/16: data lands, ranges, protect bits, read-only bindi
   t.equal((await run(A, read10(0, 1), { lun: 1 })).status, 0, 'and still reads');
 });
 
-t.test('write residuals: short Data-Out refused and nothing written; longer Data-Out writes only what the CDB says', async (t) => {
+t.test('write residuals: a short Data-Out is written as far as it goes in whole blocks, a partial block refused; a longer one cut to the CDB', async (t) => {
   const { A, run, login } = await rig(t);
   await login(A);
   const before = (await run(A, read10(10, 2))).data!;
-  const r = await run(A, write10(10, 2), { data: pattern(1, 5), expected: B });
-  t.same(senseOf(r), [5, 0x0e, 0x03], 'INVALID FIELD IN COMMAND INFORMATION UNIT');
-  t.equal(r.transferLength, 2 * B, 'the transfer length the CDB asked for, for the residual');
+  const odd = await run(A, write10(10, 2), { data: pattern(1, 5).subarray(0, 200), expected: 200 });
+  t.same(senseOf(odd), [5, 0x0e, 0x03], 'mid-block EDTL: INVALID FIELD IN COMMAND INFORMATION UNIT');
+  t.equal(odd.transferLength, 2 * B, 'the transfer length the CDB asked for, for the residual');
   t.same((await run(A, read10(10, 2))).data, before, 'nothing written');
+  const short = pattern(1, 5);
+  const r = await run(A, write10(10, 2), { data: short, expected: B });
+  t.equal(r.status, 0, 'one block of two: GOOD');
+  t.equal(r.transferLength, 2 * B, 'overflow residual against two blocks');
+  t.same((await run(A, read10(10, 2))).data, Buffer.concat([short, before.subarray(B)]), 'only the block sent is written');
   const long = pattern(2, 6);
-  const w = await run(A, write10(10, 1), { data: long, expected: 2 * B });
+  const w = await run(A, write10(11, 1), { data: long, expected: 2 * B });
   t.equal(w.status, 0);
   t.equal(w.transferLength, B);
-  t.same((await run(A, read10(10, 2))).data, Buffer.concat([long.subarray(0, B), before.subarray(B)]), 'one block written');
+  t.same((await run(A, read10(10, 2))).data, Buffer.concat([short, long.subarray(0, B)]), 'one block written');
 });
 
 t.test('VERIFY, WRITE AND VERIFY, COMPARE AND WRITE: miscompare sense carries the offset', async (t) => {
@@ -267,6 +272,8 @@ t.test('WRITE SAME, UNMAP, GET LBA STATUS over the allocation map', async (t) =>
   t.same(senseOf(await run(A, [0x42, 0, 0, 0, 0, 0, 0, ...be16(24), 0], { data: param })), [5, 0x21, 0], 'UNMAP past the end');
   t.same(senseOf(await run(A, [0x42, 0, 0, 0, 0, 0, 0, ...be16(4), 0], { data: param.subarray(0, 4) })), [5, 0x1a, 0], 'UNMAP parameter list too short');
   t.equal((await run(A, [0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0])).status, 0, 'UNMAP of nothing');
+  t.equal((await run(A, [0x93, 0x08, ...be64(112n), ...be32(16), 0, 0], { data: blk })).status, 0, 'WRITE SAME16 UNMAP with a pattern block');
+  t.same((await run(A, read10(112, 16))).data, Buffer.alloc(16 * B), 'deallocated anyway: reads zeroes');
   t.same(senseOf(await run(A, [0x93, 0x10, ...be64(64n), ...be32(1), 0, 0], { data: blk })), [5, 0x24, 0], 'ANCHOR unsupported');
   t.same(senseOf(await run(A, [0x93, 0, ...be64(64n), ...be32(1), 0, 0], { data: Buffer.alloc(10) })), [5, 0x0e, 0x03], 'WRITE SAME needs one block of Data-Out');
 });
