@@ -10,6 +10,7 @@ import { openUnit, type UnitIO } from '../../target/core/index.js';
 import { ScsiCommandSet, type Nexus, type ScsiContext, type ScsiResponse } from '../../target/iscsi/scsi/index.js';
 import type { Unit } from '../../target/index.js';
 import { startManager } from '../helpers/manager.js';
+import { prng } from '../helpers/prng.js';
 
 const M = 1024 * 1024;
 const B = 512;
@@ -437,4 +438,31 @@ t.test('REPORT SUPPORTED OPERATION CODES: all, one, service actions, timeouts', 
   t.same(senseOf(await run(A, [0xa3, 0x0c, 0x01, 0x9e, 0, 0, ...be32(64), 0, 0])), [5, 0x24, 0], 'opcode with service actions asked without one');
   const sa = (await run(A, [0xa3, 0x0c, 0x82, 0x9e, 0, 0x10, ...be32(64), 0, 0])).data!;
   t.same([sa[1]! & 0x87, sa.readUInt16BE(2)], [0x83, 16], 'READ CAPACITY16 by service action, with timeouts');
+});
+
+t.test('hostile CDBs: random opcodes, fields and Data-Out never throw, hang or touch another unit', async (t) => {
+  const { A, run, login, m } = await rig(t);
+  await login(A);
+  const rnd = prng(0x5c51);
+  const byte = (): number => Math.floor(rnd() * 256);
+  // Opcodes we implement (their parsers see hostile fields), plus a few we do not.
+  const ops = [0x00, 0x03, 0x08, 0x0a, 0x12, 0x15, 0x16, 0x17, 0x1a, 0x1b, 0x1e, 0x25, 0x28, 0x2a, 0x2e, 0x2f, 0x34, 0x35, 0x41, 0x42, 0x55, 0x56, 0x57, 0x5a, 0x5e, 0x5f, 0x88, 0x89, 0x8a, 0x8e, 0x8f, 0x90, 0x91, 0x93, 0x9e, 0xa0, 0xa3, 0xa8, 0xaa, 0xae, 0xaf, 0x83, 0xff];
+  const other = (await run(A, read10(0, 64), { lun: 1 })).data!;
+  const statuses = new Map<number, number>();
+  for (let i = 0; i < 1500; i++) {
+    const cdb = Array.from({ length: 16 }, byte);
+    cdb[0] = ops[Math.floor(rnd() * ops.length)]!;
+    // Keep lengths mostly small so the run stays quick; some stay huge.
+    if (rnd() < 0.9) for (const at of [4, 7, 8, 9, 10, 11, 12]) cdb[at] = cdb[at]! & 0x03;
+    const withData = rnd() < 0.5;
+    const data = withData ? Buffer.from(Array.from({ length: Math.floor(rnd() * 3) * 512 + (rnd() < 0.2 ? byte() : 0) }, byte)) : undefined;
+    const r = await run(A, cdb, { data, expected: data ? data.length : Math.floor(rnd() * 65536) });
+    statuses.set(r.status, (statuses.get(r.status) ?? 0) + 1);
+    if (![0, 2, 0x18].includes(r.status)) t.fail(`status ${r.status} for ${Buffer.from(cdb).toString('hex')}`);
+    if (r.status === 2 && (!r.sense || r.sense.length < 8)) t.fail(`no sense for ${Buffer.from(cdb).toString('hex')}`);
+    if (r.status === 2 && senseOf(r)![0] === 4) t.fail(`internal failure for ${Buffer.from(cdb).toString('hex')}`);
+  }
+  t.ok((statuses.get(0) ?? 0) > 0 && (statuses.get(2) ?? 0) > 0, `statuses ${JSON.stringify([...statuses])}`);
+  t.same((await run(A, read10(0, 64), { lun: 1 })).data, other, 'the other unit is untouched');
+  t.equal(m.volume('v').state, 'mapped');
 });
