@@ -10,6 +10,7 @@ import { openUnit, type UnitIO } from '../../target/core/index.js';
 import { ScsiCommandSet, type Nexus, type ScsiContext, type ScsiResponse } from '../../target/iscsi/scsi/index.js';
 import type { Unit } from '../../target/index.js';
 import { startManager } from '../helpers/manager.js';
+import { prng } from '../helpers/prng.js';
 
 const M = 1024 * 1024;
 const B = 512;
@@ -192,19 +193,24 @@ t.test('READ/WRITE 6/10/12/16: data lands, ranges, protect bits, read-only bindi
   t.equal((await run(A, read10(0, 1), { lun: 1 })).status, 0, 'and still reads');
 });
 
-t.test('write residuals: short Data-Out refused and nothing written; longer Data-Out writes only what the CDB says', async (t) => {
+t.test('write residuals: a short Data-Out is written as far as it goes in whole blocks, a partial block refused; a longer one cut to the CDB', async (t) => {
   const { A, run, login } = await rig(t);
   await login(A);
   const before = (await run(A, read10(10, 2))).data!;
-  const r = await run(A, write10(10, 2), { data: pattern(1, 5), expected: B });
-  t.same(senseOf(r), [5, 0x0e, 0x03], 'INVALID FIELD IN COMMAND INFORMATION UNIT');
-  t.equal(r.transferLength, 2 * B, 'the transfer length the CDB asked for, for the residual');
+  const odd = await run(A, write10(10, 2), { data: pattern(1, 5).subarray(0, 200), expected: 200 });
+  t.same(senseOf(odd), [5, 0x0e, 0x03], 'mid-block EDTL: INVALID FIELD IN COMMAND INFORMATION UNIT');
+  t.equal(odd.transferLength, 2 * B, 'the transfer length the CDB asked for, for the residual');
   t.same((await run(A, read10(10, 2))).data, before, 'nothing written');
+  const short = pattern(1, 5);
+  const r = await run(A, write10(10, 2), { data: short, expected: B });
+  t.equal(r.status, 0, 'one block of two: GOOD');
+  t.equal(r.transferLength, 2 * B, 'overflow residual against two blocks');
+  t.same((await run(A, read10(10, 2))).data, Buffer.concat([short, before.subarray(B)]), 'only the block sent is written');
   const long = pattern(2, 6);
-  const w = await run(A, write10(10, 1), { data: long, expected: 2 * B });
+  const w = await run(A, write10(11, 1), { data: long, expected: 2 * B });
   t.equal(w.status, 0);
   t.equal(w.transferLength, B);
-  t.same((await run(A, read10(10, 2))).data, Buffer.concat([long.subarray(0, B), before.subarray(B)]), 'one block written');
+  t.same((await run(A, read10(10, 2))).data, Buffer.concat([short, long.subarray(0, B)]), 'one block written');
 });
 
 t.test('VERIFY, WRITE AND VERIFY, COMPARE AND WRITE: miscompare sense carries the offset', async (t) => {
@@ -267,6 +273,8 @@ t.test('WRITE SAME, UNMAP, GET LBA STATUS over the allocation map', async (t) =>
   t.same(senseOf(await run(A, [0x42, 0, 0, 0, 0, 0, 0, ...be16(24), 0], { data: param })), [5, 0x21, 0], 'UNMAP past the end');
   t.same(senseOf(await run(A, [0x42, 0, 0, 0, 0, 0, 0, ...be16(4), 0], { data: param.subarray(0, 4) })), [5, 0x1a, 0], 'UNMAP parameter list too short');
   t.equal((await run(A, [0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0])).status, 0, 'UNMAP of nothing');
+  t.equal((await run(A, [0x93, 0x08, ...be64(112n), ...be32(16), 0, 0], { data: blk })).status, 0, 'WRITE SAME16 UNMAP with a pattern block');
+  t.same((await run(A, read10(112, 16))).data, Buffer.alloc(16 * B), 'deallocated anyway: reads zeroes');
   t.same(senseOf(await run(A, [0x93, 0x10, ...be64(64n), ...be32(1), 0, 0], { data: blk })), [5, 0x24, 0], 'ANCHOR unsupported');
   t.same(senseOf(await run(A, [0x93, 0, ...be64(64n), ...be32(1), 0, 0], { data: Buffer.alloc(10) })), [5, 0x0e, 0x03], 'WRITE SAME needs one block of Data-Out');
 });
@@ -430,4 +438,31 @@ t.test('REPORT SUPPORTED OPERATION CODES: all, one, service actions, timeouts', 
   t.same(senseOf(await run(A, [0xa3, 0x0c, 0x01, 0x9e, 0, 0, ...be32(64), 0, 0])), [5, 0x24, 0], 'opcode with service actions asked without one');
   const sa = (await run(A, [0xa3, 0x0c, 0x82, 0x9e, 0, 0x10, ...be32(64), 0, 0])).data!;
   t.same([sa[1]! & 0x87, sa.readUInt16BE(2)], [0x83, 16], 'READ CAPACITY16 by service action, with timeouts');
+});
+
+t.test('hostile CDBs: random opcodes, fields and Data-Out never throw, hang or touch another unit', async (t) => {
+  const { A, run, login, m } = await rig(t);
+  await login(A);
+  const rnd = prng(0x5c51);
+  const byte = (): number => Math.floor(rnd() * 256);
+  // Opcodes we implement (their parsers see hostile fields), plus a few we do not.
+  const ops = [0x00, 0x03, 0x08, 0x0a, 0x12, 0x15, 0x16, 0x17, 0x1a, 0x1b, 0x1e, 0x25, 0x28, 0x2a, 0x2e, 0x2f, 0x34, 0x35, 0x41, 0x42, 0x55, 0x56, 0x57, 0x5a, 0x5e, 0x5f, 0x88, 0x89, 0x8a, 0x8e, 0x8f, 0x90, 0x91, 0x93, 0x9e, 0xa0, 0xa3, 0xa8, 0xaa, 0xae, 0xaf, 0x83, 0xff];
+  const other = (await run(A, read10(0, 64), { lun: 1 })).data!;
+  const statuses = new Map<number, number>();
+  for (let i = 0; i < 1500; i++) {
+    const cdb = Array.from({ length: 16 }, byte);
+    cdb[0] = ops[Math.floor(rnd() * ops.length)]!;
+    // Keep lengths mostly small so the run stays quick; some stay huge.
+    if (rnd() < 0.9) for (const at of [4, 7, 8, 9, 10, 11, 12]) cdb[at] = cdb[at]! & 0x03;
+    const withData = rnd() < 0.5;
+    const data = withData ? Buffer.from(Array.from({ length: Math.floor(rnd() * 3) * 512 + (rnd() < 0.2 ? byte() : 0) }, byte)) : undefined;
+    const r = await run(A, cdb, { data, expected: data ? data.length : Math.floor(rnd() * 65536) });
+    statuses.set(r.status, (statuses.get(r.status) ?? 0) + 1);
+    if (![0, 2, 0x18].includes(r.status)) t.fail(`status ${r.status} for ${Buffer.from(cdb).toString('hex')}`);
+    if (r.status === 2 && (!r.sense || r.sense.length < 8)) t.fail(`no sense for ${Buffer.from(cdb).toString('hex')}`);
+    if (r.status === 2 && senseOf(r)![0] === 4) t.fail(`internal failure for ${Buffer.from(cdb).toString('hex')}`);
+  }
+  t.ok((statuses.get(0) ?? 0) > 0 && (statuses.get(2) ?? 0) > 0, `statuses ${JSON.stringify([...statuses])}`);
+  t.same((await run(A, read10(0, 64), { lun: 1 })).data, other, 'the other unit is untouched');
+  t.equal(m.volume('v').state, 'mapped');
 });

@@ -4,7 +4,7 @@
  */
 import type { AllocationRun } from '../../core/contract.js';
 import type { ScsiResponse } from './contract.js';
-import { BLOCK, type Req } from './lu.js';
+import { BLOCK, capsOf, type Req } from './lu.js';
 import { CheckCondition, KEY, SENSE, Sense, badCdb, badParam, fail } from './sense.js';
 import { GOOD, MAX_CAW_BLOCKS, MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS, maxTransferBlocks, respond } from './spc.js';
 
@@ -50,12 +50,29 @@ function checkRange(req: Req, lba: number, n: number): void {
 }
 
 function checkWritable(req: Req): void {
-  if (req.io.unit.readOnly || req.io.caps().readOnly) throw fail(SENSE.WRITE_PROTECTED);
+  if (req.io.unit.readOnly || capsOf(req.io).readOnly) throw fail(SENSE.WRITE_PROTECTED);
   // Control page SWP: LOGICAL UNIT SOFTWARE WRITE PROTECTED.
   if (req.lu.swp) throw fail(new Sense(KEY.DATA_PROTECT, 0x27, 0x02));
 }
 
-/** Data-Out shorter than the CDB says: INVALID FIELD IN COMMAND INFORMATION UNIT, nothing written. */
+/**
+ * The Data-Out a write carries, cut to the CDB's length. A shorter one
+ * (EDTL < SPDTL) is written as far as it goes when it ends on a block
+ * boundary (FCP-4's "process normally, transfer no more than EDTL", what
+ * libiscsi 1.19 asks); one ending mid-block is refused with INVALID FIELD IN
+ * COMMAND INFORMATION UNIT and nothing is written.
+ */
+function writeData(req: Req, bytes: number): Buffer {
+  const d = req.cmd.data;
+  const have = d ? d.length : 0;
+  if (have >= bytes) return d!.length === bytes ? d! : d!.subarray(0, bytes);
+  if (have % BLOCK !== 0) throw new CheckCondition(new Sense(KEY.ILLEGAL_REQUEST, 0x0e, 0x03), bytes);
+  return d ? d.subarray(0, have) : EMPTY;
+}
+
+const EMPTY = Buffer.alloc(0);
+
+/** Exactly `bytes` of Data-Out (verify and compare data), else INVALID FIELD IN COMMAND INFORMATION UNIT. */
 function needData(req: Req, bytes: number): Buffer {
   const d = req.cmd.data;
   if (!d || d.length < bytes) throw new CheckCondition(new Sense(KEY.ILLEGAL_REQUEST, 0x0e, 0x03), bytes);
@@ -85,10 +102,12 @@ export async function write(req: Req): Promise<ScsiResponse> {
   checkRange(req, lba, n);
   if (n === 0) return GOOD;
   if (n > maxTransferBlocks(io)) throw badCdb(lenByte(cdb[0]!));
-  const data = needData(req, n * BLOCK);
+  const data = writeData(req, n * BLOCK);
   const fua = cdb[0] !== 0x0a && (cdb[1]! & 0x08) !== 0;
-  const p = io.write(lba * BLOCK, data, fua);
-  if (p) await p;
+  if (data.length > 0) {
+    const p = io.write(lba * BLOCK, data, fua);
+    if (p) await p;
+  }
   return req.cmd.expectedLength === n * BLOCK ? GOOD : { status: 0, transferLength: n * BLOCK };
 }
 
@@ -101,10 +120,12 @@ export async function writeVerify(req: Req): Promise<ScsiResponse> {
   checkRange(req, lba, n);
   if (n === 0) return GOOD;
   if (n > maxTransferBlocks(io)) throw badCdb(lenByte(cdb[0]!));
-  const data = needData(req, n * BLOCK);
+  const data = writeData(req, n * BLOCK);
   // Verified data must be on the medium, not only in a write-back cache.
-  const p = io.write(lba * BLOCK, data, true);
-  if (p) await p;
+  if (data.length > 0) {
+    const p = io.write(lba * BLOCK, data, true);
+    if (p) await p;
+  }
   return req.cmd.expectedLength === n * BLOCK ? GOOD : { status: 0, transferLength: n * BLOCK };
 }
 
@@ -190,7 +211,7 @@ export async function writeSame(req: Req): Promise<ScsiResponse> {
   const unmap = (flags & 0x08) !== 0;
   const ndob = sixteen && (flags & 0x01) !== 0;
   if (!sixteen && flags & 0x01) throw badCdb(1, 0);
-  const caps = io.caps();
+  const caps = capsOf(io);
   if (anchor) throw badCdb(1, 4); // ANC_SUP is 0
   if (unmap && !caps.thin) throw badCdb(1, 3);
   const lba = sixteen ? lba64(cdb, 2) : cdb.readUInt32BE(2);
@@ -207,9 +228,9 @@ export async function writeSame(req: Req): Promise<ScsiResponse> {
     if (!d || d.length !== BLOCK) throw new CheckCondition(new Sense(KEY.ILLEGAL_REQUEST, 0x0e, 0x03), BLOCK);
     block = d;
   }
-  const zero = isZero(block);
-  if (zero) {
-    // Zeroes: deallocate when UNMAP allows it, else keep the blocks allocated (SBC-3 5.45).
+  // UNMAP: the blocks are deallocated whatever the data block holds (SBC-3 5.45; they read back as
+  // zeroes, LBPRZ). Without it, a zero block keeps them allocated as zeroes.
+  if (unmap || isZero(block)) {
     await io.zero(lba * BLOCK, n * BLOCK, { noHole: !unmap, fast: false, fua: false });
     return GOOD;
   }
@@ -269,7 +290,7 @@ export function getLbaStatus(req: Req): ScsiResponse {
   }
   const max = Math.max(1, Math.min(1024, Math.floor((alloc - 8) / 16)));
   const span = Math.min(blocks - lba, MAX_UNMAP_BLOCKS);
-  const runs: AllocationRun[] = io.caps().thin ? io.extents(lba * BLOCK, span * BLOCK, max) : [{ offset: lba * BLOCK, length: span * BLOCK, state: 'data' }];
+  const runs: AllocationRun[] = capsOf(io).thin ? io.extents(lba * BLOCK, span * BLOCK, max) : [{ offset: lba * BLOCK, length: span * BLOCK, state: 'data' }];
   // Runs are in bytes; descriptors are in blocks, neighbours of equal status merged.
   const descs: [number, number, number][] = [];
   for (const r of runs) {
