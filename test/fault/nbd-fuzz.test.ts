@@ -1,7 +1,7 @@
 import net from 'node:net';
 import t from 'tap';
 import { fioVerifyArgs } from '../helpers/fio.js';
-import { startServer } from '../helpers/server.js';
+import { TOKEN, startServer } from '../helpers/server.js';
 import { requireTools, run } from '../helpers/tools.js';
 import { CMD, WireClient } from '../helpers/nbd-wire.js';
 import { prng } from '../helpers/prng.js';
@@ -113,12 +113,24 @@ function transmissionFrame(g: Gen): Buffer {
 }
 
 let hung = 0;
+/** Sessions the server answered beyond its greeting: it read and acted on what was sent. */
+let answered = 0;
+
+/** Requests the server carried out for a host (every op, successful or not), from its own /metrics. */
+async function opsServed(s: { api: string }, host: string): Promise<number> {
+  const text = await (await fetch(`${s.api}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } })).text();
+  let n = 0;
+  const re = new RegExp(`^blockgate_io_ops_total\\{host="${host}",[^}]*\\} (\\d+)`, 'gm');
+  for (const m of text.matchAll(re)) n += Number(m[1]);
+  return n;
+}
 
 /** One fuzz session: returns the number of frames sent. */
 async function session(where: net.NetConnectOpts, g: Gen, frames: number): Promise<number> {
   const sock = net.connect(where);
   sock.on('error', () => undefined);
-  sock.on('data', () => undefined); // drain whatever comes back
+  let got = 0;
+  sock.on('data', (d: Buffer) => (got += d.length)); // drain whatever comes back, counting it
   await new Promise<void>((resolve) => {
     sock.once('connect', resolve);
     sock.once('close', resolve);
@@ -152,13 +164,14 @@ async function session(where: net.NetConnectOpts, g: Gen, frames: number): Promi
         hung++;
         sock.destroy();
         resolve();
-      }, 20_000);
+      }, 60_000);
       sock.once('close', () => {
         clearTimeout(timer);
         resolve();
       });
     });
   }
+  if (got > 18) answered++;
   return sent;
 }
 
@@ -172,6 +185,7 @@ t.test(`fuzz: ${FRAMES} frames (seed ${SEED.toString(16)}) while fio verifies an
 
   const fio = run('fio', [...fioVerifyArgs(s.unixUri('h2', '0/0'), { jobs: 2, size: '16M', name: 'alongside' }), '--loops=3'], { timeoutMs: 240_000 });
 
+  const opsBefore = await opsServed(s, 'demo');
   const g = new Gen(SEED);
   let total = 0;
   let sessions = 0;
@@ -186,6 +200,11 @@ t.test(`fuzz: ${FRAMES} frames (seed ${SEED.toString(16)}) while fio verifies an
   await Promise.all(Array.from({ length: PARALLEL }, worker));
   t.ok(total >= FRAMES, `${total} frames in ${sessions} sessions`);
   t.equal(hung, 0, 'every session ended: the server read everything or hung up');
+  // Frames the server consumed, not frames generated: it must have answered most sessions and carried out
+  // a good share of the requests (a server that hangs up at once, or answers nothing, fails here).
+  const served = (await opsServed(s, 'demo')) - opsBefore;
+  t.ok(answered >= sessions / 2, `${answered} of ${sessions} sessions answered beyond the greeting`);
+  t.ok(served >= sessions / 2, `${served} requests carried out by the server in ${sessions} sessions`);
 
   const f = await fio;
   t.equal(f.code, 0, `fio exited 0 ${f.stderr.slice(0, 500)}`);

@@ -45,19 +45,30 @@ class Reader {
   private waiter: (() => void) | null = null;
   ended = false;
 
+  private readonly detachers: (() => void)[] = [];
+
   constructor(s: Duplex) {
-    s.on('data', (d: Buffer) => {
+    const data = (d: Buffer): void => {
       this.bufs.push(d);
       this.have += d.length;
       this.wake();
-    });
+    };
     const end = (): void => {
       this.ended = true;
       this.wake();
     };
-    s.on('end', end);
-    s.on('close', end);
-    s.on('error', end);
+    s.on('data', data);
+    for (const ev of ['end', 'close', 'error']) s.on(ev, end);
+    this.detachers.push(() => {
+      s.off('data', data);
+      for (const ev of ['end', 'close', 'error']) s.off(ev, end);
+    });
+  }
+
+  /** Stops reading the socket (it is handed to TLS); nothing may be left unread. */
+  detach(): void {
+    if (this.have !== 0) throw new Error(`${this.have} unread bytes before the TLS handshake`);
+    for (const d of this.detachers) d();
   }
 
   private wake(): void {
@@ -117,6 +128,17 @@ export class WireClient {
   private constructor(sock: Duplex) {
     this.sock = sock;
     this.reader = new Reader(sock);
+  }
+
+  /** A client over an already connected stream (a TLS socket after STARTTLS). */
+  static over(sock: Duplex): WireClient {
+    return new WireClient(sock);
+  }
+
+  /** Hands the socket over (to tls.connect after STARTTLS's ACK): this client stops reading it. */
+  release(): Duplex {
+    this.reader.detach();
+    return this.sock;
   }
 
   static connect(where: { path: string } | { host: string; port: number }): Promise<WireClient> {

@@ -43,7 +43,11 @@ t.test('demo appliance: stock clients see the boot unit, restart keeps it', asyn
 
 t.test('health needs no token; everything else does', async (t) => {
   const s = await startServer(t);
-  t.equal((await s.request('GET', '/v1/health', undefined, null)).status, 200);
+  const health = await s.request('GET', '/v1/health', undefined, null);
+  t.equal(health.status, 200);
+  t.equal(health.body.status, 'ok', 'health says the appliance is up');
+  t.match(health.body.version, /^\d+\.\d+\.\d+/, 'with its version');
+  t.match(health.body.appliance, /\S/, 'and its id');
   const r = await s.request('GET', '/v1/hosts', undefined, null);
   t.equal(r.status, 401);
   t.equal(r.body.error.code, 'UNAUTHORIZED');
@@ -77,9 +81,12 @@ t.test('a second host has its own namespace and cannot reach the first host\'s u
   for (const name of ['1/0', 'demo-data', 'demo-boot', 'demo', 'demo/1/0', '../demo.sock', '1/0/']) {
     const r = await run('nbdinfo', [`nbd+unix:///${encodeURIComponent(name)}?socket=${s.socket('h2')}`]);
     t.not(r.code, 0, `h2 cannot open '${name}'`);
+    t.match(r.stderr, /unknown|not found|No such file/i, `refused as an unknown export: ${r.stderr.trim()}`);
   }
   const bind = await s.request('POST', '/v1/bindings', { volume: 'demo-data', host: 'h2', target: 1, lun: 0 });
   t.equal(bind.status, 409, 'a volume of farm default cannot bind to a host of farm blue');
+  t.equal(bind.body.error.code, 'CONFLICT');
+  t.match(bind.body.error.message, /farm/, bind.body.error.message);
 });
 
 t.test('meta volume across three arrays: split requests, convert, copy, fio verify, restart', async (t) => {

@@ -28,8 +28,11 @@ t.test('farm isolation and no reading of freed space, after a sequence of operat
     t.notOk((await listExports(s, 'hb')).includes('3/1'), `${label}: hb does not list farm A's unit`);
     const open = await run('nbdinfo', [s.unixUri('ha', '0/0')]);
     t.not(open.code, 0, `${label}: ha cannot open 0/0`);
+    t.match(open.stderr, /unknown|not found|No such file/i, `${label}: as an unknown export (${open.stderr.trim()})`);
     const r = await s.request('POST', '/v1/bindings', { volume: 'vb', host: 'ha', target: 7, lun: 0 });
     t.equal(r.status, 409, `${label}: farm B's volume does not bind to a farm A host`);
+    t.equal(r.body.error.code, 'CONFLICT');
+    t.match(r.body.error.message, /farm/, `${label}: because of the farm (${r.body.error.message})`);
     const shared = await run('nbdinfo', ['--list', '--json', s.tcpUri()]);
     t.notMatch(shared.stdout, /"export-name"/, `${label}: the shared listener offers no host's units`);
   };
@@ -42,6 +45,7 @@ t.test('farm isolation and no reading of freed space, after a sequence of operat
   await api('POST', '/v1/volumes/vb/break');
   const refused = await s.request('POST', '/v1/volumes/vb/deallocate');
   t.equal(refused.status, 409, 'unscrubbed space is never freed');
+  t.match(refused.body?.error?.message, /scrub it before de-allocating/);
   const job = await api('POST', '/v1/volumes/vb/scrub', {});
   t.equal((await waitJob(s, job.job.id)).state, 'succeeded');
   await api('POST', '/v1/volumes/vb/deallocate');

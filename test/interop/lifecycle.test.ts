@@ -149,11 +149,23 @@ t.test('the storage lifecycle of seed 003 through the API, with real NBD clients
 
   // Live namespace: a session open across the unmap is closed; its data was flushed.
   const events = readEvents(`${s.api}/v1/events?since=0`, 'test-token-0123456789', (e) => e.type === 'namespace.changed' && e.data.host === 'h1' && e.data.units.length === 0);
-  const session = qemuIo(s, 'h1', '0/0', 'write -P 0x33 8M 64k', 'sleep 3000', 'read -P 0x33 8M 64k');
-  await new Promise((res) => setTimeout(res, 1000));
+  // The session writes (no flush), then holds the unit open; the unmap comes once the write is acknowledged.
+  const writes = async (): Promise<number> => {
+    const text = await (await fetch(`${s.api}/metrics`, { headers: { authorization: 'Bearer test-token-0123456789' } })).text();
+    return Number(/^blockgate_io_ops_total\{host="h1",volume="boot",op="write"\} (\d+)/m.exec(text)?.[1] ?? 0);
+  };
+  const w0 = await writes();
+  const session = qemuIo(s, 'h1', '0/0', 'write -P 0x33 8M 64k', 'sleep 10000', 'read -P 0x33 8M 64k');
+  const deadline = Date.now() + 60_000;
+  while ((await writes()) === w0 && Date.now() < deadline) await new Promise((res) => setTimeout(res, 50));
+  t.ok((await writes()) > w0, 'the session wrote before the unmap');
   await api('POST', `/v1/bindings/${b.id}/unmap`);
+  // Unmap drained and flushed: the unflushed write is on the array file once the unmap returns.
+  const seg = await api('GET', `/v1/trace/volumes/boot?offset=${8 * M}&length=${64 * 1024}`);
+  for (const x of seg.segments) t.ok(regionIs(x.file, x.arrayOffset, x.length, 0x33), `unmap flushed the session's write to ${x.array}`);
   const after = await session;
   t.not(after.code, 0, 'the open session lost the unit');
+  t.match(after.stdout + after.stderr, /read failed|Input\/output error|Connection|error/i, 'its read after the unmap failed');
   t.same(await listExports(s, 'h1'), [], 'unit gone from the list');
   const seen = await events;
   t.ok(seen.some((e) => e.type === 'volume.state' && e.data.operation === 'map'), 'event stream replayed the map');
@@ -251,7 +263,10 @@ t.test('copy: one unbound source onto many unbound targets, smaller refused', as
   const fr = await api('GET', '/v1/trace/volumes/fresh');
   for (const seg of fr.segments) t.ok(regionIs(seg.file, seg.arrayOffset, seg.length, 0x42), 'image copied onto the configured volume');
   const mapped = await api('POST', '/v1/bindings', { volume: 'fresh', host: 'h', target: 2, lun: 0 });
-  t.equal((await s.request('POST', '/v1/images', { name: 'nope', fromVolume: 'fresh' })).status, 409, 'no image from a mapped volume');
+  const nope = await s.request('POST', '/v1/images', { name: 'nope', fromVolume: 'fresh' });
+  t.equal(nope.status, 409, 'no image from a mapped volume');
+  t.equal(nope.body.error.code, 'ILLEGAL_STATE');
+  t.match(nope.body.error.message, /configured or unmapped volume/);
   t.ok(mapped.mapped);
 });
 
@@ -279,5 +294,7 @@ t.test('bad request bodies get 400 with a clear message', async (t) => {
   }
   const noToken = await s.request('GET', '/v1/volumes', undefined, null);
   t.equal(noToken.status, 401);
-  t.equal((await s.request('GET', '/v1/health', undefined, null)).status, 200, 'health needs no token');
+  const health = await s.request('GET', '/v1/health', undefined, null);
+  t.equal(health.status, 200, 'health needs no token');
+  t.equal(health.body.status, 'ok');
 });

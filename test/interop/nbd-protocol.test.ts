@@ -1,5 +1,5 @@
 import t from 'tap';
-import { startServer } from '../helpers/server.js';
+import { TOKEN, startServer } from '../helpers/server.js';
 import { CMD, ERR, FLAG, OPT, REP, TFLAG, WireClient } from '../helpers/nbd-wire.js';
 
 // Wire-level checks of the parts of the protocol real clients rarely exercise
@@ -125,6 +125,36 @@ t.test('allocation: writes, zeroes, trims and their block status', async (t) => 
   t.ok(pw.subarray(0, 512).every((b) => b === 0) && pw.subarray(512, 1024).every((b) => b === 7) && pw.subarray(1024).every((b) => b === 0));
   t.equal((await c.request(CMD.CACHE, base, MiB)).error, 0, 'CACHE');
   t.equal((await c.request(CMD.FLUSH, 0, 0)).error, 0);
+  c.destroy();
+});
+
+t.test('CACHE loads the range into the RAM cache: the reads that follow are hits', async (t) => {
+  // A server of its own, restarted so the cache starts empty over data that is on disk.
+  const own = await startServer(t);
+  const w = await (await WireClient.connect({ path: own.socket('demo') })).open('0/0');
+  const at = 8 * MiB;
+  t.equal((await w.request(CMD.WRITE, at, MiB, 0, Buffer.alloc(MiB, 0x5c))).error, 0);
+  t.equal((await w.request(CMD.FLUSH, 0, 0)).error, 0);
+  w.destroy();
+  await own.stop();
+  await own.start();
+  const cache = async (): Promise<Record<string, number>> => {
+    const text = await (await fetch(`${own.api}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } })).text();
+    const out: Record<string, number> = {};
+    for (const m of text.matchAll(/^blockgate_cache\{stat="(\w+)"\} (\S+)$/gm)) out[m[1]!] = Number(m[2]);
+    return out;
+  };
+  const c = await (await WireClient.connect({ path: own.socket('demo') })).open('0/0');
+  const before = await cache();
+  t.equal((await c.request(CMD.CACHE, at, MiB)).error, 0, 'CACHE answered');
+  const warmed = await cache();
+  t.ok(warmed.loads! > before.loads!, `blocks loaded from the array (${before.loads} → ${warmed.loads})`);
+  t.ok(warmed.cachedBytes! >= before.cachedBytes! + MiB, 'the whole range is resident');
+  const r = await c.request(CMD.READ, at, MiB, FLAG.DF);
+  t.ok(WireClient.readBytes(r, at, MiB).every((b) => b === 0x5c), 'the data');
+  const after = await cache();
+  t.equal(after.misses, warmed.misses, 'the read after CACHE missed nothing');
+  t.ok(after.hits! > warmed.hits!, 'it was served from the cache');
   c.destroy();
 });
 
