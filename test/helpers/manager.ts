@@ -19,6 +19,8 @@ export async function startManager(t: { teardown: (fn: () => unknown) => void },
   t.teardown(async () => {
     await m.stop();
     await nbd.close();
+    // Dirty write-back blocks reach the arrays before they close (a later write-back to a closed file never ends).
+    await store.close();
     for (const a of store.listArrays()) await a.close();
     m.close();
     fs.rmSync(dataDir, { recursive: true, force: true });

@@ -55,7 +55,24 @@ function checkWritable(req: Req): void {
   if (req.lu.swp) throw fail(new Sense(KEY.DATA_PROTECT, 0x27, 0x02));
 }
 
-/** Data-Out shorter than the CDB says: INVALID FIELD IN COMMAND INFORMATION UNIT, nothing written. */
+/**
+ * The Data-Out a write carries, cut to the CDB's length. A shorter one
+ * (EDTL < SPDTL) is written as far as it goes when it ends on a block
+ * boundary (FCP-4's "process normally, transfer no more than EDTL", what
+ * libiscsi 1.19 asks); one ending mid-block is refused with INVALID FIELD IN
+ * COMMAND INFORMATION UNIT and nothing is written.
+ */
+function writeData(req: Req, bytes: number): Buffer {
+  const d = req.cmd.data;
+  const have = d ? d.length : 0;
+  if (have >= bytes) return d!.length === bytes ? d! : d!.subarray(0, bytes);
+  if (have % BLOCK !== 0) throw new CheckCondition(new Sense(KEY.ILLEGAL_REQUEST, 0x0e, 0x03), bytes);
+  return d ? d.subarray(0, have) : EMPTY;
+}
+
+const EMPTY = Buffer.alloc(0);
+
+/** Exactly `bytes` of Data-Out (verify and compare data), else INVALID FIELD IN COMMAND INFORMATION UNIT. */
 function needData(req: Req, bytes: number): Buffer {
   const d = req.cmd.data;
   if (!d || d.length < bytes) throw new CheckCondition(new Sense(KEY.ILLEGAL_REQUEST, 0x0e, 0x03), bytes);
@@ -85,10 +102,12 @@ export async function write(req: Req): Promise<ScsiResponse> {
   checkRange(req, lba, n);
   if (n === 0) return GOOD;
   if (n > maxTransferBlocks(io)) throw badCdb(lenByte(cdb[0]!));
-  const data = needData(req, n * BLOCK);
+  const data = writeData(req, n * BLOCK);
   const fua = cdb[0] !== 0x0a && (cdb[1]! & 0x08) !== 0;
-  const p = io.write(lba * BLOCK, data, fua);
-  if (p) await p;
+  if (data.length > 0) {
+    const p = io.write(lba * BLOCK, data, fua);
+    if (p) await p;
+  }
   return req.cmd.expectedLength === n * BLOCK ? GOOD : { status: 0, transferLength: n * BLOCK };
 }
 
@@ -101,10 +120,12 @@ export async function writeVerify(req: Req): Promise<ScsiResponse> {
   checkRange(req, lba, n);
   if (n === 0) return GOOD;
   if (n > maxTransferBlocks(io)) throw badCdb(lenByte(cdb[0]!));
-  const data = needData(req, n * BLOCK);
+  const data = writeData(req, n * BLOCK);
   // Verified data must be on the medium, not only in a write-back cache.
-  const p = io.write(lba * BLOCK, data, true);
-  if (p) await p;
+  if (data.length > 0) {
+    const p = io.write(lba * BLOCK, data, true);
+    if (p) await p;
+  }
   return req.cmd.expectedLength === n * BLOCK ? GOOD : { status: 0, transferLength: n * BLOCK };
 }
 
@@ -141,8 +162,12 @@ export async function compareAndWrite(req: Req): Promise<ScsiResponse> {
   checkWritable(req);
   if (n > MAX_CAW_BLOCKS) throw badCdb(13);
   checkRange(req, lba, n);
-  if (n === 0) return GOOD;
   const d = req.cmd.data;
+  // No blocks but a Data-Out: the CDB cannot be what the initiator meant (an NLB that overflowed its byte).
+  if (n === 0) {
+    if (d && d.length > 0) throw badCdb(13);
+    return GOOD;
+  }
   // The Data-Out is exactly the verify half then the write half.
   if (!d || d.length !== 2 * n * BLOCK) throw fail(new Sense(KEY.ILLEGAL_REQUEST, 0x0e, 0x03));
   const fua = (cdb[1]! & 0x08) !== 0;
@@ -199,12 +224,13 @@ export async function writeSame(req: Req): Promise<ScsiResponse> {
   if (ndob) block = Buffer.alloc(BLOCK);
   else {
     const d = cmd.data;
-    if (!d || d.length < BLOCK) throw fail(new Sense(KEY.ILLEGAL_REQUEST, 0x0e, 0x03));
-    block = d.subarray(0, BLOCK);
+    // Exactly one block of Data-Out (SBC-3 5.48).
+    if (!d || d.length !== BLOCK) throw new CheckCondition(new Sense(KEY.ILLEGAL_REQUEST, 0x0e, 0x03), BLOCK);
+    block = d;
   }
-  const zero = isZero(block);
-  if (zero) {
-    // Zeroes: deallocate when UNMAP allows it, else keep the blocks allocated (SBC-3 5.45).
+  // UNMAP: the blocks are deallocated whatever the data block holds (SBC-3 5.45; they read back as
+  // zeroes, LBPRZ). Without it, a zero block keeps them allocated as zeroes.
+  if (unmap || isZero(block)) {
     await io.zero(lba * BLOCK, n * BLOCK, { noHole: !unmap, fast: false, fua: false });
     return GOOD;
   }
@@ -247,7 +273,9 @@ export async function unmap(req: Req): Promise<ScsiResponse> {
     if (lba + n > req.blocks) throw fail(SENSE.LBA_OUT_OF_RANGE);
     if (n > 0) ranges.push([lba, n]);
   }
-  for (const [lba, n] of ranges) await io.trim(lba * BLOCK, n * BLOCK, false);
+  // Zeroing rather than trimming: whole allocation blocks become holes either way, and the partial
+  // ones read back as zeroes, as LBPRZ promises for every unmapped LBA.
+  for (const [lba, n] of ranges) await io.zero(lba * BLOCK, n * BLOCK, { noHole: false, fast: false, fua: false });
   return GOOD;
 }
 
@@ -266,7 +294,7 @@ export function getLbaStatus(req: Req): ScsiResponse {
   // Runs are in bytes; descriptors are in blocks, neighbours of equal status merged.
   const descs: [number, number, number][] = [];
   for (const r of runs) {
-    const start = Math.floor(r.offset / BLOCK);
+    const start = Math.max(lba, Math.floor(r.offset / BLOCK));
     const end = Math.ceil((r.offset + r.length) / BLOCK);
     const status = r.state === 'hole' ? 1 : 0;
     const last = descs[descs.length - 1];

@@ -9,8 +9,8 @@ export const GOOD: ScsiResponse = Object.freeze({ status: 0 }) as ScsiResponse;
 const VENDOR = 'BLKGATE ';
 const PRODUCT = 'blockgate volume';
 const REVISION = '0001';
-/** Largest WRITE SAME / UNMAP run per command, in blocks (1 GiB). */
-export const MAX_UNMAP_BLOCKS = (1 << 30) / BLOCK;
+/** Largest WRITE SAME / UNMAP run per command, in blocks (512 MiB; libiscsi holds targets to at most 1M blocks). */
+export const MAX_UNMAP_BLOCKS = 1024 * 1024;
 export const MAX_UNMAP_DESCRIPTORS = 256;
 export const MAX_CAW_BLOCKS = 128;
 /** Allocation granularity of the arrays (disks' ALLOC_BLOCK): whole ones are unmapped, partial ones only zeroed. */
@@ -161,7 +161,8 @@ export function readCapacity16(req: Req): ScsiResponse {
   const b = Buffer.alloc(32);
   b.writeBigUInt64BE(BigInt(blocks - 1), 0);
   b.writeUInt32BE(BLOCK, 8);
-  b[13] = Math.log2(ALLOC_BLOCK / BLOCK);
+  // LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT stays 0: any 512-byte block is written without a read
+  // (the unmap granularity in VPD B0 tells hosts about the 4 KiB allocation block).
   if (caps.thin) b[14] = 0x80 | (caps.trimReadsZeroes ? 0x40 : 0);
   return respond(b, alloc);
 }
