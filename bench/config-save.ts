@@ -34,7 +34,7 @@ async function one(n: number): Promise<Record<string, number | string>> {
   const store = new BlockStore();
   const nbd = new NbdServer({ namespaces, store });
   const engine = new SimpleEngine((id) => store.getArray(id));
-  const m = await StorageManager.open({ namespaces, store, nbd, engine }, { dataDir, log: pino({ level: 'silent' }) });
+  const m = await StorageManager.open({ namespaces, store, frontends: [nbd], engine }, { dataDir, log: pino({ level: 'silent' }) });
   await m.start();
   try {
     m.createFarm('f');

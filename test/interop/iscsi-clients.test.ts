@@ -6,6 +6,7 @@ import t from 'tap';
 import { startServer } from '../helpers/server.js';
 import { requireTools, run, runOk } from '../helpers/tools.js';
 import { DEMO_IQN, IscsiWire, demoTarget, tur } from '../helpers/iscsi-wire.js';
+import { cli, cliOk } from '../helpers/cli.js';
 
 // Stock iSCSI clients against a real `blockgate serve`: libiscsi's tools with
 // the demo initiator name, qemu-img over iscsi://, CHAP with libiscsi, and
@@ -146,4 +147,24 @@ t.test('API refusals: bad iSCSI names, an initiator owned by another host', asyn
   t.equal(r.status, 409);
   r = await s.request('DELETE', `/v1/hosts/second/initiators/${encodeURIComponent('iqn.2026-01.test:none')}`);
   t.equal(r.status, 404);
+});
+
+t.test('CLI: initiator names, CHAP shown once, protocols; the namespace shows iscsi:// URIs', async (t) => {
+  await cliOk(s, ['host', 'create', 'clihost']);
+  let r = await cliOk(s, ['host', 'initiator-add', 'clihost', 'iqn.2026-01.test:cli']);
+  t.match(r.stdout, 'iqn.2026-01.test:cli');
+  r = await cliOk(s, ['host', 'chap', 'clihost', '--mutual']);
+  t.match(r.stdout, /secret/);
+  t.match(r.stdout, 'not shown again');
+  r = await cliOk(s, ['--json', 'host', 'show', 'clihost']);
+  t.same(JSON.parse(r.stdout).iscsi.chap.mode, 'mutual');
+  await cliOk(s, ['host', 'chap-clear', 'clihost']);
+  r = await cliOk(s, ['host', 'protocols', 'clihost', 'nbd']);
+  t.match(r.stdout, 'nbd');
+  const bad = await cli(s, ['host', 'protocols', 'clihost', 'ftp']);
+  t.not(bad.code, 0);
+  r = await cliOk(s, ['host', 'initiator-remove', 'clihost', 'iqn.2026-01.test:cli']);
+  t.match(r.stdout, 'no initiators');
+  r = await cliOk(s, ['host', 'namespace', 'demo']);
+  t.match(r.stdout, `iscsi://${s.iscsi}/${demoTarget()}/0`);
 });
