@@ -1,5 +1,10 @@
-export { StorageManager, parseAddress, formatAddress, checkName } from './manager.js';
-export type { DataPath, ManagerOptions, ArrayRow, VolumeRow, HostRow, BindingRow, AccessMode, ShareMode } from './manager.js';
+export { StorageManager } from './manager.js';
+export type { ManagerOptions } from './manager.js';
+export { parseAddress, formatAddress, checkName } from './model.js';
+export type { ArrayRow, VolumeRow, HostRow, BindingRow, AccessMode, ShareMode } from './model.js';
+export type { DataPath } from './operations/context.js';
+export { configDocument, hostRecord, bindingRecord, CONFIG_KIND, CONFIG_VERSION, type ConfigDocument, type HostRecord, type BindingRecord } from './config-document.js';
+export * as words from './words.js';
 export { seedDemo, DEMO } from './defaults.js';
 export { openDb, SCHEMA_VERSION } from './db.js';
 export { TRANSITIONS, VOLUME_STATES, OPERATIONS, transition, allowedOperations, type VolumeState, type Operation } from './state.js';

@@ -4,32 +4,23 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { BlockgateError, badRequest, conflict, notFound } from '../common/errors.js';
-import type { BlockStore, CachePolicy } from '../cache/index.js';
-import { ArrayFile, type Engine } from '../disks/index.js';
+import type { CachePolicy } from '../cache/index.js';
+import { ArrayFile } from '../disks/index.js';
 import { EXTENT_ALIGN, VolumeLayout, allocateExtents, freeExtents, type Extent } from '../mapper/index.js';
-import type { Namespaces, NbdServer, NbdTlsKeys, Unit } from '../target/index.js';
+import type { Unit } from '../target/index.js';
 import { StatsRegistry } from '../target/stats.js';
-import { ConfigOperations } from './operations/config.js';
 import { openDb, type Db } from './db.js';
 import { EventLog } from './events.js';
 import { JobQueue } from './jobs.js';
+import { bindingRecordOf } from './config-document.js';
+import { checkName, failed, formatAddress, parseAddress, type AccessMode, type ArrayRow, type BindingRow, type ExtentRow, type HostRow, type ShareMode, type VolumeRow } from './model.js';
 import { BindingOperations } from './operations/bindings.js';
+import { ConfigOperations } from './operations/config.js';
+import type { DataPath, Lifecycle, OperationContext } from './operations/context.js';
 import { BulkOperations } from './operations/bulk.js';
 import { Inventory } from './operations/inventory.js';
 import { Tracer } from './operations/trace.js';
 import { allowedOperations, transition, type Operation, type VolumeState } from './state.js';
-
-/** The data path as the manager sees it: publish namespaces, attach arrays, manage listeners, bulk work. */
-export interface DataPath {
-  namespaces: Namespaces;
-  store: BlockStore;
-  nbd: NbdServer;
-  engine: Engine;
-  /** TLS identities of the shared NBD listener (PSK keys live in DATA/tls/psk). */
-  tls?: NbdTlsKeys | undefined;
-  /** Per (host, volume) I/O counters the units record into; one is made if the caller has none. */
-  stats?: StatsRegistry;
-}
 
 export interface ManagerOptions {
   dataDir: string;
@@ -44,74 +35,6 @@ export interface ManagerOptions {
   faults?: readonly string[] | undefined;
 }
 
-export type ShareMode = 'exclusive' | 'shared';
-export type AccessMode = 'exclusive' | 'shared' | 'read-only';
-
-export interface ArrayRow {
-  id: number;
-  name: string;
-  path: string;
-  size: number;
-  quality_class: string;
-  created_at: string;
-}
-export interface VolumeRow {
-  id: number;
-  name: string;
-  farm_id: number | null;
-  size: number;
-  state: string;
-  share_mode: ShareMode;
-  serial: string;
-  naa: string;
-  ever_mapped: number;
-  cache_policy: CachePolicy;
-  dirty: number;
-  scrubbed_at: string | null;
-  image_id: number | null;
-  quality_class: string | null;
-  snapshot_of: number | null;
-  created_at: string;
-  updated_at: string;
-}
-export interface HostRow {
-  id: number;
-  name: string;
-  farm_id: number;
-  protocols: string;
-  default_protocol: string;
-  nbd_tcp: string | null;
-  require_tls: number;
-  created_at: string;
-}
-export interface BindingRow {
-  id: number;
-  volume_id: number;
-  host_id: number;
-  target: number;
-  lun: number;
-  protocol: string;
-  mode: AccessMode;
-  mapped: number;
-  created_at: string;
-}
-export interface ExtentRow {
-  volume_id: number;
-  seq: number;
-  array_id: number;
-  offset: number;
-  length: number;
-}
-
-const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
-
-export function checkName(kind: string, name: string): string {
-  if (!NAME_RE.test(name)) {
-    throw badRequest(`${kind} name '${name}' is invalid: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit`);
-  }
-  return name;
-}
-
 const now = (): string => new Date().toISOString();
 
 /**
@@ -119,7 +42,7 @@ const now = (): string => new Date().toISOString();
  * view (attached arrays, published namespaces, per-host listeners) equal to it.
  * Every change is one SQLite transaction; the data path is updated after commit.
  */
-export class StorageManager {
+export class StorageManager implements Lifecycle {
   readonly db: Db;
   readonly dataDir: string;
   private readonly dp: DataPath;
@@ -151,14 +74,15 @@ export class StorageManager {
     this.events = new EventLog(db);
     this.jobs = new JobQueue(db, this.events, opts.log);
     this.faults = new Set(opts.faults ?? []);
-    this.bindings = new BindingOperations(this);
-    this.bulk = new BulkOperations(this);
-    this.tracer = new Tracer(this);
-    this.inventory = new Inventory(this);
-    this.config = new ConfigOperations(this);
     this.stats = dp.stats ?? new StatsRegistry();
     this.dataDir = opts.dataDir;
     this.log = opts.log;
+    const ctx: OperationContext = { db, dataDir: opts.dataDir, dataPath: dp, events: this.events, jobs: this.jobs, log: opts.log, lifecycle: this };
+    this.bindings = new BindingOperations(ctx);
+    this.bulk = new BulkOperations(ctx);
+    this.tracer = new Tracer(ctx);
+    this.inventory = new Inventory(ctx);
+    this.config = new ConfigOperations(ctx);
     this.nbdAddress = opts.nbdAddress;
     this.applianceId = this.setting('appliance_id') ?? this.initApplianceId();
   }
@@ -257,7 +181,7 @@ export class StorageManager {
     return this.db.prepare('SELECT * FROM farms ORDER BY id').all() as { id: number; name: string; created_at: string }[];
   }
 
-  private farmName(id: number | null): string | null {
+  findFarmName(id: number | null): string | null {
     if (id === null) return null;
     return (this.db.prepare('SELECT name FROM farms WHERE id = ?').get(id) as { name: string }).name;
   }
@@ -645,7 +569,7 @@ export class StorageManager {
     const arrays = new Map(this.listArrays().map((a) => [a.id, a.name]));
     return {
       name: v.name,
-      farm: this.farmName(v.farm_id),
+      farm: this.findFarmName(v.farm_id),
       size: v.size,
       state: v.state,
       shareMode: v.share_mode,
@@ -717,7 +641,7 @@ export class StorageManager {
   describeHost(h: HostRow): Record<string, unknown> {
     return {
       name: h.name,
-      farm: this.farmName(h.farm_id),
+      farm: this.findFarmName(h.farm_id),
       protocols: h.protocols.split(','),
       defaultProtocol: h.default_protocol,
       nbd: {
@@ -757,7 +681,7 @@ export class StorageManager {
         ],
       };
     });
-    return { host: h.name, farm: this.farmName(h.farm_id), socket: sock, tcp, units };
+    return { host: h.name, farm: this.findFarmName(h.farm_id), socket: sock, tcp, units };
   }
 
   // ---- bindings ----------------------------------------------------------
@@ -784,25 +708,24 @@ export class StorageManager {
   }
 
   binding(id: number): BindingRow {
-    const b = this.db.prepare('SELECT * FROM bindings WHERE id = ?').get(id) as BindingRow | undefined;
-    if (!b) throw notFound('binding', id);
-    return b;
+    return this.bindings.binding(id);
   }
 
-  listBindings(): BindingRow[] {
-    return this.db.prepare('SELECT * FROM bindings ORDER BY id').all() as BindingRow[];
+  /** All bindings, or those of one host and/or one volume (NOT_FOUND when the named one does not exist). */
+  listBindings(filter: { host?: string | undefined; volume?: string | undefined } = {}): BindingRow[] {
+    return this.bindings.list(filter);
   }
 
   bindingsOfHost(hostId: number): BindingRow[] {
-    return this.db.prepare('SELECT * FROM bindings WHERE host_id = ? ORDER BY target, lun').all(hostId) as BindingRow[];
+    return this.bindings.ofHost(hostId);
   }
 
   bindingsOfVolume(volumeId: number): BindingRow[] {
-    return this.db.prepare('SELECT * FROM bindings WHERE volume_id = ? ORDER BY id').all(volumeId) as BindingRow[];
+    return this.bindings.ofVolume(volumeId);
   }
 
   describeBinding(b: BindingRow): Record<string, unknown> {
-    return bindingRecord(b, this.volumeById(b.volume_id).name, this.hostById(b.host_id).name);
+    return bindingRecordOf(b, this.volumeById(b.volume_id).name, this.hostById(b.host_id).name);
   }
 
   volumeHandle(v: VolumeRow): { id: number; layout: VolumeLayout; cachePolicy: CachePolicy } {
@@ -885,37 +808,3 @@ export class StorageManager {
   }
 }
 
-/** An operation that failed part-way: its failure edge has been applied; the message says where the volume now is. */
-export function failed(op: string, volume: string, cause: Error, state: string): BlockgateError {
-  return new BlockgateError('OPERATION_FAILED', `${op} of volume '${volume}' failed (${cause.message}); volume is now '${state}'`, {
-    operation: op,
-    volume,
-    state,
-  });
-}
-
-/** A binding as the API and a saved configuration show it, with its volume and host by name. */
-export function bindingRecord(b: BindingRow, volume: string, host: string) {
-  return {
-    id: b.id,
-    volume,
-    host,
-    target: b.target,
-    lun: b.lun,
-    protocol: b.protocol,
-    mode: b.mode,
-    mapped: b.mapped === 1,
-    createdAt: b.created_at,
-  };
-}
-
-export function parseAddress(s: string): { host: string; port: number } {
-  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(s);
-  const port = m ? Number(m[3]) : NaN;
-  if (!m || port > 65535) throw badRequest(`address '${s}' is not HOST:PORT`);
-  return { host: (m[1] ?? m[2])!, port };
-}
-
-export function formatAddress(host: string, port: number): string {
-  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
-}
