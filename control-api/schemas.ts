@@ -28,3 +28,6 @@ export const intQuery = z.coerce.number().int().min(0);
 
 export const nameParam = z.strictObject({ name });
 export const idParam = z.strictObject({ id: z.coerce.number().int().positive() });
+
+/** A route with no query parameters refuses any: a filter it does not know is an error, never ignored. */
+export const noQuery = z.strictObject({});

@@ -10,3 +10,5 @@ export { openDb, SCHEMA_VERSION } from './db.js';
 export { TRANSITIONS, VOLUME_STATES, OPERATIONS, transition, allowedOperations, type VolumeState, type Operation } from './state.js';
 export type { EventLog, EventRecord } from './events.js';
 export type { JobRow, JobState } from './jobs.js';
+export * as views from './views.js';
+export { JOB_STATES } from './jobs.js';

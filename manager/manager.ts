@@ -12,7 +12,8 @@ import { StatsRegistry } from '../target/stats.js';
 import { openDb, type Db } from './db.js';
 import { EventLog } from './events.js';
 import { JobQueue } from './jobs.js';
-import { bindingRecordOf } from './config-document.js';
+import { bindingRecordOf, type BindingRecord } from './config-document.js';
+import type { HostView, NamespaceView, VolumeView } from './views.js';
 import { checkName, failed, formatAddress, parseAddress, type AccessMode, type ArrayRow, type BindingRow, type ExtentRow, type HostRow, type ShareMode, type VolumeRow } from './model.js';
 import { BindingOperations } from './operations/bindings.js';
 import { ConfigOperations } from './operations/config.js';
@@ -327,6 +328,8 @@ export class StorageManager implements Lifecycle {
    * without a farm.
    */
   claimVolume(opts: { farm: string; size: number; qualityClass?: string | undefined }): VolumeRow {
+    // Size 0 would match any predefined volume: a claim always asks for some bytes.
+    if (!Number.isSafeInteger(opts.size) || opts.size <= 0) throw badRequest(`a claim asks for more than 0 bytes (got ${opts.size})`);
     const farm = this.farm(opts.farm);
     return this.db.transaction(() => {
       const v = this.db
@@ -565,13 +568,13 @@ export class StorageManager implements Lifecycle {
     return l;
   }
 
-  describeVolume(v: VolumeRow): Record<string, unknown> {
+  describeVolume(v: VolumeRow): VolumeView {
     const arrays = new Map(this.listArrays().map((a) => [a.id, a.name]));
     return {
       name: v.name,
       farm: this.findFarmName(v.farm_id),
       size: v.size,
-      state: v.state,
+      state: v.state as VolumeState,
       shareMode: v.share_mode,
       cachePolicy: v.cache_policy,
       serial: v.serial,
@@ -585,7 +588,7 @@ export class StorageManager implements Lifecycle {
       snapshotOf: v.snapshot_of === null ? null : this.volumeById(v.snapshot_of).name,
       allowed: allowedOperations(v.state as VolumeState),
       job: this.jobs.activeOn(v.id)?.id ?? null,
-      extents: this.extentsOf(v.id).map((e) => ({ array: arrays.get(e.arrayId), offset: e.offset, length: e.length })),
+      extents: this.extentsOf(v.id).map((e) => ({ array: arrays.get(e.arrayId)!, offset: e.offset, length: e.length })),
       createdAt: v.created_at,
       updatedAt: v.updated_at,
     };
@@ -638,10 +641,10 @@ export class StorageManager implements Lifecycle {
     return this.db.prepare('SELECT * FROM hosts ORDER BY id').all() as HostRow[];
   }
 
-  describeHost(h: HostRow): Record<string, unknown> {
+  describeHost(h: HostRow): HostView {
     return {
       name: h.name,
-      farm: this.findFarmName(h.farm_id),
+      farm: this.findFarmName(h.farm_id)!,
       protocols: h.protocols.split(','),
       defaultProtocol: h.default_protocol,
       nbd: {
@@ -657,7 +660,7 @@ export class StorageManager implements Lifecycle {
   }
 
   /** The host's live namespace as an admin (or a host's admin) wants to read it. */
-  namespaceView(hostName: string): Record<string, unknown> {
+  namespaceView(hostName: string): NamespaceView {
     const h = this.host(hostName);
     const sock = this.hostSocketPath(h.name);
     const tcp = h.nbd_tcp ? [h.nbd_tcp] : [];
@@ -681,7 +684,7 @@ export class StorageManager implements Lifecycle {
         ],
       };
     });
-    return { host: h.name, farm: this.findFarmName(h.farm_id), socket: sock, tcp, units };
+    return { host: h.name, farm: this.findFarmName(h.farm_id)!, socket: sock, tcp, units };
   }
 
   // ---- bindings ----------------------------------------------------------
@@ -724,7 +727,7 @@ export class StorageManager implements Lifecycle {
     return this.bindings.ofVolume(volumeId);
   }
 
-  describeBinding(b: BindingRow): Record<string, unknown> {
+  describeBinding(b: BindingRow): BindingRecord {
     return bindingRecordOf(b, this.volumeById(b.volume_id).name, this.hostById(b.host_id).name);
   }
 

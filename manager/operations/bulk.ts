@@ -5,6 +5,7 @@ import { BlockgateError, badRequest, conflict, notFound } from '../../common/err
 import { ArrayFile, BULK_CHUNK, type ArrayRange } from '../../disks/index.js';
 import { EXTENT_ALIGN } from '../../mapper/index.js';
 import type { JobContext, JobRow } from '../jobs.js';
+import type { JobView } from '../views.js';
 import type { AccessMode, VolumeRow } from '../model.js';
 import type { Lifecycle, OperationContext } from './context.js';
 
@@ -134,14 +135,14 @@ export class BulkOperations {
     if (v.state === 'configured') this.m.apply(v, op, {}, 'unconfigured');
   }
 
-  private job(j: JobRow): Record<string, unknown> {
+  private job(j: JobRow): JobView {
     return this.c.jobs.describe(j);
   }
 
   // ---- scrub ---------------------------------------------------------------
 
   /** Scrub (T14): overwrite with a byte pattern, read back and verify; clears the dirty mark. */
-  scrub(name: string, opts: { pattern?: number | undefined; verify?: boolean | undefined } = {}): Record<string, unknown> {
+  scrub(name: string, opts: { pattern?: number | undefined; verify?: boolean | undefined } = {}): JobView {
     const v = this.m.volume(name);
     this.m.check(v, 'scrub');
     const pattern = opts.pattern ?? 0;
@@ -183,7 +184,7 @@ export class BulkOperations {
   // ---- copy ------------------------------------------------------------------
 
   /** Disk Copy (832): one unbound source onto many unbound targets, each at least as large. */
-  copy(sourceName: string, targetNames: string[], opts: { verify?: boolean | undefined } = {}): Record<string, unknown> {
+  copy(sourceName: string, targetNames: string[], opts: { verify?: boolean | undefined } = {}): JobView {
     const { m, c } = this;
     const src = m.volume(sourceName);
     m.check(src, 'copy');
@@ -261,7 +262,7 @@ export class BulkOperations {
    * the volume's bytes are copied into images/NAME.img, which is registered
    * when the copy has verified.
    */
-  captureImage(name: string, volumeName: string): Record<string, unknown> {
+  captureImage(name: string, volumeName: string): JobView {
     const { m, c } = this;
     const v = m.volume(volumeName);
     if (c.db.prepare('SELECT 1 FROM images WHERE name = ?').get(name)) throw conflict(`image '${name}' already exists`);
@@ -307,7 +308,7 @@ export class BulkOperations {
   }
 
   /** Copy image (T4, 709) onto a configured volume; a failure takes T5 to Un-configured. */
-  copyImage(volumeName: string, imageName: string, opts: { verify?: boolean | undefined } = {}): Record<string, unknown> {
+  copyImage(volumeName: string, imageName: string, opts: { verify?: boolean | undefined } = {}): JobView {
     const { m, c } = this;
     const v = m.volume(volumeName);
     m.check(v, 'copy-image');
@@ -362,7 +363,7 @@ export class BulkOperations {
    * flushed, a write hook installed that saves old bytes of a region before
    * its first overwrite, then I/O resumes and a job copies the other regions.
    */
-  async snap(sourceName: string, snapshotName: string): Promise<{ job: Record<string, unknown>; snapshot: VolumeRow }> {
+  async snap(sourceName: string, snapshotName: string): Promise<{ job: JobView; snapshot: VolumeRow }> {
     const { m, c } = this;
     const src = m.volume(sourceName);
     m.check(src, 'snap');
@@ -454,7 +455,7 @@ export class BulkOperations {
     target: number;
     lun: number;
     mode?: AccessMode | undefined;
-  }): Record<string, unknown> {
+  }): JobView {
     const { m, c } = this;
     const h = m.host(opts.host);
     const img = opts.image ? this.image(opts.image) : null;

@@ -6,6 +6,7 @@ import { bindingRecordOf, bindingRowOf, CONFIG_KIND, CONFIG_VERSION, hostRecordO
 import type { ArrayRow, BindingRow, HostRow } from '../model.js';
 import type { Lifecycle, OperationContext } from './context.js';
 import { VOLUME_STATES, type VolumeState } from '../state.js';
+import type { ImportResult } from '../views.js';
 
 export { CONFIG_KIND, CONFIG_VERSION, type ConfigDocument };
 
@@ -162,6 +163,7 @@ export class ConfigOperations {
     for (const vm of doc.vms) {
       ref(hosts.has(vm.host), `vm '${vm.name}' names unknown host '${vm.host}'`);
       for (const id of vm.bindings) ref(bindingIds.has(id), `vm '${vm.name}' names unknown binding ${id}`);
+      ref(new Set(vm.bindings).size === vm.bindings.length, `vm '${vm.name}' lists a binding twice`);
     }
     // Overlapping extents would let two volumes (two tenants) share bytes.
     const byArray = new Map<string, { offset: number; length: number; volume: string }[]>();
@@ -180,7 +182,7 @@ export class ConfigOperations {
    * document says they are (created sparse when missing); then listeners
    * opened and namespaces published.
    */
-  async import(doc: ConfigDocument): Promise<{ imported: Record<string, number>; createdArrayFiles: string[] }> {
+  async import(doc: ConfigDocument): Promise<ImportResult> {
     const { m, c } = this;
     if (doc.kind !== CONFIG_KIND) throw badRequest(`not a blockgate configuration (kind '${String(doc.kind)}')`);
     if (doc.version > CONFIG_VERSION) throw badRequest(`configuration version ${doc.version} is newer than this blockgate understands (${CONFIG_VERSION})`);

@@ -4,6 +4,8 @@ import { badRequest, conflict, notFound } from '../../common/errors.js';
 import { EXTENT_ALIGN } from '../../mapper/index.js';
 import { bindingRecordOf } from '../config-document.js';
 import { checkName } from '../model.js';
+import type { VolumeState } from '../state.js';
+import type { DiscoveryView, VmView, WiringMap } from '../views.js';
 import type { Lifecycle, OperationContext } from './context.js';
 
 interface VmRow {
@@ -25,7 +27,7 @@ export class Inventory {
    * Discovery: array files dropped into `arrays/` become arrays (size rounded
    * down to the extent alignment), then the wiring map is reported.
    */
-  async discover(): Promise<Record<string, unknown>> {
+  async discover(): Promise<DiscoveryView> {
     const { m, c } = this;
     const dir = path.join(c.dataDir, 'arrays');
     const known = new Set(m.listArrays().map((a) => path.resolve(a.path)));
@@ -45,7 +47,7 @@ export class Inventory {
     return { added, ...this.wiringMap() };
   }
 
-  wiringMap(): Record<string, unknown> {
+  wiringMap(): WiringMap {
     const { m, c } = this;
     const names = new Map(m.listArrays().map((a) => [a.id, a.name]));
     return {
@@ -64,19 +66,20 @@ export class Inventory {
       }),
       volumes: m.listVolumes().map((v) => ({
         name: v.name,
-        state: v.state,
+        state: v.state as VolumeState,
         size: v.size,
-        extents: m.extentsOf(v.id).map((e) => ({ array: names.get(e.arrayId), offset: e.offset, length: e.length })),
+        extents: m.extentsOf(v.id).map((e) => ({ array: names.get(e.arrayId)!, offset: e.offset, length: e.length })),
       })),
       listeners: m.listHosts().map((h) => ({ host: h.name, socket: m.hostSocketPath(h.name), tcp: h.nbd_tcp })),
     };
   }
 
-  createVm(opts: { name: string; host: string; bindings: number[] }): Record<string, unknown> {
+  createVm(opts: { name: string; host: string; bindings: number[] }): VmView {
     const { m, c } = this;
     checkName('vm', opts.name);
     const h = m.host(opts.host);
     if (opts.bindings.length === 0) throw badRequest('a VM owns at least one binding');
+    if (new Set(opts.bindings).size !== opts.bindings.length) throw badRequest('a VM lists each of its bindings once');
     c.db.transaction(() => {
       if (c.db.prepare('SELECT 1 FROM vms WHERE name = ?').get(opts.name)) throw conflict(`vm '${opts.name}' already exists`);
       for (const id of opts.bindings) {
@@ -97,11 +100,11 @@ export class Inventory {
     return v;
   }
 
-  listVms(): Record<string, unknown>[] {
+  listVms(): VmView[] {
     return (this.c.db.prepare('SELECT * FROM vms ORDER BY id').all() as VmRow[]).map((v) => this.describeVm(v));
   }
 
-  describeVm(v: VmRow): Record<string, unknown> {
+  describeVm(v: VmRow): VmView {
     const bindings = (this.c.db.prepare('SELECT binding_id FROM vm_bindings WHERE vm_id = ? ORDER BY binding_id').all(v.id) as { binding_id: number }[]).map((r) =>
       {
         const b = this.m.binding(r.binding_id);

@@ -1,5 +1,7 @@
 import { BlockgateError, badRequest, notFound } from '../../common/errors.js';
 import type { VolumeRow } from '../model.js';
+import type { VolumeState } from '../state.js';
+import type { ResolveView, UnitTrace, VolumeTrace } from '../views.js';
 import type { Lifecycle, OperationContext } from './context.js';
 
 /**
@@ -18,7 +20,7 @@ export class Tracer {
     return new Map(this.m.listArrays().map((a) => [a.id, { name: a.name, path: a.path }]));
   }
 
-  private segments(v: VolumeRow, offset: number, length: number): Record<string, unknown>[] {
+  private segments(v: VolumeRow, offset: number, length: number): VolumeTrace['segments'] {
     const arrays = this.arrays();
     return this.m.layoutOf(v.id).translate(offset, length).map((s) => ({
       volumeOffset: offset + s.requestOffset,
@@ -29,7 +31,7 @@ export class Tracer {
     }));
   }
 
-  private units(v: VolumeRow): Record<string, unknown>[] {
+  private units(v: VolumeRow): VolumeTrace['units'] {
     return this.m.bindingsOfVolume(v.id).map((b) => {
       const h = this.m.hostById(b.host_id);
       return { host: h.name, target: b.target, lun: b.lun, export: `${b.target}/${b.lun}`, mode: b.mode, mapped: b.mapped === 1, binding: b.id };
@@ -45,11 +47,11 @@ export class Tracer {
   }
 
   /** Describes a volume end to end; `offset`/`length` narrow the segments to one request. */
-  volumeTrace(v: VolumeRow, offset = 0, length?: number): Record<string, unknown> {
+  volumeTrace(v: VolumeRow, offset = 0, length?: number): VolumeTrace {
     const size = this.m.layoutOf(v.id).size;
     const len = length ?? size - offset;
     return {
-      volume: { name: v.name, size: v.size, state: v.state, serial: v.serial, naa: v.naa, farm: this.m.findFarmName(v.farm_id) },
+      volume: { name: v.name, size: v.size, state: v.state as VolumeState, serial: v.serial, naa: v.naa, farm: this.m.findFarmName(v.farm_id) },
       units: this.units(v),
       vms: this.vms(v),
       request: { offset, length: len },
@@ -58,7 +60,7 @@ export class Tracer {
   }
 
   /** What host `host` reaches at unit t/l, and where each byte of the request lives. */
-  unit(hostName: string, target: number, lun: number, offset = 0, length?: number): Record<string, unknown> {
+  unit(hostName: string, target: number, lun: number, offset = 0, length?: number): UnitTrace {
     const h = this.m.host(hostName);
     const b = this.m.bindingsOfHost(h.id).find((x) => x.target === target && x.lun === lun);
     if (!b) throw notFound('unit', `${hostName}:${target}/${lun}`);
@@ -70,7 +72,7 @@ export class Tracer {
   }
 
   /** Reverse lookups from what a host or an admin holds: serial, NAA, export, VM, or an array byte. */
-  resolve(q: { serial?: string | undefined; naa?: string | undefined; export?: string | undefined; host?: string | undefined; vm?: string | undefined; array?: string | undefined; offset?: number | undefined }): Record<string, unknown> {
+  resolve(q: { serial?: string | undefined; naa?: string | undefined; export?: string | undefined; host?: string | undefined; vm?: string | undefined; array?: string | undefined; offset?: number | undefined }): ResolveView {
     const { m, c } = this;
     if (q.serial || q.naa) {
       const v = (q.serial
