@@ -73,7 +73,7 @@ t.test('bindings: filters by host and volume are validated and honoured', async 
 });
 
 t.test('vms: a VM owns bindings of its host, each once', async (t) => {
-  const { call } = await startApi(t);
+  const { call, m } = await startApi(t);
   await basicAppliance(call);
   await call('POST', '/v1/hosts', { name: 'h2', farm: 'f' });
   await call('POST', '/v1/volumes', { name: 'v1', size: '4M', farm: 'f' });
@@ -83,6 +83,7 @@ t.test('vms: a VM owns bindings of its host, each once', async (t) => {
   let r = await call('POST', '/v1/vms', { name: 'vm', host: 'h', bindings: [b1.id, b1.id] });
   t.equal(r.status, 400, 'a binding listed twice');
   t.match(r.body.error.message, /twice/);
+  t.throws(() => m.inventory.createVm({ name: 'vm', host: 'h', bindings: [b1.id, b1.id] }), { code: 'BAD_REQUEST' }, 'the manager refuses it too');
   r = await call('POST', '/v1/vms', { name: 'vm', host: 'h', bindings: [b2.id] });
   t.equal(r.status, 409, "another host's binding");
   r = await call('POST', '/v1/vms', { name: 'vm', host: 'h', bindings: [] });

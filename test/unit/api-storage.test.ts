@@ -79,7 +79,7 @@ t.test('volumes: allocate, steps, resize, delete, with exact errors', async (t) 
 });
 
 t.test('claim: predefined volumes by size and class; size 0 refused', async (t) => {
-  const { call } = await startApi(t);
+  const { call, m } = await startApi(t);
   await basicAppliance(call);
   await call('POST', '/v1/volumes', { name: 'pre8', size: '8M' });
   await call('POST', '/v1/volumes', { name: 'pre4', size: '4M' });
@@ -89,6 +89,8 @@ t.test('claim: predefined volumes by size and class; size 0 refused', async (t) 
     t.equal(r.body.error.code, 'BAD_REQUEST');
   }
   t.equal((await call('GET', '/v1/volumes/pre4')).body.farm, null, 'a refused claim took nothing');
+  // The manager refuses it too, for callers other than the API.
+  t.throws(() => m.claimVolume({ farm: 'f', size: 0 }), { code: 'BAD_REQUEST' });
   let r = await call('POST', '/v1/volumes/claim', { farm: 'f', size: '3M' });
   t.equal(r.status, 201);
   t.match(r.body, { name: 'pre4', farm: 'f' });
