@@ -100,6 +100,20 @@ t.test('the OpenAPI document is generated from the route schemas, requests and r
   t.same(errSchema.properties.error.properties.code.enum.sort(), Object.keys(API_ERRORS).sort());
   t.same(doc.paths['/v1/health'].get.security, []);
   t.ok(doc.components.schemas.ConfigDocument ?? doc.components.schemas.ConfigDocumentInput, 'the saved configuration schema is a component');
+
+  // Every route declares its success reply (a schema, or 204 with no body) and its errors; only the
+  // document itself and the Prometheus text are sent as they are.
+  const raw = new Set(['GET /v1/openapi.json', 'GET /metrics']);
+  for (const [p, ops] of Object.entries(doc.paths as Record<string, Record<string, { responses: Record<string, any> }>>)) {
+    for (const [mth, op] of Object.entries(ops)) {
+      const id = `${mth.toUpperCase()} ${p}`;
+      if (raw.has(id)) continue;
+      const codes = Object.keys(op.responses);
+      const ok = codes.filter((c) => /^2\d\d$/.test(c));
+      t.ok(ok.length > 0 && ok.every((c) => c === '204' || op.responses[c].content?.['application/json']?.schema), `${id} declares its reply schema`);
+      t.ok(codes.includes('4XX') || codes.includes('4xx'), `${id} declares its error reply`);
+    }
+  }
 });
 
 t.test('/metrics answers 404 when the process gave no sources', async (t) => {
