@@ -4,9 +4,9 @@ import path from 'node:path';
 import { pino, type Logger } from 'pino';
 import { BlockStore } from '../cache/index.js';
 import { badRequest } from '../common/errors.js';
-import { buildApi, schemas } from '../control-api/index.js';
+import { buildApi } from '../control-api/index.js';
 import { PiscinaEngine, makeRoute, type IoRouteName } from '../disks/index.js';
-import { DEMO, DataDirLock, SAVED_CONFIG, StorageManager, formatAddress, parseAddress, seedDemo, type ConfigDocument } from '../manager/index.js';
+import { DEMO, DataDirLock, configDocument, SAVED_CONFIG, StorageManager, formatAddress, parseAddress, seedDemo, type ConfigDocument } from '../manager/index.js';
 import { Namespaces, NbdServer, NbdTlsKeys, StatsRegistry } from '../target/index.js';
 import { openUnit } from '../target/core/index.js';
 import { IscsiServer } from '../target/iscsi/index.js';
@@ -73,7 +73,7 @@ async function readRestore(dataDir: string, restore: boolean | string): Promise<
     throw badRequest(`--restore: cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
   try {
-    return schemas.config.parse(JSON.parse(text)) as ConfigDocument;
+    return configDocument.parse(JSON.parse(text));
   } catch (e) {
     const issues = (e as { issues?: { path: PropertyKey[]; message: string }[] }).issues;
     const msg = issues ? issues.map((i) => `${i.path.map(String).join('.') || 'document'}: ${i.message}`).join('; ') : (e as Error).message;

@@ -1,3 +1,4 @@
-export { buildApi } from './app.js';
+export { buildApi, BODY_LIMIT } from './app.js';
 export type { ApiOptions } from './app.js';
-export { schemas } from './schemas.js';
+export { API_ERRORS, type ApiErrorCode } from './errors.js';
+export { RESOURCES, type ResourcePlugin, type RouteContext } from './routes/index.js';

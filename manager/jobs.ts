@@ -2,8 +2,12 @@ import type { Logger } from 'pino';
 import { BlockgateError, notFound } from '../common/errors.js';
 import type { Db } from './db.js';
 import type { EventLog } from './events.js';
+import type { JobView } from './views.js';
 
-export type JobState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
+type JSONType = JobView['params'];
+
+export const JOB_STATES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'] as const;
+export type JobState = (typeof JOB_STATES)[number];
 
 export interface JobRow {
   id: number;
@@ -84,8 +88,15 @@ export class JobQueue {
     return j;
   }
 
-  list(limit = 200): JobRow[] {
-    return this.db.prepare('SELECT * FROM jobs ORDER BY id DESC LIMIT ?').all(limit) as JobRow[];
+  /** Newest first; only jobs in `state` and/or of `kind` when given. */
+  list(filter: { state?: JobState | undefined; kind?: string | undefined; limit?: number | undefined } = {}): JobRow[] {
+    const { state = null, kind = null, limit = 200 } = filter;
+    return this.db.prepare('SELECT * FROM jobs WHERE (? IS NULL OR state = ?) AND (? IS NULL OR kind = ?) ORDER BY id DESC LIMIT ?').all(state, state, kind, kind, limit) as JobRow[];
+  }
+
+  /** The kinds a job can be (for validating filters). */
+  kindNames(): string[] {
+    return [...this.kinds.keys()].sort();
   }
 
   /** A queued or running job on this volume, if any (operations on it wait or are refused). */
@@ -233,14 +244,14 @@ export class JobQueue {
     return out;
   }
 
-  describe(j: JobRow): Record<string, unknown> {
+  describe(j: JobRow): JobView {
     return {
       id: j.id,
       kind: j.kind,
       state: j.state,
-      params: JSON.parse(j.params) as unknown,
+      params: JSON.parse(j.params) as JSONType,
       progress: { done: j.done, total: j.total, fraction: j.total > 0 ? j.done / j.total : j.state === 'succeeded' ? 1 : 0 },
-      result: j.result ? (JSON.parse(j.result) as unknown) : null,
+      result: j.result ? (JSON.parse(j.result) as JSONType) : null,
       error: j.error,
       attempts: j.attempts,
       createdAt: j.created_at,

@@ -4,38 +4,29 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { BlockgateError, badRequest, conflict, notFound } from '../common/errors.js';
-import type { BlockStore, CachePolicy } from '../cache/index.js';
-import { ArrayFile, MAX_ARRAY_SIZE, type ArrayFault, type Engine } from '../disks/index.js';
+import type { CachePolicy } from '../cache/index.js';
+import { ArrayFile, MAX_ARRAY_SIZE, type ArrayFault } from '../disks/index.js';
 import { EXTENT_ALIGN, VolumeLayout, allocateExtents, freeExtents, type Extent } from '../mapper/index.js';
-import { parseAddress } from '../common/address.js';
-import { StatsRegistry, type Frontend, type Namespaces, type NamespaceChange, type NbdTlsKeys, type Unit } from '../target/index.js';
+import { StatsRegistry, type Frontend, type NamespaceChange, type Unit } from '../target/index.js';
 import { ArrayHealth, DEFAULT_OVERCOMMIT } from './array-health.js';
-import { ConfigOperations, type ConfigDocument } from './operations/config.js';
+import type { ConfigDocument } from './operations/config.js';
 import type { DataDirLock } from './data-dir-lock.js';
 import { DB_FILE, hasConfiguration, hasRemains, inspectRemains, lostDatabase, moveAsideLostDatabase } from './data-dir.js';
 import { openDb, type Db } from './db.js';
 import { Ownership } from './ownership.js';
 import { EventLog } from './events.js';
 import { JobQueue } from './jobs.js';
+import { bindingRecordOf, type BindingRecord } from './config-document.js';
+import type { ArrayView, HostView, NamespaceView, VolumeView } from './views.js';
+import { checkName, failed, formatAddress, parseAddress, type AccessMode, type ArrayRow, type BindingRow, type ExtentRow, type HostRow, type ShareMode, type VolumeRow } from './model.js';
 import { BindingOperations } from './operations/bindings.js';
+import { ConfigOperations } from './operations/config.js';
+import type { DataPath, Lifecycle, OperationContext } from './operations/context.js';
 import { BulkOperations } from './operations/bulk.js';
 import { Inventory } from './operations/inventory.js';
 import { Tracer } from './operations/trace.js';
 import { IscsiAccess } from './operations/iscsi.js';
 import { allowedOperations, transition, type Operation, type VolumeState } from './state.js';
-
-/** The data path as the manager sees it: publish namespaces, attach arrays, manage listeners, bulk work. */
-export interface DataPath {
-  namespaces: Namespaces;
-  store: BlockStore;
-  /** Every protocol server (NBD, iSCSI): told of hosts, namespace changes and revocations, asked for addresses. */
-  frontends: Frontend[];
-  engine: Engine;
-  /** TLS identities of the shared NBD listener (PSK keys live in DATA/tls/psk). */
-  tls?: NbdTlsKeys | undefined;
-  /** Per (host, volume) I/O counters the units record into; one is made if the caller has none. */
-  stats?: StatsRegistry;
-}
 
 export interface ManagerOptions {
   dataDir: string;
@@ -59,76 +50,6 @@ export interface ManagerOptions {
   imageRoots?: readonly string[] | undefined;
 }
 
-export type ShareMode = 'exclusive' | 'shared';
-export type AccessMode = 'exclusive' | 'shared' | 'read-only';
-
-export interface ArrayRow {
-  id: number;
-  name: string;
-  path: string;
-  size: number;
-  quality_class: string;
-  created_at: string;
-}
-export interface VolumeRow {
-  id: number;
-  name: string;
-  farm_id: number | null;
-  size: number;
-  state: string;
-  share_mode: ShareMode;
-  serial: string;
-  naa: string;
-  ever_mapped: number;
-  cache_policy: CachePolicy;
-  dirty: number;
-  scrubbed_at: string | null;
-  image_id: number | null;
-  quality_class: string | null;
-  snapshot_of: number | null;
-  created_at: string;
-  updated_at: string;
-}
-export interface HostRow {
-  id: number;
-  name: string;
-  farm_id: number;
-  protocols: string;
-  /** iSCSI CHAP mode ('one-way' | 'mutual'); the secrets are in DATA/iscsi/chap/<host>.json. */
-  chap: string | null;
-  default_protocol: string;
-  nbd_tcp: string | null;
-  require_tls: number;
-  created_at: string;
-}
-export interface BindingRow {
-  id: number;
-  volume_id: number;
-  host_id: number;
-  target: number;
-  lun: number;
-  protocol: string;
-  mode: AccessMode;
-  mapped: number;
-  created_at: string;
-}
-export interface ExtentRow {
-  volume_id: number;
-  seq: number;
-  array_id: number;
-  offset: number;
-  length: number;
-}
-
-const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
-
-export function checkName(kind: string, name: string): string {
-  if (!NAME_RE.test(name)) {
-    throw badRequest(`${kind} name '${name}' is invalid: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit`);
-  }
-  return name;
-}
-
 const now = (): string => new Date().toISOString();
 
 /**
@@ -136,7 +57,7 @@ const now = (): string => new Date().toISOString();
  * view (attached arrays, published namespaces, per-host listeners) equal to it.
  * Every change is one SQLite transaction; the data path is updated after commit.
  */
-export class StorageManager {
+export class StorageManager implements Lifecycle {
   readonly db: Db;
   readonly dataDir: string;
   /** The data directory's real path: what array identities and the lock name. */
@@ -181,15 +102,16 @@ export class StorageManager {
     this.events = new EventLog(db);
     this.jobs = new JobQueue(db, this.events, opts.log);
     this.faults = new Set(opts.faults ?? []);
-    this.bindings = new BindingOperations(this);
-    this.bulk = new BulkOperations(this);
-    this.tracer = new Tracer(this);
-    this.inventory = new Inventory(this);
-    this.iscsi = new IscsiAccess(this);
-    this.config = new ConfigOperations(this);
     this.stats = dp.stats ?? new StatsRegistry();
     this.dataDir = opts.dataDir;
     this.log = opts.log;
+    const ctx: OperationContext = { db, dataDir: opts.dataDir, dataPath: dp, events: this.events, jobs: this.jobs, log: opts.log, lifecycle: this };
+    this.bindings = new BindingOperations(ctx);
+    this.bulk = new BulkOperations(ctx);
+    this.tracer = new Tracer(ctx);
+    this.inventory = new Inventory(ctx);
+    this.iscsi = new IscsiAccess(this);
+    this.config = new ConfigOperations(ctx);
     this.applianceId = this.setting('appliance_id') ?? this.initApplianceId();
     this.health = new ArrayHealth(this, opts.checkIntervalMs ?? 2000);
   }
@@ -308,7 +230,7 @@ export class StorageManager {
    * its volumes serve again, with nothing cached from before. A file that
    * still fails the checks is refused (409) and the array stays failed.
    */
-  async reattachArray(name: string): Promise<Record<string, unknown>> {
+  async reattachArray(name: string): Promise<ArrayView> {
     const row = this.array(name);
     const store = this.dp.store;
     const old = store.listArrays().find((a) => a.id === row.id);
@@ -398,7 +320,7 @@ export class StorageManager {
     return this.db.prepare('SELECT * FROM farms ORDER BY id').all() as { id: number; name: string; created_at: string }[];
   }
 
-  private farmName(id: number | null): string | null {
+  findFarmName(id: number | null): string | null {
     if (id === null) return null;
     return (this.db.prepare('SELECT name FROM farms WHERE id = ?').get(id) as { name: string }).name;
   }
@@ -539,7 +461,7 @@ export class StorageManager {
    * what the file really occupies on its file system, that file system's
    * free space (thin arrays can outgrow it), and whether it is serving.
    */
-  async describeArray(a: ArrayRow): Promise<Record<string, unknown>> {
+  async describeArray(a: ArrayRow): Promise<ArrayView> {
     const u = this.arrayUsage(a);
     const fault = this.health.fault(a.id);
     const allocated = await fs.promises.stat(a.path).then(
@@ -647,6 +569,8 @@ export class StorageManager {
    * without a farm.
    */
   claimVolume(opts: { farm: string; size: number; qualityClass?: string | undefined }): VolumeRow {
+    // Size 0 would match any predefined volume: a claim always asks for some bytes.
+    if (!Number.isSafeInteger(opts.size) || opts.size <= 0) throw badRequest(`a claim asks for more than 0 bytes (got ${opts.size})`);
     const farm = this.farm(opts.farm);
     return this.db.transaction(() => {
       const v = this.db
@@ -897,13 +821,13 @@ export class StorageManager {
     return l;
   }
 
-  describeVolume(v: VolumeRow): Record<string, unknown> {
+  describeVolume(v: VolumeRow): VolumeView {
     const arrays = new Map(this.listArrays().map((a) => [a.id, a.name]));
     return {
       name: v.name,
-      farm: this.farmName(v.farm_id),
+      farm: this.findFarmName(v.farm_id),
       size: v.size,
-      state: v.state,
+      state: v.state as VolumeState,
       shareMode: v.share_mode,
       cachePolicy: v.cache_policy,
       serial: v.serial,
@@ -919,7 +843,7 @@ export class StorageManager {
       ...this.volumeHealth(v.id),
       allowed: allowedOperations(v.state as VolumeState),
       job: this.jobs.activeOn(v.id)?.id ?? null,
-      extents: this.extentsOf(v.id).map((e) => ({ array: arrays.get(e.arrayId), offset: e.offset, length: e.length })),
+      extents: this.extentsOf(v.id).map((e) => ({ array: arrays.get(e.arrayId)!, offset: e.offset, length: e.length })),
       createdAt: v.created_at,
       updatedAt: v.updated_at,
     };
@@ -979,10 +903,10 @@ export class StorageManager {
     return this.db.prepare('SELECT * FROM hosts ORDER BY id').all() as HostRow[];
   }
 
-  describeHost(h: HostRow): Record<string, unknown> {
+  describeHost(h: HostRow): HostView {
     return {
       name: h.name,
-      farm: this.farmName(h.farm_id),
+      farm: this.findFarmName(h.farm_id)!,
       protocols: h.protocols.split(','),
       defaultProtocol: h.default_protocol,
       nbd: {
@@ -1002,7 +926,7 @@ export class StorageManager {
    * The host's live namespace as an admin (or a host's admin) wants to read
    * it; how each unit is reached comes from the frontends' address().
    */
-  namespaceView(hostName: string): Record<string, unknown> {
+  namespaceView(hostName: string): NamespaceView {
     const h = this.host(hostName);
     const sock = this.hostSocketPath(h.name);
     const tcp = new Set<string>();
@@ -1027,7 +951,7 @@ export class StorageManager {
       };
     });
     if (h.nbd_tcp) tcp.add(h.nbd_tcp);
-    return { host: h.name, farm: this.farmName(h.farm_id), socket: sock, tcp: [...tcp], iscsi: this.iscsi.describe(h), units };
+    return { host: h.name, farm: this.findFarmName(h.farm_id)!, socket: sock, tcp: [...tcp], iscsi: this.iscsi.describe(h), units };
   }
 
   // ---- bindings ----------------------------------------------------------
@@ -1054,25 +978,24 @@ export class StorageManager {
   }
 
   binding(id: number): BindingRow {
-    const b = this.db.prepare('SELECT * FROM bindings WHERE id = ?').get(id) as BindingRow | undefined;
-    if (!b) throw notFound('binding', id);
-    return b;
+    return this.bindings.binding(id);
   }
 
-  listBindings(): BindingRow[] {
-    return this.db.prepare('SELECT * FROM bindings ORDER BY id').all() as BindingRow[];
+  /** All bindings, or those of one host and/or one volume (NOT_FOUND when the named one does not exist). */
+  listBindings(filter: { host?: string | undefined; volume?: string | undefined } = {}): BindingRow[] {
+    return this.bindings.list(filter);
   }
 
   bindingsOfHost(hostId: number): BindingRow[] {
-    return this.db.prepare('SELECT * FROM bindings WHERE host_id = ? ORDER BY target, lun').all(hostId) as BindingRow[];
+    return this.bindings.ofHost(hostId);
   }
 
   bindingsOfVolume(volumeId: number): BindingRow[] {
-    return this.db.prepare('SELECT * FROM bindings WHERE volume_id = ? ORDER BY id').all(volumeId) as BindingRow[];
+    return this.bindings.ofVolume(volumeId);
   }
 
-  describeBinding(b: BindingRow): Record<string, unknown> {
-    return bindingRecord(b, this.volumeById(b.volume_id).name, this.hostById(b.host_id).name);
+  describeBinding(b: BindingRow): BindingRecord {
+    return bindingRecordOf(b, this.volumeById(b.volume_id).name, this.hostById(b.host_id).name);
   }
 
   volumeHandle(v: VolumeRow): { id: number; layout: VolumeLayout; cachePolicy: CachePolicy } {
@@ -1186,29 +1109,5 @@ export class StorageManager {
   close(): void {
     this.db.close();
   }
-}
-
-/** An operation that failed part-way: its failure edge has been applied; the message says where the volume now is. */
-export function failed(op: string, volume: string, cause: Error, state: string): BlockgateError {
-  return new BlockgateError('OPERATION_FAILED', `${op} of volume '${volume}' failed (${cause.message}); volume is now '${state}'`, {
-    operation: op,
-    volume,
-    state,
-  });
-}
-
-/** A binding as the API and a saved configuration show it, with its volume and host by name. */
-export function bindingRecord(b: BindingRow, volume: string, host: string) {
-  return {
-    id: b.id,
-    volume,
-    host,
-    target: b.target,
-    lun: b.lun,
-    protocol: b.protocol,
-    mode: b.mode,
-    mapped: b.mapped === 1,
-    createdAt: b.created_at,
-  };
 }
 

@@ -1,5 +1,7 @@
-import { BlockgateError, conflict } from '../../common/errors.js';
-import { failed, type AccessMode, type BindingRow, type StorageManager } from '../manager.js';
+import { BlockgateError, conflict, notFound } from '../../common/errors.js';
+import type { Db } from '../db.js';
+import { failed, type AccessMode, type BindingRow } from '../model.js';
+import type { Lifecycle, OperationContext } from './context.js';
 import type { VolumeState } from '../state.js';
 
 const now = (): string => new Date().toISOString();
@@ -10,7 +12,34 @@ const now = (): string => new Date().toISOString();
  * fails (claims 12/13: undo the other side, so both agree).
  */
 export class BindingOperations {
-  constructor(private readonly m: StorageManager) {}
+  private readonly m: Lifecycle;
+  private readonly sql: ReturnType<typeof statements>;
+
+  constructor(private readonly c: OperationContext) {
+    this.m = c.lifecycle;
+    this.sql = statements(c.db);
+  }
+
+  binding(id: number): BindingRow {
+    const b = this.sql.byId.get(id) as BindingRow | undefined;
+    if (!b) throw notFound('binding', id);
+    return b;
+  }
+
+  /** All bindings, or those of one host and/or one volume (each must exist). */
+  list(filter: { host?: string | undefined; volume?: string | undefined } = {}): BindingRow[] {
+    const hostId = filter.host === undefined ? null : this.m.host(filter.host).id;
+    const volumeId = filter.volume === undefined ? null : this.m.volume(filter.volume).id;
+    return this.sql.list.all(hostId, hostId, volumeId, volumeId) as BindingRow[];
+  }
+
+  ofHost(hostId: number): BindingRow[] {
+    return this.sql.ofHost.all(hostId) as BindingRow[];
+  }
+
+  ofVolume(volumeId: number): BindingRow[] {
+    return this.sql.ofVolume.all(volumeId) as BindingRow[];
+  }
 
 
   /**
@@ -19,7 +48,7 @@ export class BindingOperations {
    * transition, and a map failure takes its own failure edge.
    */
   bind(opts: { volume: string; host: string; target: number; lun: number; mode?: AccessMode | undefined; map?: boolean | undefined }): BindingRow {
-    const { m } = this;
+    const { m, c } = this;
     const v0 = m.volume(opts.volume);
     const h = m.host(opts.host);
     m.check(v0, 'bind');
@@ -27,23 +56,23 @@ export class BindingOperations {
     if (v0.farm_id !== null && v0.farm_id !== h.farm_id) {
       throw conflict(`volume '${v0.name}' belongs to another farm than host '${h.name}'`, { volume: v0.name, host: h.name });
     }
-    const tx = m.db.transaction(() => {
+    const tx = c.db.transaction(() => {
       const v = m.volumeById(v0.id);
-      const taken = m.db.prepare('SELECT id FROM bindings WHERE host_id = ? AND target = ? AND lun = ?').get(h.id, opts.target, opts.lun);
+      const taken = c.db.prepare('SELECT id FROM bindings WHERE host_id = ? AND target = ? AND lun = ?').get(h.id, opts.target, opts.lun);
       if (taken) throw conflict(`unit ${opts.target}/${opts.lun} of host '${h.name}' is already bound`);
-      const others = m.bindingsOfVolume(v.id);
+      const others = this.ofVolume(v.id);
       if (others.length > 0 && (v.share_mode !== 'shared' || mode === 'exclusive' || others.some((b) => b.mode === 'exclusive'))) {
         throw conflict(`volume '${v.name}' is exclusive and already bound`, { volume: v.name });
       }
       if (others.some((b) => b.host_id === h.id)) throw conflict(`volume '${v.name}' is already bound to host '${h.name}'`);
-      if (v.farm_id === null) m.db.prepare('UPDATE volumes SET farm_id = ? WHERE id = ?').run(h.farm_id, v.id);
+      if (v.farm_id === null) c.db.prepare('UPDATE volumes SET farm_id = ? WHERE id = ?').run(h.farm_id, v.id);
       const id = Number(
-        m.db
+        c.db
           .prepare('INSERT INTO bindings (volume_id, host_id, target, lun, mode, mapped, created_at) VALUES (?, ?, ?, ?, ?, 0, ?)')
           .run(v.id, h.id, opts.target, opts.lun, mode, now()).lastInsertRowid,
       );
       m.apply(v, 'bind', { host: h.name, target: opts.target, lun: opts.lun, mode });
-      m.events.emit('binding.created', `binding/${id}`, { id, volume: v.name, host: h.name, target: opts.target, lun: opts.lun, mode });
+      c.events.emit('binding.created', `binding/${id}`, { id, volume: v.name, host: h.name, target: opts.target, lun: opts.lun, mode });
       return id;
     });
     let id: number;
@@ -54,11 +83,11 @@ export class BindingOperations {
       if (e instanceof BlockgateError && e.code !== 'IO_ERROR') throw e;
       // The array side refused: Bind Fails (712) for a volume with no other binding.
       const v = m.volume(opts.volume);
-      if (m.bindingsOfVolume(v.id).length === 0) m.apply(v, 'bind-failed', { error: (e as Error).message });
+      if (this.ofVolume(v.id).length === 0) m.apply(v, 'bind-failed', { error: (e as Error).message });
       throw failed('bind', v.name, e as Error, m.volume(opts.volume).state);
     }
-    if (opts.map) return m.map(id);
-    return m.binding(id);
+    if (opts.map) return this.map(id);
+    return this.binding(id);
   }
 
   /**
@@ -67,15 +96,15 @@ export class BindingOperations {
    * (718) removes the bindings and leaves the volume Unbound.
    */
   map(bindingId: number): BindingRow {
-    const { m } = this;
-    const b = m.binding(bindingId);
+    const { m, c } = this;
+    const b = this.binding(bindingId);
     if (b.mapped) return b;
     const v = m.volumeById(b.volume_id);
     m.check(v, 'map');
-    m.db.transaction(() => {
-      m.db.prepare('UPDATE bindings SET mapped = 1 WHERE id = ?').run(b.id);
+    c.db.transaction(() => {
+      c.db.prepare('UPDATE bindings SET mapped = 1 WHERE id = ?').run(b.id);
       // Whatever a host can reach it may write (or has read): scrub before reuse.
-      m.db.prepare('UPDATE volumes SET ever_mapped = 1, dirty = 1 WHERE id = ?').run(v.id);
+      c.db.prepare('UPDATE volumes SET ever_mapped = 1, dirty = 1 WHERE id = ?').run(v.id);
       m.apply(v, 'map', { binding: b.id });
     })();
     try {
@@ -85,18 +114,18 @@ export class BindingOperations {
       this.mapFailed(b, e as Error);
       throw failed('map', v.name, e as Error, m.volumeById(v.id).state);
     }
-    return m.binding(b.id);
+    return this.binding(b.id);
   }
 
   private mapFailed(b: BindingRow, err: Error): void {
-    const { m } = this;
-    const othersMapped = m.bindingsOfVolume(b.volume_id).filter((x) => x.id !== b.id && x.mapped);
-    const removed = othersMapped.length > 0 ? [b] : m.bindingsOfVolume(b.volume_id);
-    m.db.transaction(() => {
-      const del = m.db.prepare('DELETE FROM bindings WHERE id = ?');
+    const { m, c } = this;
+    const othersMapped = this.ofVolume(b.volume_id).filter((x) => x.id !== b.id && x.mapped);
+    const removed = othersMapped.length > 0 ? [b] : this.ofVolume(b.volume_id);
+    c.db.transaction(() => {
+      const del = c.db.prepare('DELETE FROM bindings WHERE id = ?');
       for (const x of removed) {
         del.run(x.id);
-        m.events.emit('binding.deleted', `binding/${x.id}`, { id: x.id, reason: 'map failed' });
+        c.events.emit('binding.deleted', `binding/${x.id}`, { id: x.id, reason: 'map failed' });
       }
       const v = m.volumeById(b.volume_id);
       m.apply(v, 'map-failed', { error: err.message, removedBindings: removed.map((x) => x.id) }, othersMapped.length > 0 ? 'mapped' : 'unbound');
@@ -117,48 +146,48 @@ export class BindingOperations {
    * closed sessions. Nothing a host saw acknowledged is lost.
    */
   async unmap(bindingId: number): Promise<BindingRow> {
-    const { m } = this;
-    const b = m.binding(bindingId);
+    const { m, c } = this;
+    const b = this.binding(bindingId);
     const v = m.volumeById(b.volume_id);
     if (!b.mapped) {
       throw new BlockgateError('ILLEGAL_STATE', `binding ${b.id} is not mapped`, { state: v.state, operation: 'unmap', allowed: ['map', 'unbind'] });
     }
     m.check(v, 'unmap');
-    const release = await m.dataPath.store.quiesce(v.id);
+    const release = await c.dataPath.store.quiesce(v.id);
     try {
-      await m.dataPath.store.flush({ id: v.id, layout: m.layoutOf(v.id), cachePolicy: v.cache_policy });
-      m.db.transaction(() => {
-        m.db.prepare('UPDATE bindings SET mapped = 0 WHERE id = ?').run(b.id);
-        const stillMapped = m.bindingsOfVolume(v.id).some((x) => x.mapped);
+      await c.dataPath.store.flush({ id: v.id, layout: m.layoutOf(v.id), cachePolicy: v.cache_policy });
+      c.db.transaction(() => {
+        c.db.prepare('UPDATE bindings SET mapped = 0 WHERE id = ?').run(b.id);
+        const stillMapped = this.ofVolume(v.id).some((x) => x.mapped);
         m.apply(m.volumeById(v.id), 'unmap', { binding: b.id }, stillMapped ? 'mapped' : 'unmapped');
       })();
       try {
         m.publishHost(b.host_id);
       } catch (e) {
         // The namespace side did not change: put the database back so both still agree the unit is mapped.
-        m.db.transaction(() => {
-          m.db.prepare('UPDATE bindings SET mapped = 1 WHERE id = ?').run(b.id);
-          m.db.prepare('UPDATE volumes SET state = ?, updated_at = ? WHERE id = ?').run(v.state, now(), v.id);
-          m.events.emit('volume.state', `volume/${v.name}`, { volume: v.name, operation: 'unmap', from: m.volumeById(v.id).state, to: v.state, error: (e as Error).message });
+        c.db.transaction(() => {
+          c.db.prepare('UPDATE bindings SET mapped = 1 WHERE id = ?').run(b.id);
+          c.db.prepare('UPDATE volumes SET state = ?, updated_at = ? WHERE id = ?').run(v.state, now(), v.id);
+          c.events.emit('volume.state', `volume/${v.name}`, { volume: v.name, operation: 'unmap', from: m.volumeById(v.id).state, to: v.state, error: (e as Error).message });
         })();
         throw failed('unmap', v.name, e as Error, v.state);
       }
     } finally {
       release();
     }
-    return m.binding(b.id);
+    return this.binding(b.id);
   }
 
   /** Kept for callers of the first API: map or unmap one binding. */
   async setMapped(bindingId: number, mapped: boolean): Promise<BindingRow> {
-    const { m } = this;
-    return mapped ? m.map(bindingId) : m.unmap(bindingId);
+    const { m, c } = this;
+    return mapped ? this.map(bindingId) : this.unmap(bindingId);
   }
 
   /** Unbind (Unmapped → Unbound, T13): the array-side grant goes; a mapped binding must be unmapped first. */
   unbind(bindingId: number): void {
-    const { m } = this;
-    const b = m.binding(bindingId);
+    const { m, c } = this;
+    const b = this.binding(bindingId);
     const v = m.volumeById(b.volume_id);
     if (b.mapped) {
       throw new BlockgateError('ILLEGAL_STATE', `binding ${b.id} of volume '${v.name}' is mapped; unmap it first`, {
@@ -168,13 +197,22 @@ export class BindingOperations {
       });
     }
     m.check(v, 'unbind');
-    m.db.transaction(() => {
-      m.db.prepare('DELETE FROM bindings WHERE id = ?').run(b.id);
-      const left = m.bindingsOfVolume(v.id);
+    c.db.transaction(() => {
+      c.db.prepare('DELETE FROM bindings WHERE id = ?').run(b.id);
+      const left = this.ofVolume(v.id);
       const to: VolumeState = left.length === 0 ? 'unbound' : left.some((x) => x.mapped) ? 'mapped' : (v.state as VolumeState);
       m.apply(v, 'unbind', { binding: b.id }, to);
-      m.events.emit('binding.deleted', `binding/${b.id}`, { id: b.id, volume: v.name });
+      c.events.emit('binding.deleted', `binding/${b.id}`, { id: b.id, volume: v.name });
     })();
     m.publishHost(b.host_id);
   }
+}
+
+function statements(db: Db) {
+  return {
+    byId: db.prepare('SELECT * FROM bindings WHERE id = ?'),
+    list: db.prepare('SELECT * FROM bindings WHERE (? IS NULL OR host_id = ?) AND (? IS NULL OR volume_id = ?) ORDER BY id'),
+    ofHost: db.prepare('SELECT * FROM bindings WHERE host_id = ? ORDER BY target, lun'),
+    ofVolume: db.prepare('SELECT * FROM bindings WHERE volume_id = ? ORDER BY id'),
+  };
 }

@@ -6,7 +6,9 @@ import { BlockgateError, badRequest, conflict, notFound } from '../../common/err
 import { ArrayFile, BULK_CHUNK, type ArrayRange } from '../../disks/index.js';
 import { EXTENT_ALIGN } from '../../mapper/index.js';
 import type { JobContext, JobRow } from '../jobs.js';
-import type { AccessMode, StorageManager, VolumeRow } from '../manager.js';
+import type { JobView } from '../views.js';
+import type { AccessMode, VolumeRow } from '../model.js';
+import type { Lifecycle, OperationContext } from './context.js';
 import { resolveImagePath } from './image-paths.js';
 
 /** Images are attached to the store as read-only sources under ids no array uses. */
@@ -23,7 +25,7 @@ export interface ImageRow {
 }
 
 /** A volume's bytes as array ranges, from the data path's own translate. */
-export function rangesOf(m: StorageManager, volumeId: number, length?: number): ArrayRange[] {
+export function rangesOf(m: Lifecycle, volumeId: number, length?: number): ArrayRange[] {
   const layout = m.layoutOf(volumeId);
   return layout.translate(0, length ?? layout.size).map((s) => ({ arrayId: s.arrayId, offset: s.arrayOffset, length: s.length }));
 }
@@ -84,8 +86,12 @@ type ActivateParams = {
 export class BulkOperations {
   private readonly cow = new Map<number, CowState>();
 
-  constructor(private readonly m: StorageManager) {
-    const jobs = m.jobs;
+  private readonly m: Lifecycle;
+
+  constructor(private readonly c: OperationContext) {
+    this.m = c.lifecycle;
+    const m = this.m;
+    const jobs = c.jobs;
     jobs.register<ScrubParams>('scrub', {
       // Scrubbing is idempotent: a restart carries on from the last checkpoint.
       onRestart: 'resume',
@@ -113,7 +119,7 @@ export class BulkOperations {
       run: (ctx) => m.asJob(ctx.id, () => this.runSnap(ctx)),
       onFail: (p, _e, id) => m.asJob(id, () => {
         if (this.cow.get(p.sourceId)?.snapshotId === p.snapshotId) {
-          m.dataPath.store.setWriteHook(p.sourceId, null);
+          c.dataPath.store.setWriteHook(p.sourceId, null);
           this.cow.delete(p.sourceId);
         }
         this.failEdge(p.snapshotId, 'copy-image-failed');
@@ -131,23 +137,23 @@ export class BulkOperations {
     if (v.state === 'configured') this.m.apply(v, op, {}, 'unconfigured');
   }
 
-  private job(j: JobRow): Record<string, unknown> {
-    return this.m.jobs.describe(j);
+  private job(j: JobRow): JobView {
+    return this.c.jobs.describe(j);
   }
 
   // ---- scrub ---------------------------------------------------------------
 
   /** Scrub (T14): overwrite with a byte pattern, read back and verify; clears the dirty mark. */
-  scrub(name: string, opts: { pattern?: number | undefined; verify?: boolean | undefined } = {}): Record<string, unknown> {
+  scrub(name: string, opts: { pattern?: number | undefined; verify?: boolean | undefined } = {}): JobView {
     const v = this.m.volume(name);
     this.m.check(v, 'scrub');
     const pattern = opts.pattern ?? 0;
     if (!Number.isInteger(pattern) || pattern < 0 || pattern > 255) throw badRequest('pattern must be a byte value 0-255');
-    return this.job(this.m.jobs.submit('scrub', { volume: v.name, volumeId: v.id, pattern, verify: opts.verify ?? true }, [v.id]));
+    return this.job(this.c.jobs.submit('scrub', { volume: v.name, volumeId: v.id, pattern, verify: opts.verify ?? true }, [v.id]));
   }
 
   private async runScrub(ctx: JobContext<ScrubParams>): Promise<unknown> {
-    const { m } = this;
+    const { m, c } = this;
     const v = m.volumeById(ctx.params.volumeId);
     const ranges = rangesOf(m, v.id);
     const size = total(ranges);
@@ -155,7 +161,7 @@ export class BulkOperations {
     // Resume at a chunk boundary at or before the checkpoint.
     const start = Math.floor((resumed?.written ?? 0) / BULK_CHUNK) * BULK_CHUNK;
     const work = ctx.params.verify ? 2 * size : size;
-    const engine = m.dataPath.engine;
+    const engine = c.dataPath.engine;
     await engine.scrub(sliceFrom(ranges, start), {
       pattern: ctx.params.pattern,
       verify: false,
@@ -163,7 +169,7 @@ export class BulkOperations {
       corrupt: m.faultArmed('bulk-corrupt'),
       onProgress: (done) => ctx.progress(start + done, work, { written: start + done }),
     });
-    for (const r of ranges) await m.dataPath.store.invalidate(r.arrayId, r.offset, r.length);
+    for (const r of ranges) await c.dataPath.store.invalidate(r.arrayId, r.offset, r.length);
     let verified = false;
     if (ctx.params.verify) {
       // Read back through the engine the whole volume, including what an earlier run wrote.
@@ -174,15 +180,15 @@ export class BulkOperations {
       verified = true;
     }
     m.setDirty(v.id, false);
-    m.events.emit('volume.scrubbed', `volume/${v.name}`, { volume: v.name, pattern: ctx.params.pattern, verified, resumedAt: start || undefined });
+    c.events.emit('volume.scrubbed', `volume/${v.name}`, { volume: v.name, pattern: ctx.params.pattern, verified, resumedAt: start || undefined });
     return { bytes: size, pattern: ctx.params.pattern, verified, resumedAt: start };
   }
 
   // ---- copy ------------------------------------------------------------------
 
   /** Disk Copy (832): one unbound source onto many unbound targets, each at least as large. */
-  copy(sourceName: string, targetNames: string[], opts: { verify?: boolean | undefined } = {}): Record<string, unknown> {
-    const { m } = this;
+  copy(sourceName: string, targetNames: string[], opts: { verify?: boolean | undefined } = {}): JobView {
+    const { m, c } = this;
     const src = m.volume(sourceName);
     m.check(src, 'copy');
     if (targetNames.length === 0) throw badRequest('name at least one target volume');
@@ -195,10 +201,10 @@ export class BulkOperations {
         throw conflict(`target volume '${t.name}' belongs to another farm than source '${src.name}'`);
       }
     }
-    const job = m.db.transaction(() => {
+    const job = c.db.transaction(() => {
       // Marked before the first byte moves: a copy cut short still left data behind.
       for (const t of targets) m.setDirty(t.id, true);
-      return m.jobs.submit(
+      return c.jobs.submit(
         'copy',
         { source: src.name, sourceId: src.id, targets: targets.map((t) => ({ name: t.name, id: t.id })), verify: opts.verify ?? true },
         [src.id, ...targets.map((t) => t.id)],
@@ -208,20 +214,20 @@ export class BulkOperations {
   }
 
   private async runCopy(ctx: JobContext<CopyParams>): Promise<unknown> {
-    const { m } = this;
+    const { m, c } = this;
     const src = m.volumeById(ctx.params.sourceId);
-    await m.dataPath.store.flush(m.volumeHandle(src));
+    await c.dataPath.store.flush(m.volumeHandle(src));
     const targets = ctx.params.targets.map((t) => rangesOf(m, t.id));
-    const r = await m.dataPath.engine.copy(rangesOf(m, src.id), targets, {
+    const r = await c.dataPath.engine.copy(rangesOf(m, src.id), targets, {
       verify: ctx.params.verify,
       signal: ctx.signal,
       corrupt: m.faultArmed('bulk-corrupt'),
       onProgress: (d, t) => ctx.progress(d, t),
     });
-    for (const t of targets) for (const x of t) await m.dataPath.store.invalidate(x.arrayId, x.offset, x.length);
-    const set = m.db.prepare('UPDATE volumes SET image_id = ? WHERE id = ?');
+    for (const t of targets) for (const x of t) await c.dataPath.store.invalidate(x.arrayId, x.offset, x.length);
+    const set = c.db.prepare('UPDATE volumes SET image_id = ? WHERE id = ?');
     for (const t of ctx.params.targets) set.run(src.image_id, t.id);
-    m.events.emit('volume.copied', `volume/${src.name}`, { source: src.name, targets: ctx.params.targets.map((t) => t.name), verified: r.verified });
+    c.events.emit('volume.copied', `volume/${src.name}`, { source: src.name, targets: ctx.params.targets.map((t) => t.name), verified: r.verified });
     return { bytes: r.bytes, verified: r.verified };
   }
 
@@ -229,26 +235,26 @@ export class BulkOperations {
 
   /** Registers an existing file under DATA/images (or an admin's image root) as an OS image. */
   async registerImage(name: string, file: string): Promise<ImageRow> {
-    const { m } = this;
+    const { m, c } = this;
     const { path: abs, size } = await resolveImagePath(m, file);
     const st = { size };
-    if (m.db.prepare('SELECT 1 FROM images WHERE name = ?').get(name)) throw conflict(`image '${name}' already exists`);
-    m.db.transaction(() => {
-      m.db.prepare('INSERT INTO images (name, path, size, created_at) VALUES (?, ?, ?, ?)').run(name, abs, st.size, new Date().toISOString());
-      m.events.emit('image.registered', `image/${name}`, { image: name, size: st.size });
+    if (c.db.prepare('SELECT 1 FROM images WHERE name = ?').get(name)) throw conflict(`image '${name}' already exists`);
+    c.db.transaction(() => {
+      c.db.prepare('INSERT INTO images (name, path, size, created_at) VALUES (?, ?, ?, ?)').run(name, abs, st.size, new Date().toISOString());
+      c.events.emit('image.registered', `image/${name}`, { image: name, size: st.size });
     })();
-    m.log.info({ op: 'image.register', image: name, size: st.size }, 'image registered');
+    c.log.info({ op: 'image.register', image: name, size: st.size }, 'image registered');
     return this.image(name);
   }
 
   image(name: string): ImageRow {
-    const i = this.m.db.prepare('SELECT * FROM images WHERE name = ?').get(name) as ImageRow | undefined;
+    const i = this.c.db.prepare('SELECT * FROM images WHERE name = ?').get(name) as ImageRow | undefined;
     if (!i) throw notFound('image', name);
     return i;
   }
 
   listImages(): ImageRow[] {
-    return this.m.db.prepare('SELECT * FROM images ORDER BY id').all() as ImageRow[];
+    return this.c.db.prepare('SELECT * FROM images ORDER BY id').all() as ImageRow[];
   }
 
   /**
@@ -256,10 +262,10 @@ export class BulkOperations {
    * the volume's bytes are copied into images/NAME.img, which is registered
    * when the copy has verified.
    */
-  captureImage(name: string, volumeName: string): Record<string, unknown> {
-    const { m } = this;
+  captureImage(name: string, volumeName: string): JobView {
+    const { m, c } = this;
     const v = m.volume(volumeName);
-    if (m.db.prepare('SELECT 1 FROM images WHERE name = ?').get(name)) throw conflict(`image '${name}' already exists`);
+    if (c.db.prepare('SELECT 1 FROM images WHERE name = ?').get(name)) throw conflict(`image '${name}' already exists`);
     if (v.state === 'free' || v.state === 'allocated' || m.bindingsOfVolume(v.id).some((b) => b.mapped)) {
       throw new BlockgateError('ILLEGAL_STATE', `volume '${v.name}' is '${v.state}'; an image is made from a configured or unmapped volume`, {
         state: v.state,
@@ -267,71 +273,71 @@ export class BulkOperations {
         allowed: [],
       });
     }
-    const busy = m.jobs.activeOn(v.id);
+    const busy = c.jobs.activeOn(v.id);
     if (busy) throw new BlockgateError('ILLEGAL_STATE', `volume '${v.name}' is busy with job ${busy.id} (${busy.kind})`, { state: v.state, operation: 'capture-image', job: busy.id, allowed: [] });
-    const file = path.join(m.dataDir, 'images', `${name}.img`);
+    const file = path.join(c.dataDir, 'images', `${name}.img`);
     if (fs.existsSync(file)) throw conflict(`a file already exists at ${file}`);
-    return this.job(m.jobs.submit('image-capture', { image: name, volume: v.name, volumeId: v.id, file }, [v.id]));
+    return this.job(c.jobs.submit('image-capture', { image: name, volume: v.name, volumeId: v.id, file }, [v.id]));
   }
 
   private async runCapture(ctx: JobContext<CaptureParams>): Promise<unknown> {
-    const { m } = this;
+    const { m, c } = this;
     const v = m.volumeById(ctx.params.volumeId);
     await fs.promises.mkdir(path.dirname(ctx.params.file), { recursive: true });
-    await m.dataPath.store.flush(m.volumeHandle(v));
+    await c.dataPath.store.flush(m.volumeHandle(v));
     const id = IMAGE_ARRAY_BASE - ctx.id;
     const f = new ArrayFile(id, `image:${ctx.params.image}`, ctx.params.file, v.size);
     await f.open(true);
-    m.dataPath.store.addArray(f);
+    c.dataPath.store.addArray(f);
     let r;
     try {
-      r = await m.dataPath.engine.copy(rangesOf(m, v.id), [[{ arrayId: id, offset: 0, length: v.size }]], {
+      r = await c.dataPath.engine.copy(rangesOf(m, v.id), [[{ arrayId: id, offset: 0, length: v.size }]], {
         verify: true,
         signal: ctx.signal,
         onProgress: (d, t) => ctx.progress(d, t),
       });
     } finally {
-      m.dataPath.store.removeArray(id);
+      c.dataPath.store.removeArray(id);
       await f.close();
     }
-    m.db.transaction(() => {
-      m.db.prepare('INSERT INTO images (name, path, size, created_at) VALUES (?, ?, ?, ?)').run(ctx.params.image, ctx.params.file, v.size, new Date().toISOString());
-      m.events.emit('image.registered', `image/${ctx.params.image}`, { image: ctx.params.image, size: v.size, fromVolume: v.name });
+    c.db.transaction(() => {
+      c.db.prepare('INSERT INTO images (name, path, size, created_at) VALUES (?, ?, ?, ?)').run(ctx.params.image, ctx.params.file, v.size, new Date().toISOString());
+      c.events.emit('image.registered', `image/${ctx.params.image}`, { image: ctx.params.image, size: v.size, fromVolume: v.name });
     })();
     return { image: ctx.params.image, bytes: r.bytes, verified: r.verified };
   }
 
   /** Copy image (T4, 709) onto a configured volume; a failure takes T5 to Un-configured. */
-  copyImage(volumeName: string, imageName: string, opts: { verify?: boolean | undefined } = {}): Record<string, unknown> {
-    const { m } = this;
+  copyImage(volumeName: string, imageName: string, opts: { verify?: boolean | undefined } = {}): JobView {
+    const { m, c } = this;
     const v = m.volume(volumeName);
     m.check(v, 'copy-image');
     const img = this.image(imageName);
     if (img.size > v.size) throw conflict(`image '${img.name}' (${img.size} bytes) does not fit volume '${v.name}' (${v.size} bytes)`);
-    const job = m.db.transaction(() => {
+    const job = c.db.transaction(() => {
       m.setDirty(v.id, true);
-      return m.jobs.submit('image-copy', { volume: v.name, volumeId: v.id, image: img.name, imageId: img.id, verify: opts.verify ?? true }, [v.id]);
+      return c.jobs.submit('image-copy', { volume: v.name, volumeId: v.id, image: img.name, imageId: img.id, verify: opts.verify ?? true }, [v.id]);
     })();
     return this.job(job);
   }
 
   private async runImageCopy(ctx: JobContext<ImageCopyParams>): Promise<unknown> {
-    const { m } = this;
+    const { m, c } = this;
     m.fault('copy-image');
     const v = m.volumeById(ctx.params.volumeId);
-    const img = m.db.prepare('SELECT * FROM images WHERE id = ?').get(ctx.params.imageId) as ImageRow | undefined;
+    const img = c.db.prepare('SELECT * FROM images WHERE id = ?').get(ctx.params.imageId) as ImageRow | undefined;
     if (!img) throw notFound('image', ctx.params.image);
     const r = await this.withImage(img, (arrayId) =>
-      m.dataPath.engine.copy([{ arrayId, offset: 0, length: img.size }], [rangesOf(m, v.id, img.size)], {
+      c.dataPath.engine.copy([{ arrayId, offset: 0, length: img.size }], [rangesOf(m, v.id, img.size)], {
         verify: ctx.params.verify,
         signal: ctx.signal,
         corrupt: m.faultArmed('bulk-corrupt'),
         onProgress: (d, t) => ctx.progress(d, t),
       }),
     );
-    for (const x of rangesOf(m, v.id, img.size)) await m.dataPath.store.invalidate(x.arrayId, x.offset, x.length);
-    m.db.transaction(() => {
-      m.db.prepare('UPDATE volumes SET image_id = ? WHERE id = ?').run(img.id, v.id);
+    for (const x of rangesOf(m, v.id, img.size)) await c.dataPath.store.invalidate(x.arrayId, x.offset, x.length);
+    c.db.transaction(() => {
+      c.db.prepare('UPDATE volumes SET image_id = ? WHERE id = ?').run(img.id, v.id);
       m.apply(m.volumeById(v.id), 'copy-image', { image: img.name });
     })();
     return { bytes: r.bytes, verified: r.verified, image: img.name };
@@ -343,11 +349,11 @@ export class BulkOperations {
     const id = IMAGE_ARRAY_BASE + img.id;
     const f = new ArrayFile(id, `image:${img.name}`, img.path, img.size);
     await f.open(false);
-    this.m.dataPath.store.addArray(f);
+    this.c.dataPath.store.addArray(f);
     try {
       return await fn(id);
     } finally {
-      this.m.dataPath.store.removeArray(id);
+      this.c.dataPath.store.removeArray(id);
       await f.close();
     }
   }
@@ -360,15 +366,15 @@ export class BulkOperations {
    * flushed, a write hook installed that saves old bytes of a region before
    * its first overwrite, then I/O resumes and a job copies the other regions.
    */
-  async snap(sourceName: string, snapshotName: string): Promise<{ job: Record<string, unknown>; snapshot: VolumeRow }> {
-    const { m } = this;
+  async snap(sourceName: string, snapshotName: string): Promise<{ job: JobView; snapshot: VolumeRow }> {
+    const { m, c } = this;
     const src = m.volume(sourceName);
     m.check(src, 'snap');
     if (this.cow.has(src.id)) throw new BlockgateError('ILLEGAL_STATE', `volume '${src.name}' already has a snapshot in progress`, { state: src.state, operation: 'snap', allowed: [] });
-    const farm = src.farm_id === null ? undefined : (m.db.prepare('SELECT name FROM farms WHERE id = ?').get(src.farm_id) as { name: string }).name;
+    const farm = src.farm_id === null ? undefined : (c.db.prepare('SELECT name FROM farms WHERE id = ?').get(src.farm_id) as { name: string }).name;
     const snap = m.createVolume({ name: snapshotName, size: src.size, farm, qualityClass: src.quality_class ?? undefined, configure: true });
-    m.db.prepare('UPDATE volumes SET snapshot_of = ?, dirty = 1, image_id = ? WHERE id = ?').run(src.id, src.image_id, snap.id);
-    const store = m.dataPath.store;
+    c.db.prepare('UPDATE volumes SET snapshot_of = ?, dirty = 1, image_id = ? WHERE id = ?').run(src.id, src.image_id, snap.id);
+    const store = c.dataPath.store;
     const srcH = m.volumeHandle(src);
     const dstH = m.volumeHandle(m.volumeById(snap.id));
     const regions = Math.ceil(src.size / COW_REGION);
@@ -404,10 +410,10 @@ export class BulkOperations {
         for (let i = first; i <= last && i < regions; i++) await state.copyRegion(i);
       });
       this.cow.set(src.id, state);
-      job = m.db.transaction(() => {
+      job = c.db.transaction(() => {
         m.apply(m.volumeById(src.id), 'snap', { snapshot: snap.name });
         // The source is listed so nothing else (unmap, another snap) runs on it meanwhile.
-        return m.jobs.submit('snap', { source: src.name, sourceId: src.id, snapshot: snap.name, snapshotId: snap.id }, [src.id, snap.id]);
+        return c.jobs.submit('snap', { source: src.name, sourceId: src.id, snapshot: snap.name, snapshotId: snap.id }, [src.id, snap.id]);
       })();
     } catch (e) {
       store.setWriteHook(src.id, null);
@@ -420,11 +426,11 @@ export class BulkOperations {
   }
 
   private async runSnap(ctx: JobContext<SnapParams>): Promise<unknown> {
-    const { m } = this;
+    const { m, c } = this;
     const state = this.cow.get(ctx.params.sourceId);
     if (!state || state.snapshotId !== ctx.params.snapshotId) throw new BlockgateError('INTERNAL', 'the snapshot point in time was lost (restart)');
     const src = m.volumeById(ctx.params.sourceId);
-    const rate = m.dataPath.engine.rate;
+    const rate = c.dataPath.engine.rate;
     const started = Date.now();
     for (let i = 0; i < state.regions; i++) {
       if (ctx.signal.aborted) throw new BlockgateError('CONFLICT', 'operation cancelled', { cancelled: true });
@@ -435,10 +441,10 @@ export class BulkOperations {
       await state.copyRegion(i);
       ctx.progress(Math.min((i + 1) * COW_REGION, src.size), src.size);
     }
-    m.dataPath.store.setWriteHook(src.id, null);
+    c.dataPath.store.setWriteHook(src.id, null);
     this.cow.delete(src.id);
-    await m.dataPath.store.flush(m.volumeHandle(m.volumeById(ctx.params.snapshotId)));
-    m.events.emit('volume.snapshot', `volume/${src.name}`, { source: src.name, snapshot: ctx.params.snapshot });
+    await c.dataPath.store.flush(m.volumeHandle(m.volumeById(ctx.params.snapshotId)));
+    c.events.emit('volume.snapshot', `volume/${src.name}`, { source: src.name, snapshot: ctx.params.snapshot });
     return { snapshot: ctx.params.snapshot, bytes: src.size };
   }
 
@@ -458,18 +464,18 @@ export class BulkOperations {
     target: number;
     lun: number;
     mode?: AccessMode | undefined;
-  }): Record<string, unknown> {
-    const { m } = this;
+  }): JobView {
+    const { m, c } = this;
     const h = m.host(opts.host);
     const img = opts.image ? this.image(opts.image) : null;
     if (img && img.size > opts.size) throw conflict(`image '${img.name}' (${img.size} bytes) does not fit ${opts.size} bytes`);
-    if (m.db.prepare('SELECT 1 FROM bindings WHERE host_id = ? AND target = ? AND lun = ?').get(h.id, opts.target, opts.lun)) {
+    if (c.db.prepare('SELECT 1 FROM bindings WHERE host_id = ? AND target = ? AND lun = ?').get(h.id, opts.target, opts.lun)) {
       throw conflict(`unit ${opts.target}/${opts.lun} of host '${h.name}' is already bound`);
     }
-    const farm = (m.db.prepare('SELECT name FROM farms WHERE id = ?').get(h.farm_id) as { name: string }).name;
-    const job = m.db.transaction(() => {
+    const farm = (c.db.prepare('SELECT name FROM farms WHERE id = ?').get(h.farm_id) as { name: string }).name;
+    const job = c.db.transaction(() => {
       const v = m.createVolume({ name: opts.volume, size: opts.size, farm, qualityClass: opts.qualityClass });
-      return m.jobs.submit(
+      return c.jobs.submit(
         'activate',
         { host: h.name, volume: v.name, volumeId: v.id, image: img?.name ?? null, target: opts.target, lun: opts.lun, mode: opts.mode ?? null },
         [v.id],
@@ -479,7 +485,7 @@ export class BulkOperations {
   }
 
   private async runActivate(ctx: JobContext<ActivateParams>): Promise<unknown> {
-    const { m } = this;
+    const { m, c } = this;
     const p = ctx.params;
     m.configure(p.volume);
     ctx.progress(1, 4);
@@ -490,15 +496,15 @@ export class BulkOperations {
       m.setDirty(v.id, true);
       try {
         await this.withImage(img, (arrayId) =>
-          m.dataPath.engine.copy([{ arrayId, offset: 0, length: img.size }], [rangesOf(m, v.id, img.size)], { verify: true, signal: ctx.signal, corrupt: m.faultArmed('bulk-corrupt') }),
+          c.dataPath.engine.copy([{ arrayId, offset: 0, length: img.size }], [rangesOf(m, v.id, img.size)], { verify: true, signal: ctx.signal, corrupt: m.faultArmed('bulk-corrupt') }),
         );
       } catch (e) {
         this.failEdge(v.id, 'copy-image-failed');
         throw e;
       }
-      for (const x of rangesOf(m, v.id, img.size)) await m.dataPath.store.invalidate(x.arrayId, x.offset, x.length);
-      m.db.transaction(() => {
-        m.db.prepare('UPDATE volumes SET image_id = ? WHERE id = ?').run(img.id, v.id);
+      for (const x of rangesOf(m, v.id, img.size)) await c.dataPath.store.invalidate(x.arrayId, x.offset, x.length);
+      c.db.transaction(() => {
+        c.db.prepare('UPDATE volumes SET image_id = ? WHERE id = ?').run(img.id, v.id);
         m.apply(m.volumeById(v.id), 'copy-image', { image: img.name });
       })();
     }
@@ -514,7 +520,7 @@ export class BulkOperations {
    * scrub (inline, when it holds data) and de-allocate. Activate's rollback.
    */
   async release(volumeId: number): Promise<void> {
-    const { m } = this;
+    const { m, c } = this;
     for (const b of m.bindingsOfVolume(volumeId)) {
       if (b.mapped) await m.unmap(b.id);
       m.unbind(b.id);
@@ -524,8 +530,8 @@ export class BulkOperations {
     if (v.state !== 'unconfigured') v = m.breakVolume(v.name);
     if (v.dirty) {
       const ranges = rangesOf(m, v.id);
-      await m.dataPath.engine.scrub(ranges, { pattern: 0, verify: true });
-      for (const r of ranges) await m.dataPath.store.invalidate(r.arrayId, r.offset, r.length);
+      await c.dataPath.engine.scrub(ranges, { pattern: 0, verify: true });
+      for (const r of ranges) await c.dataPath.store.invalidate(r.arrayId, r.offset, r.length);
       m.setDirty(v.id, false);
     }
     m.deallocate(v.name);

@@ -2,53 +2,15 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { BlockgateError, badRequest, conflict } from '../../common/errors.js';
 import { writeAtomically } from '../../common/files.js';
-import type { CachePolicy } from '../../cache/index.js';
 import { ArrayFile } from '../../disks/index.js';
-import { bindingRecord, type AccessMode, type ArrayRow, type ShareMode, type StorageManager } from '../manager.js';
+import { bindingRecordOf, bindingRowOf, CONFIG_KIND, CONFIG_VERSION, hostRecordOf, hostRowOf, type ConfigDocument } from '../config-document.js';
+import type { ArrayRow, BindingRow, HostRow } from '../model.js';
 import { SAVED_CONFIG } from '../data-dir.js';
+import type { Lifecycle, OperationContext } from './context.js';
 import { VOLUME_STATES, type VolumeState } from '../state.js';
+import type { ImportResult } from '../views.js';
 
-export const CONFIG_KIND = 'blockgate-config';
-export const CONFIG_VERSION = 1;
-
-/**
- * The whole control state as one document (LIO's saveconfig): what an admin
- * built, not what happened (jobs and events are history and stay behind).
- * Ids are kept so serials, NAAs and binding ids mean the same after a restore.
- */
-export interface ConfigDocument {
-  kind: typeof CONFIG_KIND;
-  version: number;
-  exportedAt?: string | undefined;
-  appliance: string;
-  settings: Record<string, string>;
-  farms: { id: number; name: string; createdAt: string }[];
-  arrays: { id: number; name: string; path: string; size: number; qualityClass: string; createdAt: string }[];
-  images: { id: number; name: string; path: string; size: number; createdAt: string }[];
-  volumes: {
-    id: number;
-    name: string;
-    farm: string | null;
-    size: number;
-    state: VolumeState;
-    shareMode: ShareMode;
-    cachePolicy: CachePolicy;
-    serial: string;
-    naa: string;
-    qualityClass: string | null;
-    image: string | null;
-    snapshotOf: string | null;
-    everMapped: boolean;
-    dirty: boolean;
-    scrubbedAt: string | null;
-    extents: { array: string; offset: number; length: number }[];
-    createdAt: string;
-    updatedAt: string;
-  }[];
-  hosts: { id: number; name: string; farm: string; protocols: string[]; defaultProtocol: string; nbdTcp: string | null; createdAt: string }[];
-  bindings: { id: number; volume: string; host: string; target: number; lun: number; protocol: string; mode: AccessMode; mapped: boolean; createdAt: string }[];
-  vms: { id: number; name: string; host: string; bindings: number[]; createdAt: string }[];
-}
+export { CONFIG_KIND, CONFIG_VERSION, type ConfigDocument };
 
 /** Settings that describe this process, not the configuration an admin built. */
 const LOCAL_SETTINGS = new Set(['seeded', 'seeding']);
@@ -64,11 +26,14 @@ export class ConfigOperations {
   private savedAtChanges = -1;
   private saving: Promise<void> = Promise.resolve();
   private timer: NodeJS.Timeout | null = null;
+  private readonly m: Lifecycle;
 
-  constructor(private readonly m: StorageManager) {}
+  constructor(private readonly c: OperationContext) {
+    this.m = c.lifecycle;
+  }
 
   get savedFile(): string {
-    return path.join(this.m.dataDir, SAVED_CONFIG);
+    return path.join(this.c.dataDir, SAVED_CONFIG);
   }
 
   /**
@@ -81,14 +46,14 @@ export class ConfigOperations {
   save(): Promise<void> {
     const run = this.saving.then(() => this.saveNow());
     this.saving = run.catch((e: Error) => {
-      this.m.log.error({ op: 'config.save', err: e.message }, 'could not write the saved configuration');
+      this.c.log.error({ op: 'config.save', err: e.message }, 'could not write the saved configuration');
     });
     return this.saving;
   }
 
   private async saveNow(): Promise<void> {
-    if (!this.m.db.open) return;
-    const changes = (this.m.db.prepare('SELECT total_changes() AS n').get() as { n: number }).n;
+    if (!this.c.db.open) return;
+    const changes = (this.c.db.prepare('SELECT total_changes() AS n').get() as { n: number }).n;
     if (changes === this.savedAtChanges) return;
     const doc = this.snapshot();
     const key = JSON.stringify({ ...doc, exportedAt: undefined });
@@ -114,13 +79,13 @@ export class ConfigOperations {
 
   export(): ConfigDocument {
     const doc = this.snapshot();
-    this.m.log.info({ op: 'config.export', volumes: doc.volumes.length, hosts: doc.hosts.length, bindings: doc.bindings.length }, 'configuration exported');
+    this.c.log.info({ op: 'config.export', volumes: doc.volumes.length, hosts: doc.hosts.length, bindings: doc.bindings.length }, 'configuration exported');
     return doc;
   }
 
   private snapshot(): ConfigDocument {
-    const { m } = this;
-    const db = m.db;
+    const { m, c } = this;
+    const db = c.db;
     // One read transaction: the document is a consistent point in time.
     return db.transaction((): ConfigDocument => {
       const farms = new Map((db.prepare('SELECT id, name FROM farms').all() as { id: number; name: string }[]).map((f) => [f.id, f.name]));
@@ -166,16 +131,14 @@ export class ConfigOperations {
           createdAt: v.created_at,
           updatedAt: v.updated_at,
         })),
-        hosts: hosts.map((h) => ({
-          id: h.id,
-          name: h.name,
-          farm: farms.get(h.farm_id)!,
-          protocols: h.protocols.split(','),
-          defaultProtocol: h.default_protocol,
-          nbdTcp: h.nbd_tcp,
-          createdAt: h.created_at,
-        })),
-        bindings: m.listBindings().map((b) => bindingRecord(b, volumeName.get(b.volume_id)!, hostName.get(b.host_id)!)),
+        hosts: hosts.map((h) =>
+          hostRecordOf(
+            h,
+            farms.get(h.farm_id)!,
+            (c.db.prepare('SELECT iqn FROM host_initiators WHERE host_id = ? ORDER BY iqn').all(h.id) as { iqn: string }[]).map((r) => r.iqn),
+          ),
+        ),
+        bindings: (db.prepare('SELECT * FROM bindings ORDER BY id').all() as BindingRow[]).map((b) => bindingRecordOf(b, volumeName.get(b.volume_id)!, hostName.get(b.host_id)!)),
         vms: vmRows.map((vm) => ({
           id: vm.id,
           name: vm.name,
@@ -196,7 +159,7 @@ export class ConfigOperations {
    * Returns the rows to take over.
    */
   private assertEmpty(doc: ConfigDocument): ArrayRow[] {
-    const n = (t: string): number => (this.m.db.prepare(`SELECT COUNT(*) AS n FROM ${t}`).get() as { n: number }).n;
+    const n = (t: string): number => (this.c.db.prepare(`SELECT COUNT(*) AS n FROM ${t}`).get() as { n: number }).n;
     const held = ['farms', 'volumes', 'hosts', 'images', 'vms'].filter((t) => n(t) > 0);
     if (held.length > 0) {
       throw conflict(`a configuration is imported only into an empty appliance; this one already has ${held.join(', ')} (start it on a new data directory with --no-demo)`, { held });
@@ -262,6 +225,7 @@ export class ConfigOperations {
     for (const vm of doc.vms) {
       ref(hosts.has(vm.host), `vm '${vm.name}' names unknown host '${vm.host}'`);
       for (const id of vm.bindings) ref(bindingIds.has(id), `vm '${vm.name}' names unknown binding ${id}`);
+      ref(new Set(vm.bindings).size === vm.bindings.length, `vm '${vm.name}' lists a binding twice`);
     }
     // Overlapping extents would let two volumes (two tenants) share bytes.
     const byArray = new Map<string, { offset: number; length: number; volume: string }[]>();
@@ -280,8 +244,8 @@ export class ConfigOperations {
    * document says they are (created sparse when missing); then listeners
    * opened and namespaces published.
    */
-  async import(doc: ConfigDocument, opts: { attach?: boolean } = {}): Promise<{ imported: Record<string, number>; createdArrayFiles: string[] }> {
-    const { m } = this;
+  async import(doc: ConfigDocument, opts: { attach?: boolean } = {}): Promise<ImportResult> {
+    const { m, c } = this;
     if (doc.kind !== CONFIG_KIND) throw badRequest(`not a blockgate configuration (kind '${String(doc.kind)}')`);
     if (doc.version > CONFIG_VERSION) throw badRequest(`configuration version ${doc.version} is newer than this blockgate understands (${CONFIG_VERSION})`);
     this.check(doc);
@@ -313,7 +277,7 @@ export class ConfigOperations {
       await f.close();
     }
 
-    const db = m.db;
+    const db = c.db;
     const replaced: ArrayRow[] = [];
     db.transaction(() => {
       // Checked again inside the transaction: another import may have raced this one.
@@ -367,30 +331,11 @@ export class ConfigOperations {
       }
       const hostId = new Map<string, number>();
       for (const h of doc.hosts) {
-        db.prepare('INSERT INTO hosts (id, name, farm_id, protocols, default_protocol, nbd_tcp, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)').run(
-          h.id,
-          h.name,
-          farmId.get(h.farm)!,
-          h.protocols.join(','),
-          h.defaultProtocol,
-          h.nbdTcp,
-          h.createdAt,
-        );
+        insertRow(db, 'hosts', hostRowOf(h, farmId.get(h.farm)!));
+        for (const iqn of h.initiators) db.prepare('INSERT INTO host_initiators (iqn, host_id, created_at) VALUES (?, ?, ?)').run(iqn, h.id, h.createdAt);
         hostId.set(h.name, h.id);
       }
-      for (const b of doc.bindings) {
-        db.prepare('INSERT INTO bindings (id, volume_id, host_id, target, lun, protocol, mode, mapped, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)').run(
-          b.id,
-          volumeId.get(b.volume)!,
-          hostId.get(b.host)!,
-          b.target,
-          b.lun,
-          b.protocol,
-          b.mode,
-          b.mapped ? 1 : 0,
-          b.createdAt,
-        );
-      }
+      for (const b of doc.bindings) insertRow(db, 'bindings', bindingRowOf(b, volumeId.get(b.volume)!, hostId.get(b.host)!));
       for (const vm of doc.vms) {
         db.prepare('INSERT INTO vms (id, name, host_id, created_at) VALUES (?, ?, ?, ?)').run(vm.id, vm.name, hostId.get(vm.host)!, vm.createdAt);
         for (const id of new Set(vm.bindings)) db.prepare('INSERT INTO vm_bindings (vm_id, binding_id) VALUES (?, ?)').run(vm.id, id);
@@ -400,13 +345,13 @@ export class ConfigOperations {
       m.setSetting('appliance_id', doc.appliance);
       // An imported appliance is never seeded with the demo on a later start.
       m.setSetting('seeded', new Date().toISOString());
-      m.events.emit('config.imported', null, { farms: doc.farms.length, arrays: doc.arrays.length, volumes: doc.volumes.length, hosts: doc.hosts.length, bindings: doc.bindings.length });
+      c.events.emit('config.imported', null, { farms: doc.farms.length, arrays: doc.arrays.length, volumes: doc.volumes.length, hosts: doc.hosts.length, bindings: doc.bindings.length });
     })();
     m.applianceId = doc.appliance;
     // The data path still holds the taken-over files under their old ids.
     for (const a of replaced) {
-      const f = m.dataPath.store.listArrays().find((x) => x.id === a.id);
-      m.dataPath.store.removeArray(a.id);
+      const f = c.dataPath.store.listArrays().find((x) => x.id === a.id);
+      c.dataPath.store.removeArray(a.id);
       await f?.close();
     }
     await m.noteApplianceId();
@@ -428,7 +373,13 @@ export class ConfigOperations {
       bindings: doc.bindings.length,
       vms: doc.vms.length,
     };
-    m.log.info({ op: 'config.import', ...imported, createdArrayFiles: created }, 'configuration imported');
+    c.log.info({ op: 'config.import', ...imported, createdArrayFiles: created }, 'configuration imported');
     return { imported, createdArrayFiles: created };
   }
+}
+
+/** Inserts a whole row: every column of the row type is written, so none can be left out by hand. */
+function insertRow(db: OperationContext['db'], table: 'hosts' | 'bindings', row: HostRow | BindingRow): void {
+  const cols = Object.keys(row);
+  db.prepare(`INSERT INTO ${table} (${cols.join(', ')}) VALUES (${cols.map(() => '?').join(', ')})`).run(...Object.values(row));
 }

@@ -2,7 +2,6 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { badRequest } from '../../common/errors.js';
 import { OWN_FILES } from '../data-dir.js';
-import type { StorageManager } from '../manager.js';
 
 const under = (p: string, root: string): boolean => p === root || p.startsWith(root.endsWith(path.sep) ? root : root + path.sep);
 
@@ -15,7 +14,15 @@ const under = (p: string, root: string): boolean => p === root || p.startsWith(r
  * file's real path must lie under a root's real path. Returns the real path.
  * Control path only.
  */
-export async function resolveImagePath(m: StorageManager, file: string): Promise<{ path: string; size: number }> {
+/** Where image files may live: the data directory's images/ and the admin's extra roots. */
+export interface ImageRootsOwner {
+  readonly dataDir: string;
+  readonly dataDirReal: string;
+  readonly imageRoots: readonly string[];
+  listArrays(): { name: string; path: string }[];
+}
+
+export async function resolveImagePath(m: ImageRootsOwner, file: string): Promise<{ path: string; size: number }> {
   const dataDir = m.dataDirReal;
   const imagesDir = path.join(dataDir, 'images');
   const roots = [imagesDir];
@@ -44,7 +51,7 @@ export async function resolveImagePath(m: StorageManager, file: string): Promise
   return { path: real, size: st.size };
 }
 
-async function refuseAppliancePart(m: StorageManager, real: string, st: fs.Stats, asked: string): Promise<void> {
+async function refuseAppliancePart(m: ImageRootsOwner, real: string, st: fs.Stats, asked: string): Promise<void> {
   const exists = (p: string): Promise<boolean> => fs.promises.access(p).then(() => true, () => false);
   // (An image has a `.alloc` beside it once copied from: the engine reads it like an array. Only arrays have an `.id`.)
   if ((await exists(`${real}.id`)) || real.endsWith('.img.id') || real.endsWith('.img.alloc')) {

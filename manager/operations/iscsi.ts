@@ -5,7 +5,9 @@ import { badRequest, conflict, notFound } from '../../common/errors.js';
 import type { Frontend } from '../../target/core/index.js';
 import { isValidIqn, type InitiatorAccess } from '../../target/iscsi/index.js';
 import type { ReservationStore } from '../../target/iscsi/scsi/index.js';
-import type { HostRow, StorageManager } from '../manager.js';
+import type { StorageManager } from '../manager.js';
+import type { HostRow } from '../model.js';
+import type { IscsiIdentity } from '../views.js';
 
 const now = (): string => new Date().toISOString();
 
@@ -160,11 +162,11 @@ export class IscsiAccess {
   }
 
   /** The admin's view of a host's iSCSI identity (never the secrets). */
-  describe(h: HostRow): Record<string, unknown> {
+  describe(h: HostRow): IscsiIdentity {
     const s = this.secrets.get(h.name);
     return {
       initiators: this.initiators(h.name),
-      chap: h.chap ? { mode: h.chap, username: s?.username ?? null, mutualUsername: s?.mutualUsername ?? null } : null,
+      chap: h.chap === 'one-way' || h.chap === 'mutual' ? { mode: h.chap, username: s?.username ?? null, mutualUsername: s?.mutualUsername ?? null } : null,
     };
   }
 

@@ -183,7 +183,7 @@ t.test(`fuzz: ${FRAMES} frames (seed ${SEED.toString(16)}) while fio verifies an
   const [host, port] = [s.nbd.slice(0, s.nbd.lastIndexOf(':')), Number(s.nbd.slice(s.nbd.lastIndexOf(':') + 1))];
   const targets: net.NetConnectOpts[] = [{ path: s.socket('demo') }, { host, port }];
 
-  const fio = run('fio', [...fioVerifyArgs(s.unixUri('h2', '0/0'), { jobs: 2, size: '16M', name: 'alongside' }), '--loops=3'], { timeoutMs: 240_000 });
+  const fio = run('fio', [...fioVerifyArgs(s.unixUri('h2', '0/0'), { jobs: 2, size: '16M', name: 'alongside', stateDir: s.dataDir }), '--loops=3'], { timeoutMs: 240_000 });
 
   const opsBefore = await opsServed(s, 'demo');
   const g = new Gen(SEED);

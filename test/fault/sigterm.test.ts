@@ -3,6 +3,7 @@ import t from 'tap';
 import { readFileRegion } from '../helpers/api.js';
 import { clientFlags, infoRequest, option, request } from '../helpers/nbd-frames.js';
 import { TOKEN, startServer } from '../helpers/server.js';
+import { fioStateArgs } from '../helpers/fio.js';
 import { requireTools, run } from '../helpers/tools.js';
 import { CMD, OPT, REP, SIMPLE_REPLY_MAGIC } from '../../target/nbd/constants.js';
 
@@ -92,7 +93,7 @@ t.test('SIGTERM under load: in-flight writes are answered, every acknowledged wr
   const blocks = tr.volume.size / BS;
 
   // Background load on another unit, with no fsync: only the shutdown flush makes it durable.
-  const fio = run('fio', ['--name=load', '--ioengine=nbd', `--uri=${s.unixUri('demo', '1/0')}`, '--rw=randwrite', '--bs=4k', '--iodepth=16', '--size=64M', '--time_based', '--runtime=60'], { timeoutMs: 90_000 });
+  const fio = run('fio', ['--name=load', '--ioengine=nbd', `--uri=${s.unixUri('demo', '1/0')}`, '--rw=randwrite', '--bs=4k', '--iodepth=16', '--size=64M', '--time_based', '--runtime=60', ...fioStateArgs(s.dataDir)], { timeoutMs: 90_000 });
   for (;;) {
     const m = await (await fetch(`${s.api}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } })).text();
     const w = /blockgate_io_ops_total\{host="demo",volume="load",op="write"\} (\d+)/.exec(m);

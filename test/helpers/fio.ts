@@ -1,6 +1,17 @@
-/** fio arguments for a crc32c verify run; no state files left in the cwd. */
-export function fioVerifyArgs(uri: string, opts: { jobs: number; size: string; name: string }): string[] {
+/**
+ * fio's own files go to the test's temp dir, never the working directory
+ * (the checkout): by default a verify run leaves `local-NAME-N-verify.state`
+ * there. No state is saved at all, and anything fio still writes (a run cut
+ * off by a signal) lands in `dir`.
+ */
+export function fioStateArgs(dir: string): string[] {
+  return [`--aux-path=${dir}`, '--verify_state_save=0'];
+}
+
+/** fio arguments for a crc32c verify run; its state files stay in `stateDir` (a temp dir). */
+export function fioVerifyArgs(uri: string, opts: { jobs: number; size: string; name: string; stateDir: string }): string[] {
   return [
+    ...fioStateArgs(opts.stateDir),
     `--name=${opts.name}`,
     '--ioengine=nbd',
     `--uri=${uri}`,
@@ -13,7 +24,6 @@ export function fioVerifyArgs(uri: string, opts: { jobs: number; size: string; n
     '--iodepth=16',
     '--verify=crc32c',
     '--verify_fatal=1',
-    '--verify_state_save=0',
     '--group_reporting',
     '--output-format=json',
   ];

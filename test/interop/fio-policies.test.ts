@@ -2,6 +2,7 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import t from 'tap';
 import { startServer } from '../helpers/server.js';
+import { fioStateArgs } from '../helpers/fio.js';
 import { requireTools, runOk } from '../helpers/tools.js';
 
 /**
@@ -27,7 +28,7 @@ t.test('fio verifies data written through each cache policy', async (t) => {
 
   for (const [i, p] of POLICIES.entries()) {
     const uri = s.unixUri('demo', `1/${i}`);
-    const common = ['--ioengine=nbd', `--uri=${uri}`, '--verify=crc32c', '--verify_fatal=1', '--do_verify=1', '--verify_state_save=0', '--output-format=terse'];
+    const common = ['--ioengine=nbd', `--uri=${uri}`, '--verify=crc32c', '--verify_fatal=1', '--do_verify=1', ...fioStateArgs(s.dataDir), '--output-format=terse'];
     for (const job of [
       ['--name=rand4k', '--rw=randwrite', '--bs=4k', '--size=48M', '--iodepth=32'],
       ['--name=mixed', '--rw=randwrite', '--bsrange=512-256k', '--blockalign=512', '--size=32M', '--iodepth=16'],
@@ -42,7 +43,7 @@ t.test('fio verifies data written through each cache policy', async (t) => {
   await s.start();
   for (const [i, p] of POLICIES.entries()) {
     const uri = s.unixUri('demo', `1/${i}`);
-    const r = await runOk('fio', ['--name=seq1m', '--rw=write', '--bs=1m', '--size=64M', '--iodepth=8', '--ioengine=nbd', `--uri=${uri}`, '--verify=crc32c', '--verify_fatal=1', '--verify_only', '--verify_state_save=0', '--output-format=terse'], { timeoutMs: 240_000 });
+    const r = await runOk('fio', ['--name=seq1m', '--rw=write', '--bs=1m', '--size=64M', '--iodepth=8', '--ioengine=nbd', `--uri=${uri}`, '--verify=crc32c', '--verify_fatal=1', '--verify_only', ...fioStateArgs(s.dataDir), '--output-format=terse'], { timeoutMs: 240_000 });
     t.notMatch(r.stdout + r.stderr, /verify: bad|verify failed/i, `${p} survives a restart`);
   }
 });

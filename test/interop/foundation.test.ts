@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { startServer } from '../helpers/server.js';
+import { fioStateArgs } from '../helpers/fio.js';
 import { requireTools, run, runOk } from '../helpers/tools.js';
 
 requireTools('nbdinfo', 'nbdcopy', 'qemu-img', 'qemu-io', 'fio');
@@ -148,7 +149,7 @@ t.test('meta volume across three arrays: split requests, convert, copy, fio veri
   await s.call('POST', '/v1/volumes', { name: 'fio', size: '64M', farm: 'default' });
   await s.call('POST', '/v1/bindings', { volume: 'fio', host: 'demo', target: 3, lun: 0 });
   const fioJson = path.join(dir, 'fio.json');
-  const fioArgs = ['--name=verify', '--ioengine=nbd', `--uri=${s.unixUri('demo', '3/0')}`, '--rw=randwrite', '--bs=4k', '--iodepth=16', '--size=64M', '--verify=crc32c', '--randseed=1234', '--output-format=json', `--output=${fioJson}`, '--verify_state_save=0'];
+  const fioArgs = ['--name=verify', '--ioengine=nbd', `--uri=${s.unixUri('demo', '3/0')}`, '--rw=randwrite', '--bs=4k', '--iodepth=16', '--size=64M', '--verify=crc32c', '--randseed=1234', '--output-format=json', `--output=${fioJson}`, ...fioStateArgs(dir)];
   const fio = async (extra: string): Promise<any> => {
     await runOk('fio', [...fioArgs, extra], { timeoutMs: 300_000 });
     return JSON.parse(fs.readFileSync(fioJson, 'utf8'));

@@ -1,6 +1,7 @@
 import t from 'tap';
 import { M, ioOk, qemuIo } from '../helpers/api.js';
 import { startServer, type TestServer } from '../helpers/server.js';
+import { fioStateArgs } from '../helpers/fio.js';
 import { requireTools, runOk } from '../helpers/tools.js';
 
 requireTools('fio', 'qemu-io');
@@ -55,6 +56,7 @@ t.test('/metrics moves under fio load, per host and volume, with no offset-value
     '--size=16M',
     '--io_size=24M',
     '--fsync=64',
+    ...fioStateArgs(s.dataDir),
     '--output-format=json',
   ]);
   const job = (JSON.parse(fio.stdout.slice(fio.stdout.indexOf('{'))) as { jobs: { read: { io_bytes: number; total_ios: number }; write: { io_bytes: number; total_ios: number } }[] }).jobs[0]!;

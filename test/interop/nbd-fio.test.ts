@@ -10,7 +10,7 @@ requireTools('fio');
 
 t.test('fio: 4 connections, random writes of mixed sizes, crc32c verify', async (t) => {
   const s = await startServer(t);
-  const r = await runOk('fio', fioVerifyArgs(s.unixUri('demo', '0/0'), { jobs: 4, size: '16M', name: 'verify4' }), { timeoutMs: 180_000 });
+  const r = await runOk('fio', fioVerifyArgs(s.unixUri('demo', '0/0'), { jobs: 4, size: '16M', name: 'verify4', stateDir: s.dataDir }), { timeoutMs: 180_000 });
   const out = JSON.parse(r.stdout.slice(r.stdout.indexOf('{')));
   const job = out.jobs[0];
   t.equal(job.error, 0, 'no job error');

@@ -1,0 +1,84 @@
+import { z } from 'zod';
+import { views, words } from '../../manager/index.js';
+import { replies } from '../errors.js';
+import { name, nameParam, noQuery, qualityClass, size } from '../schemas.js';
+import type { ResourcePlugin } from './context.js';
+import { accepted, acceptedView } from './jobs.js';
+
+const createVolume = z.strictObject({
+  name,
+  size,
+  farm: name.optional(),
+  qualityClass: qualityClass.optional(),
+  shareMode: words.shareMode.optional(),
+  layout: z.array(z.strictObject({ array: name, size })).min(1).max(64).optional(),
+  configure: z.boolean().default(true).describe('go on to configured (a predefined volume needs no meta build); false stops at allocated'),
+});
+const claim = z.strictObject({ farm: name, size, qualityClass: qualityClass.optional() });
+const resize = z.strictObject({ size });
+const scrub = z.strictObject({ pattern: z.number().int().min(0).max(255).default(0), verify: z.boolean().default(true) });
+const copy = z.strictObject({
+  targets: z
+    .array(name)
+    .min(1)
+    .max(16)
+    .refine((t) => new Set(t).size === t.length, 'targets must be distinct'),
+  verify: z.boolean().default(true),
+});
+const copyImage = z.strictObject({ image: name, verify: z.boolean().default(true) });
+const snap = z.strictObject({ snapshot: name });
+
+/** Volumes and their FIG. 7 lifecycle; the long steps answer 202 with a job. */
+export const volumes: ResourcePlugin = async (app, { manager: m }) => {
+  const tags = ['volumes'];
+  const one = replies({ 200: views.volumeView });
+  const job = replies({ 202: acceptedView });
+  app.get('/v1/volumes', { schema: { summary: 'List volumes', tags, querystring: noQuery, response: replies({ 200: z.strictObject({ volumes: z.array(views.volumeView) }) }) } }, () => ({
+    volumes: m.listVolumes().map((v) => m.describeVolume(v)),
+  }));
+  app.get('/v1/volumes/:name', { schema: { summary: 'One volume, with its state and the operations allowed in it', tags, params: nameParam, querystring: noQuery, response: one } }, (req) =>
+    m.describeVolume(m.volume(req.params.name)),
+  );
+  app.post('/v1/volumes', { schema: { summary: 'Allocate a volume (free → allocated; with configure, → configured)', tags, body: createVolume, response: replies({ 201: views.volumeView }) } }, async (req, reply) =>
+    reply.code(201).send(m.describeVolume(m.createVolume(req.body))),
+  );
+  app.post(
+    '/v1/volumes/claim',
+    { schema: { summary: 'Allocate from the predefined volumes (configured, no farm yet) by size and quality class', tags, body: claim, response: replies({ 201: views.volumeView }) } },
+    async (req, reply) => reply.code(201).send(m.describeVolume(m.claimVolume(req.body))),
+  );
+  app.delete('/v1/volumes/:name', { schema: { summary: 'Forget a free volume', tags, params: nameParam, response: replies({ 204: z.undefined() }) } }, async (req, reply) => {
+    m.deleteVolume(req.params.name);
+    return reply.code(204).send();
+  });
+  const step = (url: string, summary: string, fn: (name: string) => unknown): void => {
+    app.post(`/v1/volumes/:name/${url}`, { schema: { summary, tags, params: nameParam, response: one } }, (req) => {
+      fn(req.params.name);
+      return m.describeVolume(m.volume(req.params.name));
+    });
+  };
+  step('configure', 'Configure / meta create (allocated → configured)', (n) => m.configure(n));
+  step('meta', 'Meta create: same as configure (allocated → configured)', (n) => m.configure(n));
+  step('break', 'Break the meta volume (→ unconfigured)', (n) => m.breakVolume(n));
+  step('deallocate', 'De-allocate (unconfigured → free); refused until scrubbed', (n) => m.deallocate(n));
+  app.post('/v1/volumes/:name/resize', { schema: { summary: 'Grow a volume', tags, params: nameParam, body: resize, response: one } }, (req) =>
+    m.describeVolume(m.resize(req.params.name, req.body.size)),
+  );
+  app.post('/v1/volumes/:name/scrub', { schema: { summary: 'Scrub (overwrite and verify) as a job', tags, params: nameParam, body: scrub, response: job } }, async (req, reply) =>
+    reply.code(202).send(accepted(m.bulk.scrub(req.params.name, req.body))),
+  );
+  app.post('/v1/volumes/:name/copy', { schema: { summary: 'Copy one unbound volume onto unbound targets, as a job', tags, params: nameParam, body: copy, response: job } }, async (req, reply) =>
+    reply.code(202).send(accepted(m.bulk.copy(req.params.name, req.body.targets, req.body))),
+  );
+  app.post('/v1/volumes/:name/copy-image', { schema: { summary: 'Copy an image onto a configured volume, as a job', tags, params: nameParam, body: copyImage, response: job } }, async (req, reply) =>
+    reply.code(202).send(accepted(m.bulk.copyImage(req.params.name, req.body.image, req.body))),
+  );
+  app.post(
+    '/v1/volumes/:name/snap',
+    { schema: { summary: 'Point-in-time copy of a mapped volume (copy-on-write), as a job', tags, params: nameParam, body: snap, response: replies({ 202: acceptedView.extend({ snapshot: views.volumeView }) }) } },
+    async (req, reply) => {
+      const { job: j, snapshot } = await m.bulk.snap(req.params.name, req.body.snapshot);
+      return reply.code(202).send({ ...accepted(j), snapshot: m.describeVolume(snapshot) });
+    },
+  );
+};

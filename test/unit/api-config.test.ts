@@ -1,0 +1,111 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import t from 'tap';
+import { configDocument } from '../../manager/index.js';
+import { MiB, startApi } from '../helpers/api-app.js';
+
+/** Values a field takes when nobody set it: a field showing only these was not exercised by the round trip. */
+const UNSET = new Set<unknown>([null, false, 'exclusive', 'write-back', 'std']);
+
+/** Every field of every row kind, with some row holding a value someone had to set. */
+function assertEveryFieldSet(t: { ok: (v: unknown, msg: string) => unknown }, doc: Record<string, unknown>): void {
+  const shape = configDocument.shape;
+  for (const [kind, schema] of Object.entries(shape)) {
+    const rows = doc[kind];
+    if (!Array.isArray(rows)) continue;
+    const rowShape = (schema as unknown as { element: { shape: Record<string, unknown> } }).element.shape;
+    t.ok(rows.length > 0, `${kind}: the fixture has rows`);
+    for (const field of Object.keys(rowShape)) {
+      const set = rows.some((r: Record<string, unknown>) => !UNSET.has(r[field]) && !(Array.isArray(r[field]) && (r[field] as unknown[]).length === 0));
+      t.ok(set, `${kind}.${field} is set on some row, so the round trip proves it`);
+    }
+  }
+}
+
+t.test('config: export → import → export is lossless over every field', async (t) => {
+  const A = await startApi(t);
+  const call = A.call;
+  const ok = async (method: string, url: string, body?: unknown): Promise<any> => {
+    const r = await call(method, url, body);
+    if (r.status >= 300) throw new Error(`${method} ${url}: ${r.status} ${JSON.stringify(r.body)}`);
+    return r.body;
+  };
+  await ok('POST', '/v1/farms', { name: 'f' });
+  await ok('POST', '/v1/arrays', { name: 'a0', size: '32M', qualityClass: 'fast' });
+  await ok('POST', '/v1/arrays', { name: 'a1', size: '32M' });
+  fs.mkdirSync(path.join(A.dataDir, 'images'));
+  fs.writeFileSync(path.join(A.dataDir, 'images', 'os.img'), Buffer.alloc(MiB, 1));
+  await ok('POST', '/v1/images', { name: 'os', path: 'images/os.img' });
+  await ok('POST', '/v1/hosts', { name: 'h', farm: 'f', nbdTcp: '127.0.0.1:0' });
+  await ok('POST', '/v1/hosts', { name: 'h2', farm: 'f' });
+  await ok('PUT', '/v1/hosts/h/tls', { requireTls: true });
+  await ok('POST', '/v1/volumes', { name: 'v', size: '8M', farm: 'f', layout: [{ array: 'a0', size: '4M' }, { array: 'a1', size: '4M' }] });
+  await ok('POST', '/v1/volumes', { name: 'sh', size: '4M', farm: 'f', shareMode: 'shared', qualityClass: 'fast' });
+  await ok('POST', '/v1/volumes', { name: 'pre', size: '4M' });
+  const bv = await ok('POST', '/v1/bindings', { volume: 'v', host: 'h', target: 1, lun: 2 });
+  await ok('POST', '/v1/bindings', { volume: 'sh', host: 'h2', target: 0, lun: 7, mode: 'read-only', map: false });
+  await ok('POST', '/v1/vms', { name: 'vm', host: 'h', bindings: [bv.id] });
+  // What no route sets yet (cache policy) or takes a job and a client to reach, straight into the database.
+  A.m.db.prepare("UPDATE volumes SET cache_policy = 'write-through', image_id = (SELECT id FROM images WHERE name = 'os') WHERE name = 'v'").run();
+  A.m.db.prepare("UPDATE volumes SET snapshot_of = (SELECT id FROM volumes WHERE name = 'v'), scrubbed_at = '2026-01-02T03:04:05.000Z' WHERE name = 'pre'").run();
+  A.m.setSetting('nbd.default_host', 'h2');
+
+  const saved = await ok('GET', '/v1/config');
+  assertEveryFieldSet(t, saved);
+  t.equal(saved.hosts.find((h: { name: string }) => h.name === 'h').requireTls, true, 'the TLS requirement is saved');
+
+  const B = await startApi(t);
+  const r = await B.call('POST', '/v1/config', saved);
+  t.equal(r.status, 201, JSON.stringify(r.body));
+  t.same(r.body.imported, { farms: 1, arrays: 2, images: 1, volumes: 3, hosts: 2, bindings: 2, vms: 1 });
+  const restored = (await B.call('GET', '/v1/config')).body;
+  const { exportedAt: _a, ...before } = saved;
+  const { exportedAt: _b, ...after } = restored;
+  t.same(after, before, 'the restored appliance exports the same document');
+
+  // The restored host still refuses plaintext on TCP: the data path was told, not just the database.
+  t.equal((await B.call('GET', '/v1/hosts/h')).body.nbd.requireTls, true);
+  t.equal(B.m.dataPath.namespaces.requiresTls('h'), true, 'the data path of the restored appliance requires TLS for h');
+  t.equal(B.m.dataPath.namespaces.requiresTls('h2'), false);
+  t.equal((await B.call('GET', '/v1/volumes/v')).body.serial, (await call('GET', '/v1/volumes/v')).body.serial);
+});
+
+t.test('config: import refuses what is not one consistent document, and writes nothing', async (t) => {
+  const A = await startApi(t);
+  await A.call('POST', '/v1/farms', { name: 'f' });
+  await A.call('POST', '/v1/arrays', { name: 'a0', size: '8M' });
+  await A.call('POST', '/v1/hosts', { name: 'h', farm: 'f' });
+  await A.call('POST', '/v1/volumes', { name: 'v', size: '4M', farm: 'f' });
+  const b = (await A.call('POST', '/v1/bindings', { volume: 'v', host: 'h', target: 0, lun: 0 })).body;
+  await A.call('POST', '/v1/vms', { name: 'vm', host: 'h', bindings: [b.id] });
+  const saved = (await A.call('GET', '/v1/config')).body;
+
+  const B = await startApi(t);
+  const bad = (mut: (d: any) => void): unknown => {
+    const d = structuredClone(saved);
+    mut(d);
+    return d;
+  };
+  const cases: [string, unknown, number][] = [
+    ['a VM listing a binding twice', bad((d) => d.vms[0].bindings.push(b.id)), 400],
+    ['a host field misspelt', bad((d) => (d.hosts[0].requireTLS = true)), 400],
+    ['requireTls not a boolean', bad((d) => (d.hosts[0].requireTls = 'yes')), 400],
+    ['a binding on an unknown host', bad((d) => (d.bindings[0].host = 'ghost')), 400],
+    ['not a configuration', bad((d) => (d.kind = 'other')), 400],
+  ];
+  for (const [what, doc, status] of cases) {
+    const r = await B.call('POST', '/v1/config', doc);
+    t.equal(r.status, status, what);
+    t.equal(r.body.error.code, 'BAD_REQUEST', what);
+  }
+  t.same((await B.call('GET', '/v1/hosts')).body.hosts, [], 'nothing was written');
+
+  // A document saved before hosts could require TLS restores them as they were: plaintext allowed.
+  const old = bad((d) => delete d.hosts[0].requireTls);
+  let r = await B.call('POST', '/v1/config', old);
+  t.equal(r.status, 201, JSON.stringify(r.body));
+  t.equal((await B.call('GET', '/v1/hosts/h')).body.nbd.requireTls, false);
+  r = await B.call('POST', '/v1/config', saved);
+  t.equal(r.status, 409, 'only an empty appliance takes an import');
+  t.equal(r.body.error.code, 'CONFLICT');
+});
