@@ -21,13 +21,14 @@ t.test('bulk copies are byte-exact over many shapes', async (t) => {
   reseed(1306);
   const b: Bench = await benchServer(t);
   await t.test('copy: source onto targets of equal and larger size', async (t) => {
-    for (let k = 0; k < 3; k++) {
+    // Shape 0: equal sizes, the source spans two arrays; shape 1: a larger target spanning two arrays.
+    for (let k = 0; k < 2; k++) {
       const size = (2 + int(2)) * M;
       const src = b.name('src');
       const dst = b.name('dst');
-      await b.volume(src, size, k === 1);
+      await b.volume(src, size, k === 0);
       const dstSize = size + (k === 0 ? 0 : M);
-      await b.volume(dst, dstSize, k === 2);
+      await b.volume(dst, dstSize, k === 1);
       const srcModel = Buffer.alloc(size);
       const dstModel = Buffer.alloc(dstSize);
       const sb = await b.map(src);

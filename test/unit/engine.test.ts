@@ -37,15 +37,18 @@ function fileBytes(a: ArrayFile, offset: number, length: number): Buffer {
   return b;
 }
 
-function putFile(a: ArrayFile, offset: number, data: Buffer): void {
+/** Writes bytes below the array object, the way a bulk worker does: edges prepared first, blocks marked after. */
+async function putFile(a: ArrayFile, offset: number, data: Buffer): Promise<void> {
+  await a.prepareWrite(offset, data.length);
   const fd = fs.openSync(a.path, 'r+');
   fs.writeSync(fd, data, 0, data.length, offset);
   fs.closeSync(fd);
+  a.noteWrite(offset, data.length);
 }
 
 t.test('scrub writes the pattern across ranges and verifies it', async (t) => {
   const { arrays, engine } = await setup(t);
-  putFile(arrays[0]!, 0, crypto.randomBytes(3 * M));
+  await putFile(arrays[0]!, 0, crypto.randomBytes(3 * M));
   const pattern = Buffer.from('blockgate!');
   const progress: number[] = [];
   const r = await engine.scrub(
@@ -69,7 +72,7 @@ t.test('scrub writes the pattern across ranges and verifies it', async (t) => {
 t.test('copy one source to many targets, verified; a smaller target is refused', async (t) => {
   const { arrays, engine } = await setup(t);
   const src = crypto.randomBytes(3 * M + 12345);
-  putFile(arrays[0]!, M, src);
+  await putFile(arrays[0]!, M, src);
   const r = await engine.copy(
     [{ arrayId: 1, offset: M, length: src.length }],
     [
@@ -90,7 +93,7 @@ t.test('copy one source to many targets, verified; a smaller target is refused',
 t.test('checksum is the SHA-256 of the stream', async (t) => {
   const { arrays, engine } = await setup(t);
   const data = crypto.randomBytes(2 * M + 7);
-  putFile(arrays[2]!, 3 * M, data);
+  await putFile(arrays[2]!, 3 * M, data);
   const h = await engine.checksum([
     { arrayId: 3, offset: 3 * M, length: M },
     { arrayId: 3, offset: 4 * M, length: M + 7 },
