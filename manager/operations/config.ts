@@ -94,6 +94,12 @@ export class ConfigOperations {
       const images = db.prepare('SELECT * FROM images ORDER BY id').all() as { id: number; name: string; path: string; size: number; created_at: string }[];
       const imageName = new Map(images.map((i) => [i.id, i.name]));
       const volumes = m.listVolumes();
+      // One query for every extent: the saved copy is taken after each change, so it must stay cheap.
+      const extents = new Map<number, { array: string; offset: number; length: number }[]>();
+      for (const e of db.prepare('SELECT volume_id, array_id, offset, length FROM extents ORDER BY volume_id, seq').all() as { volume_id: number; array_id: number; offset: number; length: number }[]) {
+        const list = extents.get(e.volume_id) ?? extents.set(e.volume_id, []).get(e.volume_id)!;
+        list.push({ array: arrayName.get(e.array_id)!, offset: e.offset, length: e.length });
+      }
       const volumeName = new Map(volumes.map((v) => [v.id, v.name]));
       const hosts = m.listHosts();
       const hostName = new Map(hosts.map((h) => [h.id, h.name]));
@@ -127,7 +133,7 @@ export class ConfigOperations {
           everMapped: v.ever_mapped === 1,
           dirty: v.dirty === 1,
           scrubbedAt: v.scrubbed_at,
-          extents: m.extentsOf(v.id).map((e) => ({ array: arrayName.get(e.arrayId)!, offset: e.offset, length: e.length })),
+          extents: extents.get(v.id) ?? [],
           createdAt: v.created_at,
           updatedAt: v.updated_at,
         })),
