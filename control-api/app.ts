@@ -186,8 +186,7 @@ export function buildApi(m: StorageManager, opts: ApiOptions): FastifyInstance {
     m.reattachArray(params.name),
   );
   r.add('POST', '/v1/arrays', { summary: 'Create an array file', tag: 'arrays', body: S.array, status: 201 }, async ({ body }) => {
-    const a = await m.createArray(body.name, body.size, body.qualityClass);
-    return { name: a.name, path: a.path, size: a.size, qualityClass: a.quality_class };
+    return m.describeArray(await m.createArray(body.name, body.size, body.qualityClass));
   });
 
   // ---- farms
