@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { ioOk, qemuIo } from '../helpers/api.js';
+import { cli } from '../helpers/cli.js';
 import { RawNbd } from '../helpers/nbd-client.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 import { requireTools } from '../helpers/tools.js';
@@ -73,9 +74,15 @@ async function assertFailed(t: TapTest, s: TestServer, reason: string): Promise<
   t.match(lines[0], /"volumes":\["v0"\]/);
 }
 
-async function assertAttachedBack(t: TapTest, s: TestServer): Promise<void> {
-  const a = await s.call('POST', '/v1/arrays/a0/attach');
-  t.equal(a.state, 'online', 'attach brings the array back');
+async function assertAttachedBack(t: TapTest, s: TestServer, viaCli = false): Promise<void> {
+  if (viaCli) {
+    const r = await cli(s, ['array', 'attach', 'a0']);
+    t.equal(r.code, 0, `blockgate array attach a0: ${r.stderr}`);
+    t.match(r.stdout, /state\s+online/, 'the CLI shows the array online');
+  } else {
+    const a = await s.call('POST', '/v1/arrays/a0/attach');
+    t.equal(a.state, 'online', 'attach brings the array back');
+  }
   const h = (await s.request('GET', '/v1/health', undefined, null)).body;
   t.equal(h.status, 'ok', 'health is ok again');
   t.ok(ioOk(await qemuIo(s, 'h1', '0/0', 'read -P 0x5a 0 1M', 'read -P 0 1M 1M')), 'the restored data is served again');
@@ -106,8 +113,12 @@ t.test('a truncated array file fails the array instead of reading zeroes', async
   fs.truncateSync(a0, 0);
   await assertFailed(t, s, 'truncated');
   t.equal(fs.statSync(a0).size, 0, 'the appliance did not re-extend the file behind the admin');
+  const list = await cli(s, ['array', 'list']);
+  t.match(list.stdout, /a0\s+std\s+FAILED \(truncated\)/, 'array list shows it failed');
+  const early = await cli(s, ['array', 'attach', 'a0']);
+  t.equal(early.code, 4, `the CLI attach is refused (conflict) while the file is short: ${early.stderr.trim()}`);
   fs.copyFileSync(`${a0}.bak`, a0);
-  await assertAttachedBack(t, s);
+  await assertAttachedBack(t, s, true);
 });
 
 t.test('an array file replaced by another file fails the array; putting the right one back + attach recovers', async (t) => {

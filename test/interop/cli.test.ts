@@ -46,8 +46,8 @@ t.test('the README lifecycle walk with the CLI alone', async (t) => {
   const arrays = await bgJson('array', 'list');
   t.same(arrays.arrays.map((a: any) => [a.name, a.size]), [['a0', 64 * M], ['a1', 64 * M]]);
   const table = await bg('array', 'list');
-  t.match(table.stdout, /^NAME\s+CLASS\s+SIZE\s+USED\s+FREE\s+FILE\n/);
-  t.match(table.stdout, /a0\s+std\s+64M\s+0B\s+64M/);
+  t.match(table.stdout, /^NAME\s+CLASS\s+STATE\s+SIZE\s+USED\s+FREE\s+ALLOCATED\s+FS FREE\s+FILE\n/);
+  t.match(table.stdout, /a0\s+std\s+online\s+64M\s+0B\s+64M\s+\S+\s+\S+ \([\d.]+% used\)/);
 
   await bg('host', 'create', 'web1', '--farm', 'acme');
   t.equal((await cli(s, ['host', 'create', 'web1', '--farm', 'acme'])).code, 4, 'duplicate host: conflict');
