@@ -122,7 +122,9 @@ t.test('cache hits and in-memory write-back writes complete at once (null), and 
   t.equal(io.read(0, 4096, dest), null, 'a hit is done at once');
   t.same(dest, fill(4096, 0), 'with the bytes in place');
   t.equal(io.write(0, fill(4096, 5), false), null, 'a write-back write to a cached block is done at once');
-  t.not(io.write(0, fill(4096, 6), true), null, 'FUA is not');
+  const fua = io.write(0, fill(4096, 6), true);
+  t.not(fua, null, 'FUA is not');
+  await fua;
   await io.flush();
   t.equal(u.stats.ops[OP.read], 2, 'reads counted');
   t.equal(u.stats.bytes[OP.read], 8192);
