@@ -220,6 +220,7 @@ export class StorageManager {
 
   /** Brings arrays and hosts written straight into the database (config import) onto the data path. */
   async attachRestored(arrays: ArrayRow[], hosts: HostRow[]): Promise<void> {
+    await this.iscsi.load();
     for (const a of arrays) await this.attachArray(a, false);
     for (const h of hosts) {
       await this.openHostListeners(h);
