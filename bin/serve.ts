@@ -6,11 +6,10 @@ import { BlockStore } from '../cache/index.js';
 import { buildApi } from '../control-api/index.js';
 import { PiscinaEngine, makeRoute, type IoRouteName } from '../disks/index.js';
 import { DEMO, StorageManager, formatAddress, parseAddress, seedDemo } from '../manager/index.js';
-import { Namespaces, NbdServer, NbdTlsKeys } from '../target/index.js';
+import { Namespaces, NbdServer, NbdTlsKeys, StatsRegistry } from '../target/index.js';
 import { openUnit } from '../target/core/index.js';
 import { IscsiServer } from '../target/iscsi/index.js';
 import { ScsiCommandSet } from '../target/iscsi/scsi/index.js';
-import { StatsRegistry } from '../target/stats.js';
 
 export interface ServeOptions {
   dataDir: string;
@@ -107,10 +106,9 @@ export async function serve(opts: ServeOptions): Promise<void> {
   );
   // Bulk work gets one worker thread of its own: its bounded share.
   const engine = new PiscinaEngine((id) => store.getArray(id), { threads: 1, cache: store });
-  const manager = await StorageManager.open({ namespaces, store, nbd, engine, tls, stats, iscsi }, {
+  const manager = await StorageManager.open({ namespaces, store, frontends: [nbd, iscsi], engine, tls, stats }, {
     dataDir,
     log,
-    nbdAddress: nbdAddr,
     // Test-only fault injection for the failure edges (see ManagerOptions.faults).
     faults: process.env.BLOCKGATE_FAULTS ? process.env.BLOCKGATE_FAULTS.split(',').filter(Boolean) : undefined,
   });
@@ -119,7 +117,6 @@ export async function serve(opts: ServeOptions): Promise<void> {
   if (opts.demo && (await seedDemo(manager))) log.info({ op: 'seed' }, 'demo appliance created');
 
   const nbdPort = await nbd.listenTcp('tcp:shared', nbdAddr.host, nbdAddr.port, () => manager.setting('nbd.default_host') ?? null, true);
-  nbdAddr.port = nbdPort;
   iscsiAddr.port = await iscsi.listen(iscsiAddr.host, iscsiAddr.port);
   const api = buildApi(manager, {
     token,

@@ -1,5 +1,5 @@
 import { Counter, Gauge, Registry, collectDefaultMetrics, type Metric } from 'prom-client';
-import { LATENCY_BUCKETS, OP_NAMES, type StatsRegistry } from '../target/stats.js';
+import { LATENCY_BUCKETS, OP_NAMES, type StatsRegistry } from '../target/index.js';
 
 export interface MetricsSources {
   io: StatsRegistry;

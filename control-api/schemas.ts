@@ -61,7 +61,10 @@ const configDocument = z.strictObject({
     }),
   ),
   hosts: z.array(
-    z.strictObject({ id, name, farm: name, protocols: z.array(z.string().min(1).max(16)).min(1), defaultProtocol: z.string().min(1).max(16), nbdTcp: z.string().max(300).nullable(), createdAt: when }),
+    z.strictObject({ id, name, farm: name, protocols: z.array(z.string().min(1).max(16)).min(1), defaultProtocol: z.string().min(1).max(16), nbdTcp: z.string().max(300).nullable(),
+      iscsi: z.strictObject({ initiators: z.array(z.string().min(4).max(223)).max(64), chap: z.enum(['one-way', 'mutual']).nullable() }).optional(),
+      createdAt: when,
+    }),
   ),
   bindings: z.array(z.strictObject({ id, volume: name, host: name, target, lun, protocol: z.string().min(1).max(16), mode, mapped: z.boolean(), createdAt: when })),
   vms: z.array(z.strictObject({ id, name, host: name, bindings: z.array(id).max(256), createdAt: when })),

@@ -1,4 +1,5 @@
-export { StorageManager, parseAddress, formatAddress, checkName } from './manager.js';
+export { StorageManager, checkName } from './manager.js';
+export { parseAddress, formatAddress } from '../common/address.js';
 export type { DataPath, ManagerOptions, ArrayRow, VolumeRow, HostRow, BindingRow, AccessMode, ShareMode } from './manager.js';
 export { seedDemo, DEMO } from './defaults.js';
 export { openDb, SCHEMA_VERSION } from './db.js';

@@ -7,8 +7,8 @@ import { BlockgateError, badRequest, conflict, notFound } from '../common/errors
 import type { BlockStore, CachePolicy } from '../cache/index.js';
 import { ArrayFile, type Engine } from '../disks/index.js';
 import { EXTENT_ALIGN, VolumeLayout, allocateExtents, freeExtents, type Extent } from '../mapper/index.js';
-import type { Namespaces, NbdServer, NbdTlsKeys, Unit } from '../target/index.js';
-import { StatsRegistry } from '../target/stats.js';
+import { parseAddress } from '../common/address.js';
+import { StatsRegistry, type Frontend, type Namespaces, type NamespaceChange, type NbdTlsKeys, type Unit } from '../target/index.js';
 import { ConfigOperations } from './operations/config.js';
 import { openDb, type Db } from './db.js';
 import { EventLog } from './events.js';
@@ -18,27 +18,23 @@ import { BulkOperations } from './operations/bulk.js';
 import { Inventory } from './operations/inventory.js';
 import { Tracer } from './operations/trace.js';
 import { IscsiAccess } from './operations/iscsi.js';
-import type { Frontend } from '../target/core/index.js';
 import { allowedOperations, transition, type Operation, type VolumeState } from './state.js';
 
 /** The data path as the manager sees it: publish namespaces, attach arrays, manage listeners, bulk work. */
 export interface DataPath {
   namespaces: Namespaces;
   store: BlockStore;
-  nbd: NbdServer;
+  /** Every protocol server (NBD, iSCSI): told of hosts, namespace changes and revocations, asked for addresses. */
+  frontends: Frontend[];
   engine: Engine;
   /** TLS identities of the shared NBD listener (PSK keys live in DATA/tls/psk). */
   tls?: NbdTlsKeys | undefined;
   /** Per (host, volume) I/O counters the units record into; one is made if the caller has none. */
   stats?: StatsRegistry;
-  /** The iSCSI frontend, when serving iSCSI (addresses for the namespace view, unit attentions). */
-  iscsi?: Frontend | undefined;
 }
 
 export interface ManagerOptions {
   dataDir: string;
-  /** Shared NBD TCP listener address, for the URIs the namespace view prints. */
-  nbdAddress?: { host: string; port: number } | undefined;
   log: Logger;
   /**
    * Fault injection points for tests of the failure edges ('configure',
@@ -130,7 +126,6 @@ export class StorageManager {
   readonly dataDir: string;
   private readonly dp: DataPath;
   readonly log: Logger;
-  private readonly nbdAddress: { host: string; port: number } | undefined;
   /** Layouts are shared by every unit of a volume so translation is built once. */
   private readonly layouts = new Map<number, VolumeLayout>();
   /** Set once; replaced only when a saved configuration is imported into an empty appliance. */
@@ -167,7 +162,6 @@ export class StorageManager {
     this.stats = dp.stats ?? new StatsRegistry();
     this.dataDir = opts.dataDir;
     this.log = opts.log;
-    this.nbdAddress = opts.nbdAddress;
     this.applianceId = this.setting('appliance_id') ?? this.initApplianceId();
   }
 
@@ -226,6 +220,7 @@ export class StorageManager {
 
   /** Brings arrays and hosts written straight into the database (config import) onto the data path. */
   async attachRestored(arrays: ArrayRow[], hosts: HostRow[]): Promise<void> {
+    await this.iscsi.load();
     for (const a of arrays) await this.attachArray(a, false);
     for (const h of hosts) {
       await this.openHostListeners(h);
@@ -233,12 +228,18 @@ export class StorageManager {
     }
   }
 
+  /** Every frontend opens what it gives the host of its own; if one fails, the ones before close theirs. */
   private async openHostListeners(h: HostRow): Promise<void> {
-    const name = h.name;
-    await this.dp.nbd.listenUnix(`unix:${name}`, this.hostSocketPath(name), () => name);
-    if (h.nbd_tcp) {
-      const { host, port } = parseAddress(h.nbd_tcp);
-      await this.dp.nbd.listenTcp(`tcp:${name}`, host, port, () => name);
+    const endpoints = { socket: this.hostSocketPath(h.name), nbdTcp: h.nbd_tcp };
+    const opened: Frontend[] = [];
+    try {
+      for (const f of this.dp.frontends) {
+        await f.hostAdded?.(h.name, endpoints);
+        opened.push(f);
+      }
+    } catch (e) {
+      for (const f of opened) await f.hostRemoved?.(h.name);
+      throw e;
     }
   }
 
@@ -696,8 +697,7 @@ export class StorageManager {
     try {
       await this.openHostListeners(h);
     } catch (e) {
-      // The namespace side failed: undo the database side so nothing half-exists.
-      await this.dp.nbd.closeListener(`unix:${h.name}`);
+      // The namespace side failed (and closed what it had opened): undo the database side so nothing half-exists.
       this.db.prepare('DELETE FROM hosts WHERE id = ?').run(id);
       throw new BlockgateError('CONFLICT', `cannot open listener for host '${h.name}': ${(e as Error).message}`);
     }
@@ -746,16 +746,22 @@ export class StorageManager {
     };
   }
 
-  /** The host's live namespace as an admin (or a host's admin) wants to read it. */
+  /**
+   * The host's live namespace as an admin (or a host's admin) wants to read
+   * it; how each unit is reached comes from the frontends' address().
+   */
   namespaceView(hostName: string): Record<string, unknown> {
     const h = this.host(hostName);
     const sock = this.hostSocketPath(h.name);
-    const tcp = h.nbd_tcp ? [h.nbd_tcp] : [];
-    if (this.nbdAddress && this.setting('nbd.default_host') === h.name) {
-      tcp.push(formatAddress(this.nbdAddress.host, this.nbdAddress.port));
-    }
+    const tcp = new Set<string>();
     const units = this.dp.namespaces.list(h.name).map((u) => {
-      const exportName = `${u.target}/${u.lun}`;
+      // iSCSI addresses only for hosts allowed to use iSCSI (the per-host protocols setting).
+      const addresses = this.dp.frontends
+        .filter((f) => f.protocol !== 'iscsi' || h.protocols.split(',').includes('iscsi'))
+        .map((f) => f.address(h.name, u))
+        .filter((a) => a !== null);
+      const uris = addresses.flatMap((a) => a.uris);
+      for (const uri of uris) if (uri.startsWith('nbd://')) tcp.add(new URL(uri).host);
       return {
         target: u.target,
         lun: u.lun,
@@ -764,15 +770,12 @@ export class StorageManager {
         serial: u.serial,
         naa: u.naa,
         readOnly: u.readOnly,
-        exportName,
-        uris: [
-          `nbd+unix:///${exportName}?socket=${sock}`,
-          ...tcp.map((a) => `nbd://${a}/${exportName}`),
-          ...((h.protocols.split(',').includes('iscsi') && this.dp.iscsi?.address(h.name, u)?.uris) || []),
-        ],
+        exportName: addresses.find((a) => a.exportName !== undefined)?.exportName ?? `${u.target}/${u.lun}`,
+        uris,
       };
     });
-    return { host: h.name, farm: this.farmName(h.farm_id), socket: sock, tcp, iscsi: this.iscsi.describe(h), units };
+    if (h.nbd_tcp) tcp.add(h.nbd_tcp);
+    return { host: h.name, farm: this.farmName(h.farm_id), socket: sock, tcp: [...tcp], iscsi: this.iscsi.describe(h), units };
   }
 
   // ---- bindings ----------------------------------------------------------
@@ -847,14 +850,43 @@ export class StorageManager {
     const previous = this.dp.namespaces.list(h.name);
     const before = previous.map((u) => `${u.target}/${u.lun}:${u.volume.id}`).join(',');
     this.dp.namespaces.publish(h.name, units);
-    this.iscsi.namespaceChanged(h.name, previous, units);
     this.dp.namespaces.setRequireTls(h.name, h.require_tls === 1);
+    this.tellFrontends(h.name, previous, units);
     const after = units.map((u) => `${u.target}/${u.lun}:${u.volume.id}`).sort().join(',');
     if (before.split(',').sort().join(',') !== after) {
       this.events.emit('namespace.changed', `host/${h.name}`, {
         host: h.name,
         units: units.map((u) => ({ target: u.target, lun: u.lun, volume: u.volumeName })),
       });
+    }
+  }
+
+  /**
+   * After a host's namespace is republished: sessions on units it lost are
+   * revoked (their I/O fails from now on), then every frontend hears what
+   * changed (SCSI unit attentions). Revocation is synchronous in effect: a
+   * frontend stops serving the unit before revoke() returns its promise.
+   */
+  private tellFrontends(host: string, previous: readonly Unit[], next: readonly Unit[]): void {
+    const key = (u: Unit): string => `${u.target}/${u.lun}`;
+    const nextByKey = new Map(next.map((u) => [key(u), u]));
+    const prevByKey = new Map(previous.map((u) => [key(u), u]));
+    const removed = previous.filter((u) => nextByKey.get(key(u))?.volume.id !== u.volume.id);
+    const added = next.filter((u) => prevByKey.get(key(u))?.volume.id !== u.volume.id);
+    const resized = next.filter((u) => {
+      const p = prevByKey.get(key(u));
+      return p !== undefined && p.volume.id === u.volume.id && p.volume.layout.size !== u.volume.layout.size;
+    });
+    const changes: [NamespaceChange, Unit[]][] = [
+      ['unmapped', removed],
+      ['mapped', added],
+      ['resized', resized],
+    ];
+    for (const f of this.dp.frontends) {
+      for (const u of removed) {
+        f.revoke(host, u).catch((err: unknown) => this.log.warn({ op: 'revoke', host, protocol: f.protocol, err }, 'revoking sessions failed'));
+      }
+      for (const [change, units] of changes) if (units.length > 0) f.namespaceChanged(host, change, units);
     }
   }
 
@@ -926,13 +958,3 @@ export function bindingRecord(b: BindingRow, volume: string, host: string) {
   };
 }
 
-export function parseAddress(s: string): { host: string; port: number } {
-  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(s);
-  const port = m ? Number(m[3]) : NaN;
-  if (!m || port > 65535) throw badRequest(`address '${s}' is not HOST:PORT`);
-  return { host: (m[1] ?? m[2])!, port };
-}
-
-export function formatAddress(host: string, port: number): string {
-  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
-}

@@ -1,5 +1,5 @@
 import type { VolumeHandle } from '../cache/index.js';
-import type { IoStats } from './stats.js';
+import type { IoStats } from './core/stats.js';
 
 /** A unit as one host sees it: an address in the host's namespace backed by a volume. */
 export interface Unit {

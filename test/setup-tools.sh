@@ -20,6 +20,7 @@ declare -A PKG=(
   [e2fsck]=e2fsprogs
   [iscsi-inq]=libiscsi-bin
   [iscsi-ls]=libiscsi-bin
+  [iscsi-readcapacity16]=libiscsi-bin
   [iscsi-test-cu]=libiscsi-bin
   [tgtd]=tgt
   [certtool]=gnutls-bin

@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { BlockgateError, badRequest, conflict } from '../../common/errors.js';
 import type { CachePolicy } from '../../cache/index.js';
+import { isValidIqn } from '../../target/iscsi/index.js';
 import { ArrayFile } from '../../disks/index.js';
 import { bindingRecord, type AccessMode, type ArrayRow, type ShareMode, type StorageManager } from '../manager.js';
 import { VOLUME_STATES, type VolumeState } from '../state.js';
@@ -43,7 +44,17 @@ export interface ConfigDocument {
     createdAt: string;
     updatedAt: string;
   }[];
-  hosts: { id: number; name: string; farm: string; protocols: string[]; defaultProtocol: string; nbdTcp: string | null; createdAt: string }[];
+  hosts: {
+    id: number;
+    name: string;
+    farm: string;
+    protocols: string[];
+    defaultProtocol: string;
+    nbdTcp: string | null;
+    /** Initiator names and the CHAP mode; the secrets stay in DATA/iscsi/chap (rotate them after importing elsewhere). */
+    iscsi?: { initiators: string[]; chap: 'one-way' | 'mutual' | null } | undefined;
+    createdAt: string;
+  }[];
   bindings: { id: number; volume: string; host: string; target: number; lun: number; protocol: string; mode: AccessMode; mapped: boolean; createdAt: string }[];
   vms: { id: number; name: string; host: string; bindings: number[]; createdAt: string }[];
 }
@@ -116,6 +127,7 @@ export class ConfigOperations {
           protocols: h.protocols.split(','),
           defaultProtocol: h.default_protocol,
           nbdTcp: h.nbd_tcp,
+          iscsi: { initiators: m.iscsi.initiators(h.name), chap: (h.chap as 'one-way' | 'mutual' | null) ?? null },
           createdAt: h.created_at,
         })),
         bindings: m.listBindings().map((b) => bindingRecord(b, volumeName.get(b.volume_id)!, hostName.get(b.host_id)!)),
@@ -191,6 +203,13 @@ export class ConfigOperations {
       ref(v.state === 'free' ? v.extents.length === 0 : total === v.size, `volume '${v.name}': extents add up to ${total} bytes, not its size ${v.size}`);
     }
     for (const h of doc.hosts) ref(farms.has(h.farm), `host '${h.name}' names unknown farm '${h.farm}'`);
+    const initiators = new Set<string>();
+    for (const h of doc.hosts) {
+      for (const iqn of h.iscsi?.initiators ?? []) {
+        ref(isValidIqn(iqn) && !initiators.has(iqn), `host '${h.name}' names initiator '${iqn}' that is invalid or belongs to another host`);
+        initiators.add(iqn);
+      }
+    }
     const bindingIds = new Set<number>();
     const units = new Set<string>();
     for (const b of doc.bindings) {
@@ -308,6 +327,10 @@ export class ConfigOperations {
           h.createdAt,
         );
         hostId.set(h.name, h.id);
+        if (h.iscsi) {
+          db.prepare('UPDATE hosts SET chap = ? WHERE id = ?').run(h.iscsi.chap, h.id);
+          for (const iqn of h.iscsi.initiators) db.prepare('INSERT INTO host_initiators (iqn, host_id, created_at) VALUES (?, ?, ?)').run(iqn, h.id, h.createdAt);
+        }
       }
       for (const b of doc.bindings) {
         db.prepare('INSERT INTO bindings (id, volume_id, host_id, target, lun, protocol, mode, mapped, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)').run(

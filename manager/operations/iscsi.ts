@@ -2,7 +2,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { badRequest, conflict, notFound } from '../../common/errors.js';
-import type { Unit } from '../../target/namespace.js';
+import type { Frontend } from '../../target/core/index.js';
 import { isValidIqn, type InitiatorAccess } from '../../target/iscsi/index.js';
 import type { ReservationStore } from '../../target/iscsi/scsi/index.js';
 import type { HostRow, StorageManager } from '../manager.js';
@@ -42,6 +42,10 @@ export class IscsiAccess {
   private readonly secrets = new Map<string, ChapFile>();
 
   constructor(private readonly m: StorageManager) {}
+
+  private frontend(): Frontend | undefined {
+    return this.m.dataPath.frontends.find((f) => f.protocol === 'iscsi');
+  }
 
   private chapDir(): string {
     return path.join(this.m.dataDir, 'iscsi', 'chap');
@@ -107,7 +111,7 @@ export class IscsiAccess {
     this.m.events.emit('host.initiator.removed', `host/${h.name}`, { host: h.name, iqn: name });
     this.m.log.info({ op: 'host.initiator.remove', host: h.name, iqn: name }, 'initiator removed');
     // Sessions that logged in under this name act for the host no longer.
-    await this.m.dataPath.iscsi?.revoke(h.name, null);
+    await this.frontend()?.revoke(h.name, null);
     return this.initiators(host);
   }
 
@@ -152,7 +156,7 @@ export class IscsiAccess {
     const def = list.includes(h.default_protocol) ? h.default_protocol : list[0]!;
     this.m.db.prepare('UPDATE hosts SET protocols = ?, default_protocol = ? WHERE id = ?').run(list.join(','), def, h.id);
     this.m.log.info({ op: 'host.protocols', host: h.name, protocols: list }, 'host protocols changed');
-    if (!list.includes('iscsi')) await this.m.dataPath.iscsi?.revoke(h.name, null);
+    if (!list.includes('iscsi')) await this.frontend()?.revoke(h.name, null);
   }
 
   /** The admin's view of a host's iSCSI identity (never the secrets). */
@@ -188,21 +192,4 @@ export class IscsiAccess {
     for (const hostId of hosts) this.m.publishHost(hostId);
   }
 
-  /** After a host's namespace is republished: tell the iSCSI sessions what changed (unit attentions). */
-  namespaceChanged(host: string, before: readonly Unit[], after: readonly Unit[]): void {
-    const fe = this.m.dataPath.iscsi;
-    if (!fe) return;
-    const key = (u: Unit): string => `${u.target}/${u.lun}:${u.volume.id}`;
-    const was = new Map(before.map((u) => [key(u), u]));
-    const is = new Map(after.map((u) => [key(u), u]));
-    const added = after.filter((u) => !was.has(key(u)));
-    const removed = before.filter((u) => !is.has(key(u)));
-    const resized = after.filter((u) => {
-      const old = was.get(key(u));
-      return old !== undefined && old.volume.layout.size !== u.volume.layout.size;
-    });
-    if (added.length) fe.namespaceChanged(host, 'mapped', added);
-    if (removed.length) fe.namespaceChanged(host, 'unmapped', removed);
-    if (resized.length) fe.namespaceChanged(host, 'resized', resized);
-  }
 }

@@ -107,5 +107,21 @@ export interface Frontend {
   address(host: string, unit: Unit): UnitAddress | null;
   /** Open sessions per host (metrics, migration's "B has connected"). */
   sessions(host: string): number;
+  /**
+   * A host exists (start-up, host created): open what this protocol gives each
+   * host of its own (NBD: a unix socket at `socket`, a TCP listener at `tcp`).
+   * Optional: a frontend with nothing per host leaves it out.
+   */
+  hostAdded?(host: string, endpoints: HostEndpoints): Promise<void>;
+  /** The host is gone (or its creation failed): close what hostAdded opened; its sessions end. */
+  hostRemoved?(host: string): Promise<void>;
   close(): Promise<void>;
+}
+
+/** Per-host endpoints the manager keeps for a host (its configuration, in the admin's words). */
+export interface HostEndpoints {
+  /** Path of the host's own unix socket (file permissions prove the host). */
+  socket: string;
+  /** "host:port" of the host's own NBD TCP listener, or null. */
+  nbdTcp: string | null;
 }

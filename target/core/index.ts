@@ -3,6 +3,7 @@ export type {
   AllocationState,
   CompareAndWriteResult,
   Frontend,
+  HostEndpoints,
   NamespaceChange,
   Protocol,
   UnitAddress,

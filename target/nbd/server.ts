@@ -1,6 +1,8 @@
 import fs from 'node:fs';
 import net from 'node:net';
-import type { StatsRegistry } from '../stats.js';
+import { formatAddress, parseAddress } from '../../common/address.js';
+import type { Frontend, HostEndpoints, NamespaceChange, StatsRegistry, UnitAddress } from '../core/index.js';
+import type { Unit } from '../namespace.js';
 import { DEFAULT_LIMITS, NbdConnection, type CloseReason, type ListenerTraits, type NbdBackend, type NbdLimits } from './connection.js';
 
 export interface SessionEvent {
@@ -27,31 +29,95 @@ export interface NbdServerOptions {
 /** Identity a listener gives every connection it accepts. `null` = nobody in particular. */
 export type ListenerIdentity = () => string | null;
 
+/** Where a listener is, for the URIs address() hands out. */
+interface ListenerInfo {
+  server: net.Server;
+  identity: ListenerIdentity;
+  /** Unix socket path, or TCP "host:port". */
+  unix: string | null;
+  tcp: string | null;
+  shared: boolean;
+}
+
 /**
  * The NBD front-end: per-host unix sockets and TCP ports, plus the shared TCP
  * listener. Every connection's host is fixed by the listener that accepted it.
+ * The manager drives it as a Frontend (target/core/contract.ts).
  */
-export class NbdServer {
+export class NbdServer implements Frontend {
+  readonly protocol = 'nbd' as const;
   private readonly backend: NbdBackend;
   private readonly limits: NbdLimits;
   private readonly onSession: (e: SessionEvent) => void;
   private readonly stats: StatsRegistry | undefined;
-  private readonly listeners = new Map<string, net.Server>();
-  private readonly sessions = new Set<NbdConnection>();
+  private readonly listeners = new Map<string, ListenerInfo>();
+  private readonly open = new Set<NbdConnection>();
 
   constructor(backend: NbdBackend, opts: NbdServerOptions = {}) {
     this.backend = backend;
     this.limits = { ...DEFAULT_LIMITS, ...opts.limits };
     this.onSession = opts.onSession ?? (() => undefined);
     this.stats = opts.stats;
-    backend.namespaces.onRemoval((host, removed) => {
-      const gone = new Set(removed.map((u) => u.volume.id));
-      for (const s of this.sessions) {
-        const u = s.exportUnit;
-        if (s.host === host && u && gone.has(u.volume.id)) s.close('revoked');
-      }
-    });
   }
+
+  // ---- Frontend ------------------------------------------------------------
+
+  /** NBD has no way to tell a live session its export changed: sessions on removed units are ended by revoke(). */
+  namespaceChanged(_host: string, _change: NamespaceChange, _units: readonly Unit[]): void {}
+
+  /** Ends the host's sessions on `unit`'s volume (all of its sessions when unit is null) at once. */
+  revoke(host: string, unit: Unit | null): Promise<void> {
+    for (const s of this.open) {
+      if (s.host !== host) continue;
+      const u = s.exportUnit;
+      if (unit === null || (u && u.volume.id === unit.volume.id)) s.close('revoked');
+    }
+    return Promise.resolve();
+  }
+
+  /**
+   * The URIs `host` reaches `unit` by: its unix socket, its own TCP listener,
+   * and the shared listener when the host is its default (in that order).
+   */
+  address(host: string, unit: Unit): UnitAddress | null {
+    const exportName = `${unit.target}/${unit.lun}`;
+    const unix: string[] = [];
+    const own: string[] = [];
+    const shared: string[] = [];
+    for (const l of this.listeners.values()) {
+      if (l.identity() !== host) continue;
+      if (l.unix !== null) unix.push(`nbd+unix:///${exportName}?socket=${l.unix}`);
+      else if (l.tcp !== null) (l.shared ? shared : own).push(`nbd://${l.tcp}/${exportName}`);
+    }
+    const uris = [...unix, ...own, ...shared];
+    return uris.length === 0 ? null : { protocol: 'nbd', uris, exportName };
+  }
+
+  sessions(host: string): number {
+    return this.sessionCount(host);
+  }
+
+  /** Opens the host's own listeners: its unix socket, and its TCP port if it has one. */
+  async hostAdded(host: string, endpoints: HostEndpoints): Promise<void> {
+    await this.listenUnix(`unix:${host}`, endpoints.socket, () => host);
+    if (endpoints.nbdTcp) {
+      const a = parseAddress(endpoints.nbdTcp);
+      try {
+        await this.listenTcp(`tcp:${host}`, a.host, a.port, () => host);
+      } catch (e) {
+        await this.closeListener(`unix:${host}`);
+        throw e;
+      }
+    }
+  }
+
+  async hostRemoved(host: string): Promise<void> {
+    await this.closeListener(`unix:${host}`);
+    await this.closeListener(`tcp:${host}`);
+    await this.revoke(host, null);
+  }
+
+  // ---- listeners -----------------------------------------------------------
 
   /**
    * Listens on a unix socket; `key` names the listener for later removal.
@@ -59,7 +125,7 @@ export class NbdServer {
    */
   async listenUnix(key: string, path: string, identity: ListenerIdentity): Promise<void> {
     await fs.promises.rm(path, { force: true });
-    await this.listen(key, identity, { tlsSelectsHost: false, authenticated: true }, (srv, cb) => srv.listen(path, cb));
+    await this.listen(key, identity, { tlsSelectsHost: false, authenticated: true }, (srv, cb) => srv.listen(path, cb), path);
     await fs.promises.chmod(path, 0o660);
   }
 
@@ -69,7 +135,7 @@ export class NbdServer {
    * their TLS identity names. Any TCP listener honours a host's require-TLS.
    */
   async listenTcp(key: string, host: string, port: number, identity: ListenerIdentity, shared = false): Promise<number> {
-    const srv = await this.listen(key, identity, { tlsSelectsHost: shared, authenticated: false }, (s, cb) => s.listen({ host, port }, cb));
+    const srv = await this.listen(key, identity, { tlsSelectsHost: shared, authenticated: false }, (s, cb) => s.listen({ host, port }, cb), null, host, shared);
     return (srv.address() as net.AddressInfo).port;
   }
 
@@ -78,13 +144,17 @@ export class NbdServer {
     identity: ListenerIdentity,
     traits: ListenerTraits,
     start: (srv: net.Server, cb: () => void) => void,
+    unix: string | null = null,
+    tcpHost: string | null = null,
+    shared = false,
   ): Promise<net.Server> {
     const srv = net.createServer({ noDelay: true }, (sock) => this.accept(sock, key, identity(), traits));
     return new Promise((resolve, reject) => {
       srv.once('error', reject);
       start(srv, () => {
         srv.off('error', reject);
-        this.listeners.set(key, srv);
+        const tcp = tcpHost === null ? null : formatAddress(tcpHost, (srv.address() as net.AddressInfo).port);
+        this.listeners.set(key, { server: srv, identity, unix, tcp, shared });
         resolve(srv);
       });
     });
@@ -100,7 +170,7 @@ export class NbdServer {
       this.backend,
       this.limits,
       (c, reason) => {
-        this.sessions.delete(c);
+        this.open.delete(c);
         // Counted under the listener's host, the one it was opened under.
         this.stats?.sessionClosed(host, reason);
         // The host may have changed with STARTTLS: log the one the session acted for.
@@ -110,7 +180,7 @@ export class NbdServer {
       (c, n) =>
         this.onSession({ kind: 'negotiate', host: c.host, listener, remote, export: n.export, volume: n.unit.volumeName, option: n.option, structuredReplies: n.structuredReplies, tls: n.tls }),
     );
-    this.sessions.add(conn);
+    this.open.add(conn);
   }
 
   hasListener(key: string): boolean {
@@ -118,20 +188,15 @@ export class NbdServer {
   }
 
   async closeListener(key: string): Promise<void> {
-    const srv = this.listeners.get(key);
-    if (!srv) return;
+    const l = this.listeners.get(key);
+    if (!l) return;
     this.listeners.delete(key);
-    await new Promise<void>((r) => srv.close(() => r()));
-  }
-
-  /** Ends every session of a host (host removed or its identity changed). */
-  closeHostSessions(host: string): void {
-    for (const s of this.sessions) if (s.host === host) s.close('revoked');
+    await new Promise<void>((r) => l.server.close(() => r()));
   }
 
   sessionCount(host?: string): number {
     let n = 0;
-    for (const s of this.sessions) if (host === undefined || s.host === host) n++;
+    for (const s of this.open) if (host === undefined || s.host === host) n++;
     return n;
   }
 
@@ -146,7 +211,7 @@ export class NbdServer {
     const keys = [...this.listeners.keys()];
     // net.Server.close waits for its connections; start draining them alongside.
     const closing = Promise.all(keys.map((k) => this.closeListener(k)));
-    await Promise.all([...this.sessions].map((s) => s.shutdown()));
+    await Promise.all([...this.open].map((s) => s.shutdown()));
     await closing;
   }
 }

@@ -8,7 +8,6 @@ import type { AllocationState } from '../core/index.js';
 import { SIMPLE_REPLY_MAGIC, STATE_HOLE, STATE_ZERO, STRUCTURED_REPLY_MAGIC } from './constants.js';
 
 export const SIMPLE_REPLY_SIZE = 16;
-export const CHUNK_HEADER_SIZE = 20;
 
 export function writeSimpleReply(b: Buffer, p: number, errno: number, cookieHi: number, cookieLo: number): void {
   b.writeUInt32BE(SIMPLE_REPLY_MAGIC, p);

@@ -14,7 +14,7 @@ export async function startManager(t: { teardown: (fn: () => unknown) => void },
   const store = new BlockStore();
   const nbd = new NbdServer({ namespaces, store });
   const engine = new SimpleEngine((id) => store.getArray(id));
-  const m = await StorageManager.open({ namespaces, store, nbd, engine }, { dataDir, log: pino({ level: 'silent' }), faults });
+  const m = await StorageManager.open({ namespaces, store, frontends: [nbd], engine }, { dataDir, log: pino({ level: 'silent' }), faults });
   await m.start();
   t.teardown(async () => {
     await m.stop();

@@ -17,7 +17,7 @@ async function open(dataDir: string): Promise<{ m: StorageManager; store: BlockS
   const namespaces = new Namespaces();
   const store = new BlockStore({ size: 16 * MiB });
   const nbd = new NbdServer({ namespaces, store });
-  const m = await StorageManager.open({ namespaces, store, nbd, engine: new SimpleEngine((id) => store.getArray(id)) }, { dataDir, log: pino({ level: 'silent' }) });
+  const m = await StorageManager.open({ namespaces, store, frontends: [nbd], engine: new SimpleEngine((id) => store.getArray(id)) }, { dataDir, log: pino({ level: 'silent' }) });
   for (const a of m.listArrays()) {
     // start() would also open host listeners; arrays are all this test needs.
     const f = new ArrayFile(a.id, a.name, a.path, a.size);

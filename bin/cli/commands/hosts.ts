@@ -37,7 +37,7 @@ export const namespaceTable = (ns: Namespace): string =>
         ['SERIAL', (u) => u.serial],
         ['NAA', (u) => u.naa],
         ['RO', (u) => u.readOnly],
-        ['URI', (u) => u.uris[0]],
+        ['URI', (u) => u.uris.filter((x) => !x.startsWith('nbd+unix')).join(' ') || u.uris[0]],
       ]);
 
 /** `blockgate host …`: clients with an identity and a namespace of units. */
@@ -65,6 +65,36 @@ export function register(program: Command): void {
   verb(host, 'namespace <name>', "the host's live namespace: units, volumes, serials, NBD URIs").action(async (name: string, _o, cmd: Command) => {
     const ns = await client(cmd).call<Namespace>('GET', `/v1/hosts/${encodeURIComponent(name)}/namespace`);
     out(cmd, ns, () => namespaceTable(ns));
+  });
+
+  // iSCSI identity: initiator names, CHAP secrets (printed once, when created), allowed protocols.
+  verb(host, 'initiator-add <name> <iqn>', 'an iSCSI initiator name that is this host').action(async (name: string, iqn: string, _o, cmd: Command) => {
+    const r = await client(cmd).call<{ initiators: string[] }>('POST', `/v1/hosts/${encodeURIComponent(name)}/initiators`, { iqn });
+    out(cmd, r, () => r.initiators.join('\n') + '\n');
+  });
+  verb(host, 'initiator-remove <name> <iqn>', 'remove an initiator name; its sessions are asked to log out').action(async (name: string, iqn: string, _o, cmd: Command) => {
+    const r = await client(cmd).call<{ initiators: string[] }>('DELETE', `/v1/hosts/${encodeURIComponent(name)}/initiators/${encodeURIComponent(iqn)}`);
+    out(cmd, r, () => (r.initiators.length ? r.initiators.join('\n') + '\n' : '(no initiators)\n'));
+  });
+  verb(host, 'chap <name>', 'create or rotate CHAP secrets for iSCSI logins (shown only now)')
+    .option('--mutual', 'the target proves a secret too')
+    .option('--username <user>', 'CHAP name the initiator gives (default: the host name)')
+    .option('--mutual-username <user>', 'CHAP name the target gives (default: blockgate)')
+    .action(async (name: string, o: { mutual?: boolean; username?: string; mutualUsername?: string }, cmd: Command) => {
+      const r = await client(cmd).call<Record<string, string>>('POST', `/v1/hosts/${encodeURIComponent(name)}/chap`, {
+        mode: o.mutual ? 'mutual' : 'one-way',
+        ...(o.username ? { username: o.username } : {}),
+        ...(o.mutualUsername ? { mutualUsername: o.mutualUsername } : {}),
+      });
+      out(cmd, r, () => details(r) + 'Store these now: the secrets are not shown again.\n');
+    });
+  verb(host, 'chap-clear <name>', 'stop requiring CHAP for the host').action(async (name: string, _o, cmd: Command) => {
+    await client(cmd).call('DELETE', `/v1/hosts/${encodeURIComponent(name)}/chap`);
+    out(cmd, { host: name, chap: null }, () => `host ${name}: CHAP no longer required\n`);
+  });
+  verb(host, 'protocols <name> <list>', 'protocols the host may use, e.g. nbd,iscsi').action(async (name: string, list: string, _o, cmd: Command) => {
+    const h = await client(cmd).call<Host>('PUT', `/v1/hosts/${encodeURIComponent(name)}/protocols`, { protocols: list.split(',').filter(Boolean) });
+    out(cmd, h, () => details({ ...h, protocols: h.protocols.join(',') }));
   });
 
   jobOptions(

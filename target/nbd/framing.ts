@@ -1,0 +1,141 @@
+/**
+ * Input framing: parses the socket's chunks in place. Fixed-size headers are
+ * read straight out of the chunk when whole (copied into a scratch buffer only
+ * when split across chunks); payloads are handed over as slices when whole and
+ * filled into one buffer of the exact size otherwise. Used for the handshake's
+ * option headers and transmission's request headers alike.
+ */
+import { REQUEST_HEADER_SIZE } from './constants.js';
+
+export const enum Mode {
+  Header,
+  Fill,
+  Discard,
+  /** Handing the socket to TLS: nothing more is read in plaintext. */
+  Upgrading,
+  Closed,
+}
+
+/**
+ * The parser state of one session. Subclasses say what a header means
+ * (onHeaderAt) and when reading must stop (flow control).
+ */
+export abstract class FrameReader {
+  protected mode = Mode.Header;
+  protected headerSize = 4;
+  private readonly scratch = Buffer.allocUnsafe(REQUEST_HEADER_SIZE);
+  private scratchFill = 0;
+  private fillBuf: Buffer = Buffer.alloc(0);
+  private filled = 0;
+  private onFilled: () => void = () => undefined;
+  private discardLeft = 0;
+  private onDiscarded: () => void = () => undefined;
+  /** The rest of a chunk held back by flow control, and where in it to resume. */
+  protected held: Buffer | null = null;
+  protected heldPos = 0;
+  /** No further headers are read (DISC, shutdown). */
+  protected disconnecting = false;
+  /** Headers are subject to the limits (transmission). */
+  protected flowControlled = false;
+
+  /**
+   * Dispatches one header read from `h` at `hp`. Following bytes (a write's
+   * payload) are in `chunk` from `p` to `n`; returns how far it consumed.
+   */
+  protected abstract onHeaderAt(h: Buffer, hp: number, chunk: Buffer, p: number, n: number): number;
+  /** True when a new request would exceed the session's limits. */
+  protected abstract overLimits(): boolean;
+  protected abstract pauseInput(): void;
+  /** The peer sent bytes where it must not (during the TLS upgrade). */
+  protected abstract protocolViolation(): void;
+
+  protected process(chunk: Buffer, p: number): void {
+    const n = chunk.length;
+    while (p < n) {
+      switch (this.mode) {
+        case Mode.Closed:
+          return;
+        case Mode.Upgrading:
+          // The client spoke before reading STARTTLS's reply: it cannot be in step with us.
+          this.protocolViolation();
+          return;
+        case Mode.Fill: {
+          const k = Math.min(this.fillBuf.length - this.filled, n - p);
+          chunk.copy(this.fillBuf, this.filled, p, p + k);
+          this.filled += k;
+          p += k;
+          if (this.filled === this.fillBuf.length) {
+            this.mode = Mode.Header;
+            this.onFilled();
+          }
+          break;
+        }
+        case Mode.Discard: {
+          const k = Math.min(this.discardLeft, n - p);
+          this.discardLeft -= k;
+          p += k;
+          if (this.discardLeft === 0) {
+            this.mode = Mode.Header;
+            this.onDiscarded();
+          }
+          break;
+        }
+        case Mode.Header: {
+          if (this.disconnecting) return;
+          if (this.flowControlled && this.scratchFill === 0 && this.overLimits()) {
+            this.held = chunk;
+            this.heldPos = p;
+            this.pauseInput();
+            return;
+          }
+          const need = this.headerSize;
+          if (this.scratchFill === 0 && n - p >= need) {
+            p = this.onHeader(chunk, p, n);
+          } else {
+            const k = Math.min(need - this.scratchFill, n - p);
+            chunk.copy(this.scratch, this.scratchFill, p, p + k);
+            this.scratchFill += k;
+            p += k;
+            if (this.scratchFill === need) {
+              this.scratchFill = 0;
+              // The header came in pieces, so its payload starts in this chunk at p.
+              p = this.onHeaderAt(this.scratch, 0, chunk, p, n);
+            }
+          }
+          break;
+        }
+      }
+    }
+  }
+
+  /** Header wholly inside `chunk` at p; returns the new read position. */
+  private onHeader(chunk: Buffer, p: number, n: number): number {
+    return this.onHeaderAt(chunk, p, chunk, p + this.headerSize, n);
+  }
+
+  protected expectHeader(size: number): void {
+    this.mode = Mode.Header;
+    this.headerSize = size;
+  }
+
+  protected fill(length: number, then: (buf: Buffer) => void, buf: Buffer = Buffer.allocUnsafe(length)): void {
+    if (length === 0) {
+      then(buf);
+      return;
+    }
+    this.fillBuf = buf;
+    this.filled = 0;
+    this.mode = Mode.Fill;
+    this.onFilled = () => then(buf);
+  }
+
+  protected discard(length: number, then: () => void): void {
+    if (length === 0) {
+      then();
+      return;
+    }
+    this.discardLeft = length;
+    this.mode = Mode.Discard;
+    this.onDiscarded = then;
+  }
+}

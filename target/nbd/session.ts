@@ -1,0 +1,242 @@
+/**
+ * Session lifecycle: the socket, the limits, requests in flight, output
+ * batching and flow control, and the ways a session ends (close, graceful
+ * shutdown, polite finish).
+ */
+import type { Socket } from 'node:net';
+import type tls from 'node:tls';
+import type { BlockStore } from '../../cache/index.js';
+import type { Namespaces } from '../namespace.js';
+import { FrameReader, Mode } from './framing.js';
+
+export interface NbdLimits {
+  /** Options a client may send before it must have chosen an export. */
+  maxOptions: number;
+  /** Largest option payload read into memory; larger ones are skipped and refused. */
+  maxOptionLength: number;
+  /** Requests being served at once; reading pauses above this. */
+  maxInflight: number;
+  /** Reply bytes queued on the socket before reading pauses (a client that never reads cannot grow us). */
+  maxQueuedReplyBytes: number;
+  /** Payload and read-buffer bytes held by requests being served; parsing stops above this. */
+  maxInflightBytes: number;
+  /** Block-status descriptors in one reply (the spec suggests at most 2^20). */
+  maxExtents: number;
+}
+
+export const DEFAULT_LIMITS: NbdLimits = {
+  maxOptions: 256,
+  maxOptionLength: 64 * 1024,
+  maxInflight: 128,
+  maxQueuedReplyBytes: 16 * 1024 * 1024,
+  maxInflightBytes: 64 * 1024 * 1024,
+  maxExtents: 65536,
+};
+
+/** TLS as the server offers it after NBD_OPT_STARTTLS. */
+export interface NbdTls {
+  /** Server-side options for the upgrade (PSK callback, certificate, CA...). */
+  options(): tls.TLSSocketOptions;
+  /** The host a finished handshake proves (PSK identity or certificate CN), or null to refuse. */
+  identify(sock: tls.TLSSocket): string | null;
+}
+
+export interface NbdBackend {
+  namespaces: Namespaces;
+  store: BlockStore;
+  tls?: NbdTls | undefined;
+}
+
+/** What the listener that accepted a connection vouches for. */
+export interface ListenerTraits {
+  /** STARTTLS may replace the host with the one the TLS identity names. */
+  tlsSelectsHost: boolean;
+  /** The listener alone proves the host (its own unix socket): a host's require-TLS does not apply. */
+  authenticated: boolean;
+}
+
+/** Why a session ended, for the per-session log line. */
+export type CloseReason = 'client-disconnect' | 'abort' | 'protocol-error' | 'socket-error' | 'revoked' | 'server-shutdown' | 'export-unknown' | 'tls-refused';
+
+const FINISH_GRACE_MS = 2_000;
+
+/**
+ * Output: replies are corked and sent once per loop turn (one syscall for
+ * every reply a turn produced). Flow control: before each new request the
+ * limits are checked; above any of them the rest of the chunk is held and the
+ * socket paused, so memory held per connection is bounded by the limits plus
+ * one request, whatever the client does.
+ */
+export abstract class NbdSession extends FrameReader {
+  protected hostName: string | null;
+  protected socket: Socket;
+  protected readonly backend: NbdBackend;
+  protected readonly limits: NbdLimits;
+  protected readonly traits: ListenerTraits;
+  protected closeReason: CloseReason | null = null;
+  protected inflight = 0;
+  protected inflightBytes = 0;
+  private paused = false;
+  private corked = false;
+
+  constructor(socket: Socket, host: string | null, backend: NbdBackend, limits: NbdLimits, traits: ListenerTraits) {
+    super();
+    this.socket = socket;
+    this.hostName = host;
+    this.backend = backend;
+    this.limits = limits;
+    this.traits = traits;
+  }
+
+  /** The session ended (reported once). */
+  protected abstract onClosed(reason: CloseReason): void;
+
+  /** The host this session acts for: the listener's, or after STARTTLS the TLS identity's. */
+  get host(): string | null {
+    return this.hostName;
+  }
+
+  protected readonly handlers = {
+    data: (chunk: Buffer) => this.onData(chunk),
+    error: () => this.close('socket-error'),
+    close: () => this.close(this.closeReason ?? 'client-disconnect'),
+    drain: () => this.maybeResume(),
+  };
+
+  protected attach(sock: Socket): void {
+    sock.on('data', this.handlers.data);
+    sock.on('error', this.handlers.error);
+    sock.on('close', this.handlers.close);
+    sock.on('drain', this.handlers.drain);
+  }
+
+  protected detach(sock: Socket): void {
+    sock.off('data', this.handlers.data);
+    sock.off('error', this.handlers.error);
+    sock.off('close', this.handlers.close);
+    sock.off('drain', this.handlers.drain);
+  }
+
+  /** Ends the session now (unmap, shutdown); in-flight replies are dropped. */
+  close(reason: CloseReason): void {
+    if (this.mode === Mode.Closed) return;
+    this.mode = Mode.Closed;
+    this.closeReason = reason;
+    this.held = null;
+    this.socket.destroy();
+    this.onClosed(reason);
+  }
+
+  /**
+   * Graceful end for a server shutdown: read no further requests, let the ones
+   * in flight finish and send their replies, then close. Resolves once the
+   * socket is closed (or destroyed after `graceMs` if the client never lets go).
+   */
+  shutdown(graceMs = 10_000): Promise<void> {
+    if (this.mode === Mode.Closed) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => this.close('server-shutdown'), graceMs);
+      this.socket.once('close', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      this.closeReason = 'server-shutdown';
+      this.disconnecting = true;
+      this.socket.pause();
+      this.maybeFinishDisconnect();
+    });
+  }
+
+  private onData(chunk: Buffer): void {
+    this.process(chunk, 0);
+  }
+
+  protected overLimits(): boolean {
+    return (
+      this.inflight >= this.limits.maxInflight ||
+      this.inflightBytes >= this.limits.maxInflightBytes ||
+      this.socket.writableLength > this.limits.maxQueuedReplyBytes
+    );
+  }
+
+  protected protocolViolation(): void {
+    this.close('protocol-error');
+  }
+
+  protected begin(bytes: number): void {
+    this.inflight++;
+    this.inflightBytes += bytes;
+  }
+
+  protected end(bytes: number): void {
+    this.inflight--;
+    this.inflightBytes -= bytes;
+    this.maybeResume();
+    this.maybeFinishDisconnect();
+  }
+
+  protected maybeFinishDisconnect(): void {
+    if (this.disconnecting && this.inflight === 0 && this.mode !== Mode.Closed) {
+      this.uncork();
+      this.finish();
+    }
+  }
+
+  /**
+   * Ends the session politely (FIN after the last reply), but does not wait
+   * for the client's FIN forever: a client that keeps sending after DISC or
+   * ABORT, into a socket we no longer read, would otherwise hold it open.
+   */
+  protected finish(): void {
+    this.socket.end();
+    const sock = this.socket;
+    setTimeout(() => {
+      if (!sock.destroyed) this.close(this.closeReason ?? 'client-disconnect');
+    }, FINISH_GRACE_MS).unref();
+  }
+
+  // ---- output batching and flow control ----------------------------------
+
+  /** Queues b in the current cork batch; `written` runs once the socket is done with it. */
+  protected send(b: Buffer, written?: (err?: Error | null) => void): void {
+    if (this.mode === Mode.Closed) return;
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      setImmediate(this.uncorkNow);
+    }
+    if (!this.socket.write(b, written) || this.socket.writableLength > this.limits.maxQueuedReplyBytes) this.pauseInput();
+  }
+
+  private readonly uncorkNow = (): void => this.uncork();
+
+  private uncork(): void {
+    if (!this.corked) return;
+    this.corked = false;
+    this.socket.uncork();
+  }
+
+  protected pauseInput(): void {
+    if (!this.paused) {
+      this.paused = true;
+      this.socket.pause();
+    }
+  }
+
+  private maybeResume(): void {
+    if (!this.paused || this.disconnecting || this.mode === Mode.Closed) return;
+    if (
+      this.inflight < this.limits.maxInflight &&
+      this.inflightBytes < this.limits.maxInflightBytes &&
+      this.socket.writableLength <= this.limits.maxQueuedReplyBytes / 2
+    ) {
+      this.paused = false;
+      const held = this.held;
+      if (held) {
+        this.held = null;
+        this.process(held, this.heldPos);
+      }
+      if (!this.paused && (this.mode as Mode) !== Mode.Closed) this.socket.resume();
+    }
+  }
+}
