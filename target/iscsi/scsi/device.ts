@@ -6,7 +6,7 @@
  */
 import type { UnitIO } from '../../core/contract.js';
 import type { Nexus, ScsiCommand, ScsiContext, ScsiDevice, ScsiResponse } from './contract.js';
-import { BLOCK, LuState, type Req } from './lu.js';
+import { BLOCK, LuState, capsOf, type Req } from './lu.js';
 import { modeSelect, modeSense } from './mode.js';
 import { type Access, conflicts, nexusGone, persistentReserveIn, persistentReserveOut, release2, reserve2 } from './pr.js';
 import * as sbc from './sbc.js';
@@ -95,7 +95,7 @@ for (const d of OPS) {
   }
 }
 
-const offered = (d: OpDef, io: UnitIO): boolean => !d.thinOnly || io.caps().thin;
+const offered = (d: OpDef, io: UnitIO): boolean => !d.thinOnly || capsOf(io).thin;
 
 /** REPORT SUPPORTED OPERATION CODES (SPC-4 6.35). */
 function reportSupportedOpcodes(req: Req): ScsiResponse {

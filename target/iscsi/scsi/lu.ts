@@ -1,4 +1,4 @@
-import type { UnitIO } from '../../core/contract.js';
+import type { UnitCapabilities, UnitIO } from '../../core/contract.js';
 import type { Nexus, ScsiCommand, ScsiContext } from './contract.js';
 import type { PrState } from './pr.js';
 import { emptyPr, parsePr, serializePr } from './pr.js';
@@ -54,6 +54,18 @@ export class LuState {
     const q = this.queueFor(nexusId);
     if (!q.includes(sense)) q.push(sense);
   }
+}
+
+const capsCache = new WeakMap<UnitIO, UnitCapabilities>();
+
+/**
+ * A unit's capabilities, asked once per UnitIO: they are fixed for its life (a
+ * changed binding is a new unit), and the I/O path asks on every command.
+ */
+export function capsOf(io: UnitIO): UnitCapabilities {
+  let c = capsCache.get(io);
+  if (!c) capsCache.set(io, (c = io.caps()));
+  return c;
 }
 
 /** What a command handler is given. */

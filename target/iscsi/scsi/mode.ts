@@ -4,7 +4,7 @@
  * D_SENSE changeable), informational exceptions (1Ch).
  */
 import type { ScsiResponse } from './contract.js';
-import { BLOCK, type Req } from './lu.js';
+import { BLOCK, capsOf, type Req } from './lu.js';
 import { SENSE, badCdb, badParam, fail } from './sense.js';
 import { GOOD, respond } from './spc.js';
 
@@ -75,7 +75,7 @@ export function modeSense(req: Req): ScsiResponse {
     codes = [code];
   }
   const pages = codes.map((c) => page(req, c, pc));
-  const wp = io.unit.readOnly || io.caps().readOnly || lu.swp;
+  const wp = io.unit.readOnly || capsOf(io).readOnly || lu.swp;
   const devSpecific = (wp ? 0x80 : 0) | 0x10; // WP, DPOFUA
   let bd: Buffer;
   if (dbd) bd = Buffer.alloc(0);

@@ -4,7 +4,7 @@
  */
 import type { AllocationRun } from '../../core/contract.js';
 import type { ScsiResponse } from './contract.js';
-import { BLOCK, type Req } from './lu.js';
+import { BLOCK, capsOf, type Req } from './lu.js';
 import { CheckCondition, KEY, SENSE, Sense, badCdb, badParam, fail } from './sense.js';
 import { GOOD, MAX_CAW_BLOCKS, MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS, maxTransferBlocks, respond } from './spc.js';
 
@@ -50,7 +50,7 @@ function checkRange(req: Req, lba: number, n: number): void {
 }
 
 function checkWritable(req: Req): void {
-  if (req.io.unit.readOnly || req.io.caps().readOnly) throw fail(SENSE.WRITE_PROTECTED);
+  if (req.io.unit.readOnly || capsOf(req.io).readOnly) throw fail(SENSE.WRITE_PROTECTED);
   // Control page SWP: LOGICAL UNIT SOFTWARE WRITE PROTECTED.
   if (req.lu.swp) throw fail(new Sense(KEY.DATA_PROTECT, 0x27, 0x02));
 }
@@ -211,7 +211,7 @@ export async function writeSame(req: Req): Promise<ScsiResponse> {
   const unmap = (flags & 0x08) !== 0;
   const ndob = sixteen && (flags & 0x01) !== 0;
   if (!sixteen && flags & 0x01) throw badCdb(1, 0);
-  const caps = io.caps();
+  const caps = capsOf(io);
   if (anchor) throw badCdb(1, 4); // ANC_SUP is 0
   if (unmap && !caps.thin) throw badCdb(1, 3);
   const lba = sixteen ? lba64(cdb, 2) : cdb.readUInt32BE(2);
@@ -290,7 +290,7 @@ export function getLbaStatus(req: Req): ScsiResponse {
   }
   const max = Math.max(1, Math.min(1024, Math.floor((alloc - 8) / 16)));
   const span = Math.min(blocks - lba, MAX_UNMAP_BLOCKS);
-  const runs: AllocationRun[] = io.caps().thin ? io.extents(lba * BLOCK, span * BLOCK, max) : [{ offset: lba * BLOCK, length: span * BLOCK, state: 'data' }];
+  const runs: AllocationRun[] = capsOf(io).thin ? io.extents(lba * BLOCK, span * BLOCK, max) : [{ offset: lba * BLOCK, length: span * BLOCK, state: 'data' }];
   // Runs are in bytes; descriptors are in blocks, neighbours of equal status merged.
   const descs: [number, number, number][] = [];
   for (const r of runs) {

@@ -1,7 +1,7 @@
 /** SPC-4 primary commands: INQUIRY and its VPD pages, REPORT LUNS, REQUEST SENSE, READ CAPACITY, TUR, … */
 import type { UnitIO } from '../../core/contract.js';
 import type { Nexus, ScsiResponse } from './contract.js';
-import { BLOCK, type Req } from './lu.js';
+import { BLOCK, capsOf, type Req } from './lu.js';
 import { SENSE, type Sense, badCdb, encodeSense } from './sense.js';
 
 export const GOOD: ScsiResponse = Object.freeze({ status: 0 }) as ScsiResponse;
@@ -19,7 +19,7 @@ export const ALLOC_BLOCK = 4096;
 export const respond = (data: Buffer, alloc: number): ScsiResponse => ({ status: 0, data: data.length > alloc ? data.subarray(0, alloc) : data });
 
 /** Maximum READ/WRITE transfer, in blocks (VPD B0). */
-export const maxTransferBlocks = (io: UnitIO): number => Math.max(1, Math.floor(io.caps().maxTransfer / BLOCK));
+export const maxTransferBlocks = (io: UnitIO): number => Math.max(1, Math.floor(capsOf(io).maxTransfer / BLOCK));
 
 function ascii(b: Buffer, at: number, len: number, s: string): void {
   b.fill(0x20, at, at + len);
@@ -69,7 +69,7 @@ function vpdPage(page: number, body: Buffer): Buffer {
 
 function vpd(req: Req, page: number): Buffer {
   const { io, nexus } = req;
-  const caps = io.caps();
+  const caps = capsOf(io);
   switch (page) {
     case 0x00:
       return vpdPage(0, Buffer.from(VPD_PAGES));
@@ -157,7 +157,7 @@ export function readCapacity10(req: Req): ScsiResponse {
 export function readCapacity16(req: Req): ScsiResponse {
   const { cdb, blocks, io } = req;
   const alloc = cdb.readUInt32BE(10);
-  const caps = io.caps();
+  const caps = capsOf(io);
   const b = Buffer.alloc(32);
   b.writeBigUInt64BE(BigInt(blocks - 1), 0);
   b.writeUInt32BE(BLOCK, 8);
