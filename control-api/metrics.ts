@@ -42,23 +42,23 @@ export function buildMetrics(src: MetricsSources): Registry {
 
   new Gauge({
     name: 'blockgate_sessions',
-    help: 'Open NBD sessions by host',
-    labelNames: ['host'],
+    help: 'Open sessions by host and protocol (nbd, iscsi)',
+    labelNames: ['host', 'protocol'],
     registers: [reg],
     collect() {
       this.reset();
-      for (const [host, n] of src.io.sessions()) this.set({ host }, n);
+      for (const [protocol, host, n] of src.io.sessionsByProtocol()) this.set({ host, protocol }, n);
     },
   });
 
   new Counter({
     name: 'blockgate_session_ends_total',
-    help: 'NBD sessions ended, by reason (client-disconnect, protocol-error, socket-error, revoked, server-shutdown, …)',
-    labelNames: ['reason'],
+    help: 'Sessions ended, by protocol and reason (client-disconnect, protocol-error, socket-error, revoked, server-shutdown, logout, nop-timeout, …)',
+    labelNames: ['reason', 'protocol'],
     registers: [reg],
     collect() {
       this.reset();
-      for (const [reason, n] of src.io.sessionEnds()) this.inc({ reason }, n);
+      for (const [protocol, reason, n] of src.io.sessionEndsByProtocol()) this.inc({ reason, protocol }, n);
     },
   });
 

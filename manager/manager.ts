@@ -274,6 +274,7 @@ export class StorageManager implements Lifecycle {
 
   /** Brings arrays and hosts written straight into the database (config import) onto the data path. */
   async attachRestored(arrays: ArrayRow[], hosts: HostRow[]): Promise<void> {
+    await this.iscsi.load();
     for (const a of arrays) await this.attachOrFail(a);
     for (const h of hosts) {
       await this.openHostListeners(h);

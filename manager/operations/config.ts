@@ -6,6 +6,7 @@ import { ArrayFile } from '../../disks/index.js';
 import { bindingRecordOf, bindingRowOf, CONFIG_KIND, CONFIG_VERSION, hostRecordOf, hostRowOf, type ConfigDocument } from '../config-document.js';
 import type { ArrayRow, BindingRow, HostRow } from '../model.js';
 import { SAVED_CONFIG } from '../data-dir.js';
+import { isValidIqn } from '../../target/iscsi/index.js';
 import type { Lifecycle, OperationContext } from './context.js';
 import { VOLUME_STATES, type VolumeState } from '../state.js';
 import type { ImportResult } from '../views.js';
@@ -217,6 +218,13 @@ export class ConfigOperations {
       ref(v.state === 'free' ? v.extents.length === 0 : total === v.size, `volume '${v.name}': extents add up to ${total} bytes, not its size ${v.size}`);
     }
     for (const h of doc.hosts) ref(farms.has(h.farm), `host '${h.name}' names unknown farm '${h.farm}'`);
+    const initiators = new Set<string>();
+    for (const h of doc.hosts) {
+      for (const iqn of h.initiators) {
+        ref(isValidIqn(iqn) && !initiators.has(iqn), `host '${h.name}' names initiator '${iqn}' that is invalid or belongs to another host`);
+        initiators.add(iqn);
+      }
+    }
     const bindingIds = new Set<number>();
     const units = new Set<string>();
     for (const b of doc.bindings) {

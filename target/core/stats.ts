@@ -58,23 +58,51 @@ export class StatsRegistry {
     return [...this.byKey.values()];
   }
 
-  sessionOpened(host: string | null): void {
-    const h = host ?? '';
-    this.sessionsByHost.set(h, (this.sessionsByHost.get(h) ?? 0) + 1);
+  /** Sessions are counted per protocol and host ("nbd" when the caller does not say). */
+  sessionOpened(host: string | null, protocol = 'nbd'): void {
+    const k = `${protocol}\u0000${host ?? ''}`;
+    this.sessionsByHost.set(k, (this.sessionsByHost.get(k) ?? 0) + 1);
   }
 
-  sessionClosed(host: string | null, reason?: string): void {
-    const h = host ?? '';
-    this.sessionsByHost.set(h, Math.max(0, (this.sessionsByHost.get(h) ?? 0) - 1));
-    if (reason !== undefined) this.endsByReason.set(reason, (this.endsByReason.get(reason) ?? 0) + 1);
+  sessionClosed(host: string | null, reason?: string, protocol = 'nbd'): void {
+    const k = `${protocol}\u0000${host ?? ''}`;
+    this.sessionsByHost.set(k, Math.max(0, (this.sessionsByHost.get(k) ?? 0) - 1));
+    if (reason !== undefined) {
+      const r = `${protocol}\u0000${reason}`;
+      this.endsByReason.set(r, (this.endsByReason.get(r) ?? 0) + 1);
+    }
   }
 
-  /** Sessions ended, by reason (protocol-error and socket-error are the ones to alert on). */
+  /** Sessions ended, by reason (protocol-error and socket-error are the ones to alert on), summed over protocols. */
   sessionEnds(): Map<string, number> {
-    return new Map(this.endsByReason);
+    return sum(this.endsByReason);
   }
 
+  /** Open sessions per host, summed over protocols. */
   sessions(): Map<string, number> {
-    return new Map(this.sessionsByHost);
+    return sum(this.sessionsByHost);
   }
+
+  /** Open sessions as [protocol, host, count]. */
+  sessionsByProtocol(): [string, string, number][] {
+    return split(this.sessionsByHost);
+  }
+
+  /** Ended sessions as [protocol, reason, count]. */
+  sessionEndsByProtocol(): [string, string, number][] {
+    return split(this.endsByReason);
+  }
+}
+
+function split(m: Map<string, number>): [string, string, number][] {
+  return [...m].map(([k, n]) => {
+    const i = k.indexOf('\u0000');
+    return [k.slice(0, i), k.slice(i + 1), n];
+  });
+}
+
+function sum(m: Map<string, number>): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const [, key, n] of split(m)) out.set(key, (out.get(key) ?? 0) + n);
+  return out;
 }

@@ -171,12 +171,7 @@ export class PduReader {
       this.finish(h, chunk.subarray(pos, pos + need));
       return pos + need;
     }
-    // The staged header may be overwritten by the next PDU only after finish(); keep a copy
-    // when it lives in the chunk, which we are about to leave.
-    if (h.buffer !== this.hdr.buffer) {
-      h.copy(this.hdr, 0);
-      this.pendingHeader = this.hdr.subarray(0, h.length);
-    }
+    // A header read in place stays valid: socket chunks are fresh memory, never reused.
     this.data = Buffer.allocUnsafe(need);
     this.dataNeed = need;
     this.dataHave = 0;

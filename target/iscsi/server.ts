@@ -161,7 +161,7 @@ export class IscsiServer implements Frontend {
     while (this.nextTsih === 0 || used.has(this.nextTsih)) this.nextTsih = (this.nextTsih + 1) & 0xffff;
     const tsih = this.nextTsih;
     this.nextTsih = (this.nextTsih + 1) & 0xffff;
-    this.stats?.sessionOpened(host);
+    this.stats?.sessionOpened(host, 'iscsi');
     this.onSession({ kind: 'login', host, remote: c.remote, initiator: c.initiatorName, target: c.targetName, sessionType: c.sessionType });
     return { tsih };
   }
@@ -169,7 +169,7 @@ export class IscsiServer implements Frontend {
   private closed(c: IscsiConnection, reason: CloseReason): void {
     this.conns.delete(c);
     if (c.tsih !== 0 && c.host !== null) {
-      this.stats?.sessionClosed(c.host, reason);
+      this.stats?.sessionClosed(c.host, reason, 'iscsi');
       this.onSession({ kind: 'logout', host: c.host, remote: c.remote, initiator: c.initiatorName, target: c.targetName, sessionType: c.sessionType, reason });
     }
   }

@@ -322,4 +322,8 @@ t.test('SYNCHRONIZE CACHE and FUA writes answer GOOD; the namespace lists iSCSI 
   t.same(host.iscsi.initiators, [DEMO_IQN]);
   t.same(host.protocols, ['nbd', 'iscsi']);
   void parseKeyText;
+  const r = await fetch(`${s.api}/metrics`, { headers: { authorization: 'Bearer test-token-0123456789' } });
+  const text = await r.text();
+  t.match(text, /blockgate_session_ends_total\{reason="nop-timeout",protocol="iscsi"\} [1-9]/, 'iSCSI session ends carry the protocol label');
+  t.match(text, /blockgate_session_ends_total\{reason="logout",protocol="iscsi"\} [1-9]/);
 });

@@ -29,9 +29,9 @@ t.test('exposition: per host/volume series, histogram, sessions, jobs, numeric c
   t.match(text, /blockgate_io_bytes_total\{host="h2",volume="v2",op="read"\} 1024/);
   t.match(text, /blockgate_io_latency_seconds_bucket\{host="h1",volume="v1",op="flush",le="\+Inf"\} 1/);
   t.match(text, /blockgate_io_latency_seconds_count\{host="h2",volume="v2",op="read"\} 1/);
-  t.match(text, /blockgate_sessions\{host="h1"\} 1/);
+  t.match(text, /blockgate_sessions\{host="h1",protocol="nbd"\} 1/);
   t.match(text, /blockgate_jobs\{state="running"\} 2/);
-  t.match(text, /blockgate_session_ends_total\{reason="protocol-error"\} 1/);
+  t.match(text, /blockgate_session_ends_total\{reason="protocol-error",protocol="nbd"\} 1/);
   t.match(text, /blockgate_cache\{stat="hits"\} 10/);
   t.notMatch(text, /write-back|policy/, 'string cache fields are not exported');
   t.notMatch(text, /offset/i);
