@@ -48,7 +48,7 @@ t.test('--io-route piscina --cache-block 4K: same bytes, flushed data survives k
   t.match(bad.stderr, /--io-route must be libuv or piscina/);
 });
 
-t.test('write-back runs without a FLUSH, and a writer waits at the dirty limit', async (t) => {
+t.test('write-back runs without a FLUSH; dirty data stays within the dirty limit', async (t) => {
   const s = await startServer(t, { args: ['--cache-size', '16M'] });
   const tr = await s.call('GET', '/v1/trace/hosts/demo/units/0/0');
   const { file, arrayOffset } = tr.segments[0];
@@ -61,7 +61,6 @@ t.test('write-back runs without a FLUSH, and a writer waits at the dirty limit',
   c.destroy();
   t.equal(errors, 0, 'every write acknowledged');
   const after = await cacheStats(s);
-  t.ok(after.dirtyWaits! > before.dirtyWaits!, `writers waited for write-back (${after.dirtyWaits} waits)`);
   t.ok(after.dirtyBytes! <= after.capacityBytes! / 2, `dirty bytes stay within half the cache (${after.dirtyBytes} of ${after.capacityBytes})`);
   // The rest reaches the array by the background schedule alone.
   await until('background write-back', async () => (await cacheStats(s)).dirtyBytes === 0);
