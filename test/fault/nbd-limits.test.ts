@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import t from 'tap';
 import { startServer } from '../helpers/server.js';
-import { CMD, FLAG, WireClient } from '../helpers/nbd-wire.js';
+import { CMD, FLAG, OPT, REP, WireClient } from '../helpers/nbd-wire.js';
 
 // A client that pipelines huge reads and never reads a reply must not grow
 // the server without bound: reading stops at the in-flight and queued-reply
@@ -82,4 +82,39 @@ t.test('a client that keeps sending after DISC without reading is dropped', asyn
     });
   });
   t.ok(closed, 'the server closed the connection');
+});
+
+t.test('option limits: an over-long option is skipped and refused ERR_TOO_BIG in sync; EXPORT_NAME that long and the 257th option disconnect', async (t) => {
+  const s = await startServer(t);
+  const sock = { path: s.socket('demo') };
+  const c = await WireClient.connect(sock);
+  await c.greet();
+  const big = await c.option(OPT.LIST, Buffer.alloc(64 * 1024 + 1, 0x41));
+  t.equal(big.length, 1);
+  t.equal(big[0]!.type, REP.ERR_TOO_BIG, 'an option over 64 KiB: ERR_TOO_BIG');
+  t.equal(big[0]!.option, OPT.LIST, 'for that option');
+  const next = await c.option(OPT.LIST);
+  t.equal(next[next.length - 1]!.type, REP.ACK, 'the session is still in sync');
+  c.destroy();
+
+  const e = await WireClient.connect(sock);
+  await e.greet();
+  e.sendOption(OPT.EXPORT_NAME, Buffer.alloc(64 * 1024 + 1, 0x30));
+  t.ok(await e.closed(30_000), 'EXPORT_NAME over 64 KiB (no error reply exists) disconnects');
+
+  const f = await WireClient.connect(sock);
+  await f.greet();
+  // 256 options are answered; the 257th ends the session.
+  for (let i = 0; i < 256; i++) f.sendOption(OPT.STRUCTURED_REPLY);
+  let acks = 0;
+  for (let i = 0; i < 256; i++) {
+    await f.optionReply();
+    acks++;
+  }
+  t.equal(acks, 256, '256 options answered');
+  f.sendOption(OPT.LIST);
+  t.ok(await f.closed(30_000), 'the 257th option disconnects');
+  const ok = await (await WireClient.connect(sock)).open('0/0');
+  t.equal((await ok.request(CMD.READ, 0, 4096)).error, 0, 'others are still served');
+  ok.destroy();
 });
