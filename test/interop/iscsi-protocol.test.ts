@@ -207,7 +207,7 @@ t.test('CmdSN window: out-of-order commands wait for the gap, outside the window
   const w = await session();
   const base = w.cmdSN;
   const i2 = w.command(tur(), { edtl: 0, cmdSN: base + 1 });
-  t.equal(await w.recv(300), null, 'CmdSN+1 waits for CmdSN');
+  t.equal(await w.recvReply(300), null, 'CmdSN+1 waits for CmdSN (pings aside)');
   const i1 = w.command(tur(), { edtl: 0, cmdSN: base });
   const got = [(await w.recvReply())!.itt, (await w.recvReply())!.itt];
   t.same(got, [i1, i2], 'executed in CmdSN order');
