@@ -202,10 +202,16 @@ export class StorageManager implements Lifecycle {
   }
 
   private async attachArray(row: ArrayRow, create: boolean): Promise<ArrayFile> {
-    // The one place an array file is opened for hosts: it must be this appliance's.
-    await this.ownership.claim(row, this.applianceId);
     const f = new ArrayFile(row.id, row.name, row.path, row.size);
+    // Opened first so a missing, short or unreadable file is reported as such; no host sees it until claimed.
     await f.open(create);
+    try {
+      // The one place an array file is attached for hosts: it must be this appliance's.
+      await this.ownership.claim(row, this.applianceId);
+    } catch (e) {
+      await f.close().catch(() => undefined);
+      throw e;
+    }
     this.health.watch(f);
     this.dp.store.addArray(f);
     return f;

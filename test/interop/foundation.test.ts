@@ -29,7 +29,8 @@ t.test('demo appliance: stock clients see the boot unit, restart keeps it', asyn
   t.equal(ns.units[0].volume, 'demo-boot');
   t.ok(ns.units[0].uris.includes(s.unixUri('demo', '0/0')), 'namespace lists the unix socket URI');
   t.ok(ns.units[0].uris.includes(`nbd://${s.nbd}/0/0`), 'and the TCP URI of the shared listener');
-  for (const uri of ns.units[0].uris as string[]) {
+  t.ok((ns.units[0].uris as string[]).some((u) => u.startsWith(`iscsi://${s.iscsi}/`)), 'and the iSCSI URI (test/interop/iscsi-clients uses it)');
+  for (const uri of (ns.units[0].uris as string[]).filter((u) => u.startsWith('nbd'))) {
     const r = await runOk('nbdinfo', ['--size', uri]);
     t.equal(r.stdout.trim(), String(256 * M), `listed URI works: ${uri}`);
   }

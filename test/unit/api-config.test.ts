@@ -7,6 +7,23 @@ import { MiB, startApi } from '../helpers/api-app.js';
 /** Values a field takes when nobody set it: a field showing only these was not exercised by the round trip. */
 const UNSET = new Set<unknown>([null, false, 'exclusive', 'write-back', 'std']);
 
+/**
+ * An array file is served by one appliance only (DATA/arrays/NAME.img.id names its owner), so a
+ * configuration moves to another data directory the documented way: copy the array files (and their
+ * allocation maps, not their identities) there and point the document at the copies.
+ */
+function movedTo(doc: Record<string, any>, from: string, to: string): Record<string, any> {
+  const d = structuredClone(doc);
+  for (const a of d.arrays as { path: string }[]) {
+    const dest = path.join(to, path.relative(from, a.path));
+    fs.mkdirSync(path.dirname(dest), { recursive: true });
+    fs.copyFileSync(a.path, dest);
+    if (fs.existsSync(`${a.path}.alloc`)) fs.copyFileSync(`${a.path}.alloc`, `${dest}.alloc`);
+    a.path = dest;
+  }
+  return d;
+}
+
 /** Every field of every row kind, with some row holding a value someone had to set. */
 function assertEveryFieldSet(t: { ok: (v: unknown, msg: string) => unknown }, doc: Record<string, unknown>): void {
   const shape = configDocument.shape;
@@ -33,12 +50,14 @@ t.test('config: export → import → export is lossless over every field', asyn
   await ok('POST', '/v1/farms', { name: 'f' });
   await ok('POST', '/v1/arrays', { name: 'a0', size: '32M', qualityClass: 'fast' });
   await ok('POST', '/v1/arrays', { name: 'a1', size: '32M' });
-  fs.mkdirSync(path.join(A.dataDir, 'images'));
+  fs.mkdirSync(path.join(A.dataDir, 'images'), { recursive: true });
   fs.writeFileSync(path.join(A.dataDir, 'images', 'os.img'), Buffer.alloc(MiB, 1));
   await ok('POST', '/v1/images', { name: 'os', path: 'images/os.img' });
   await ok('POST', '/v1/hosts', { name: 'h', farm: 'f', nbdTcp: '127.0.0.1:0' });
   await ok('POST', '/v1/hosts', { name: 'h2', farm: 'f' });
   await ok('PUT', '/v1/hosts/h/tls', { requireTls: true });
+  await ok('POST', '/v1/hosts/h/initiators', { iqn: 'iqn.2026-11.test:h-initiator' });
+  await ok('POST', '/v1/hosts/h/chap', { mode: 'mutual' });
   await ok('POST', '/v1/volumes', { name: 'v', size: '8M', farm: 'f', layout: [{ array: 'a0', size: '4M' }, { array: 'a1', size: '4M' }] });
   await ok('POST', '/v1/volumes', { name: 'sh', size: '4M', farm: 'f', shareMode: 'shared', qualityClass: 'fast' });
   await ok('POST', '/v1/volumes', { name: 'pre', size: '4M' });
@@ -55,11 +74,14 @@ t.test('config: export → import → export is lossless over every field', asyn
   t.equal(saved.hosts.find((h: { name: string }) => h.name === 'h').requireTls, true, 'the TLS requirement is saved');
 
   const B = await startApi(t);
-  const r = await B.call('POST', '/v1/config', saved);
+  const r0 = await B.call('POST', '/v1/config', saved);
+  t.equal(r0.status, 409, "another appliance's array files are refused");
+  const moved = movedTo(saved, A.dataDir, B.dataDir);
+  const r = await B.call('POST', '/v1/config', moved);
   t.equal(r.status, 201, JSON.stringify(r.body));
   t.same(r.body.imported, { farms: 1, arrays: 2, images: 1, volumes: 3, hosts: 2, bindings: 2, vms: 1 });
   const restored = (await B.call('GET', '/v1/config')).body;
-  const { exportedAt: _a, ...before } = saved;
+  const { exportedAt: _a, ...before } = moved;
   const { exportedAt: _b, ...after } = restored;
   t.same(after, before, 'the restored appliance exports the same document');
 
@@ -78,9 +100,8 @@ t.test('config: import refuses what is not one consistent document, and writes n
   await A.call('POST', '/v1/volumes', { name: 'v', size: '4M', farm: 'f' });
   const b = (await A.call('POST', '/v1/bindings', { volume: 'v', host: 'h', target: 0, lun: 0 })).body;
   await A.call('POST', '/v1/vms', { name: 'vm', host: 'h', bindings: [b.id] });
-  const saved = (await A.call('GET', '/v1/config')).body;
-
   const B = await startApi(t);
+  const saved = movedTo((await A.call('GET', '/v1/config')).body, A.dataDir, B.dataDir);
   const bad = (mut: (d: any) => void): unknown => {
     const d = structuredClone(saved);
     mut(d);

@@ -8,9 +8,10 @@ t.test('hosts: create, namespace, TLS requirement, PSK without TLS set up', asyn
   t.same(r.body, {
     name: 'h',
     farm: 'f',
-    protocols: ['nbd'],
+    protocols: ['nbd', 'iscsi'],
     defaultProtocol: 'nbd',
     nbd: { socket: `${dataDir}/sockets/h.sock`, tcp: null, sharedListenerDefault: false, requireTls: false, tlsPsk: false },
+    iscsi: { initiators: [], chap: null },
     units: 0,
     createdAt: r.body.createdAt,
   });

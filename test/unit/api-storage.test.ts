@@ -15,7 +15,10 @@ t.test('farms and arrays', async (t) => {
 
   r = await call('POST', '/v1/arrays', { name: 'a0', size: '16M', qualityClass: 'fast' });
   t.equal(r.status, 201);
-  t.same(r.body, { name: 'a0', path: path.join(dataDir, 'arrays', 'a0.img'), size: 16 * MiB, qualityClass: 'fast' });
+  const fileSystem = r.body.fileSystem as { size: number; available: number; usedPercent: number };
+  t.ok(fileSystem.size > 0 && fileSystem.available > 0, 'the array reports its file system');
+  const a0 = { name: 'a0', path: path.join(dataDir, 'arrays', 'a0.img'), size: 16 * MiB, qualityClass: 'fast', state: 'online', used: 0, free: 16 * MiB, allocated: 0, volumes: [] };
+  t.same(r.body, { ...a0, fileSystem });
   t.ok(fs.existsSync(r.body.path), 'the array file exists');
   for (const size of ['0', 0, -1, '12Q']) {
     r = await call('POST', '/v1/arrays', { name: 'a1', size });
@@ -23,7 +26,8 @@ t.test('farms and arrays', async (t) => {
     t.equal(r.body.error.code, 'BAD_REQUEST');
   }
   r = await call('GET', '/v1/arrays');
-  t.same(r.body.arrays, [{ name: 'a0', path: path.join(dataDir, 'arrays', 'a0.img'), size: 16 * MiB, qualityClass: 'fast', used: 0, free: 16 * MiB }]);
+  t.match(r.body.arrays, [{ ...a0, fileSystem: { size: Number, available: Number, usedPercent: Number } }]);
+  t.equal(r.body.arrays.length, 1);
 });
 
 t.test('discovery adopts array files and reports the wiring map', async (t) => {
