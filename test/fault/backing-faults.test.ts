@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
-import { ioOk, qemuIo } from '../helpers/api.js';
+import { ioOk, qemuIo, twoArraysWritten } from '../helpers/api.js';
 import { cli } from '../helpers/cli.js';
 import { RawNbd } from '../helpers/nbd-client.js';
 import { startServer, type TestServer } from '../helpers/server.js';
@@ -19,21 +19,7 @@ async function degraded(s: TestServer, array: string): Promise<any> {
   });
 }
 
-/** Two arrays, one volume on each, both mapped on host h1: v0 (a0) at 0/0, v1 (a1) at 0/1, each written and flushed. */
-async function setup(s: TestServer): Promise<{ a0: string }> {
-  await s.call('POST', '/v1/farms', { name: 'f' });
-  await s.call('POST', '/v1/arrays', { name: 'a0', size: '32M' });
-  await s.call('POST', '/v1/arrays', { name: 'a1', size: '32M' });
-  await s.call('POST', '/v1/hosts', { name: 'h1', farm: 'f' });
-  await s.call('POST', '/v1/volumes', { name: 'v0', size: '16M', farm: 'f', layout: [{ array: 'a0', size: '16M' }] });
-  await s.call('POST', '/v1/volumes', { name: 'v1', size: '16M', farm: 'f', layout: [{ array: 'a1', size: '16M' }] });
-  await s.call('POST', '/v1/bindings', { volume: 'v0', host: 'h1', target: 0, lun: 0 });
-  await s.call('POST', '/v1/bindings', { volume: 'v1', host: 'h1', target: 0, lun: 1 });
-  const w0 = await qemuIo(s, 'h1', '0/0', 'write -P 0x5a 0 1M', 'flush');
-  const w1 = await qemuIo(s, 'h1', '0/1', 'write -P 0x6b 0 1M', 'flush');
-  if (!ioOk(w0) || !ioOk(w1)) throw new Error(`setup writes failed: ${w0.stderr} ${w1.stderr}`);
-  return { a0: path.join(s.dataDir, 'arrays', 'a0.img') };
-}
+const setup = twoArraysWritten;
 
 /** The failure as every interface shows it: EIO to the host, health, event, one error line naming array and volume; v1 unaffected. */
 async function assertFailed(t: TapTest, s: TestServer, reason: string): Promise<void> {

@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
-import { ioOk, qemuIo } from '../helpers/api.js';
+import { ioOk, qemuIo, twoArraysWritten } from '../helpers/api.js';
 import { RawNbd } from '../helpers/nbd-client.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 import { requireTools } from '../helpers/tools.js';
@@ -15,19 +15,9 @@ const M = 1024 * 1024;
 /** Two arrays with a written, flushed, mapped volume each; then the server is stopped. */
 async function prepared(t: { teardown: (fn: () => unknown) => void }): Promise<{ s: TestServer; a0: string }> {
   const s = await startServer(t, { demo: false });
-  await s.call('POST', '/v1/farms', { name: 'f' });
-  await s.call('POST', '/v1/arrays', { name: 'a0', size: '32M' });
-  await s.call('POST', '/v1/arrays', { name: 'a1', size: '32M' });
-  await s.call('POST', '/v1/hosts', { name: 'h1', farm: 'f' });
-  await s.call('POST', '/v1/volumes', { name: 'v0', size: '16M', farm: 'f', layout: [{ array: 'a0', size: '16M' }] });
-  await s.call('POST', '/v1/volumes', { name: 'v1', size: '16M', farm: 'f', layout: [{ array: 'a1', size: '16M' }] });
-  await s.call('POST', '/v1/bindings', { volume: 'v0', host: 'h1', target: 0, lun: 0 });
-  await s.call('POST', '/v1/bindings', { volume: 'v1', host: 'h1', target: 0, lun: 1 });
-  const w0 = await qemuIo(s, 'h1', '0/0', 'write -P 0x5a 0 1M', 'flush');
-  const w1 = await qemuIo(s, 'h1', '0/1', 'write -P 0x6b 0 1M', 'flush');
-  if (!ioOk(w0) || !ioOk(w1)) throw new Error('setup writes failed');
+  const { a0 } = await twoArraysWritten(s);
   await s.stop();
-  return { s, a0: path.join(s.dataDir, 'arrays', 'a0.img') };
+  return { s, a0 };
 }
 
 /** After a restart with a0 damaged: the appliance serves v1, refuses v0 with EIO, and health says why. */

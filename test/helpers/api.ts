@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import path from 'node:path';
 import { run, runOk } from './tools.js';
 import type { TestServer } from './server.js';
 
@@ -49,4 +50,23 @@ export function regionIs(file: string, offset: number, length: number, byte: num
     for (let i = 0; i < n; i++) if (b[i] !== byte) return false;
   }
   return true;
+}
+
+/**
+ * The backing-fault fixture: two arrays with one volume each, both mapped on host h1 — v0 (a0) at 0/0
+ * written with 0x5a, v1 (a1) at 0/1 written with 0x6b, 1 MiB each, flushed. Returns a0's file.
+ */
+export async function twoArraysWritten(s: TestServer): Promise<{ a0: string }> {
+  await s.call('POST', '/v1/farms', { name: 'f' });
+  await s.call('POST', '/v1/arrays', { name: 'a0', size: '32M' });
+  await s.call('POST', '/v1/arrays', { name: 'a1', size: '32M' });
+  await s.call('POST', '/v1/hosts', { name: 'h1', farm: 'f' });
+  await s.call('POST', '/v1/volumes', { name: 'v0', size: '16M', farm: 'f', layout: [{ array: 'a0', size: '16M' }] });
+  await s.call('POST', '/v1/volumes', { name: 'v1', size: '16M', farm: 'f', layout: [{ array: 'a1', size: '16M' }] });
+  await s.call('POST', '/v1/bindings', { volume: 'v0', host: 'h1', target: 0, lun: 0 });
+  await s.call('POST', '/v1/bindings', { volume: 'v1', host: 'h1', target: 0, lun: 1 });
+  const w0 = await qemuIo(s, 'h1', '0/0', 'write -P 0x5a 0 1M', 'flush');
+  const w1 = await qemuIo(s, 'h1', '0/1', 'write -P 0x6b 0 1M', 'flush');
+  if (!ioOk(w0) || !ioOk(w1)) throw new Error(`setup writes failed: ${w0.stderr} ${w1.stderr}`);
+  return { a0: path.join(s.dataDir, 'arrays', 'a0.img') };
 }
