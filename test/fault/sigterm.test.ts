@@ -1,6 +1,8 @@
 import net from 'node:net';
+import fs from 'node:fs';
 import t from 'tap';
 import { readFileRegion } from '../helpers/api.js';
+import { RawNbd } from '../helpers/nbd-client.js';
 import { clientFlags, infoRequest, option, request } from '../helpers/nbd-frames.js';
 import { TOKEN, startServer } from '../helpers/server.js';
 import { fioStateArgs } from '../helpers/fio.js';
@@ -136,4 +138,27 @@ t.test('SIGTERM under load: in-flight writes are answered, every acknowledged wr
     t.notMatch(r.stdout, /verification failed/);
   }
   t.ok(w.acked.size < blocks, 'the writer was cut off before it finished');
+});
+
+t.test('SIGTERM when the final flush fails: exit 1 and the reason logged', async (t) => {
+  // --check-interval 0: nothing notices the deleted array file before the
+  // shutdown's own flush does (a runtime check would fail the array first and
+  // drop its dirty blocks, so the shutdown would have nothing left to fail on).
+  const s = await startServer(t, { args: ['--check-interval', '0'] });
+  const tr = await s.call('GET', '/v1/trace/hosts/demo/units/0/0');
+  const { file } = tr.segments[0];
+  const c = await RawNbd.connect(s.socket('demo'), '0/0');
+  t.teardown(() => c.close());
+  // Acknowledged but never flushed: only the shutdown's flush can make it durable.
+  await c.write(0, Buffer.alloc(64 * 1024, 0x5a));
+  // The backing file disappears under the appliance (docs/faults.md: `missing`).
+  fs.rmSync(file);
+  await s.stop();
+  t.equal(s.exitCode, 1, 'exit 1: data written since the last flush may not be on disk');
+  const lines = s.log.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+  t.ok(
+    lines.some((l) => l.op === 'shutdown' && /shutdown failed/.test(String(l.msg))),
+    'the shutdown-failed line says why',
+  );
+  t.notOk(lines.some((l) => l.op === 'shutdown' && l.msg === 'stopped'), 'no "stopped" line for a failed shutdown');
 });

@@ -1,0 +1,11 @@
+#!/bin/sh
+# npm run mutate [module…]: Stryker over the core modules, one module per run,
+# niced and on one core (see stryker.config.mjs for the module → tests map).
+set -e
+modules="${*:-mapper state allocation cache jobs bulk-worker}"
+status=0
+for m in $modules; do
+  echo "== mutate $m"
+  BLOCKGATE_MUTATE_MODULE="$m" nice -n 10 npx stryker run stryker.config.mjs || status=1
+done
+exit $status
