@@ -1,35 +1,36 @@
 // Mutation testing of the core modules (issue 17 item 3): `npm run mutate [module…]`.
 // Not in CI: a full run takes far longer than a CI slot on 2 cores. One module per
 // Stryker run so a report says which module's tests are weak, and each run only
-// executes the fast unit test files that exercise that module (the per-module test
-// map below); perTest coverage then limits each mutant to the files that reach it.
+// executes the fast unit test files written for that module (the per-module test
+// map below; the interop suites are far too slow to run once per mutant); perTest
+// coverage then limits each mutant to the files that reach it.
 const MODULES = {
   mapper: {
     mutate: ['mapper/**/*.ts', '!mapper/index.ts'],
-    tests: ['mapper', 'cache', 'engine'],
+    tests: ['mapper'],
   },
   cache: {
     mutate: ['cache/**/*.ts', '!cache/index.ts'],
-    tests: ['cache', 'cache-change', 'engine', 'unit-io', 'space-reuse'],
+    tests: ['cache', 'cache-change', 'unit-io'],
   },
   allocation: {
     mutate: ['disks/allocation.ts'],
-    tests: ['allocation', 'engine', 'space-reuse', 'array-identity'],
+    tests: ['allocation'],
   },
   'bulk-worker': {
     // Runs in a piscina worker thread: Stryker's per-test coverage does not see
     // inside workers, so this module is run with coverageAnalysis 'all'.
     mutate: ['disks/bulk-worker.ts'],
-    tests: ['engine', 'manager-ops', 'space-reuse'],
+    tests: ['engine'],
     coverageAnalysis: 'all',
   },
   state: {
     mutate: ['manager/state.ts'],
-    tests: ['state-machine', 'manager-ops'],
+    tests: ['state-machine'],
   },
   jobs: {
     mutate: ['manager/jobs.ts'],
-    tests: ['manager-ops', 'api-storage', 'state-machine', 'space-reuse'],
+    tests: ['manager-ops', 'api-storage'],
   },
 };
 

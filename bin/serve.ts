@@ -94,7 +94,10 @@ export async function serve(opts: ServeOptions): Promise<void> {
   const nbdAddr = parseAddress(opts.nbd);
   const apiAddr = parseAddress(opts.api);
   const namespaces = new Namespaces();
-  const store = new BlockStore({ size: opts.cacheSize, blockSize: opts.cacheBlock, route: makeRoute(opts.ioRoute ?? 'libuv') });
+  // Test hook: BLOCKGATE_WRITEBACK_DELAY_MS holds off background write-back so a
+  // test can tell what an explicit flush (unmap, FLUSH) wrote from what the schedule did.
+  const writebackDelayMs = process.env.BLOCKGATE_WRITEBACK_DELAY_MS ? Number(process.env.BLOCKGATE_WRITEBACK_DELAY_MS) : undefined;
+  const store = new BlockStore({ size: opts.cacheSize, blockSize: opts.cacheBlock, route: makeRoute(opts.ioRoute ?? 'libuv'), writebackDelayMs });
   const tls = new NbdTlsKeys(path.join(dataDir, 'tls'));
   await tls.load();
   // The data path's I/O counters: units record into them, /metrics reads them when scraped.

@@ -2,7 +2,7 @@
 # npm run mutate [module…]: Stryker over the core modules, one module per run,
 # niced and on one core (see stryker.config.mjs for the module → tests map).
 set -e
-modules="${*:-mapper state allocation cache jobs bulk-worker}"
+modules="${*:-state mapper allocation jobs bulk-worker cache}"
 status=0
 for m in $modules; do
   echo "== mutate $m"

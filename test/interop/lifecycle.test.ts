@@ -3,7 +3,7 @@ import path from 'node:path';
 import t from 'tap';
 import { M, ioOk, listExports, qemuIo, readFileRegion, regionIs, waitJob } from '../helpers/api.js';
 import { startServer } from '../helpers/server.js';
-import { requireTools } from '../helpers/tools.js';
+import { requireTools, run } from '../helpers/tools.js';
 
 requireTools('qemu-io', 'nbdinfo');
 
@@ -65,7 +65,9 @@ async function sweepIllegal(t: { equal: (...a: any[]) => void; same: (...a: any[
 }
 
 t.test('the storage lifecycle of seed 003 through the API, with real NBD clients', async (t) => {
-  const s = await startServer(t, { demo: false });
+  // Background write-back held off: what reaches the array file before a flush
+  // is only what an explicit flush (here: the unmap's) wrote.
+  const s = await startServer(t, { demo: false, env: { BLOCKGATE_WRITEBACK_DELAY_MS: '600000' } });
   const api = s.call.bind(s);
   const sweep = (): Promise<void> => sweepIllegal(t, s, 'boot');
 
@@ -155,13 +157,16 @@ t.test('the storage lifecycle of seed 003 through the API, with real NBD clients
     return Number(/^blockgate_io_ops_total\{host="h1",volume="boot",op="write"\} (\d+)/m.exec(text)?.[1] ?? 0);
   };
   const w0 = await writes();
-  const session = qemuIo(s, 'h1', '0/0', 'write -P 0x33 8M 64k', 'sleep 10000', 'read -P 0x33 8M 64k');
+  // -t writeback: qemu-io's default (writethrough) flushes after every write, which would do the unmap's job for it.
+  const session = run('qemu-io', ['-f', 'raw', '-t', 'writeback', '-c', 'write -P 0x33 8M 64k', '-c', 'sleep 10000', '-c', 'read -P 0x33 8M 64k', s.unixUri('h1', '0/0')]);
   const deadline = Date.now() + 60_000;
   while ((await writes()) === w0 && Date.now() < deadline) await new Promise((res) => setTimeout(res, 50));
   t.ok((await writes()) > w0, 'the session wrote before the unmap');
+  const seg = await api('GET', `/v1/trace/volumes/boot?offset=${8 * M}&length=${64 * 1024}`);
+  // Still only in the cache (write-back is held off), so the check below can only pass by the unmap's flush.
+  for (const x of seg.segments) t.notOk(regionIs(x.file, x.arrayOffset, x.length, 0x33), `the write is not on ${x.array} before the unmap`);
   await api('POST', `/v1/bindings/${b.id}/unmap`);
   // Unmap drained and flushed: the unflushed write is on the array file once the unmap returns.
-  const seg = await api('GET', `/v1/trace/volumes/boot?offset=${8 * M}&length=${64 * 1024}`);
   for (const x of seg.segments) t.ok(regionIs(x.file, x.arrayOffset, x.length, 0x33), `unmap flushed the session's write to ${x.array}`);
   const after = await session;
   t.not(after.code, 0, 'the open session lost the unit');
