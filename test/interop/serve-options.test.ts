@@ -13,7 +13,7 @@ requireTools('qemu-io');
 // `blockgate serve` options the README documents, each with what it promises:
 // --io-route piscina and --cache-block serve the same bytes durably; the
 // cache writes back on its own (no FLUSH) and holds writers at its dirty
-// limit; running out of space is 507 NO_SPACE and exit 8 in the CLI.
+// limit (dirtyWaits in /metrics); running out of space is 507 NO_SPACE and exit 8 in the CLI.
 
 async function cacheStats(s: TestServer): Promise<Record<string, number>> {
   const text = await (await fetch(`${s.api}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } })).text();
@@ -66,6 +66,59 @@ t.test('write-back runs without a FLUSH; dirty data stays within the dirty limit
   await until('background write-back', async () => (await cacheStats(s)).dirtyBytes === 0);
   t.ok(regionIs(file, arrayOffset, 48 * M, 0x4d), 'every byte is on the array file without a FLUSH');
   t.ok((await cacheStats(s)).writebacks! > before.writebacks!, 'written back by the cache');
+});
+
+t.test('writers wait when dirty data reaches the dirty limit (half the cache)', async (t) => {
+  // Background write-back held off; four sessions, each with many writes in
+  // flight over its own 64 MiB of the unit, write faster than pressure
+  // write-back drains, so only the writers' wait keeps the dirty bytes at the
+  // limit. Rounds repeat until a wait is seen (bounded): a round in which
+  // write-back happened to keep up proves nothing either way.
+  const s = await startServer(t, { args: ['--cache-size', '16M'], env: { BLOCKGATE_WRITEBACK_DELAY_MS: '600000' } });
+  const tr = await s.call('GET', '/v1/trace/hosts/demo/units/0/0');
+  const { file, arrayOffset } = tr.segments[0];
+  const sessions = 4;
+  const span = 64 * M;
+  const clients = await Promise.all(Array.from({ length: sessions }, async () => (await WireClient.connect({ path: s.socket('demo') })).open('0/0')));
+  t.teardown(() => clients.forEach((c) => c.destroy()));
+  const before = await cacheStats(s);
+  const chunk = 64 * 1024;
+  const depth = 32;
+  const total = span / chunk;
+  let errors = 0;
+  let maxDirty = 0;
+  let round = 0;
+  let stats = before;
+  let writing = true;
+  const sampler = (async () => {
+    while (writing) {
+      maxDirty = Math.max(maxDirty, (await cacheStats(s)).dirtyBytes!);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  })();
+  const writeSpan = async (c: WireClient, base: number, payload: Buffer): Promise<void> => {
+    let sent = 0;
+    while (sent < Math.min(depth, total)) c.send(CMD.WRITE, base + sent++ * chunk, chunk, 0, payload);
+    for (let answered = 0; answered < total; answered++) {
+      if ((await c.reply()).error !== 0) errors++;
+      if (sent < total) c.send(CMD.WRITE, base + sent++ * chunk, chunk, 0, payload);
+    }
+  };
+  let fill = 0;
+  for (; round < 6 && stats.dirtyWaits! === before.dirtyWaits!; round++) {
+    fill = 0x20 + round;
+    const payload = Buffer.alloc(chunk, fill);
+    await Promise.all(clients.map((c, i) => writeSpan(c, i * span, payload)));
+    stats = await cacheStats(s);
+  }
+  writing = false;
+  await sampler;
+  t.equal(errors, 0, 'every write acknowledged');
+  t.ok(stats.dirtyWaits! > before.dirtyWaits!, `writers waited at the dirty limit (${stats.dirtyWaits! - before.dirtyWaits!} waits in ${round} rounds of ${sessions} x 64 MiB at QD ${depth})`);
+  t.ok(maxDirty <= stats.capacityBytes! / 2, `dirty bytes never seen above the limit (max ${maxDirty} of ${stats.capacityBytes! / 2})`);
+  // Nothing flushed so far: FLUSH, then every byte of the last round is on the array.
+  t.equal((await clients[0]!.request(CMD.FLUSH, 0, 0)).error, 0, 'flush');
+  t.ok(regionIs(file, arrayOffset, sessions * span, fill), 'the writes that waited all landed');
 });
 
 t.test('out of space: 507 NO_SPACE from the API, exit 8 from the CLI, nothing allocated', async (t) => {
