@@ -22,6 +22,11 @@ async function cacheStats(s: TestServer): Promise<Record<string, number>> {
   return out;
 }
 
+/** Threads of a process (Linux). */
+function threadCount(pid: number): number {
+  return fs.readdirSync(`/proc/${pid}/task`).length;
+}
+
 /** Polls until cond holds (bounded: a hang guard, not a timing check). */
 async function until(what: string, cond: () => Promise<boolean> | boolean, ms = 60_000): Promise<void> {
   const deadline = Date.now() + ms;
@@ -43,6 +48,15 @@ t.test('--io-route piscina --cache-block 4K: same bytes, flushed data survives k
   await s.kill();
   const s2 = await startServer(t, { dataDir, args });
   t.ok(ioOk(await qemuIo(s2, 'demo', '0/0', 'read -P 0x6a 1000 300000', 'read -P 0x6b 8M 1M')), 'and from the arrays after kill -9');
+  // The route is not visible in the API; its worker threads are. The same I/O
+  // on the libuv route runs on the process's own threads only.
+  const piscinaThreads = threadCount(s2.pid);
+  await s2.stop();
+  const s3 = await startServer(t, { dataDir, args: ['--cache-block', '4K'] });
+  t.ok(ioOk(await qemuIo(s3, 'demo', '0/0', 'read -P 0x6a 1000 300000', 'read -P 0x6b 8M 1M')), 'libuv route: same bytes');
+  const libuvThreads = threadCount(s3.pid);
+  t.ok(piscinaThreads >= libuvThreads + 4, `piscina's four I/O workers are running (${piscinaThreads} threads, ${libuvThreads} on the libuv route)`);
+  await s3.stop();
   const bad = await run(process.execPath, [path.join(ROOT, 'dist/bin/blockgate.js'), 'serve', '--io-route', 'threads', '--data-dir', dataDir]);
   t.not(bad.code, 0, 'an unknown route is refused');
   t.match(bad.stderr, /--io-route must be libuv or piscina/);
