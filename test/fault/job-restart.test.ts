@@ -17,10 +17,13 @@ const SIZE = 64 * M;
 
 /** Waits until the job is running and has done at least `min` bytes (and not all); returns its progress then. */
 async function midJob(s: TestServer, id: number, min = 1): Promise<{ done: number; total: number }> {
+  // A hang guard (a job stuck in queued), not a timing check.
+  const deadline = Date.now() + 300_000;
   for (;;) {
     const j = await s.call('GET', `/v1/jobs/${id}`);
     if (j.state === 'running' && j.progress.done >= min && j.progress.done < j.progress.total) return j.progress;
     if (j.state !== 'queued' && j.state !== 'running') throw new Error(`job ${id} ended ${j.state} before the test could act on it: ${JSON.stringify(j)}`);
+    if (Date.now() > deadline) throw new Error(`job ${id} never got going: ${JSON.stringify(j)}`);
     await new Promise((r) => setTimeout(r, 20));
   }
 }

@@ -35,7 +35,19 @@ function writer(socket: string, blocks: number, depth: number, onAck: (n: number
         sock.write(request(CMD.WRITE, i, i * BS, BS, 0, Buffer.alloc(BS, pattern(i))));
       }
     };
+    // Every read has a deadline: 60 s without any answer ends the writer as 'no answer'.
+    let silent: NodeJS.Timeout | undefined;
+    const quiet = (): void => {
+      clearTimeout(silent);
+      silent = setTimeout(() => {
+        ended = true;
+        sock.destroy();
+        resolve('no answer within 60 s');
+      }, 60_000);
+    };
+    quiet();
     sock.on('data', (d: Buffer) => {
+      quiet();
       buf = Buffer.concat([buf, d]);
       for (;;) {
         if (phase === 'greeting') {
@@ -77,6 +89,7 @@ function writer(socket: string, blocks: number, depth: number, onAck: (n: number
     });
     sock.on('error', () => undefined);
     sock.on('close', () => {
+      clearTimeout(silent);
       ended = true;
       resolve(next >= blocks ? 'all written' : 'closed by server');
     });

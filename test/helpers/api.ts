@@ -5,11 +5,13 @@ import type { TestServer } from './server.js';
 
 export const M = 1024 * 1024;
 
-/** Polls a job until it leaves queued/running; returns its final resource. */
-export async function waitJob(s: TestServer, id: number): Promise<any> {
+/** Polls a job until it leaves queued/running; returns its final resource (a hang guard, not a timing check). */
+export async function waitJob(s: TestServer, id: number, deadlineMs = 600_000): Promise<any> {
+  const deadline = Date.now() + deadlineMs;
   for (;;) {
     const j = await s.call('GET', `/v1/jobs/${id}`);
     if (j.state !== 'queued' && j.state !== 'running') return j;
+    if (Date.now() > deadline) throw new Error(`job ${id} still ${j.state} after ${deadlineMs} ms: ${JSON.stringify(j)}`);
     await new Promise((r) => setTimeout(r, 50));
   }
 }

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { M, ioOk, qemuIo } from '../helpers/api.js';
+import { M, ioOk, qemuIo, waitJob } from '../helpers/api.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 import { fioStateArgs } from '../helpers/fio.js';
 import { requireTools, runOk } from '../helpers/tools.js';
@@ -92,11 +92,7 @@ t.test('/metrics moves under fio load, per host and volume, with no offset-value
   t.ok(scrubbed);
   await s.call('POST', '/v1/volumes/tmp/break');
   const j = await s.call('POST', '/v1/volumes/tmp/scrub', {});
-  for (;;) {
-    const st = await s.call('GET', `/v1/jobs/${j.job.id}`);
-    if (st.state === 'succeeded') break;
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  t.equal((await waitJob(s, j.job.id)).state, 'succeeded', 'the scrub succeeded');
   const withJob = await scrape(s);
   t.equal(value(withJob, 'blockgate_jobs', { state: 'succeeded' }), 1);
   t.equal(value(withJob, 'blockgate_jobs', { state: 'running' }), 0);
