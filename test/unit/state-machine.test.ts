@@ -229,3 +229,29 @@ t.test('farms: a volume binds only to hosts of its farm; exclusive binds once; s
   t.equal(m.volume('g').state, 'mapped', 'still mapped on the other host');
   t.same(namespaces.list('hb'), []);
 });
+
+// Killed Stryker survivors (docs/testing.md, mutation scores): the refusal's
+// words and details are what the API's 409 and the CLI print, so they are
+// checked exactly, with and without the volume's name.
+t.test('a refused transition names the volume, the state and what is allowed there', async (t) => {
+  const refused = (state: string, op: Operation, subject?: string): BlockgateError => {
+    try {
+      transition(state, op, subject);
+    } catch (e) {
+      if (e instanceof BlockgateError) return e;
+      throw e;
+    }
+    throw new Error(`${state}/${op} was allowed`);
+  };
+  const named = refused('allocated', 'map', 'v1');
+  t.equal(named.code, 'ILLEGAL_STATE');
+  t.equal(named.message, "cannot map volume 'v1' in state 'allocated'; allowed in 'allocated': configure, break, resize");
+  t.same(named.details, { state: 'allocated', operation: 'map', allowed: ['configure', 'break', 'resize'], volume: 'v1' });
+  const anon = refused('free', 'map');
+  t.equal(anon.message, "cannot map in state 'free'; allowed in 'free': allocate");
+  t.same(anon.details, { state: 'free', operation: 'map', allowed: ['allocate'] });
+  t.notOk('volume' in (anon.details as object), 'no volume detail without a name');
+  const unknown = refused('melted', 'map', 'v1');
+  t.equal(unknown.code, 'INTERNAL');
+  t.equal(unknown.message, "unknown volume state 'melted'");
+});
