@@ -75,8 +75,9 @@ class StoreUnit implements UnitIO {
       minBlock: 1,
       preferredBlock: PREFERRED_BLOCK,
       maxTransfer: MAX_TRANSFER,
-      thin: true,
-      trimReadsZeroes: true,
+      // Thick volumes keep every block allocated: no thin provisioning to report, and a trim keeps the bytes.
+      thin: !this.store.isThick(this.vol.id),
+      trimReadsZeroes: !this.store.isThick(this.vol.id),
       // One store and one cache behind every session; a flush syncs the volume's arrays.
       flushCoversAllSessions: true,
     };
