@@ -429,9 +429,14 @@ export class BlockStore {
 
   /** Marks a volume thick or thin for the data path (the manager's record is the truth; set at start and on change). */
   setThick(volumeId: number, thick: boolean): void {
+    if (thick === this.thick.has(volumeId)) return;
     if (thick) this.thick.add(volumeId);
     else this.thick.delete(volumeId);
+    this.provisioningGen++;
   }
+
+  /** Moves whenever a volume turns thick or thin, so holders of cached capabilities know to ask again. */
+  provisioningGen = 0;
 
   isThick(volumeId: number): boolean {
     return this.thick.has(volumeId);

@@ -778,6 +778,12 @@ export class StorageManager implements Lifecycle {
     if (thick) for (const e of this.extentsOf(v.id)) this.dp.store.reserve(e.arrayId, e.offset, e.length);
     this.db.prepare('UPDATE volumes SET provisioning = ?, updated_at = ? WHERE id = ?').run(provisioning, now(), v.id);
     this.dp.store.setThick(v.id, thick);
+    // READ CAPACITY(16) data changed (LBPME/LBPRZ): SCSI hosts get CAPACITY DATA HAS CHANGED.
+    for (const hostId of this.hostsMapping(v.id)) {
+      const host = this.hostById(hostId).name;
+      const units = this.dp.namespaces.list(host).filter((u) => u.volume.id === v.id);
+      for (const f of this.dp.frontends) if (units.length > 0) f.namespaceChanged(host, 'resized', units);
+    }
     this.events.emit('volume.provisioning', `volume/${v.name}`, { volume: v.name, provisioning });
     this.log.info({ op: 'volume.provisioning', volume: v.name, provisioning }, 'volume provisioning changed');
     return this.volumeById(v.id);

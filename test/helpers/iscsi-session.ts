@@ -2,8 +2,19 @@ import { DEMO_IQN, IscsiWire, demoTarget, read10, syncCache10, tur, write10, typ
 
 const SECTOR = 512;
 
+/** A command's outcome: iSCSI response byte, SCSI status, sense bytes (fixed format, when CHECK CONDITION) and data in. */
+export interface ScsiResult {
+  response: number;
+  status: number;
+  sense: Buffer;
+  data: Buffer;
+}
+
+/** Sense key, ASC and ASCQ of fixed-format sense data. */
+export const senseCode = (s: Buffer): [number, number, number] => [s[2]! & 0x0f, s[12]!, s[13]!];
+
 interface Pending {
-  resolve: (data: Buffer) => void;
+  resolve: (r: ScsiResult) => void;
   reject: (e: Error) => void;
   /** Read buffer filled by Data-In; null for commands without data in. */
   data: Buffer | null;
@@ -81,13 +92,8 @@ export class IscsiSession {
         continue;
       }
       this.pending.delete(p.itt);
-      // Response byte (0x21 only) and SCSI status: anything but completed/GOOD is an error reply.
-      const response = p.opcode === 0x21 ? p.bhs[2]! : 0;
-      const status = p.bhs[3]!;
-      if (response !== 0 || status !== 0) {
-        const sense = p.opcode === 0x21 && p.data.length > 4 ? ` sense ${p.data.subarray(2, 2 + Math.min(18, p.data.readUInt16BE(0))).toString('hex')}` : '';
-        c.reject(new Error(`iSCSI error: response ${response} status 0x${status.toString(16)}${sense}`));
-      } else c.resolve(c.data ?? Buffer.alloc(0));
+      const sense = p.opcode === 0x21 && p.data.length >= 2 ? p.data.subarray(2, 2 + p.data.readUInt16BE(0)) : Buffer.alloc(0);
+      c.resolve({ response: p.opcode === 0x21 ? p.bhs[2]! : 0, status: p.bhs[3]!, sense, data: c.data ?? Buffer.alloc(0) });
     }
   }
 
@@ -97,13 +103,21 @@ export class IscsiSession {
     for (const c of all) c.reject(new Error(why));
   }
 
-  private issue(lun: number, cdb: Buffer, o: { read?: number; write?: Buffer }): Promise<Buffer> {
+  /** Any command (data out as immediate data, within FirstBurstLength); resolves with whatever status it got. */
+  command(lun: number, cdb: Buffer, o: { read?: number; write?: Buffer } = {}): Promise<ScsiResult> {
     if (this.wire.closed) return Promise.reject(new Error('iSCSI connection closed'));
     return new Promise((resolve, reject) => {
       const itt = this.wire.itt();
       this.pending.set(itt, { resolve, reject, data: o.read ? Buffer.alloc(o.read) : null });
       this.wire.command(cdb, { itt, lun, read: !!o.read, write: !!o.write, edtl: o.read ?? o.write?.length ?? 0, immediate: o.write });
     });
+  }
+
+  /** A command that must complete GOOD: anything else is an "iSCSI error". */
+  private async issue(lun: number, cdb: Buffer, o: { read?: number; write?: Buffer }): Promise<Buffer> {
+    const r = await this.command(lun, cdb, o);
+    if (r.response !== 0 || r.status !== 0) throw new Error(`iSCSI error: response ${r.response} status 0x${r.status.toString(16)} sense ${r.sense.subarray(0, 18).toString('hex')}`);
+    return r.data;
   }
 
   /** WRITE(10) sent as immediate data (keep it within FirstBurstLength, 64 KiB). */
