@@ -3,7 +3,8 @@
  * a real `blockgate serve`, one suite per process (the 1.19 tool leaks a
  * PDU-rewriting hook across tests of one process), beside tgt's results on
  * the same tool (test/interop/data/tgt-iscsi-test-cu-*.tsv, measured with
- * tgt 1.0.85). Fails on any test tgt passes that we do not. With
+ * tgt 1.0.85), once against a thin unit and once against a thick one (each
+ * beside tgt's thin or thick LUN). Fails on any test tgt passes that we do not. With
  * BLOCKGATE_CONFORMANCE_DOC=1 it also writes the table to
  * docs/iscsi-conformance.md.
  */
@@ -70,7 +71,14 @@ for (const iqn of INITIATORS) await s.call('POST', '/v1/hosts/demo/initiators', 
 // libiscsi's own tgt regression setup uses 100 MiB LUNs with 512-byte blocks; the tests touch both ends.
 await s.call('POST', '/v1/volumes', { name: 'conformance', size: '128M' });
 await s.call('POST', '/v1/bindings', { volume: 'conformance', host: 'demo', target: 0, lun: 1, map: true });
-const url = `iscsi://${s.iscsi}/${TARGET}/1`;
+await s.call('POST', '/v1/volumes', { name: 'conformance-thick', size: '128M', provisioning: 'thick' });
+await s.call('POST', '/v1/bindings', { volume: 'conformance-thick', host: 'demo', target: 0, lun: 2, map: true });
+const KINDS = [
+  { kind: 'thin', url: `iscsi://${s.iscsi}/${TARGET}/1`, tgt: readTsv('tgt-iscsi-test-cu-thin.tsv') },
+  { kind: 'thick', url: `iscsi://${s.iscsi}/${TARGET}/2`, tgt: readTsv('tgt-iscsi-test-cu-thick.tsv') },
+] as const;
+// BLOCKGATE_CONFORMANCE_KINDS=thick runs one column only (while working on one area).
+const kinds = process.env.BLOCKGATE_CONFORMANCE_KINDS?.split(',').filter(Boolean);
 
 const list = await runOk('iscsi-test-cu', ['--list'], { timeoutMs: 30_000 });
 // BLOCKGATE_CONFORMANCE_SUITES=Read10,Unmap runs only those (while working on one area).
@@ -80,68 +88,93 @@ const suites = list.stdout
   .filter((l) => /^ALL\.[A-Za-z0-9]+$/.test(l))
   .map((l) => l.slice(4))
   .filter((s) => !only || only.includes(s));
-const tgt = readTsv('tgt-iscsi-test-cu-thin.tsv');
+const results = new Map<string, SuiteResult[]>();
 
-t.test('iscsi-test-cu, every ALL suite against a thin unit, no test tgt passes may fail', async (t) => {
-  t.ok(only ? suites.length === only.length : suites.length >= 50, `${suites.length} suites`);
-  const ours: SuiteResult[] = [];
-  for (const suite of suites) {
-    const r = await run('iscsi-test-cu', ['-d', '-t', `ALL.${suite}`, url], { timeoutMs: 180_000 });
-    const res = parseSuite(suite, r.stdout + r.stderr);
-    ours.push(res);
-    const ref = tgt.get(suite);
-    const tgtFails = new Set(ref?.failures ?? []);
-    const regressions = res.failures.filter((f) => !tgtFails.has(f));
-    t.same(regressions, [], `${suite}: ${res.passed}/${res.total} passed (tgt ${ref ? `${ref.passed}/${ref.total}` : 'n/a'})`, { output: regressions.length ? r.stdout.slice(-4000) : '' });
-  }
-  const table = renderTable(ours, tgt);
-  t.comment(`\n${table}`);
-  if (process.env.BLOCKGATE_CONFORMANCE_DOC === '1' && !only) {
-    fs.writeFileSync(path.join(ROOT, 'docs/iscsi-conformance.md'), renderDoc(table, ours, tgt));
+for (const { kind, url, tgt } of KINDS) {
+  if (kinds && !kinds.includes(kind)) continue;
+  t.test(`iscsi-test-cu, every ALL suite against a ${kind} unit, no test tgt passes (${kind} LUN) may fail`, async (t) => {
+    t.ok(only ? suites.length === only.length : suites.length >= 50, `${suites.length} suites`);
+    const ours: SuiteResult[] = [];
+    for (const suite of suites) {
+      const r = await run('iscsi-test-cu', ['-d', '-t', `ALL.${suite}`, url], { timeoutMs: 180_000 });
+      const res = parseSuite(suite, r.stdout + r.stderr);
+      ours.push(res);
+      const ref = tgt.get(suite);
+      const tgtFails = new Set(ref?.failures ?? []);
+      const regressions = res.failures.filter((f) => !tgtFails.has(f));
+      t.same(regressions, [], `${kind} ${suite}: ${res.passed}/${res.total} passed (tgt ${ref ? `${ref.passed}/${ref.total}` : 'n/a'})`, { output: regressions.length ? r.stdout.slice(-4000) : '' });
+    }
+    results.set(kind, ours);
+    t.comment(`\n${renderTable([{ kind, ours, tgt }])}`);
+  });
+}
+
+t.test('conformance document', async () => {
+  const cols = KINDS.filter((k) => results.has(k.kind)).map((k) => ({ kind: k.kind, ours: results.get(k.kind)!, tgt: k.tgt }));
+  if (process.env.BLOCKGATE_CONFORMANCE_DOC === '1' && !only && cols.length === KINDS.length) {
+    fs.writeFileSync(path.join(ROOT, 'docs/iscsi-conformance.md'), renderDoc(renderTable(cols), cols));
   }
 });
 
-function renderTable(ours: SuiteResult[], tgt: Map<string, SuiteResult>): string {
-  const rows = ['| suite | tests | passed | failed | skipped | tgt passed | tgt failed | failed here |', '|---|---:|---:|---:|---:|---:|---:|---|'];
-  const sum = { total: 0, passed: 0, failed: 0, skipped: 0, tp: 0, tf: 0 };
-  for (const r of ours) {
-    const ref = tgt.get(r.suite);
-    rows.push(`| ${r.suite} | ${r.total} | ${r.passed} | ${r.failed} | ${r.skipped} | ${ref?.passed ?? '–'} | ${ref?.failed ?? '–'} | ${r.failures.join(', ')} |`);
-    sum.total += r.total;
-    sum.passed += r.passed;
-    sum.failed += r.failed;
-    sum.skipped += r.skipped;
-    sum.tp += ref?.passed ?? 0;
-    sum.tf += ref?.failed ?? 0;
+interface Column {
+  kind: string;
+  ours: SuiteResult[];
+  tgt: Map<string, SuiteResult>;
+}
+
+/** One row per suite; per column (thin, thick): tests passed and failed here and on tgt's LUN of the same kind. */
+function renderTable(cols: Column[]): string {
+  const head = ['suite', 'tests', ...cols.flatMap((c) => [`${c.kind} passed`, `${c.kind} failed`, `${c.kind} skipped`, `tgt ${c.kind} passed`, `tgt ${c.kind} failed`, `${c.kind}: failed here`])];
+  const rows = [`| ${head.join(' | ')} |`, `|---|---:|${cols.map(() => '---:|---:|---:|---:|---:|---|').join('')}`];
+  const sums = cols.map(() => ({ passed: 0, failed: 0, skipped: 0, tp: 0, tf: 0 }));
+  let total = 0;
+  for (const [i, r0] of cols[0]!.ours.entries()) {
+    total += r0.total;
+    const cells = [r0.suite, String(r0.total)];
+    cols.forEach((c, k) => {
+      const r = c.ours[i]!;
+      const ref = c.tgt.get(r.suite);
+      cells.push(String(r.passed), String(r.failed), String(r.skipped), String(ref?.passed ?? '–'), String(ref?.failed ?? '–'), r.failures.join(', '));
+      const sum = sums[k]!;
+      sum.passed += r.passed;
+      sum.failed += r.failed;
+      sum.skipped += r.skipped;
+      sum.tp += ref?.passed ?? 0;
+      sum.tf += ref?.failed ?? 0;
+    });
+    rows.push(`| ${cells.join(' | ')} |`);
   }
-  rows.push(`| **all** | **${sum.total}** | **${sum.passed}** | **${sum.failed}** | ${sum.skipped} | **${sum.tp}** | **${sum.tf}** | |`);
+  const foot = ['**all**', `**${total}**`, ...sums.flatMap((x) => [`**${x.passed}**`, `**${x.failed}**`, String(x.skipped), `**${x.tp}**`, `**${x.tf}**`, ''])];
+  rows.push(`| ${foot.join(' | ')} |`);
   return rows.join('\n');
 }
 
-function renderDoc(table: string, ours: SuiteResult[], tgt: Map<string, SuiteResult>): string {
-  const passed = ours.reduce((n, r) => n + r.passed, 0);
-  const total = ours.reduce((n, r) => n + r.total, 0);
-  const tgtPassed = [...tgt.values()].reduce((n, r) => n + r.passed, 0);
+function renderDoc(table: string, cols: Column[]): string {
+  const total = cols[0]!.ours.reduce((n, r) => n + r.total, 0);
+  const summary = cols
+    .map((c) => `- ${c.kind}: **${c.ours.reduce((n, r) => n + r.passed, 0)} of ${total} passed here; tgt (${c.kind} LUN): ${[...c.tgt.values()].reduce((n, r) => n + r.passed, 0)} of ${total}.**`)
+    .join('\n');
   return `# iSCSI conformance (libiscsi iscsi-test-cu)
 
 Generated by \`test/interop/iscsi-conformance.test.ts\` (run with \`BLOCKGATE_CONFORMANCE_DOC=1\`):
-Debian's libiscsi-bin \`iscsi-test-cu -d -t ALL.<Suite>\`, one suite per process, against a
-128 MiB unit (512-byte blocks, thin: LBPME/LBPRZ) of a real \`blockgate serve\`, logged in as both of the
-tool's initiator names (the demo host). tgt's columns are tgt 1.0.85 on the same tool and machine,
-thin LUN (\`test/interop/data/tgt-iscsi-test-cu-thin.tsv\`). "skipped" counts the tool's
-\`[SKIPPED]\` log lines (a command answered INVALID COMMAND OPERATION CODE, or a feature the unit
-does not have): the tool counts those tests as passed.
+Debian's libiscsi-bin \`iscsi-test-cu -d -t ALL.<Suite>\`, one suite per process, against two
+128 MiB units (512-byte blocks) of a real \`blockgate serve\`, logged in as both of the tool's
+initiator names (the demo host): a thin one (LBPME/LBPRZ, UNMAP) and a thick one (\`provisioning:
+thick\`: LBPME=0, no UNMAP, WRITE SAME with UNMAP refused). tgt's columns are tgt 1.0.85 on the same
+tool and machine, thin and thick LUN (\`test/interop/data/tgt-iscsi-test-cu-{thin,thick}.tsv\`).
+"skipped" counts the tool's \`[SKIPPED]\` log lines (a command answered INVALID COMMAND OPERATION
+CODE, or a feature the unit does not have): the tool counts those tests as passed.
 
-**${passed} of ${total} passed here; tgt: ${tgtPassed} of ${total}.** The test fails on any test tgt passes that
-blockgate fails.
+${summary}
+
+The test fails on any test tgt passes (on its LUN of the same kind) that blockgate fails.
 
 ${table}
 
 What is answered "not implemented" (INVALID COMMAND OPERATION CODE), as on tgt: EXTENDED COPY and
-RECEIVE COPY RESULTS, ORWRITE, WRITE ATOMIC(16), SANITIZE, READ DEFECT DATA. The unit is not removable
-(PreventAllow, StartStopUnit and NoMedia skip their removable-medium parts); MultipathIO needs a
-second portal URL, which the test does not give, so its tests skip. Every unit is thin (target/core
-reports thin for all of them), so there is no thick run; tgt's thick results are in
-\`test/interop/data/tgt-iscsi-test-cu-thick.tsv\` for reference.
+RECEIVE COPY RESULTS, ORWRITE, WRITE ATOMIC(16), SANITIZE, READ DEFECT DATA; on the thick unit also
+UNMAP. The unit is not removable (PreventAllow, StartStopUnit and NoMedia skip their
+removable-medium parts); MultipathIO needs a second portal URL, which the test does not give, so
+its tests skip.
 `;
 }
