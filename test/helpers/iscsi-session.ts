@@ -40,9 +40,10 @@ export class IscsiSession {
   }
 
   /** Logs in to `target` as `iqn` and clears the new nexus's unit attention on each of `luns` with TEST UNIT READY. */
-  static async open(portal: string, luns: number[], o: { iqn?: string; target?: string; replyMs?: number } = {}): Promise<IscsiSession> {
+  static async open(portal: string, luns: number[], o: { iqn?: string; target?: string; replyMs?: number; isid?: Buffer<ArrayBuffer> } = {}): Promise<IscsiSession> {
     const w = await IscsiWire.connect(portal);
-    const r = await w.login(o.iqn ?? DEMO_IQN, o.target ?? demoTarget());
+    // Same initiator, ISID and target as a live session would reinstate (end) it: give a second session its own ISID.
+    const r = await w.login(o.iqn ?? DEMO_IQN, o.target ?? demoTarget(), {}, o.isid);
     if (r.bhs[36] !== 0 || r.bhs[37] !== 0) {
       w.close();
       throw new Error(`iSCSI login refused ${r.bhs[36]}/${r.bhs[37]}`);
