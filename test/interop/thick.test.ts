@@ -2,6 +2,7 @@ import crypto from 'node:crypto';
 import t from 'tap';
 import { cliOk } from '../helpers/cli.js';
 import { IscsiSession, senseCode } from '../helpers/iscsi-session.js';
+import { readCapacity16, unmap, vpd, writeSame16 } from '../helpers/iscsi-wire.js';
 import { RawNbd } from '../helpers/nbd-client.js';
 import { startServer } from '../helpers/server.js';
 import { requireTools, runOk } from '../helpers/tools.js';
@@ -22,40 +23,6 @@ await s.call('POST', '/v1/volumes', { name: 'thin1', size: '16M' });
 await s.call('POST', '/v1/bindings', { volume: 'thin1', host: 'demo', target: 0, lun: 4, map: true });
 const vol = (name: string): Promise<{ provisioning: string; allocated: number }> => s.call('GET', `/v1/volumes/${name}`);
 
-function readCapacity16(): Buffer {
-  const c = Buffer.alloc(16);
-  c[0] = 0x9e;
-  c[1] = 0x10;
-  c.writeUInt32BE(32, 10);
-  return c;
-}
-function vpd(page: number): Buffer {
-  const c = Buffer.alloc(16);
-  c[0] = 0x12;
-  c[1] = 1;
-  c[2] = page;
-  c.writeUInt16BE(255, 3);
-  return c;
-}
-function writeSame16(lba: number, blocks: number, unmap: boolean): Buffer {
-  const c = Buffer.alloc(16);
-  c[0] = 0x93;
-  c[1] = unmap ? 0x08 : 0;
-  c.writeUInt32BE(lba, 6);
-  c.writeUInt32BE(blocks, 10);
-  return c;
-}
-function unmap(lba: number, blocks: number): { cdb: Buffer; data: Buffer } {
-  const cdb = Buffer.alloc(16);
-  cdb[0] = 0x42;
-  cdb.writeUInt16BE(24, 7);
-  const data = Buffer.alloc(24);
-  data.writeUInt16BE(22, 0);
-  data.writeUInt16BE(16, 2);
-  data.writeUInt32BE(lba, 12);
-  data.writeUInt32BE(blocks, 16);
-  return { cdb, data };
-}
 /** LBPME, LBPRZ from READ CAPACITY(16) on `lun`. */
 async function lbp(w: IscsiSession, lun: number): Promise<[boolean, boolean]> {
   const r = await w.command(lun, readCapacity16(), { read: 32 });

@@ -10,6 +10,7 @@ import { Namespaces, NbdServer, openUnit } from '../../target/index.js';
 import { IscsiServer } from '../../target/iscsi/index.js';
 import { ScsiCommandSet } from '../../target/iscsi/scsi/index.js';
 import { IscsiSession, senseCode } from '../helpers/iscsi-session.js';
+import { reportLuns, tur } from '../helpers/iscsi-wire.js';
 import { RawNbd } from '../helpers/nbd-client.js';
 
 // Frontend.revoke(host, unit) on the iSCSI frontend while the unit is still
@@ -22,13 +23,6 @@ import { RawNbd } from '../helpers/nbd-client.js';
 const MiB = 1024 * 1024;
 const IQN = 'iqn.2026-01.test:revoke';
 
-function reportLuns(): Buffer {
-  const c = Buffer.alloc(16);
-  c[0] = 0xa0;
-  c.writeUInt32BE(4096, 6);
-  return c;
-}
-const tur = (): Buffer => Buffer.alloc(16);
 const lunsOf = (d: Buffer): number[] => Array.from({ length: d.readUInt32BE(0) / 8 }, (_, i) => d.readUInt16BE(8 + i * 8) & 0x3fff);
 
 t.test('revoke(host, unit) ends only that LUN for iSCSI sessions, until it is published again', async (t) => {
