@@ -63,6 +63,12 @@ interface Gate {
 export class BlockStore {
   private readonly arrays = new Map<number, ArrayFile>();
   private readonly gates = new Map<number, Gate>();
+  /**
+   * Thick volumes: every block stays allocated (trim keeps the space and the
+   * bytes, zeroing never makes a hole). Kept here, not on the handles, so a
+   * change reaches sessions that opened their unit before it.
+   */
+  private readonly thick = new Set<number>();
   private readonly writeHooks = new Map<number, WriteHook>();
   /** One cache for every volume and connection: keyed by (array, block), so shared bytes have one copy. */
   readonly cache: BlockCache;
@@ -255,8 +261,9 @@ export class BlockStore {
   // data on the file; dirty cached blocks hold data the map does not know
   // about yet, so every question about holes asks both.
 
-  /** TRIM: whole allocation blocks become holes (partial ones are left: TRIM is a hint). */
+  /** TRIM: whole allocation blocks become holes (partial ones are left: TRIM is a hint, so a thick volume ignores it and keeps its space and bytes). */
   trim(vol: VolumeHandle, offset: number, length: number, fua: boolean): Promise<void> {
+    if (this.thick.has(vol.id)) return Promise.resolve();
     return this.modify(
       vol,
       offset,
@@ -271,14 +278,15 @@ export class BlockStore {
     );
   }
 
-  /** WRITE_ZEROES: blocks become ZERO (noHole) or holes; partial data blocks get zero bytes. */
+  /** WRITE_ZEROES: blocks become ZERO (noHole, always on a thick volume) or holes; partial data blocks get zero bytes. */
   writeZeroes(vol: VolumeHandle, offset: number, length: number, opts: ZeroOptions): Promise<void> {
+    const noHole = opts.noHole || this.thick.has(vol.id);
     return this.modify(
       vol,
       offset,
       length,
       (off, len) => [off, off + len],
-      (a, off, len) => a.writeZeroes(off, len, opts.noHole, opts.fast),
+      (a, off, len) => a.writeZeroes(off, len, noHole, opts.fast),
       opts.fua,
     );
   }
@@ -414,9 +422,29 @@ export class BlockStore {
    * that is durable when this returns. Cached copies of the old owner's bytes
    * go too. Control path only (it blocks briefly).
    */
-  discard(arrayId: number, offset: number, length: number): void {
+  discard(arrayId: number, offset: number, length: number, thick = false): void {
     this.cache.forget(arrayId, offset, length);
-    this.getArray(arrayId).discardSync(offset, length);
+    this.getArray(arrayId).discardSync(offset, length, thick);
+  }
+
+  /** Marks a volume thick or thin for the data path (the manager's record is the truth; set at start and on change). */
+  setThick(volumeId: number, thick: boolean): void {
+    if (thick === this.thick.has(volumeId)) return;
+    if (thick) this.thick.add(volumeId);
+    else this.thick.delete(volumeId);
+    this.provisioningGen++;
+  }
+
+  /** Moves whenever a volume turns thick or thin, so holders of cached capabilities know to ask again. */
+  provisioningGen = 0;
+
+  isThick(volumeId: number): boolean {
+    return this.thick.has(volumeId);
+  }
+
+  /** A volume turned thick: the holes in its space become allocated zeroes, durably. Control path only. */
+  reserve(arrayId: number, offset: number, length: number): void {
+    this.getArray(arrayId).reserveSync(offset, length);
   }
 
   // ---- control hooks ------------------------------------------------------

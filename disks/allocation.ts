@@ -300,22 +300,38 @@ export class AllocationMap {
   }
 
   /**
-   * Returns the range to UNALLOCATED and makes that durable before returning.
+   * Returns the range to UNALLOCATED (or, for a thick owner, to ZERO: reads as
+   * zeroes but stays allocated) and makes that durable before returning.
    * Control path only (space handed to a new volume, or freed): it blocks like
    * the control database's own synchronous commit does, and it must, because a
    * crash must never leave DATA over space a new owner can read.
    */
-  discardSync(offset: number, length: number): void {
+  discardSync(offset: number, length: number, state: AllocState.Unallocated | AllocState.Zero = AllocState.Unallocated): void {
+    this.rewriteSync(offset, length, (bytes, lo, hi) => bytes.fill(state, lo, hi));
+  }
+
+  /**
+   * Allocates the holes of a range (UNALLOCATED → ZERO), leaving data alone,
+   * durably (a volume turned thick). Control path only. Both states read as
+   * zeroes, so a write racing this sees the same bytes either way.
+   */
+  reserveSync(offset: number, length: number): void {
+    this.rewriteSync(offset, length, (bytes, lo, hi) => {
+      for (let i = lo; i < hi; i++) if (bytes[i] === AllocState.Unallocated) bytes[i] = AllocState.Zero;
+    });
+  }
+
+  /** Applies `change` to the range in memory and in queued page copies (so an older copy cannot undo it), then writes and syncs it. */
+  private rewriteSync(offset: number, length: number, change: (bytes: Uint8Array, lo: number, hi: number) => void): void {
     const first = Math.floor(offset / ALLOC_BLOCK);
     const end = Math.min(Math.ceil((offset + length) / ALLOC_BLOCK), this.states.length);
     if (end <= first) return;
-    this.states.fill(AllocState.Unallocated, first, end);
-    // Page copies already queued by a flush must not bring the old states back.
+    change(this.states, first, end);
     for (const snap of this.queued) {
       for (const [page, bytes] of snap) {
         const lo = Math.max(first, page * PAGE);
         const hi = Math.min(end, page * PAGE + bytes.length);
-        if (lo < hi) bytes.fill(AllocState.Unallocated, lo - page * PAGE, hi - page * PAGE);
+        if (lo < hi) change(bytes, lo - page * PAGE, hi - page * PAGE);
       }
     }
     const bytes = this.states.subarray(first, end);

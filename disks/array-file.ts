@@ -330,10 +330,16 @@ export class ArrayFile {
     if (this.alloc.setFull(position, length, AllocState.Unallocated) > 0) this.writeGen++;
   }
 
-  /** Hands space to a new owner: reads as zeroes from now on, durably. Control path only. */
-  discardSync(position: number, length: number): void {
+  /** Hands space to a new owner: reads as zeroes from now on, durably; a thick owner's space stays allocated. Control path only. */
+  discardSync(position: number, length: number, thick = false): void {
     if (this.fault) throw this.faultError();
-    this.alloc.discardSync(position, length);
+    this.alloc.discardSync(position, length, thick ? AllocState.Zero : AllocState.Unallocated);
+  }
+
+  /** Allocates the range's holes (reading as zeroes, as before), durably: space a volume turned thick keeps. Control path only. */
+  reserveSync(position: number, length: number): void {
+    if (this.fault) throw this.faultError();
+    this.alloc.reserveSync(position, length);
   }
 
   /**

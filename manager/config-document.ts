@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import type { BindingRow, HostRow } from './model.js';
-import { accessMode, cachePolicy, filePath, lun, name, protocol, qualityClass, shareMode, target, volumeState, when } from './words.js';
+import { accessMode, cachePolicy, filePath, lun, name, protocol, provisioning, qualityClass, shareMode, target, volumeState, when } from './words.js';
 
 export const CONFIG_KIND = 'blockgate-config';
 export const CONFIG_VERSION = 1;
@@ -98,6 +98,8 @@ export const configDocument = z
         state: volumeState,
         shareMode,
         cachePolicy,
+        // Documents exported before thick volumes existed hold only thin ones.
+        provisioning: provisioning.default('thin'),
         serial: z.string().min(1).max(64),
         naa: z.string().min(1).max(64),
         qualityClass: qualityClass.nullable(),

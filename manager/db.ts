@@ -147,6 +147,10 @@ const MIGRATIONS: readonly string[] = [
     state TEXT NOT NULL
   );
   `,
+  `
+  -- iscsi2: thick provisioning (a thick volume's space is allocated-zero from the start and never a hole)
+  ALTER TABLE volumes ADD COLUMN provisioning TEXT NOT NULL DEFAULT 'thin' CHECK (provisioning IN ('thin', 'thick'));
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -18,7 +18,7 @@ import { EventLog } from './events.js';
 import { JobQueue } from './jobs.js';
 import { bindingRecordOf, type BindingRecord } from './config-document.js';
 import type { ArrayView, HostView, NamespaceView, VolumeView } from './views.js';
-import { checkName, failed, formatAddress, parseAddress, type AccessMode, type ArrayRow, type BindingRow, type ExtentRow, type HostRow, type ShareMode, type VolumeRow } from './model.js';
+import { checkName, failed, formatAddress, parseAddress, type AccessMode, type ArrayRow, type BindingRow, type ExtentRow, type HostRow, type Provisioning, type ShareMode, type VolumeRow } from './model.js';
 import { BindingOperations } from './operations/bindings.js';
 import { ConfigOperations } from './operations/config.js';
 import type { DataPath, Lifecycle, OperationContext } from './operations/context.js';
@@ -188,6 +188,7 @@ export class StorageManager implements Lifecycle {
   async start(): Promise<void> {
     // One array that cannot be opened fails alone: the rest of the appliance starts and serves.
     for (const a of this.listArrays()) await this.attachOrFail(a);
+    this.markThick();
     await this.iscsi.load();
     for (const h of this.listHosts()) {
       await this.openHostListeners(h);
@@ -282,10 +283,16 @@ export class StorageManager implements Lifecycle {
   async attachRestored(arrays: ArrayRow[], hosts: HostRow[]): Promise<void> {
     await this.iscsi.load();
     for (const a of arrays) await this.attachOrFail(a);
+    this.markThick();
     for (const h of hosts) {
       await this.openHostListeners(h);
       this.publishHost(h.id);
     }
+  }
+
+  /** Tells the data path which volumes are thick (the database is the truth). */
+  private markThick(): void {
+    for (const v of this.db.prepare('SELECT id, provisioning FROM volumes').all() as { id: number; provisioning: string }[]) this.dp.store.setThick(v.id, v.provisioning === 'thick');
   }
 
   /** Every frontend opens what it gives the host of its own; if one fails, the ones before close theirs. */
@@ -529,14 +536,16 @@ export class StorageManager implements Lifecycle {
     shareMode?: ShareMode | undefined;
     layout?: { array: string; size: number }[] | undefined;
     configure?: boolean | undefined;
+    provisioning?: Provisioning | undefined;
   }): VolumeRow {
     checkName('volume', opts.name);
+    const thick = opts.provisioning === 'thick';
     const tx = this.db.transaction(() => {
       const existing = this.findVolume(opts.name);
       if (existing && existing.state !== 'free') throw conflict(`volume '${opts.name}' already exists`);
       const farmId = opts.farm ? this.farm(opts.farm).id : null;
       const extents = opts.layout ? this.placeLayout(opts.size, opts.layout) : this.placeAuto(opts.size, opts.qualityClass);
-      this.resetSpace(extents);
+      this.resetSpace(extents, thick);
       const t = now();
       if (existing) {
         // The name is reused, never the identity: a host must not match new data to an old serial or NAA.
@@ -549,10 +558,10 @@ export class StorageManager implements Lifecycle {
       const id = Number(
         this.db
           .prepare(
-            `INSERT INTO volumes (name, farm_id, size, state, share_mode, serial, naa, quality_class, created_at, updated_at)
-             VALUES (?, ?, ?, 'free', ?, ?, ?, ?, ?, ?)`,
+            `INSERT INTO volumes (name, farm_id, size, state, share_mode, serial, naa, quality_class, provisioning, created_at, updated_at)
+             VALUES (?, ?, ?, 'free', ?, ?, ?, ?, ?, ?, ?)`,
           )
-          .run(opts.name, farmId, opts.size, opts.shareMode ?? 'exclusive', `tmp-${opts.name}`, `tmp-${opts.name}`, opts.qualityClass ?? null, t, t).lastInsertRowid,
+          .run(opts.name, farmId, opts.size, opts.shareMode ?? 'exclusive', `tmp-${opts.name}`, `tmp-${opts.name}`, opts.qualityClass ?? null, thick ? 'thick' : 'thin', t, t).lastInsertRowid,
       );
       this.db.prepare('UPDATE volumes SET serial = ?, naa = ? WHERE id = ?').run(this.serialFor(id), this.naaFor(id), id);
       const ins = this.db.prepare('INSERT INTO extents (volume_id, seq, array_id, offset, length) VALUES (?, ?, ?, ?, ?)');
@@ -563,6 +572,7 @@ export class StorageManager implements Lifecycle {
     });
     const id = tx();
     const v = this.volumeById(id);
+    this.dp.store.setThick(id, thick);
     this.log.info({ op: 'volume.allocate', volume: v.name, size: v.size, extents: this.extentsOf(id).length }, 'volume allocated');
     if (opts.configure) return this.configure(v.name);
     return v;
@@ -674,7 +684,7 @@ export class StorageManager implements Lifecycle {
     this.db.transaction(() => {
       const more = this.placeAuto(size - v.size, v.quality_class ?? undefined);
       // Grown space reads as zeroes, never as what an earlier owner left there.
-      this.resetSpace(more);
+      this.resetSpace(more, v.provisioning === 'thick');
       const seq0 = this.extentsOf(v.id).length;
       const ins = this.db.prepare('INSERT INTO extents (volume_id, seq, array_id, offset, length) VALUES (?, ?, ?, ?, ?)');
       more.forEach((e, i) => ins.run(v.id, seq0 + i, e.arrayId, e.offset, e.length));
@@ -748,10 +758,35 @@ export class StorageManager implements Lifecycle {
    * Space handed to a volume reads as zeroes until the volume writes it, and
    * that is durable before the volume exists: a new volume never sees what a
    * previous owner left there, even after a crash. (Freeing space should call
-   * this too.)
+   * this too.) A thick volume's space is allocated (as zeroes) at once.
    */
-  private resetSpace(extents: readonly Extent[]): void {
-    for (const e of extents) this.dp.store.discard(e.arrayId, e.offset, e.length);
+  private resetSpace(extents: readonly Extent[], thick: boolean): void {
+    for (const e of extents) this.dp.store.discard(e.arrayId, e.offset, e.length, thick);
+  }
+
+  /**
+   * Thin ↔ thick. Turning thick allocates every hole of the volume (as zeroes,
+   * durably) before it answers, so the space is the volume's from then on;
+   * turning thin only lets later trims give space back. Live sessions follow
+   * at once (the data path asks the store); SCSI hosts re-read the
+   * provisioning pages when they next look (READ CAPACITY 16, VPD 0xB2).
+   */
+  setProvisioning(name: string, provisioning: Provisioning): VolumeRow {
+    const v = this.volume(name);
+    if (v.provisioning === provisioning) return v;
+    const thick = provisioning === 'thick';
+    if (thick) for (const e of this.extentsOf(v.id)) this.dp.store.reserve(e.arrayId, e.offset, e.length);
+    this.db.prepare('UPDATE volumes SET provisioning = ?, updated_at = ? WHERE id = ?').run(provisioning, now(), v.id);
+    this.dp.store.setThick(v.id, thick);
+    // READ CAPACITY(16) data changed (LBPME/LBPRZ): SCSI hosts get CAPACITY DATA HAS CHANGED.
+    for (const hostId of this.hostsMapping(v.id)) {
+      const host = this.hostById(hostId).name;
+      const units = this.dp.namespaces.list(host).filter((u) => u.volume.id === v.id);
+      for (const f of this.dp.frontends) if (units.length > 0) f.namespaceChanged(host, 'resized', units);
+    }
+    this.events.emit('volume.provisioning', `volume/${v.name}`, { volume: v.name, provisioning });
+    this.log.info({ op: 'volume.provisioning', volume: v.name, provisioning }, 'volume provisioning changed');
+    return this.volumeById(v.id);
   }
 
   serialFor(id: number): string {
@@ -837,6 +872,7 @@ export class StorageManager implements Lifecycle {
       state: v.state as VolumeState,
       shareMode: v.share_mode,
       cachePolicy: v.cache_policy,
+      provisioning: v.provisioning,
       serial: v.serial,
       naa: v.naa,
       meta: new Set(this.extentsOf(v.id).map((e) => e.arrayId)).size > 1,

@@ -7,6 +7,8 @@ import type { CachePolicy } from '../cache/index.js';
  */
 
 export type ShareMode = 'exclusive' | 'shared';
+/** thin: space is allocated on write and trim gives it back; thick: all of it is allocated up front and stays so. */
+export type Provisioning = 'thin' | 'thick';
 export type AccessMode = 'exclusive' | 'shared' | 'read-only';
 
 export interface ArrayRow {
@@ -28,6 +30,7 @@ export interface VolumeRow {
   naa: string;
   ever_mapped: number;
   cache_policy: CachePolicy;
+  provisioning: Provisioning;
   dirty: number;
   scrubbed_at: string | null;
   image_id: number | null;

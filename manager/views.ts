@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { bindingRecord } from './config-document.js';
 import { JOB_STATES } from './jobs.js';
 import { OPERATIONS } from './state.js';
-import { accessMode, cachePolicy, filePath, lun, name, protocol, qualityClass, shareMode, target, volumeState, when } from './words.js';
+import { accessMode, cachePolicy, filePath, lun, name, protocol, provisioning, qualityClass, shareMode, target, volumeState, when } from './words.js';
 
 /**
  * What the manager shows of its objects, as zod schemas: the manager's
@@ -29,6 +29,7 @@ export const volumeView = z
     state: volumeState,
     shareMode,
     cachePolicy,
+    provisioning: provisioning.describe('thin: space allocated on write, trim gives it back; thick: all of it allocated up front, never a hole'),
     serial: z.string(),
     naa: z.string(),
     meta: z.boolean().describe('extents on more than one array'),

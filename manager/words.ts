@@ -12,6 +12,7 @@ export const lun = z.number().int().min(0).max(16383);
 export const shareMode = z.enum(['exclusive', 'shared']);
 export const accessMode = z.enum(['exclusive', 'shared', 'read-only']);
 export const cachePolicy = z.enum(['none', 'write-through', 'write-back']);
+export const provisioning = z.enum(['thin', 'thick']);
 export const qualityClass = z.string().min(1).max(32);
 export const protocol = z.string().min(1).max(16);
 export const when = z.string().min(1).max(64);

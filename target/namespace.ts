@@ -29,9 +29,12 @@ export class Namespaces {
   private readonly hosts = new Map<string, Map<string, Unit>>();
   private readonly removalListeners: UnitListener[] = [];
   private readonly tlsRequired = new Set<string>();
+  /** Moves on every publish: frontends that keep a view of a namespace rebuild it when this changed. */
+  generation = 0;
 
   /** Replaces a host's namespace wholesale (the manager's view is the truth). */
   publish(host: string, units: readonly Unit[]): void {
+    this.generation++;
     const next = new Map<string, Unit>();
     for (const u of units) next.set(unitKey(u.target, u.lun), u);
     const prev = this.hosts.get(host);

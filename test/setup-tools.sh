@@ -18,6 +18,7 @@ declare -A PKG=(
   [fuse2fs]=fuse2fs
   [mkfs.ext4]=e2fsprogs
   [e2fsck]=e2fsprogs
+  [debugfs]=e2fsprogs
   [iscsi-inq]=libiscsi-bin
   [iscsi-ls]=libiscsi-bin
   [iscsi-readcapacity16]=libiscsi-bin

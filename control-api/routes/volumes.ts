@@ -13,6 +13,10 @@ const createVolume = z.strictObject({
   shareMode: words.shareMode.optional(),
   layout: z.array(z.strictObject({ array: name, size })).min(1).max(64).optional(),
   configure: z.boolean().default(true).describe('go on to configured (a predefined volume needs no meta build); false stops at allocated'),
+  provisioning: words.provisioning.default('thin').describe('thick: all the space is allocated (as zeroes) now and never trimmed away'),
+});
+const change = z.strictObject({
+  provisioning: words.provisioning.optional().describe('thin → thick allocates every hole now; thick → thin lets later trims give space back'),
 });
 const claim = z.strictObject({ farm: name, size, qualityClass: qualityClass.optional() });
 const resize = z.strictObject({ size });
@@ -42,6 +46,10 @@ export const volumes: ResourcePlugin = async (app, { manager: m }) => {
   app.post('/v1/volumes', { schema: { summary: 'Allocate a volume (free → allocated; with configure, → configured)', tags, body: createVolume, response: replies({ 201: views.volumeView }) } }, async (req, reply) =>
     reply.code(201).send(m.describeVolume(m.createVolume(req.body))),
   );
+  app.patch('/v1/volumes/:name', { schema: { summary: 'Change a volume’s settings (provisioning)', tags, params: nameParam, body: change, response: one } }, (req) => {
+    if (req.body.provisioning) m.setProvisioning(req.params.name, req.body.provisioning);
+    return m.describeVolume(m.volume(req.params.name));
+  });
   app.post(
     '/v1/volumes/claim',
     { schema: { summary: 'Allocate from the predefined volumes (configured, no farm yet) by size and quality class', tags, body: claim, response: replies({ 201: views.volumeView }) } },

@@ -126,6 +126,7 @@ export class ConfigOperations {
           state: v.state as VolumeState,
           shareMode: v.share_mode,
           cachePolicy: v.cache_policy,
+          provisioning: v.provisioning,
           serial: v.serial,
           naa: v.naa,
           qualityClass: v.quality_class,
@@ -317,8 +318,8 @@ export class ConfigOperations {
       const insExtent = db.prepare('INSERT INTO extents (volume_id, seq, array_id, offset, length) VALUES (?, ?, ?, ?, ?)');
       for (const v of doc.volumes) {
         db.prepare(
-          `INSERT INTO volumes (id, name, farm_id, size, state, share_mode, serial, naa, ever_mapped, cache_policy, dirty, scrubbed_at, image_id, quality_class, created_at, updated_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+          `INSERT INTO volumes (id, name, farm_id, size, state, share_mode, serial, naa, ever_mapped, cache_policy, provisioning, dirty, scrubbed_at, image_id, quality_class, created_at, updated_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
         ).run(
           v.id,
           v.name,
@@ -330,6 +331,7 @@ export class ConfigOperations {
           v.naa,
           v.everMapped ? 1 : 0,
           v.cachePolicy,
+          v.provisioning,
           v.dirty ? 1 : 0,
           v.scrubbedAt,
           v.image === null ? null : imageId.get(v.image)!,

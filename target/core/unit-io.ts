@@ -69,17 +69,24 @@ class StoreUnit implements UnitIO {
     return this.vol.layout.size;
   }
 
+  /** Capabilities are asked on every SCSI command: built once, and again only when provisioning changed. */
+  private capsCached: UnitCapabilities | null = null;
+  private capsGen = -1;
+
   caps(): UnitCapabilities {
-    return {
+    if (this.capsCached && this.capsGen === this.store.provisioningGen) return this.capsCached;
+    this.capsGen = this.store.provisioningGen;
+    return (this.capsCached = {
       readOnly: this.unit.readOnly,
       minBlock: 1,
       preferredBlock: PREFERRED_BLOCK,
       maxTransfer: MAX_TRANSFER,
-      thin: true,
-      trimReadsZeroes: true,
+      // Thick volumes keep every block allocated: no thin provisioning to report, and a trim keeps the bytes.
+      thin: !this.store.isThick(this.vol.id),
+      trimReadsZeroes: !this.store.isThick(this.vol.id),
       // One store and one cache behind every session; a flush syncs the volume's arrays.
       flushCoversAllSessions: true,
-    };
+    });
   }
 
   read(offset: number, length: number, dest: Buffer): Promise<void> | null {

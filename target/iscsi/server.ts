@@ -75,6 +75,15 @@ export class IscsiServer implements Frontend {
   private srv: net.Server | null = null;
   private portal: string | null = null;
   private nextTsih = 1;
+  /**
+   * Units revoked for iSCSI while still in the host's namespace (a protocol
+   * switch moving them to NBD): host → "target/lun:volume". They are gone for
+   * the host's sessions until the unit is published to the host again.
+   */
+  private readonly revoked = new Map<string, Set<string>>();
+  private revokedGen = 0;
+  /** The LUN view per host and target, asked on every command: rebuilt only when the namespace or the revocations moved. */
+  private readonly lunViews = new Map<string, Map<number, { gen: number; rgen: number; luns: Map<number, UnitIO> }>>();
 
   constructor(backend: IscsiBackend, opts: IscsiServerOptions = {}) {
     this.backend = backend;
@@ -104,18 +113,40 @@ export class IscsiServer implements Frontend {
     };
   }
 
-  /** The units of one host target, by LUN. */
+  /** The units of one host target, by LUN (not those revoked for iSCSI). */
   private luns(host: string, target: number): ReadonlyMap<number, UnitIO> {
-    const m = new Map<number, UnitIO>();
-    for (const u of this.backend.namespaces.list(host)) if (u.target === target) m.set(u.lun, this.backend.unitIO(u));
-    return m;
+    const gen = this.backend.namespaces.generation;
+    let perTarget = this.lunViews.get(host);
+    if (!perTarget) this.lunViews.set(host, (perTarget = new Map()));
+    const v = perTarget.get(target);
+    if (v && v.gen === gen && v.rgen === this.revokedGen) return v.luns;
+    const luns = new Map<number, UnitIO>();
+    for (const u of this.live(host)) if (u.target === target) luns.set(u.lun, this.backend.unitIO(u));
+    perTarget.set(target, { gen, rgen: this.revokedGen, luns });
+    return luns;
+  }
+
+  /** The host's units that iSCSI may serve. */
+  private live(host: string): Unit[] {
+    const r = this.revoked.get(host);
+    const units = this.backend.namespaces.list(host);
+    return r ? units.filter((u) => !r.has(revokedKey(u))) : units;
   }
 
   /** Target numbers that hold at least one of the host's units. */
   private targets(host: string): number[] {
     const ts = new Set<number>();
-    for (const u of this.backend.namespaces.list(host)) ts.add(u.target);
+    for (const u of this.live(host)) ts.add(u.target);
     return [...ts].sort((a, b) => a - b);
+  }
+
+  /** A unit published to the host again (or gone from it) is no longer revoked. */
+  private unrevoke(host: string, units: readonly Unit[]): void {
+    const r = this.revoked.get(host);
+    if (!r) return;
+    for (const u of units) r.delete(revokedKey(u));
+    if (r.size === 0) this.revoked.delete(host);
+    this.revokedGen++;
   }
 
   async listen(host: string, port: number): Promise<number> {
@@ -181,6 +212,7 @@ export class IscsiServer implements Frontend {
   // ---- Frontend ---------------------------------------------------------------
 
   namespaceChanged(host: string, change: NamespaceChange, units: readonly Unit[]): void {
+    if (change !== 'resized') this.unrevoke(host, units);
     this.device.namespaceChanged(host, change, units.map((u) => u.volume.id));
     for (const c of this.sessionsOf(host)) {
       for (const u of units) if (u.target === c.target) c.reportChange(change === 'resized' ? 'capacity' : 'luns', change === 'resized' ? u.lun : 0);
@@ -188,10 +220,15 @@ export class IscsiServer implements Frontend {
   }
 
   /**
-   * With a unit: sessions of its target stop using it — commands already
-   * running on that LUN finish, later ones find no such LUN (the namespace no
-   * longer has it). Without: every session of the host is asked to log out,
-   * and dropped after the grace period.
+   * With a unit: only that LUN ends for the host's iSCSI sessions, whether or
+   * not the namespace still has the unit (a protocol switch keeps it there).
+   * Commands queued on the LUN are aborted, running ones finish, later ones
+   * get LOGICAL UNIT NOT SUPPORTED and REPORT LUNS leaves it out; when the
+   * namespace still has it, the host's other LUNs of that target get REPORTED
+   * LUNS DATA HAS CHANGED (an unmap already raises that through
+   * namespaceChanged). It stays revoked until published to the host again.
+   * Without a unit: every session of the host is asked to log out, and
+   * dropped after the grace period.
    */
   async revoke(host: string, unit: Unit | null): Promise<void> {
     const sessions = [...this.conns].filter((c) => c.host === host);
@@ -200,7 +237,17 @@ export class IscsiServer implements Frontend {
       await Promise.all(sessions.map((c) => c.closed()));
       return;
     }
-    await Promise.all(sessions.filter((c) => c.target === unit.target).map((c) => c.quiesceLun(unit.lun)));
+    const stillPublished = this.backend.namespaces.lookup(host, unit.target, unit.lun)?.volume.id === unit.volume.id;
+    let r = this.revoked.get(host);
+    if (!r) this.revoked.set(host, (r = new Set()));
+    r.add(revokedKey(unit));
+    this.revokedGen++;
+    const onTarget = sessions.filter((c) => c.target === unit.target);
+    await Promise.all(onTarget.map((c) => c.quiesceLun(unit.lun)));
+    if (stillPublished) {
+      this.device.namespaceChanged(host, 'unmapped', [unit.volume.id]);
+      for (const c of onTarget) c.reportChange('luns', 0);
+    }
   }
 
   address(host: string, unit: Unit): UnitAddress | null {
@@ -227,8 +274,19 @@ export class IscsiServer implements Frontend {
   }
 }
 
-/** The target number a nexus's target name stands for. */
+const revokedKey = (u: Unit): string => `${u.target}/${u.lun}:${u.volume.id}`;
+
+const targetNumbers = new Map<string, number>();
+
+/** The target number a nexus's target name stands for (asked per command: parsed once per name). */
 function targetOf(n: Nexus): number {
-  const m = /\.t(\d+)$/.exec(n.targetName);
-  return m ? Number(m[1]) : -1;
+  let t = targetNumbers.get(n.targetName);
+  if (t === undefined) {
+    const m = /\.t(\d+)$/.exec(n.targetName);
+    t = m ? Number(m[1]) : -1;
+    // Names come from logged-in sessions of known hosts; the bound only guards against a flood of them.
+    if (targetNumbers.size > 4096) targetNumbers.clear();
+    targetNumbers.set(n.targetName, t);
+  }
+  return t;
 }

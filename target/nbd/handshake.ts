@@ -313,7 +313,8 @@ export abstract class HandshakeSession extends NbdSession {
     if (caps.flushCoversAllSessions) f |= TFLAG.CAN_MULTI_CONN;
     if (this.structured) f |= TFLAG.SEND_DF;
     if (caps.readOnly) f |= TFLAG.READ_ONLY;
-    else f |= TFLAG.SEND_TRIM | TFLAG.SEND_WRITE_ZEROES | TFLAG.SEND_FAST_ZERO;
+    // A thick unit has no space to give back: TRIM is not offered (a client sending it anyway gets a successful no-op, as the spec lets a server ignore TRIM).
+    else f |= (caps.thin ? TFLAG.SEND_TRIM : 0) | TFLAG.SEND_WRITE_ZEROES | TFLAG.SEND_FAST_ZERO;
     return f;
   }
 

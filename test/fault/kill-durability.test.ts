@@ -1,5 +1,6 @@
 import t from 'tap';
 import { RawNbd } from '../helpers/nbd-client.js';
+import { IscsiSession } from '../helpers/iscsi-session.js';
 import { startServer } from '../helpers/server.js';
 import { prng } from '../helpers/prng.js';
 
@@ -12,6 +13,13 @@ import { prng } from '../helpers/prng.js';
  * Writes to one block are never in flight twice at once, so each block's
  * versions are totally ordered by their sequence number and "newer" is well
  * defined.
+ *
+ * Writers speak both protocols: volume 0 is written over NBD (WRITE, FUA,
+ * FLUSH), volume 2 over iSCSI (WRITE(10) with and without FUA, SYNCHRONIZE
+ * CACHE), volume 1 over both at once, so a flush on one protocol must cover
+ * writes acknowledged on the other (the unit says flushCoversAllSessions).
+ * After each restart every volume is read over NBD, and the iSCSI-written
+ * ones over iSCSI as well, which must return the same bytes.
  */
 
 const ROUNDS = 24;
@@ -47,12 +55,24 @@ interface BlockModel {
   inflight: boolean;
 }
 
+/** One protocol's way to one volume. */
+interface Writer {
+  proto: 'nbd' | 'iscsi';
+  write(offset: number, data: Buffer, fua: boolean): Promise<unknown>;
+  flush(): Promise<unknown>;
+}
+
 t.test('flushed writes survive SIGKILL at random points', async (t) => {
   const s = await startServer(t, { args: ['--cache-size', '32M'] });
-  // A second volume on the same array, bound to the same host: misplacement across volumes is detectable.
+  // More volumes on the same array, bound to the same host: misplacement across volumes is detectable.
   await s.call('POST', '/v1/volumes', { name: 'kill-v2', size: '8M' });
   await s.call('POST', '/v1/bindings', { volume: 'kill-v2', host: 'demo', target: 0, lun: 1 });
-  const exports = ['0/0', '0/1'];
+  await s.call('POST', '/v1/volumes', { name: 'kill-v3', size: '8M' });
+  await s.call('POST', '/v1/bindings', { volume: 'kill-v3', host: 'demo', target: 0, lun: 2 });
+  const exports = ['0/0', '0/1', '0/2'];
+  const luns = [0, 1, 2];
+  /** Which protocols write each volume. */
+  const protos: ('nbd' | 'iscsi')[][] = [['nbd'], ['nbd', 'iscsi'], ['iscsi']];
   const model: BlockModel[][] = exports.map(() =>
     Array.from({ length: REGION_BLOCKS }, () => ({ sent: new Set<number>(), floor: 0, acked: 0, inflight: false })),
   );
@@ -62,20 +82,36 @@ t.test('flushed writes survive SIGKILL at random points', async (t) => {
   let survivedUnflushed = 0;
   // What the server answered before each kill: an error reply is a failure (every request here is valid);
   // only requests cut off by the kill itself (connection closed) may go unanswered.
-  let ackedWrites = 0;
-  let ackedFlushes = 0;
+  const acked = { nbd: { writes: 0, fua: 0, flushes: 0 }, iscsi: { writes: 0, fua: 0, flushes: 0 } };
   const errors: string[] = [];
   const refused = (what: string) => (e: Error & { errno?: number }): void => {
-    if (/^NBD error|no reply within/.test(e.message)) errors.push(`${what}: ${e.message}`);
+    if (/^NBD error|^iSCSI error|no reply within/.test(e.message)) errors.push(`${what}: ${e.message}`);
   };
 
   for (let round = 0; round < ROUNDS; round++) {
     if (round > 0) await s.start();
     const conns = await Promise.all(exports.map((e) => RawNbd.connect(s.socket('demo'), e)));
+    const iscsi = await IscsiSession.open(s.iscsi, luns);
+    const writers: Writer[][] = protos.map((ps, v) =>
+      ps.map((proto): Writer =>
+        proto === 'nbd'
+          ? { proto, write: (o, d, f) => conns[v]!.write(o, d, f), flush: () => conns[v]!.flush() }
+          : { proto, write: (o, d, f) => iscsi.write(luns[v]!, o, d, f), flush: () => iscsi.sync(luns[v]!) },
+      ),
+    );
 
     // ---- verify what the last crash left -------------------------------------
     for (let v = 0; v < exports.length; v++) {
       const got = await conns[v]!.read(0, REGION_BLOCKS * BLOCK);
+      if (protos[v]!.includes('iscsi')) {
+        let overIscsi: Buffer | null = null;
+        try {
+          overIscsi = await iscsi.read(luns[v]!, 0, REGION_BLOCKS * BLOCK);
+        } catch (e) {
+          errors.push(`round ${round}: iSCSI read of volume ${v}: ${(e as Error).message}`);
+        }
+        if (overIscsi && !overIscsi.equals(got)) t.fail(`round ${round}: volume ${v} reads differently over iSCSI and NBD`);
+      }
       for (let b = 0; b < REGION_BLOCKS; b++) {
         const m = model[v]![b]!;
         const blk = got.subarray(b * BLOCK, (b + 1) * BLOCK);
@@ -111,6 +147,7 @@ t.test('flushed writes survive SIGKILL at random points', async (t) => {
     if (round === ROUNDS - 1 || errors.length > 0) {
       // Done, or the server answered a valid request with an error: no point in more rounds.
       for (const c of conns) c.close();
+      iscsi.close();
       break;
     }
 
@@ -123,20 +160,21 @@ t.test('flushed writes survive SIGKILL at random points', async (t) => {
     };
     for (let i = 0; i < ops; i++) {
       while (inflight.size >= QD) await Promise.race(inflight);
-      const v = rand() < 0.5 ? 0 : 1;
-      const c = conns[v]!;
+      const v = Math.floor(rand() * exports.length);
+      const ws = writers[v]!;
+      const c = ws[Math.floor(rand() * ws.length)]!;
       const r = rand();
       if (r < 0.12) {
-        // FLUSH: everything acknowledged now must be durable once it is acknowledged.
+        // FLUSH / SYNCHRONIZE CACHE: everything acknowledged now (on any session) must be durable once it is acknowledged.
         const snapshot = model[v]!.map((m) => m.acked);
         track(
           c.flush().then(() => {
-            ackedFlushes++;
+            acked[c.proto].flushes++;
             snapshot.forEach((a, b) => {
               const m = model[v]![b]!;
               if (a > m.floor) m.floor = a;
             });
-          }, refused(`round ${round} flush`)),
+          }, refused(`round ${round} ${c.proto} flush`)),
         );
       } else {
         const n = 1 + Math.floor(rand() * 4);
@@ -154,11 +192,12 @@ t.test('flushed writes survive SIGKILL at random points', async (t) => {
           m.sent.add(sq);
           m.inflight = true;
         }
-        const fua = rand() < 0.05;
+        const fua = rand() < 0.08;
         track(
           c.write(first * BLOCK, Buffer.concat(parts), fua).then(
             () => {
-              ackedWrites++;
+              acked[c.proto].writes++;
+              if (fua) acked[c.proto].fua++;
               versions.forEach((sq, k) => {
                 const m = model[v]![first + k]!;
                 m.acked = sq;
@@ -166,7 +205,7 @@ t.test('flushed writes survive SIGKILL at random points', async (t) => {
                 if (fua) m.floor = sq;
               });
             },
-            refused(`round ${round} write at block ${first}`),
+            refused(`round ${round} ${c.proto} write at block ${first}`),
           ),
         );
       }
@@ -175,12 +214,17 @@ t.test('flushed writes survive SIGKILL at random points', async (t) => {
     }
     await s.kill();
     for (const c of conns) c.close();
+    iscsi.close();
     await Promise.allSettled([...inflight]);
   }
   t.same(errors.slice(0, 10), [], `no request answered with an error (${errors.length} were)`);
   t.ok(checked >= ROUNDS * exports.length * REGION_BLOCKS, `checked ${checked} blocks`);
   // The model only proves something if the server took writes and flushes in most rounds.
-  t.ok(ackedWrites >= (ROUNDS - 1) * 20, `${ackedWrites} writes acknowledged`);
-  t.ok(ackedFlushes >= ROUNDS - 1, `${ackedFlushes} flushes acknowledged`);
+  for (const p of ['nbd', 'iscsi'] as const) {
+    const a = acked[p];
+    t.ok(a.writes >= (ROUNDS - 1) * 10, `${p}: ${a.writes} writes acknowledged`);
+    t.ok(a.fua >= ROUNDS / 2, `${p}: ${a.fua} FUA writes acknowledged`);
+    t.ok(a.flushes >= ROUNDS / 2, `${p}: ${a.flushes} flushes acknowledged`);
+  }
   t.comment(`${survivedUnflushed} block checks found a newer unflushed version (allowed)`);
 });

@@ -315,3 +315,49 @@ export function syncCache10(): Buffer {
 export function tur(): Buffer {
   return Buffer.alloc(16);
 }
+
+/** REPORT LUNS, up to 4 KiB back. */
+export function reportLuns(): Buffer {
+  const c = Buffer.alloc(16);
+  c[0] = 0xa0;
+  c.writeUInt32BE(4096, 6);
+  return c;
+}
+
+/** READ CAPACITY(16), 32 bytes back. */
+export function readCapacity16(): Buffer {
+  const c = Buffer.alloc(16);
+  c[0] = 0x9e;
+  c[1] = 0x10;
+  c.writeUInt32BE(32, 10);
+  return c;
+}
+/** INQUIRY for a VPD page. */
+export function vpd(page: number): Buffer {
+  const c = Buffer.alloc(16);
+  c[0] = 0x12;
+  c[1] = 1;
+  c[2] = page;
+  c.writeUInt16BE(255, 3);
+  return c;
+}
+export function writeSame16(lba: number, blocks: number, unmap: boolean): Buffer {
+  const c = Buffer.alloc(16);
+  c[0] = 0x93;
+  c[1] = unmap ? 0x08 : 0;
+  c.writeUInt32BE(lba, 6);
+  c.writeUInt32BE(blocks, 10);
+  return c;
+}
+/** UNMAP of one range: the CDB and its parameter list (send as data out). */
+export function unmap(lba: number, blocks: number): { cdb: Buffer; data: Buffer } {
+  const cdb = Buffer.alloc(16);
+  cdb[0] = 0x42;
+  cdb.writeUInt16BE(24, 7);
+  const data = Buffer.alloc(24);
+  data.writeUInt16BE(22, 0);
+  data.writeUInt16BE(16, 2);
+  data.writeUInt32BE(lba, 12);
+  data.writeUInt32BE(blocks, 16);
+  return { cdb, data };
+}

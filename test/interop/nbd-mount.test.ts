@@ -1,10 +1,10 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import t from 'tap';
 import { startServer, type TestServer } from '../helpers/server.js';
+import { bounded, daemon, killChildren, mounted, unmount, until } from '../helpers/fuse.js';
 import { requireTools, run, runOk } from '../helpers/tools.js';
 
 // A host really mounting a disk: nbdfuse exposes the export as a file,
@@ -21,51 +21,6 @@ const fsMnt = path.join(work, 'fs');
 fs.mkdirSync(dataDir);
 fs.mkdirSync(nbdMnt);
 fs.mkdirSync(fsMnt);
-const children = new Set<ChildProcess>();
-
-const mounted = (p: string): boolean => fs.readFileSync('/proc/mounts', 'utf8').split('\n').some((l) => l.split(' ')[1] === p);
-
-async function unmount(p: string): Promise<void> {
-  if (!mounted(p)) return;
-  const fm = ['/usr/bin/fusermount3', '/bin/fusermount3', '/usr/bin/fusermount', '/bin/fusermount'].find((f) => fs.existsSync(f));
-  const r = fm ? await run(fm, ['-u', p], { timeoutMs: 30_000 }) : await run('umount', [p], { timeoutMs: 30_000 });
-  if (r.code !== 0 && mounted(p)) await run('umount', ['-l', p], { timeoutMs: 30_000 });
-}
-
-async function until(what: string, cond: () => boolean, ms = 15_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-/** Starts a long-running FUSE daemon in the foreground; resolves its exit. */
-function daemon(cmd: string, args: string[]): { exited: Promise<number | null>; child: ChildProcess } {
-  const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-  children.add(child);
-  let err = '';
-  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-  const exited = new Promise<number | null>((resolve) =>
-    child.on('exit', (code) => {
-      children.delete(child);
-      if (code) process.stderr.write(`${cmd}: ${err}\n`);
-      resolve(code);
-    }),
-  );
-  return { exited, child };
-}
-
-async function bounded<T>(p: Promise<T>, what: string, ms = 30_000): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const to = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`timed out: ${what}`)), ms)));
-  try {
-    return await Promise.race([p, to]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 async function attach(s: TestServer, readOnly: boolean): Promise<{ detach: () => Promise<void> }> {
   const nf = daemon('nbdfuse', [...(readOnly ? ['--readonly'] : []), nbdMnt, s.unixUri('demo', '0/0')]);
   const img = path.join(nbdMnt, 'nbd');
@@ -86,7 +41,7 @@ function mountFs(readOnly: boolean): { exited: Promise<number | null> } {
 t.teardown(async () => {
   await unmount(fsMnt).catch(() => undefined);
   await unmount(nbdMnt).catch(() => undefined);
-  for (const c of children) c.kill('SIGKILL');
+  killChildren();
   fs.rmSync(work, { recursive: true, force: true });
 });
 

@@ -10,6 +10,7 @@ export interface Volume {
   state: string;
   shareMode: string;
   cachePolicy: string;
+  provisioning: string;
   serial: string;
   naa: string;
   meta: boolean;
@@ -73,7 +74,8 @@ export function register(program: Command): void {
     .option('--layout <array:size,…>', 'explicit extents, in order (a meta volume across arrays), e.g. a0:1G,a1:1G')
     .option('--shared', 'may be bound to several hosts of its farm')
     .option('--no-configure', 'stop in allocated (configure later with `volume configure`)')
-    .action(async (name: string, o: { size: string; farm?: string; class?: string; layout?: string; shared?: boolean; configure: boolean }, cmd: Command) => {
+    .option('--thick', 'allocate all of its space now (as zeroes); it is never trimmed away')
+    .action(async (name: string, o: { size: string; farm?: string; class?: string; layout?: string; shared?: boolean; configure: boolean; thick?: boolean }, cmd: Command) => {
       const v = await client(cmd).call<Volume>('POST', '/v1/volumes', {
         name,
         size: o.size,
@@ -82,8 +84,16 @@ export function register(program: Command): void {
         ...(o.class ? { qualityClass: o.class } : {}),
         ...(o.layout ? { layout: parseLayout(o.layout) } : {}),
         ...(o.shared ? { shareMode: 'shared' } : {}),
+        ...(o.thick ? { provisioning: 'thick' } : {}),
       });
       out(cmd, v, () => volumeDetails(v));
+    });
+
+  verb(volume, 'set <name>', 'change a volume’s settings')
+    .requiredOption('--provisioning <thin|thick>', 'thick allocates every hole now; thin lets later trims give space back')
+    .action(async (name: string, o: { provisioning: string }, cmd: Command) => {
+      const v = await client(cmd).call<Volume>('PATCH', `/v1/volumes/${enc(name)}`, { provisioning: o.provisioning });
+      out(cmd, v, () => `volume ${v.name} is now ${v.provisioning}\n`);
     });
 
   verb(volume, 'claim', 'hand the smallest fitting predefined volume to a farm')

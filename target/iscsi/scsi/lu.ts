@@ -56,16 +56,12 @@ export class LuState {
   }
 }
 
-const capsCache = new WeakMap<UnitIO, UnitCapabilities>();
-
 /**
- * A unit's capabilities, asked once per UnitIO: they are fixed for its life (a
- * changed binding is a new unit), and the I/O path asks on every command.
+ * A unit's capabilities. The I/O path asks on every command; UnitIO keeps them
+ * built (they change only when the volume turns thick or thin).
  */
 export function capsOf(io: UnitIO): UnitCapabilities {
-  let c = capsCache.get(io);
-  if (!c) capsCache.set(io, (c = io.caps()));
-  return c;
+  return io.caps();
 }
 
 /** What a command handler is given. */
