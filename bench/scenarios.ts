@@ -3,7 +3,7 @@
  * every server afresh on new sparse files, so no scenario inherits another's
  * page cache or block cache.
  */
-import type { Kind, Workload } from './workloads.js';
+import { pickById, type Kind, type Workload } from './workloads.js';
 
 export type ScenarioId = 'filled' | 'fresh' | 'beyond-cache';
 
@@ -54,12 +54,7 @@ export const SCENARIOS: readonly Scenario[] = [
 ];
 
 export function selectScenarios(ids: readonly string[] | null): Scenario[] {
-  if (!ids) return [...SCENARIOS];
-  return ids.map((id) => {
-    const s = SCENARIOS.find((x) => x.id === id);
-    if (!s) throw new Error(`unknown scenario '${id}' (known: ${SCENARIOS.map((x) => x.id).join(', ')})`);
-    return s;
-  });
+  return pickById(SCENARIOS, ids, 'scenario');
 }
 
 export function workloadsFor(s: Scenario, ws: readonly Workload[]): Workload[] {
