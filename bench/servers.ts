@@ -57,8 +57,14 @@ export interface StartContext {
 
 const TOKEN = 'bench-token-0123456789abcdef';
 
-async function endpoint(transport: Transport, sock: string): Promise<Endpoint> {
-  return transport === 'unix' ? { kind: 'unix', path: sock } : { kind: 'tcp', host: '127.0.0.1', port: await freePort() };
+let starts = 0;
+
+/**
+ * A new socket path per start: a peer restarted for the next round (fresh
+ * scenario) must not meet the socket file its predecessor left behind.
+ */
+async function endpoint(transport: Transport, dir: string, tag: string): Promise<Endpoint> {
+  return transport === 'unix' ? { kind: 'unix', path: path.join(dir, `${tag}-${++starts}.sock`) } : { kind: 'tcp', host: '127.0.0.1', port: await freePort() };
 }
 
 function uriOf(ep: Endpoint, exportName: string): string {
@@ -77,7 +83,7 @@ async function backingFile(file: string, size: number): Promise<void> {
 
 async function startNbdkit(ctx: StartContext, transport: Transport, plugin: 'file' | 'memory'): Promise<Target> {
   const tag = `nbdkit-${plugin}-${transport}`;
-  const ep = await endpoint(transport, path.join(ctx.workDir, `${tag}.sock`));
+  const ep = await endpoint(transport, ctx.workDir, tag);
   const listen = ep.kind === 'unix' ? ['-U', ep.path] : ['-i', ep.host, '-p', String(ep.port)];
   const pluginArgs: string[] = [];
   if (plugin === 'file') {
@@ -97,7 +103,7 @@ async function startNbdkit(ctx: StartContext, transport: Transport, plugin: 'fil
 
 async function startQemuNbd(ctx: StartContext, transport: Transport): Promise<Target> {
   const tag = `qemu-nbd-${transport}`;
-  const ep = await endpoint(transport, path.join(ctx.workDir, `${tag}.sock`));
+  const ep = await endpoint(transport, ctx.workDir, tag);
   const file = path.join(ctx.workDir, `${tag}.img`);
   await backingFile(file, ctx.size);
   const listen = ep.kind === 'unix' ? ['-k', ep.path] : ['-b', ep.host, '-p', String(ep.port)];
