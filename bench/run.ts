@@ -12,10 +12,11 @@ import { filesystemOf, installTools, machineInfo, versions } from './environment
 import { fill, runWorkload, type FioTiming } from './fio.js';
 import { summariseProfile, type CpuProfile } from './profile.js';
 import { ProcessRegistry } from './procs.js';
-import { buildCells, cellKey, evaluateTargets, renderMarkdown, renderSvg, type ProfileResult, type Results } from './report.js';
-import { BASELINE, SERVERS, startBlockgate, startServer, type ServerName, type Target, type Transport } from './servers.js';
+import { buildCells, cellKey, evaluateTargets, renderMarkdown, renderSvg, type Lane, type ProfileResult, type Results } from './report.js';
+import { selectScenarios, workloadsFor, type Scenario } from './scenarios.js';
+import { BASELINE, DEFAULT_SERVERS, SERVERS, startBlockgate, startServer, type ServerName, type Target, type Transport } from './servers.js';
 import { rotation, type RunStats } from './stats.js';
-import { PROFILE_IDS, QUICK_IDS, selectWorkloads, type Workload } from './workloads.js';
+import { PROFILE_IDS, QUICK_FRESH_IDS, QUICK_IDS, QUICK_SERVERS, selectWorkloads, type Workload } from './workloads.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const JOBS_DIR = path.join(ROOT, 'bench/jobs');
@@ -31,20 +32,27 @@ interface Options {
   transports: Transport[];
   servers: ServerName[];
   workloads: Workload[];
+  scenarios: Scenario[];
+  /** Workloads per scenario id when not all of the scenario's kinds (quick mode's short fresh pass). */
+  scenarioWorkloads: Map<string, Workload[]>;
+  baseBuild: string | undefined;
   sizeBytes: number;
   outDir: string;
   blockgateEnv: Record<string, string>;
 }
 
 const USAGE = `usage: node dist/bench/run.js [options]
-  --quick              small matrix (unix socket, 7 workloads, 1 round, 1 s runs): under two minutes
+  --quick              small matrix (unix socket, blockgate and nbdkit-file, 6 workloads pre-filled and 2 fresh,
+                       3 rounds of 5 s): a few minutes
   --profile            also profile blockgate (node --cpu-prof) under the 4k random workloads
   --profile-only       only the profile, merged into the existing results.json in --out
-  --rounds N           rounds per cell; the median is reported (full: 3)
-  --runtime S          seconds per fio run after ramp (full: 1.5)
-  --ramp S             fio ramp_time seconds (0.25)
+  --rounds N           rounds per cell, order rotated; the median and spread are reported (3)
+  --runtime S          seconds per fio run after ramp (5)
+  --ramp S             fio ramp_time seconds (1)
   --transports LIST    unix,tcp
+  --scenarios LIST     filled,fresh,beyond-cache (see bench/scenarios.ts)
   --servers LIST       ${SERVERS.join(',')} (${BASELINE} is always included: ratios need it)
+  --base-build DIR     a checkout whose dist/ the blockgate-base server runs (A/B of two builds in one run)
   --workloads LIST     workload ids (see bench/workloads.ts)
   --size MiB           export size (default 256)
   --uv-threads N       UV_THREADPOOL_SIZE for blockgate (default: node's, 4)
@@ -68,6 +76,8 @@ function parseOptions(argv: string[]): Options {
       transports: { type: 'string' },
       servers: { type: 'string' },
       workloads: { type: 'string' },
+      scenarios: { type: 'string' },
+      'base-build': { type: 'string' },
       size: { type: 'string' },
       'uv-threads': { type: 'string' },
       out: { type: 'string' },
@@ -91,19 +101,29 @@ function parseOptions(argv: string[]): Options {
   };
   const transports = (list(values.transports) ?? (quick ? ['unix'] : ['unix', 'tcp'])) as Transport[];
   for (const t of transports) if (t !== 'unix' && t !== 'tcp') throw new Error(`unknown transport '${t}'`);
-  const wanted = (list(values.servers) ?? [...SERVERS]) as ServerName[];
+  const wanted = (list(values.servers) ?? [...(quick ? QUICK_SERVERS : DEFAULT_SERVERS), ...(values['base-build'] ? ['blockgate-base'] : [])]) as ServerName[];
   for (const s of wanted) if (!SERVERS.includes(s)) throw new Error(`unknown server '${s}'`);
   const servers = SERVERS.filter((s) => s === BASELINE || wanted.includes(s));
+  const workloads = selectWorkloads(list(values.workloads) ?? (quick ? QUICK_IDS : null));
+  const scenarios = selectScenarios(list(values.scenarios) ?? (quick ? ['filled', 'fresh'] : null));
+  const scenarioWorkloads = new Map<string, Workload[]>();
+  for (const sc of scenarios) {
+    const own = quick && !values.workloads && sc.id === 'fresh' ? selectWorkloads(QUICK_FRESH_IDS) : workloads;
+    scenarioWorkloads.set(sc.id, workloadsFor(sc, own));
+  }
   return {
     quick,
     profile: values.profile! || values['profile-only']!,
     profileOnly: values['profile-only']!,
-    rounds: Math.max(1, Math.round(num(values.rounds, quick ? 1 : 3))),
-    timing: { runtimeS: Math.max(0.5, num(values.runtime, quick ? 1 : 1.5)), rampS: num(values.ramp, 0.25) },
+    rounds: Math.max(1, Math.round(num(values.rounds, 3))),
+    timing: { runtimeS: Math.max(0.5, num(values.runtime, 5)), rampS: num(values.ramp, 1) },
     profileRuntimeS: quick ? 2 : 5,
     transports,
     servers,
-    workloads: selectWorkloads(list(values.workloads) ?? (quick ? QUICK_IDS : null)),
+    workloads,
+    scenarios,
+    scenarioWorkloads,
+    baseBuild: values['base-build'] ? path.resolve(values['base-build']) : undefined,
     sizeBytes: Math.round(num(values.size, 256)) * MiB,
     outDir: path.resolve(ROOT, values.out ?? (quick ? 'bench/out' : 'docs/bench')),
     blockgateEnv: values['uv-threads'] ? { UV_THREADPOOL_SIZE: String(Math.round(num(values['uv-threads'], 4))) } : {},
@@ -125,38 +145,70 @@ interface Ctx {
   opts: Options;
 }
 
-async function startAll(ctx: Ctx, transport: Transport): Promise<Target[]> {
+async function startAll(ctx: Ctx, sc: Scenario, transport: Transport): Promise<Target[]> {
   const targets: Target[] = [];
   for (const s of ctx.opts.servers) {
-    const t = await startServer(s, transport, { reg: ctx.reg, workDir: ctx.workDir, root: ROOT, size: ctx.opts.sizeBytes, blockgateEnv: ctx.opts.blockgateEnv });
-    log(`${s} (${transport}) pid ${t.proc.pid} at ${t.uri}`);
+    const t = await startServer(s, transport, {
+      reg: ctx.reg,
+      workDir: ctx.workDir,
+      root: ROOT,
+      size: ctx.opts.sizeBytes,
+      blockgateEnv: ctx.opts.blockgateEnv,
+      blockgateArgs: sc.blockgateArgs,
+      ...(ctx.opts.baseBuild ? { baseBuild: ctx.opts.baseBuild } : {}),
+    });
+    log(`${s} (${sc.id}, ${transport}) pid ${t.proc.pid} at ${t.uri}`);
     targets.push(t);
   }
   return targets;
 }
 
-/** One transport's share of the matrix: start everything, fill, then rounds of rotated runs. */
-async function benchTransport(ctx: Ctx, transport: Transport, runs: Map<string, RunStats[]>): Promise<void> {
-  const targets: Target[] = [];
+function load(): string {
+  return os.loadavg().map((x) => x.toFixed(2)).join(' ');
+}
+
+/**
+ * One scenario on one transport: start everything (on new sparse files),
+ * fill if the scenario says so, then rounds of rotated runs. A fresh
+ * scenario starts every server afresh for each round, so each round begins
+ * on unwritten volumes and every server has seen the same workloads before
+ * each cell.
+ */
+async function benchLane(ctx: Ctx, sc: Scenario, transport: Transport, runs: Map<string, RunStats[]>): Promise<void> {
+  const { rounds, timing } = ctx.opts;
+  const workloads = ctx.opts.scenarioWorkloads.get(sc.id)!;
+  if (workloads.length === 0) return;
+  let targets: Target[] = [];
+  const stopAll = async (): Promise<void> => {
+    // Stopped by PID even when a run failed half way.
+    for (const t of targets) await ctx.reg.stop(t.proc);
+    targets = [];
+  };
   try {
-    targets.push(...(await startAll(ctx, transport)));
-    for (const t of targets) await fill(ctx.reg, JOBS_DIR, ctx.rawDir, t.uri, `${t.server}-${transport}`);
-    await settle(ctx.reg);
-    log(`${transport}: all exports filled`);
-    const { workloads, rounds, timing } = ctx.opts;
     for (let round = 0; round < rounds; round++) {
+      if (round === 0 || !sc.fill) {
+        await stopAll();
+        // Every start makes new sparse files (a peer's file is truncated to nothing and regrown, which drops
+        // its page cache; blockgate gets a new data directory): nothing of an earlier round is left cached.
+        targets = await startAll(ctx, sc, transport);
+        if (sc.fill) {
+          for (const t of targets) await fill(ctx.reg, JOBS_DIR, ctx.rawDir, t.uri, `${t.server}-${sc.id}-${transport}`);
+          await settle(ctx.reg);
+          log(`${sc.id} ${transport}: all exports filled and synced; load ${load()}`);
+        }
+      }
+      log(`${sc.id} ${transport} round ${round + 1}/${rounds}: load ${load()}`);
       for (const [wi, w] of workloads.entries()) {
         for (const t of rotation(targets, round + wi)) {
-          const s = await runWorkload(ctx.reg, JOBS_DIR, ctx.rawDir, t.uri, w, timing, `${w.id}-${transport}-${t.server}-r${round}`);
-          const k = cellKey(w.id, transport, t.server);
+          const s = await runWorkload(ctx.reg, JOBS_DIR, ctx.rawDir, t.uri, w, timing, `${w.id}-${sc.id}-${transport}-${t.server}-r${round}`);
+          const k = cellKey(w.id, transport, t.server, sc.id);
           runs.set(k, [...(runs.get(k) ?? []), s]);
-          log(`${transport} r${round + 1}/${rounds} ${w.id.padEnd(20)} ${t.server.padEnd(13)} ${Math.round(s.iops).toString().padStart(7)} IOPS ${s.mibps.toFixed(0).padStart(5)} MiB/s p99 ${s.p99us.toFixed(0)} µs`);
+          log(`${sc.id} ${transport} r${round + 1}/${rounds} ${w.id.padEnd(20)} ${t.server.padEnd(14)} ${Math.round(s.iops).toString().padStart(7)} IOPS ${s.mibps.toFixed(0).padStart(5)} MiB/s p99 ${s.p99us.toFixed(0)} µs`);
         }
       }
     }
   } finally {
-    // Stopped by PID even when a run failed half way.
-    for (const t of targets) await ctx.reg.stop(t.proc);
+    await stopAll();
   }
 }
 
@@ -245,7 +297,7 @@ function render(dir: string): void {
 function printSummary(r: Results): void {
   for (const t of r.targets) {
     const worst = t.worst === null ? '–' : `${t.worst.toFixed(2)}×`;
-    log(`${t.met ? 'MET    ' : 'NOT MET'} ${t.label} (worst ${worst})`);
+    log(`${t.rows.length === 0 ? 'NO ROWS' : t.met ? 'MET    ' : 'MISSED '} ${t.label} (worst ${worst})`);
   }
 }
 
@@ -277,8 +329,12 @@ async function main(): Promise<void> {
   const date = new Date().toISOString();
   try {
     if (opts.profileOnly) log(`profile only, merged into ${path.relative(ROOT, opts.outDir)}/results.json; scratch ${workDir}`);
-    else log(`${opts.quick ? 'quick' : 'full'} run: ${opts.workloads.length} workloads × ${opts.servers.length} servers × ${opts.transports.join('+')} × ${opts.rounds} round(s); scratch ${workDir}`);
-    if (!opts.profileOnly) for (const tr of opts.transports) await benchTransport(ctx, tr, runs);
+    else {
+      const cells = opts.scenarios.reduce((n, sc) => n + opts.scenarioWorkloads.get(sc.id)!.length, 0) * opts.servers.length * opts.transports.length * opts.rounds;
+      log(`${opts.quick ? 'quick' : 'full'} run: ${opts.scenarios.map((sc) => sc.id).join('+')} × ${opts.servers.length} servers × ${opts.transports.join('+')} × ${opts.rounds} round(s) = ${cells} cells of ${opts.timing.runtimeS}+${opts.timing.rampS} s; scratch ${workDir}`);
+      log(`load average at start: ${load()} on ${os.cpus().length} CPUs`);
+    }
+    if (!opts.profileOnly) for (const sc of opts.scenarios) for (const tr of opts.transports) await benchLane(ctx, sc, tr, runs);
     if (opts.profile) profiles = await profileBlockgate(ctx);
   } finally {
     await cleanup();
@@ -288,7 +344,8 @@ async function main(): Promise<void> {
     return;
   }
 
-  const cells = buildCells(runs, opts.workloads, opts.transports, opts.servers, BASELINE);
+  const lanes: Lane[] = opts.scenarios.flatMap((sc) => opts.transports.map((transport) => ({ scenario: sc.id, transport, workloads: opts.scenarioWorkloads.get(sc.id)! })));
+  const cells = buildCells(runs, lanes, opts.servers, BASELINE);
   const results: Results = {
     date,
     mode: opts.quick ? 'quick' : 'full',
@@ -301,6 +358,7 @@ async function main(): Promise<void> {
       servers: opts.servers,
       baseline: BASELINE,
       workloads: opts.workloads,
+      scenarios: opts.scenarios.map((sc) => ({ id: sc.id, title: sc.title, note: sc.note, workloads: opts.scenarioWorkloads.get(sc.id)!.map((w) => w.id) })),
       workDirFs: filesystemOf(os.tmpdir()),
       blockgateEnv: opts.blockgateEnv,
     },
@@ -312,6 +370,7 @@ async function main(): Promise<void> {
     durationS: (Date.now() - started) / 1000,
   };
   await writeOutputs(results, opts.outDir);
+  log(`load average at end: ${load()}`);
   printSummary(results);
   log(`wrote ${path.relative(ROOT, opts.outDir)}/{results.json,report.md,chart.svg} in ${results.durationS.toFixed(0)} s`);
 }

@@ -1,13 +1,31 @@
+import Database from 'better-sqlite3';
 import fs from 'node:fs';
 import path from 'node:path';
 import { freePort, sleep, waitListening, type Endpoint, type Proc, type ProcessRegistry } from './procs.js';
 
-export type ServerName = 'blockgate' | 'nbdkit-file' | 'nbdkit-memory' | 'qemu-nbd';
+/**
+ * blockgate serves a write-back volume as `blockgate`, the same with
+ * write-through and `none` volumes as `blockgate-wt` / `blockgate-none`, and
+ * `blockgate-base` is another build (--base-build) for A/B runs. Protocol
+ * rows (iSCSI) add their own names here.
+ */
+export type ServerName = 'blockgate' | 'blockgate-wt' | 'blockgate-none' | 'blockgate-base' | 'nbdkit-file' | 'nbdkit-memory' | 'qemu-nbd';
 export type Transport = 'unix' | 'tcp';
+export type CachePolicy = 'write-back' | 'write-through' | 'none';
 
-export const SERVERS: readonly ServerName[] = ['blockgate', 'nbdkit-file', 'nbdkit-memory', 'qemu-nbd'];
+export const SERVERS: readonly ServerName[] = ['blockgate', 'blockgate-wt', 'blockgate-none', 'blockgate-base', 'nbdkit-file', 'nbdkit-memory', 'qemu-nbd'];
+/** Servers a default run starts (blockgate-base needs --base-build). */
+export const DEFAULT_SERVERS: readonly ServerName[] = ['blockgate', 'blockgate-wt', 'blockgate-none', 'nbdkit-file', 'nbdkit-memory', 'qemu-nbd'];
 /** The baseline every ratio is taken against. */
 export const BASELINE: ServerName = 'nbdkit-file';
+
+/** blockgate's rows: which volume policy each serves. */
+export const BLOCKGATE_POLICY: Partial<Record<ServerName, CachePolicy>> = {
+  blockgate: 'write-back',
+  'blockgate-base': 'write-back',
+  'blockgate-wt': 'write-through',
+  'blockgate-none': 'none',
+};
 
 export interface Target {
   server: ServerName;
@@ -31,12 +49,22 @@ export interface StartContext {
   dataDir?: string;
   /** Extra environment for blockgate only (e.g. UV_THREADPOOL_SIZE, a tuning knob worth measuring). */
   blockgateEnv?: Record<string, string>;
+  /** Extra `blockgate serve` arguments (the beyond-cache scenario's --cache-size). */
+  blockgateArgs?: string[];
+  /** Repository root of the build `blockgate-base` runs (A/B against another commit). */
+  baseBuild?: string;
 }
 
 const TOKEN = 'bench-token-0123456789abcdef';
 
-async function endpoint(transport: Transport, sock: string): Promise<Endpoint> {
-  return transport === 'unix' ? { kind: 'unix', path: sock } : { kind: 'tcp', host: '127.0.0.1', port: await freePort() };
+let starts = 0;
+
+/**
+ * A new socket path per start: a peer restarted for the next round (fresh
+ * scenario) must not meet the socket file its predecessor left behind.
+ */
+async function endpoint(transport: Transport, dir: string, tag: string): Promise<Endpoint> {
+  return transport === 'unix' ? { kind: 'unix', path: path.join(dir, `${tag}-${++starts}.sock`) } : { kind: 'tcp', host: '127.0.0.1', port: await freePort() };
 }
 
 function uriOf(ep: Endpoint, exportName: string): string {
@@ -55,13 +83,15 @@ async function backingFile(file: string, size: number): Promise<void> {
 
 async function startNbdkit(ctx: StartContext, transport: Transport, plugin: 'file' | 'memory'): Promise<Target> {
   const tag = `nbdkit-${plugin}-${transport}`;
-  const ep = await endpoint(transport, path.join(ctx.workDir, `${tag}.sock`));
+  const ep = await endpoint(transport, ctx.workDir, tag);
   const listen = ep.kind === 'unix' ? ['-U', ep.path] : ['-i', ep.host, '-p', String(ep.port)];
   const pluginArgs: string[] = [];
   if (plugin === 'file') {
     const file = path.join(ctx.workDir, `${tag}.img`);
     await backingFile(file, ctx.size);
-    pluginArgs.push('file', file);
+    // Its best setup here: parallel thread model with 16 threads (its default, stated), page cache on
+    // (cache=default; cache=none would drop pages after each request), no fadvise hint.
+    pluginArgs.push('--threads', '16', 'file', file, 'cache=default', 'fadvise=normal');
   } else {
     pluginArgs.push('memory', String(ctx.size));
   }
@@ -73,12 +103,13 @@ async function startNbdkit(ctx: StartContext, transport: Transport, plugin: 'fil
 
 async function startQemuNbd(ctx: StartContext, transport: Transport): Promise<Target> {
   const tag = `qemu-nbd-${transport}`;
-  const ep = await endpoint(transport, path.join(ctx.workDir, `${tag}.sock`));
+  const ep = await endpoint(transport, ctx.workDir, tag);
   const file = path.join(ctx.workDir, `${tag}.img`);
   await backingFile(file, ctx.size);
   const listen = ep.kind === 'unix' ? ['-k', ep.path] : ['-b', ep.host, '-p', String(ep.port)];
   // -t: keep serving after a client leaves (every fio run reconnects); -e 8 allows the 4-connection job.
-  const proc = ctx.reg.start(tag, 'qemu-nbd', ['-f', 'raw', '--cache=writeback', '-e', '8', '-t', ...listen, file]);
+  // Its best setup: page cache on (writeback), io_uring submission, discards passed through.
+  const proc = ctx.reg.start(tag, 'qemu-nbd', ['-f', 'raw', '--cache=writeback', '--aio=io_uring', '--discard=unmap', '-e', '8', '-t', ...listen, file]);
   await waitListening(ep, proc, ctx.reg);
   return { server: 'qemu-nbd', transport, uri: uriOf(ep, ''), proc };
 }
@@ -127,14 +158,20 @@ async function provisionBlockgate(base: string, size: number, tcp: Endpoint | nu
  * restarts on an already provisioned directory: the profile runs use that so
  * set-up and fill stay out of the profile.
  */
-async function startBlockgate(ctx: StartContext, transport: Transport, tcpPort?: number): Promise<Target & { dataDir: string; tcpPort?: number }> {
+async function startBlockgate(
+  ctx: StartContext,
+  transport: Transport,
+  tcpPort?: number,
+  opts: { server?: ServerName; policy?: CachePolicy; root?: string } = {},
+): Promise<Target & { dataDir: string; tcpPort?: number }> {
   const fresh = ctx.dataDir === undefined;
-  const dataDir = ctx.dataDir ?? (await fs.promises.mkdtemp(path.join(ctx.workDir, `blockgate-${transport}-`)));
+  const server = opts.server ?? 'blockgate';
+  const dataDir = ctx.dataDir ?? (await fs.promises.mkdtemp(path.join(ctx.workDir, `${server}-${transport}-`)));
   const nodeArgs: string[] = [];
   if (ctx.cpuProfDir) nodeArgs.push('--cpu-prof', `--cpu-prof-dir=${ctx.cpuProfDir}`);
   const args = [
     ...nodeArgs,
-    path.join(ctx.root, 'dist/bin/blockgate.js'),
+    path.join(opts.root ?? ctx.root, 'dist/bin/blockgate.js'),
     'serve',
     '--data-dir',
     dataDir,
@@ -149,18 +186,30 @@ async function startBlockgate(ctx: StartContext, transport: Transport, tcpPort?:
     '--log-level',
     'warn',
     '--no-demo',
+    ...(ctx.blockgateArgs ?? []),
   ];
-  await fs.promises.rm(path.join(dataDir, 'run.json'), { force: true });
-  const proc = ctx.reg.start(`blockgate-${transport}`, process.execPath, args, { env: { ...process.env, ...ctx.blockgateEnv } });
-  const info = await waitRunFile(dataDir, proc, ctx.reg);
-  const sock = path.join(dataDir, 'sockets', 'bench.sock');
+  const run = async (): Promise<{ proc: Proc; info: { api: string } }> => {
+    await fs.promises.rm(path.join(dataDir, 'run.json'), { force: true });
+    const proc = ctx.reg.start(`${server}-${transport}`, process.execPath, args, { env: { ...process.env, ...ctx.blockgateEnv } });
+    return { proc, info: await waitRunFile(dataDir, proc, ctx.reg) };
+  };
+  let { proc, info } = await run();
   let ep: Endpoint;
-  if (transport === 'unix') ep = { kind: 'unix', path: sock };
+  if (transport === 'unix') ep = { kind: 'unix', path: path.join(dataDir, 'sockets', 'bench.sock') };
   else ep = { kind: 'tcp', host: '127.0.0.1', port: tcpPort ?? (await freePort()) };
-  if (fresh) await provisionBlockgate(info.api, ctx.size, ep);
+  if (fresh) {
+    await provisionBlockgate(info.api, ctx.size, ep);
+    const policy = opts.policy ?? 'write-back';
+    if (policy !== 'write-back') {
+      // The API sets policies through iSCSI MODE SELECT only: set it in the stopped appliance's database.
+      await ctx.reg.stop(proc);
+      setPolicy(dataDir, policy);
+      ({ proc, info } = await run());
+    }
+  }
   await waitListening(ep, proc, ctx.reg);
   return {
-    server: 'blockgate',
+    server,
     transport,
     uri: uriOf(ep, '0/0'),
     proc,
@@ -170,10 +219,24 @@ async function startBlockgate(ctx: StartContext, transport: Transport, tcpPort?:
   };
 }
 
+function setPolicy(dataDir: string, policy: CachePolicy): void {
+  const db = new Database(path.join(dataDir, 'blockgate.db'));
+  try {
+    db.prepare("UPDATE volumes SET cache_policy = ? WHERE name = 'bench'").run(policy);
+  } finally {
+    db.close();
+  }
+}
+
 export async function startServer(name: ServerName, transport: Transport, ctx: StartContext): Promise<Target> {
   switch (name) {
     case 'blockgate':
-      return startBlockgate(ctx, transport);
+    case 'blockgate-wt':
+    case 'blockgate-none':
+      return startBlockgate(ctx, transport, undefined, { server: name, policy: BLOCKGATE_POLICY[name]! });
+    case 'blockgate-base':
+      if (!ctx.baseBuild) throw new Error('blockgate-base needs --base-build DIR (a checkout with its own dist/)');
+      return startBlockgate(ctx, transport, undefined, { server: name, policy: 'write-back', root: ctx.baseBuild });
     case 'nbdkit-file':
       return startNbdkit(ctx, transport, 'file');
     case 'nbdkit-memory':

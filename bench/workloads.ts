@@ -49,25 +49,26 @@ export const ALL_WORKLOADS: readonly Workload[] = [
   rand('randrw', 32, 4),
 ];
 
-/** Quick mode: one shallow and one deep random read, deep write and mix, both streams, multi-conn. */
-export const QUICK_IDS = [
-  'randread-4k-qd1',
-  'randread-4k-qd32',
-  'randwrite-4k-qd32',
-  'randrw-4k-qd32',
-  'seqread-1m-qd8',
-  'seqwrite-1m-qd8',
-  'randrw-4k-qd32-4j',
-];
+/** Quick mode, pre-filled: shallow and deep random read and write, both streams. */
+export const QUICK_IDS = ['randread-4k-qd1', 'randread-4k-qd32', 'randwrite-4k-qd1', 'randwrite-4k-qd32', 'seqread-1m-qd8', 'seqwrite-1m-qd8'];
+/** Quick mode, fresh volumes: the two write shapes. */
+export const QUICK_FRESH_IDS = ['randwrite-4k-qd32', 'seqwrite-1m-qd8'];
+/** Quick mode's servers (add others with --servers). */
+export const QUICK_SERVERS = ['blockgate', 'nbdkit-file'] as const;
 
 /** The 4k random workloads the profile runs under, then the 1 MiB streams (the furthest behind). */
 export const PROFILE_IDS = ['randread-4k-qd32', 'randwrite-4k-qd32', 'randrw-4k-qd32', 'randread-4k-qd1', 'seqread-1m-qd8', 'seqwrite-1m-qd8'];
 
-export function selectWorkloads(ids: readonly string[] | null): Workload[] {
-  if (!ids) return [...ALL_WORKLOADS];
+/** The named entries of `all`, in the order named (all of them for null); an unknown name is an error. */
+export function pickById<T extends { id: string }>(all: readonly T[], ids: readonly string[] | null, what: string): T[] {
+  if (!ids) return [...all];
   return ids.map((id) => {
-    const w = ALL_WORKLOADS.find((x) => x.id === id);
-    if (!w) throw new Error(`unknown workload '${id}' (known: ${ALL_WORKLOADS.map((x) => x.id).join(', ')})`);
-    return w;
+    const x = all.find((y) => y.id === id);
+    if (!x) throw new Error(`unknown ${what} '${id}' (known: ${all.map((y) => y.id).join(', ')})`);
+    return x;
   });
+}
+
+export function selectWorkloads(ids: readonly string[] | null): Workload[] {
+  return pickById(ALL_WORKLOADS, ids, 'workload');
 }

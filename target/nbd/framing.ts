@@ -37,6 +37,11 @@ export abstract class FrameReader {
   protected disconnecting = false;
   /** Headers are subject to the limits (transmission). */
   protected flowControlled = false;
+  /**
+   * Chunks are lent (the shared socket read buffer, socket-reads.ts): they
+   * are overwritten after process() returns, so whatever is kept is copied.
+   */
+  protected borrowedChunks = false;
 
   /**
    * Dispatches one header read from `h` at `hp`. Following bytes (a write's
@@ -49,8 +54,8 @@ export abstract class FrameReader {
   /** The peer sent bytes where it must not (during the TLS upgrade). */
   protected abstract protocolViolation(): void;
 
-  protected process(chunk: Buffer, p: number): void {
-    const n = chunk.length;
+  /** Parses chunk[p, n). */
+  protected process(chunk: Buffer, p: number, n = chunk.length): void {
     while (p < n) {
       switch (this.mode) {
         case Mode.Closed:
@@ -83,8 +88,8 @@ export abstract class FrameReader {
         case Mode.Header: {
           if (this.disconnecting) return;
           if (this.flowControlled && this.scratchFill === 0 && this.overLimits()) {
-            this.held = chunk;
-            this.heldPos = p;
+            this.held = this.borrowedChunks ? Buffer.from(chunk.subarray(p, n)) : chunk;
+            this.heldPos = this.borrowedChunks ? 0 : p;
             this.pauseInput();
             return;
           }

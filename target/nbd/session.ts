@@ -8,6 +8,7 @@ import type tls from 'node:tls';
 import type { BlockStore } from '../../cache/index.js';
 import type { Namespaces } from '../namespace.js';
 import { FrameReader, Mode } from './framing.js';
+import { readIntoSharedBuffer } from './socket-reads.js';
 
 export interface NbdLimits {
   /** Options a client may send before it must have chosen an export. */
@@ -150,6 +151,13 @@ export abstract class NbdSession extends FrameReader {
   private onData(chunk: Buffer): void {
     this.process(chunk, 0);
   }
+
+  /** From the next read on, the socket's bytes arrive in the shared read buffer (no garbage per read). */
+  protected readShared(): void {
+    if (readIntoSharedBuffer(this.socket, this.onLent)) this.borrowedChunks = true;
+  }
+
+  private readonly onLent = (buf: Buffer, n: number): void => this.process(buf, 0, n);
 
   protected overLimits(): boolean {
     return (

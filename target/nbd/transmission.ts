@@ -49,6 +49,8 @@ export class NbdConnection extends HandshakeSession {
   }
 
   protected enteredTransmission(info: NegotiatedSession): void {
+    // Plain sockets only: a TLS socket reads the raw one itself.
+    if (!info.tls) this.readShared();
     this.onTransmission?.(this, info);
   }
 
@@ -74,9 +76,20 @@ export class NbdConnection extends HandshakeSession {
       }
       if (n - p >= length) {
         let payload = chunk.subarray(p, p + length);
-        // Copies into the cache's shared memory are word-wise only between 8-byte-aligned
-        // addresses (byte by byte otherwise, ~3x slower): realign small payloads first.
-        if (((chunk.byteOffset + p) & 7) !== 0 && length <= SMALL_MAX) payload = alignedCopy(payload);
+        if (this.borrowedChunks) {
+          // The read buffer is reused after this chunk: the request gets its own copy.
+          if (length >= LARGE_MIN) {
+            const own = largeBuffer(length);
+            payload.copy(own, 0);
+            this.startWrite(flags, cookieHi, cookieLo, offset, own, true);
+            return p + length;
+          }
+          payload = length <= SMALL_MAX ? alignedCopy(payload) : Buffer.from(payload);
+        } else if (((chunk.byteOffset + p) & 7) !== 0 && length <= SMALL_MAX) {
+          // Copies into the cache's shared memory are word-wise only between 8-byte-aligned
+          // addresses (byte by byte otherwise, ~3x slower): realign small payloads first.
+          payload = alignedCopy(payload);
+        }
         this.startWrite(flags, cookieHi, cookieLo, offset, payload);
         return p + length;
       }

@@ -1,6 +1,7 @@
 import t from 'tap';
 import { summariseProfile, shortUrl, type CpuProfile } from '../../bench/profile.js';
-import { buildCells, cellKey, evaluateTargets, renderMarkdown, renderSvg, type Results } from '../../bench/report.js';
+import { buildCells, cellKey, evaluateTargets, renderMarkdown, renderSvg, type Lane, type Results } from '../../bench/report.js';
+import type { ScenarioId } from '../../bench/scenarios.js';
 import type { ServerName, Transport } from '../../bench/servers.js';
 import {
   histogramPercentile,
@@ -13,7 +14,7 @@ import {
   statsFromFio,
   type RunStats,
 } from '../../bench/stats.js';
-import { selectWorkloads } from '../../bench/workloads.js';
+import { selectWorkloads, type Workload } from '../../bench/workloads.js';
 
 const MiB = 1024 * 1024;
 
@@ -99,46 +100,85 @@ t.test('medianStats takes each column on its own', async (t) => {
 function runsFixture(): Map<string, RunStats[]> {
   const s = (iops: number): RunStats => ({ iops, readIops: iops, writeIops: 0, mibps: iops / 256, p50us: 10, p99us: 20 });
   const runs = new Map<string, RunStats[]>();
-  const put = (w: string, tr: Transport, srv: ServerName, v: number[]): void => void runs.set(cellKey(w, tr, srv), v.map(s));
+  const put = (w: string, tr: Transport, srv: ServerName, v: number[], sc: ScenarioId = 'filled'): void => void runs.set(cellKey(w, tr, srv, sc), v.map(s));
   put('randread-4k-qd1', 'unix', 'nbdkit-file', [100, 110, 90]);
   put('randread-4k-qd1', 'unix', 'blockgate', [120, 130, 500]);
   put('randread-4k-qd1', 'unix', 'qemu-nbd', [50, 50, 50]);
+  put('randread-4k-qd32', 'unix', 'nbdkit-file', [100]);
+  put('randread-4k-qd32', 'unix', 'blockgate', [140]);
+  put('randread-4k-qd32', 'unix', 'qemu-nbd', [50]);
   put('seqread-1m-qd8', 'unix', 'nbdkit-file', [10]);
   put('seqread-1m-qd8', 'unix', 'blockgate', [7]);
   put('seqread-1m-qd8', 'unix', 'qemu-nbd', [3]);
+  put('seqread-1m-qd8', 'unix', 'blockgate-none', [9]);
+  // The same workload in another scenario is its own cell, with its own baseline.
+  put('seqread-1m-qd8', 'unix', 'nbdkit-file', [20], 'fresh');
+  put('seqread-1m-qd8', 'unix', 'blockgate', [40], 'fresh');
   return runs;
 }
 
-t.test('cells carry medians and ratios to the baseline; targets hold only when every row does', async (t) => {
-  const ws = selectWorkloads(['randread-4k-qd1', 'seqread-1m-qd8']);
-  const servers: ServerName[] = ['blockgate', 'nbdkit-file', 'qemu-nbd'];
-  const cells = buildCells(runsFixture(), ws, ['unix'], servers, 'nbdkit-file');
-  t.equal(cells.length, 6);
+const LANES = (ws: Workload[]): Lane[] => [
+  { scenario: 'filled', transport: 'unix', workloads: ws },
+  { scenario: 'fresh', transport: 'unix', workloads: ws.filter((w) => w.id === 'seqread-1m-qd8') },
+];
+
+t.test('cells carry medians, spread and ratios to the baseline; targets hold only when every row does', async (t) => {
+  const ws = selectWorkloads(['randread-4k-qd1', 'randread-4k-qd32', 'seqread-1m-qd8']);
+  const servers: ServerName[] = ['blockgate', 'blockgate-none', 'nbdkit-file', 'qemu-nbd'];
+  const cells = buildCells(runsFixture(), LANES(ws), servers, 'nbdkit-file');
+  t.equal(cells.length, 12);
   const bg = cells.find((c) => c.server === 'blockgate' && c.workload === 'randread-4k-qd1')!;
   t.equal(bg.median.iops, 130, 'one outlier round does not move the median');
   t.equal(bg.ratioToBaseline, 1.3);
+  t.equal(bg.spread, (500 - 120) / 130, 'the spread shows the outlier');
   t.equal(cells.find((c) => c.server === 'nbdkit-file')!.ratioToBaseline, 1);
+  const fresh = cells.find((c) => c.server === 'blockgate' && c.scenario === 'fresh')!;
+  t.equal(fresh.ratioToBaseline, 2, 'ratios are taken within the scenario');
 
   const targets = evaluateTargets(cells, ws);
   const byId = new Map(targets.map((x) => [x.id, x]));
-  t.equal(byId.get('randread')!.met, true);
-  t.equal(byId.get('seq')!.met, false, '0.7× is below 0.8×');
-  t.equal(byId.get('seq')!.worst, 0.7);
-  t.equal(byId.get('randwrite')!.met, false, 'a target with no measured rows is not met');
-  const q = byId.get('qemu')!;
-  t.equal(q.rows.length, 2);
-  t.equal(q.worst, 7 / 3, 'the worst row decides');
-  t.equal(q.met, true);
+  const wb = byId.get('wb-nbdkit')!;
+  t.equal(wb.rows.length, 4, 'every write-back row of every scenario');
+  t.equal(wb.worst, 0.7);
+  t.equal(wb.met, false, '0.7× is below 1.0×');
+  const cached = byId.get('cached-read')!;
+  t.same(
+    cached.rows.map((r) => r.workload),
+    ['randread-4k-qd32'],
+    'cached reads: QD ≥ 8 only',
+  );
+  t.equal(cached.met, false, '1.4× is below 1.5×');
+  t.equal(byId.get('none')!.worst, 0.9);
+  t.equal(byId.get('none')!.met, true, '0.9× meets ≥ 0.9×');
+  t.equal(byId.get('wt')!.met, false, 'a target with no measured rows is not met');
+  const q = byId.get('wb-qemu')!;
+  t.equal(q.rows.length, 4);
+  t.equal(q.rows.find((r) => r.scenario === 'fresh')!.ratio, null, 'no qemu-nbd cell in the fresh lane');
+  t.equal(q.met, false, 'an unmeasured row is not met');
 });
 
 t.test('report and chart render from a results document', async (t) => {
-  const ws = selectWorkloads(['randread-4k-qd1', 'seqread-1m-qd8']);
-  const servers: ServerName[] = ['blockgate', 'nbdkit-file', 'qemu-nbd'];
-  const cells = buildCells(runsFixture(), ws, ['unix'], servers, 'nbdkit-file');
+  const ws = selectWorkloads(['randread-4k-qd1', 'randread-4k-qd32', 'seqread-1m-qd8']);
+  const servers: ServerName[] = ['blockgate', 'blockgate-none', 'nbdkit-file', 'qemu-nbd'];
+  const cells = buildCells(runsFixture(), LANES(ws), servers, 'nbdkit-file');
   const r: Results = {
     date: '2026-01-01T00:00:00.000Z',
     mode: 'quick',
-    config: { rounds: 3, runtimeS: 1, rampS: 0.25, sizeBytes: 256 * MiB, transports: ['unix'], servers, baseline: 'nbdkit-file', workloads: ws, workDirFs: 'ext4' },
+    config: {
+      rounds: 3,
+      runtimeS: 5,
+      rampS: 1,
+      sizeBytes: 256 * MiB,
+      transports: ['unix'],
+      servers,
+      baseline: 'nbdkit-file',
+      workloads: ws,
+      scenarios: [
+        { id: 'filled', title: 'pre-filled', note: 'filled', workloads: ws.map((w) => w.id) },
+        { id: 'fresh', title: 'fresh volume', note: 'fresh', workloads: ['seqread-1m-qd8'] },
+      ],
+      workDirFs: 'ext4',
+    },
     machine: { cpuModel: 'Test CPU', nproc: 2, memoryGiB: 4, kernel: 'Linux' },
     versions: { node: 'v20', fio: '3.33', nbdkit: '1.32', 'qemu-nbd': '7.2', blockgate: '0.1.0' },
     cells,
@@ -148,12 +188,17 @@ t.test('report and chart render from a results document', async (t) => {
   };
   const md = renderMarkdown(r);
   t.match(md, /Test CPU × 2/);
-  t.match(md, /\| 4k random read QD1 \| \*\*blockgate\*\* \| 130 \|.*\| 1\.30× \|/);
-  t.match(md, /1 MiB sequential ≥ 0\.8× nbdkit-file \| 0 \/ 1 \| 0\.70× \(seqread-1m-qd8, unix\) .*not met/);
-  t.match(md, /cached 4k random read ≥ 1\.0× nbdkit-file \| 1 \/ 1 \|.*✅ met/);
+  t.match(md, /## Results, pre-filled, unix socket/);
+  t.match(md, /## Results, fresh volume, unix socket/);
+  t.match(md, /\| 4k random read QD1 \| \*\*blockgate\*\* \| 130 \| ±146\.2% \|.*\| 1\.30× \|/);
+  t.match(md, /write-back ≥ 1\.0× nbdkit-file, every row \| 3 \/ 4 \| 0\.70× \(seqread-1m-qd8, filled, unix\) .*❌ missed/);
+  t.match(md, /policy none ≥ 0\.9× nbdkit-file, every row \| 1 \/ 1 \|.*✅ met/);
+  t.match(md, /write-through ≥ 0\.9× nbdkit-file, every row \| 0 \/ 0 .*not measured/);
+  t.match(md, /\| fresh volume \| unix \| 1 MiB sequential read QD8 \| 2\.00× ✅ \| – ❌ \|/, 'the per-row table marks each row');
   const svg = renderSvg(r);
   t.match(svg, /^<svg /);
   t.match(svg, /blockgate 4k random read QD1: 1\.30×/);
+  t.match(svg, /fresh volume, unix socket/);
   t.notMatch(svg, /nbdkit-file 4k/, 'the baseline is the 1.0 line, not bars');
 });
 

@@ -1,0 +1,67 @@
+/**
+ * Socket reads into one process-wide buffer instead of a fresh 64 KiB
+ * allocation per read (Node's default): at 1 GB/s of 1 MiB writes those
+ * chunks were a third of the main thread's busy time in GC
+ * (docs/bench/findings.md, session 3).
+ *
+ * Node offers this (`onread`) only to sockets it creates for connect(); an
+ * accepted socket gets it by the same internal switches its constructor
+ * sets, found by name on a throwaway socket. When they are not there (a
+ * future Node), sessions keep Node's own chunks.
+ *
+ * One buffer serves every socket: libuv fills it and calls back before it
+ * reads any other socket, and the callback copies whatever it keeps. So a
+ * caller's `onChunk` must not hold on to the buffer past its return.
+ */
+import net from 'node:net';
+
+/** Large enough that a 1 MiB write arrives in a few reads, not sixteen. */
+const SHARED_SIZE = 1024 * 1024;
+
+interface Switches {
+  buffer: symbol;
+  callback: symbol;
+}
+
+let switches: Switches | null | undefined;
+let shared: Buffer | null = null;
+
+function findSwitches(): Switches | null {
+  try {
+    // `onread` is typed for connect() options only; the constructor is where Node reads it.
+    const probe = new net.Socket({ onread: { buffer: Buffer.alloc(8), callback: () => true } } as net.SocketConstructorOpts);
+    const syms = Object.getOwnPropertySymbols(probe);
+    const buffer = syms.find((s) => s.description === 'kBuffer');
+    const callback = syms.find((s) => s.description === 'kBufferCb');
+    probe.destroy();
+    return buffer && callback ? { buffer, callback } : null;
+  } catch {
+    return null;
+  }
+}
+
+interface StreamHandle {
+  useUserBuffer?: (buf: Uint8Array) => void;
+}
+
+/**
+ * From the next read on, `onChunk(buf, n)` gets the socket's bytes in the
+ * shared buffer (its first n bytes) and no 'data' events are emitted.
+ * pause()/resume() keep working. Returns false (nothing changed) when the
+ * socket cannot do this: TLS, no handle, or a Node without the switches.
+ */
+export function readIntoSharedBuffer(socket: net.Socket, onChunk: (buf: Buffer, n: number) => void): boolean {
+  if (switches === undefined) switches = findSwitches();
+  const handle = (socket as unknown as { _handle?: StreamHandle | null })._handle;
+  if (!switches || !handle || typeof handle.useUserBuffer !== 'function' || 'encrypted' in socket) return false;
+  shared ??= Buffer.allocUnsafeSlow(SHARED_SIZE);
+  const s = socket as unknown as Record<symbol, unknown>;
+  s[switches.buffer] = shared;
+  s[switches.callback] = (n: number, buf: Buffer): boolean => {
+    onChunk(buf, n);
+    // Flow control pauses through socket.pause(), which stops the handle itself.
+    return true;
+  };
+  handle.useUserBuffer(shared);
+  return true;
+}
