@@ -21,7 +21,12 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 const MiB = 1024 * 1024;
 const VOL = 64 * MiB;
 
-const { values: opt } = parseArgs({ options: { quick: { type: 'boolean', default: false }, out: { type: 'string' } } });
+const { values: opt } = parseArgs({
+  options: { quick: { type: 'boolean', default: false }, out: { type: 'string' }, bin: { type: 'string' }, only: { type: 'string' } },
+});
+/** Another build to compare (its dist/bin/blockgate.js), and which sections to run (conns,hosts,api,startup). */
+const BIN = opt.bin ?? path.join(ROOT, 'dist/bin/blockgate.js');
+const ONLY = new Set((opt.only ?? 'conns,hosts,api,startup').split(','));
 const quick = opt.quick;
 const RUNTIME_S = quick ? 1 : 4;
 const CONNS = [1, 4, 16, 64];
@@ -58,7 +63,7 @@ interface Blockgate {
 async function startBg(dataDir: string, extra: string[] = []): Promise<Blockgate & { startMs: number }> {
   await fs.promises.rm(path.join(dataDir, 'run.json'), { force: true });
   const t0 = performance.now();
-  const args = [path.join(ROOT, 'dist/bin/blockgate.js'), 'serve', '--data-dir', dataDir, '--api', '127.0.0.1:0', '--nbd', '127.0.0.1:0', '--iscsi', '127.0.0.1:0', '--api-token', TOKEN, '--log-level', 'warn', '--no-demo', ...extra];
+  const args = [BIN, 'serve', '--data-dir', dataDir, '--api', '127.0.0.1:0', '--nbd', '127.0.0.1:0', '--iscsi', '127.0.0.1:0', '--api-token', TOKEN, '--log-level', 'warn', '--no-demo', ...extra];
   const proc = reg.start('blockgate-scale', process.execPath, args);
   const info = await waitRunFile(dataDir, proc, reg);
   return { proc, base: info.api, dataDir, startMs: performance.now() - t0 };
@@ -136,7 +141,7 @@ async function main(): Promise<void> {
 
   rows.push('## Aggregate IOPS by connections (4k randrw 50/50, QD2 per connection, one 64 MiB unit)', '');
   rows.push('| connections | blockgate IOPS | nbdkit-file IOPS | ratio | load |', '|---:|---:|---:|---:|---|');
-  for (const n of CONNS) {
+  for (const n of ONLY.has('conns') ? CONNS : []) {
     const bg = await fio(Array(n).fill(uriUnix(sock0, '0/0')), 2);
     const nk = await fio(Array(n).fill(nbdkit.uri), 2);
     const line = `| ${n} | ${Math.round(bg)} | ${Math.round(nk)} | ${(bg / nk).toFixed(2)}× | ${loadavg()} |`;
@@ -150,7 +155,7 @@ async function main(): Promise<void> {
   const socks = [sock0];
   const rssOneUnit = rssOf(b.proc.pid);
   let rssUnits = { n: 1, rss: rssOneUnit };
-  for (const n of HOSTS) {
+  for (const n of ONLY.has('hosts') ? HOSTS : []) {
     const names = Array.from({ length: n - socks.length }, (_, i) => `h${socks.length + i}`);
     const made: string[] = [];
     await pool(names, 4, async (h) => made.push(await hostWithUnit(b, h, 'a')));
@@ -193,6 +198,10 @@ async function main(): Promise<void> {
     }
     return { list, bind };
   };
+  if (!ONLY.has('api')) {
+    await reg.stop(b.proc);
+    return;
+  }
   const quiet = await sample();
   const loaded = fio([uriUnix(sock0, '0/0'), uriUnix(sock0, '0/0'), uriUnix(socks[1] ?? sock0, '0/0'), uriUnix(socks[2] ?? sock0, '0/0')], 32);
   const busy = await sample();
