@@ -22,7 +22,14 @@ const MiB = 1024 * 1024;
 const VOL = 64 * MiB;
 
 const { values: opt } = parseArgs({
-  options: { quick: { type: 'boolean', default: false }, out: { type: 'string' }, bin: { type: 'string' }, only: { type: 'string' } },
+  options: {
+    quick: { type: 'boolean', default: false },
+    out: { type: 'string' },
+    bin: { type: 'string' },
+    only: { type: 'string' },
+    hosts: { type: 'string' },
+    volumes: { type: 'string' },
+  },
 });
 /** Another build to compare (its dist/bin/blockgate.js), and which sections to run (conns,hosts,api,startup). */
 const BIN = opt.bin ?? path.join(ROOT, 'dist/bin/blockgate.js');
@@ -31,7 +38,7 @@ const quick = opt.quick;
 const RUNTIME_S = quick ? 1 : 4;
 const CONNS = [1, 4, 16, 64];
 const HOSTS = quick ? [1, 16] : [1, 16, 256];
-const SEED = quick ? { hosts: 100, volumes: 1000 } : { hosts: 1000, volumes: 10000 };
+const SEED = { hosts: Number(opt.hosts ?? (quick ? 100 : 1000)), volumes: Number(opt.volumes ?? (quick ? 1000 : 10000)) };
 const IDLE_SESSIONS = quick ? 16 : 128;
 const OUT = opt.out ?? path.join(ROOT, 'docs/bench/scale.md');
 
@@ -128,6 +135,11 @@ async function main(): Promise<void> {
   log(`blockgate scale bench (${quick ? 'quick' : 'full'}), scratch ${work}, load ${loadavg()}`);
   rows.push(`Machine: ${JSON.stringify(machineInfo())}; versions ${JSON.stringify(versions(ROOT))}; scratch on ${scratchRoot}; load at start ${loadavg()}.`, '');
 
+  if (ONLY.has('conns') || ONLY.has('hosts') || ONLY.has('api')) await sessions();
+  await startup();
+}
+
+async function sessions(): Promise<void> {
   // ---- 1. connections and hosts -------------------------------------------
   const dir1 = path.join(work, 'bg1');
   fs.mkdirSync(dir1);
@@ -211,11 +223,14 @@ async function main(): Promise<void> {
   for (const k of ['list', 'bind'] as const) rows.push(`| ${k} | ${pct(quiet[k], 50).toFixed(1)} ms | ${pct(quiet[k], 99).toFixed(1)} ms | ${pct(busy[k], 50).toFixed(1)} ms | ${pct(busy[k], 99).toFixed(1)} ms |`);
   log(rows.slice(-2).join('\n'));
   await reg.stop(b.proc);
+}
 
+async function startup(): Promise<void> {
   // ---- 4. start-up with many hosts, volumes and a 64 TiB array -----------------
+  if (!ONLY.has('startup')) return;
   const dir2 = path.join(work, 'bg2');
   fs.mkdirSync(dir2);
-  b = await startBg(dir2, ['--overcommit', '1000000']);
+  let b = await startBg(dir2, ['--overcommit', '1000000']);
   await call(b, 'POST', '/v1/farms', { name: 'f' });
   await call(b, 'POST', '/v1/arrays', { name: 'huge', size: '64T' });
   const seedT0 = performance.now();
