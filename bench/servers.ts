@@ -55,7 +55,7 @@ export interface StartContext {
   baseBuild?: string;
 }
 
-const TOKEN = 'bench-token-0123456789abcdef';
+export const TOKEN = 'bench-token-0123456789abcdef';
 
 let starts = 0;
 
@@ -114,7 +114,7 @@ async function startQemuNbd(ctx: StartContext, transport: Transport): Promise<Ta
   return { server: 'qemu-nbd', transport, uri: uriOf(ep, ''), proc };
 }
 
-async function api(base: string, method: string, url: string, body?: unknown): Promise<unknown> {
+export async function api(base: string, method: string, url: string, body?: unknown): Promise<unknown> {
   const res = await fetch(base + url, {
     method,
     headers: { authorization: `Bearer ${TOKEN}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
@@ -125,7 +125,7 @@ async function api(base: string, method: string, url: string, body?: unknown): P
   return text ? JSON.parse(text) : null;
 }
 
-async function waitRunFile(dataDir: string, proc: Proc, reg: ProcessRegistry): Promise<{ api: string }> {
+export async function waitRunFile(dataDir: string, proc: Proc, reg: ProcessRegistry): Promise<{ api: string }> {
   const runFile = path.join(dataDir, 'run.json');
   const deadline = Date.now() + 30_000;
   while (Date.now() < deadline) {

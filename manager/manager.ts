@@ -389,7 +389,7 @@ export class StorageManager implements Lifecycle {
       await fs.promises.rm(probe, { force: true });
     }
     if (size > MAX_ARRAY_SIZE) {
-      throw badRequest(`array size ${size} exceeds the largest supported array (${MAX_ARRAY_SIZE} bytes: its allocation map is held in RAM)`, { size, max: MAX_ARRAY_SIZE });
+      throw badRequest(`array size ${size} exceeds the largest supported array (${MAX_ARRAY_SIZE} bytes)`, { size, max: MAX_ARRAY_SIZE });
     }
     const fsSpace = await this.health.space(dir);
     const ratio = this.overcommit();
