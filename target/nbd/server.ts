@@ -112,9 +112,10 @@ export class NbdServer implements Frontend {
   }
 
   async hostRemoved(host: string): Promise<void> {
-    await this.closeListener(`unix:${host}`);
-    await this.closeListener(`tcp:${host}`);
+    // A net.Server's close waits for its connections: stop accepting, end the host's sessions, then wait.
+    const closing = Promise.all([this.closeListener(`unix:${host}`), this.closeListener(`tcp:${host}`)]);
     await this.revoke(host, null);
+    await closing;
   }
 
   // ---- listeners -----------------------------------------------------------
