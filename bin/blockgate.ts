@@ -48,6 +48,7 @@ program
   .option('--iscsi <host:port>', 'iSCSI portal address (":0" picks a free port)', '127.0.0.1:3260')
   .option('--api-token <token>', 'bearer token for the control API (default: $BLOCKGATE_API_TOKEN, else DATA/api-token, generated)')
   .option('--log-level <level>', 'pino log level (fatal, error, warn, info, debug, trace, silent)', 'info')
+  .option('--log-format <format>', 'auto (colored lines on a terminal, JSON otherwise), pretty or json', process.env.BLOCKGATE_LOG_FORMAT ?? 'auto')
   .option('--no-demo', 'do not create the demo appliance on first start')
   .option('--cache-size <size>', 'RAM block cache size, e.g. 512M or 2G (pinned and dirty data count against it)', process.env.BLOCKGATE_CACHE_SIZE ?? '512M')
   .option('--cache-block <size>', 'cache block size, a power of two from 4K to 1M', '64K')
@@ -57,15 +58,17 @@ program
   .option('--restore [file]', 'rebuild a lost control database from DATA/blockgate.config.json, or from FILE (a `config export`)')
   .option('--image-root <dir>', 'also register images from files under DIR (repeatable; DATA/images always)', (v: string, acc: string[]) => [...acc, v], imageRootsFromEnv())
   .option('--bulk-rate <size>', 'bytes per second each bulk job (scrub, copy, snapshot) may move, e.g. 64M (default: unlimited)', process.env.BLOCKGATE_BULK_RATE)
-  .action(async (o: { dataDir: string; api: string; nbd: string; iscsi: string; apiToken?: string; logLevel: string; demo: boolean; cacheSize: string; cacheBlock: string; ioRoute: string; checkInterval: string; overcommit?: string; restore?: boolean | string; imageRoot: string[]; bulkRate?: string }) => {
+  .action(async (o: { dataDir: string; api: string; nbd: string; iscsi: string; apiToken?: string; logLevel: string; logFormat: string; demo: boolean; cacheSize: string; cacheBlock: string; ioRoute: string; checkInterval: string; overcommit?: string; restore?: boolean | string; imageRoot: string[]; bulkRate?: string }) => {
     if (o.ioRoute !== 'libuv' && o.ioRoute !== 'piscina') throw new Error(`--io-route must be libuv or piscina, not '${o.ioRoute}'`);
     const checkIntervalMs = Number(o.checkInterval);
     if (!Number.isInteger(checkIntervalMs) || checkIntervalMs < 0) throw new Error(`--check-interval must be a whole number of milliseconds, not '${o.checkInterval}'`);
     const overcommit = o.overcommit === undefined ? undefined : Number(o.overcommit);
     if (overcommit !== undefined && !(overcommit > 0 && Number.isFinite(overcommit))) throw new Error(`--overcommit must be a positive number, not '${o.overcommit}'`);
+    const { checkLogOptions } = await import('./log.js');
+    checkLogOptions(o.logLevel, o.logFormat);
     // Loaded only here: admin verbs start in a fraction of the time without the server's modules.
     const { serve } = await import('./serve.js');
-    await serve({ ...o, cacheSize: parseSize(o.cacheSize), cacheBlock: parseSize(o.cacheBlock), ioRoute: o.ioRoute, imageRoots: o.imageRoot, bulkRate: o.bulkRate ? parseSize(o.bulkRate) : undefined, version: pkg.version, checkIntervalMs, overcommit });
+    await serve({ ...o, logFormat: o.logFormat as 'auto' | 'pretty' | 'json', cacheSize: parseSize(o.cacheSize), cacheBlock: parseSize(o.cacheBlock), ioRoute: o.ioRoute, imageRoots: o.imageRoot, bulkRate: o.bulkRate ? parseSize(o.bulkRate) : undefined, version: pkg.version, checkIntervalMs, overcommit });
   });
 
 function imageRootsFromEnv(): string[] {

@@ -1,9 +1,9 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { pino, type Logger } from 'pino';
+import type { Logger } from 'pino';
 import { BlockStore } from '../cache/index.js';
-import { badRequest } from '../common/errors.js';
+import { BlockgateError, badRequest } from '../common/errors.js';
 import { buildApi } from '../control-api/index.js';
 import { PiscinaEngine, makeRoute, type IoRouteName } from '../disks/index.js';
 import { DEMO, DataDirLock, configDocument, SAVED_CONFIG, StorageManager, formatAddress, parseAddress, seedDemo, type ConfigDocument } from '../manager/index.js';
@@ -11,6 +11,7 @@ import { Namespaces, NbdServer, NbdTlsKeys, StatsRegistry } from '../target/inde
 import { openUnit } from '../target/core/index.js';
 import { IscsiServer } from '../target/iscsi/index.js';
 import { ScsiCommandSet } from '../target/iscsi/scsi/index.js';
+import { makeLogger, type LogFormat } from './log.js';
 
 export interface ServeOptions {
   dataDir: string;
@@ -20,6 +21,8 @@ export interface ServeOptions {
   iscsi: string;
   apiToken?: string | undefined;
   logLevel: string;
+  /** pretty (colored lines), json, or auto: pretty when stderr is a terminal. */
+  logFormat?: LogFormat | undefined;
   demo: boolean;
   version: string;
   /** RAM cache size in bytes (pinned and dirty blocks count against it). */
@@ -81,14 +84,63 @@ async function readRestore(dataDir: string, restore: boolean | string): Promise<
   }
 }
 
+/** A start-up error as one line an admin can act on (busy port, missing address, no permission). */
+function listenFailure(what: string, addr: string, flag: string, e: unknown): unknown {
+  const code = (e as NodeJS.ErrnoException).code;
+  const why: Record<string, string> = {
+    EADDRINUSE: 'the address is in use (another blockgate, or another server on that port?)',
+    EADDRNOTAVAIL: 'this machine has no such address',
+    EACCES: 'permission denied (ports below 1024 need privileges)',
+    ENOTFOUND: 'the host name does not resolve',
+  };
+  if (!code || !why[code]) return e;
+  return new BlockgateError('CONFLICT', `cannot listen for ${what} on ${addr}: ${why[code]}; choose another address with ${flag}`, { errno: code, address: addr });
+}
+
+async function listening<T>(what: string, addr: string, flag: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    throw listenFailure(what, addr, flag, e);
+  }
+}
+
+/** The data directory exists (or is made) and is a writable directory; otherwise one clear line. */
+async function prepareDataDir(dataDir: string): Promise<void> {
+  try {
+    await fs.promises.mkdir(dataDir, { recursive: true });
+    const st = await fs.promises.stat(dataDir);
+    if (!st.isDirectory()) throw Object.assign(new Error('not a directory'), { code: 'ENOTDIR' });
+    await fs.promises.access(dataDir, fs.constants.W_OK | fs.constants.X_OK);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
+    const why: Record<string, string> = { ENOTDIR: 'it (or a parent) is not a directory', EEXIST: 'it (or a parent) is not a directory', EACCES: 'permission denied', EROFS: 'the file system is read-only' };
+    throw badRequest(`--data-dir ${dataDir} cannot be used: ${why[code] ?? code}`, { errno: code });
+  }
+}
+
 export async function serve(opts: ServeOptions): Promise<void> {
   const dataDir = path.resolve(opts.dataDir);
-  await fs.promises.mkdir(dataDir, { recursive: true });
+  await prepareDataDir(dataDir);
   // Before anything else here: a refused second start must not touch the first one's files.
   const lock = DataDirLock.acquire(dataDir);
+  // What start-up opened, closed in reverse if a later step fails: no socket, lock or run.json outlives a refused start.
+  const opened: (() => Promise<unknown> | unknown)[] = [() => lock.release()];
+  const undo = async (): Promise<void> => {
+    for (const f of opened.reverse()) await Promise.resolve().then(f).catch(() => undefined);
+  };
+  try {
+    await start(opts, dataDir, lock, opened);
+  } catch (e) {
+    await undo();
+    throw e;
+  }
+}
+
+async function start(opts: ServeOptions, dataDir: string, lock: DataDirLock, opened: (() => Promise<unknown> | unknown)[]): Promise<void> {
   const restore = opts.restore ? await readRestore(dataDir, opts.restore) : undefined;
-  // Logs go to stderr as JSON; stdout carries the human banner.
-  const log: Logger = pino({ level: opts.logLevel, base: { pid: process.pid } }, pino.destination(2));
+  // Logs go to stderr (pretty on a terminal, JSON otherwise); stdout carries the human banner.
+  const log: Logger = makeLogger(opts.logLevel, opts.logFormat ?? 'auto');
   const { token, file: tokenFile } = await loadToken(dataDir, opts.apiToken);
 
   const nbdAddr = parseAddress(opts.nbd);
@@ -138,6 +190,15 @@ export async function serve(opts: ServeOptions): Promise<void> {
   );
   // Bulk work gets one worker thread of its own: its bounded share.
   const engine = new PiscinaEngine((id) => store.getArray(id), { threads: 1, cache: store, rate: opts.bulkRate });
+  opened.push(
+    () => nbd.close(),
+    () => iscsi.close(),
+    async () => {
+      await store.close();
+      await engine.close();
+      for (const a of store.listArrays()) await a.close();
+    },
+  );
   const manager = await StorageManager.open({ namespaces, store, frontends: [nbd, iscsi], engine, tls, stats }, {
     dataDir,
     log,
@@ -148,14 +209,25 @@ export async function serve(opts: ServeOptions): Promise<void> {
     restore,
     imageRoots: opts.imageRoots?.map((r) => path.resolve(r)),
   });
+  opened.push(async () => {
+    await manager.stop();
+    manager.close();
+  });
   if (opts.overcommit !== undefined) manager.setSetting('arrays.overcommit', String(opts.overcommit));
   if (restore) log.info({ op: 'config.restore', volumes: restore.volumes.length, hosts: restore.hosts.length }, 'configuration restored into a new control database');
   mgr = manager;
-  await manager.start();
+  try {
+    await manager.start();
+  } catch (e) {
+    const a = e as { address?: string; port?: number };
+    throw listenFailure("a host's own listener", a.address ? formatAddress(a.address, a.port ?? 0) : '?', 'blockgate host update NAME --nbd-tcp', e);
+  }
   if (opts.demo && (await seedDemo(manager))) log.info({ op: 'seed' }, 'demo appliance created');
 
-  const nbdPort = await nbd.listenTcp('tcp:shared', nbdAddr.host, nbdAddr.port, () => manager.setting('nbd.default_host') ?? null, true);
-  iscsiAddr.port = await iscsi.listen(iscsiAddr.host, iscsiAddr.port);
+  const nbdPort = await listening('the shared NBD listener', opts.nbd, '--nbd', () =>
+    nbd.listenTcp('tcp:shared', nbdAddr.host, nbdAddr.port, () => manager.setting('nbd.default_host') ?? null, true),
+  );
+  iscsiAddr.port = await listening('the iSCSI portal', opts.iscsi, '--iscsi', () => iscsi.listen(iscsiAddr.host, iscsiAddr.port));
   const api = buildApi(manager, {
     token,
     logger: log,
@@ -166,7 +238,8 @@ export async function serve(opts: ServeOptions): Promise<void> {
       cache: () => ({ ...store.stats() }),
     },
   });
-  await api.listen({ host: apiAddr.host, port: apiAddr.port });
+  opened.push(() => api.close());
+  await listening('the control API', opts.api, '--api', () => api.listen({ host: apiAddr.host, port: apiAddr.port }));
   const apiPort = (api.server.address() as { port: number }).port;
 
   const info: RunInfo = {
