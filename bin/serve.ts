@@ -7,6 +7,7 @@ import { BlockgateError, badRequest } from '../common/errors.js';
 import { buildApi } from '../control-api/index.js';
 import { PiscinaEngine, makeRoute, type IoRouteName } from '../disks/index.js';
 import { DEMO, DataDirLock, configDocument, SAVED_CONFIG, StorageManager, formatAddress, parseAddress, seedDemo, type ConfigDocument } from '../manager/index.js';
+import { isLoopback } from '../common/address.js';
 import { Namespaces, NbdServer, NbdTlsKeys, StatsRegistry } from '../target/index.js';
 import { openUnit } from '../target/core/index.js';
 import { IscsiServer } from '../target/iscsi/index.js';
@@ -39,6 +40,10 @@ export interface ServeOptions {
   restore?: boolean | string | undefined;
   /** Directories besides DATA/images that images may be registered from. */
   imageRoots?: string[] | undefined;
+  /** Serve the default host in plaintext on a shared listener that is not on loopback (off by default). */
+  plaintextDefaultHost?: boolean | undefined;
+  /** Safe-by-default connection bounds (blockgate serve --handshake-timeout, --idle-timeout, --max-connections[-per-host]). */
+  connections?: { handshakeTimeoutMs: number; idleTimeoutMs: number; maxConnections: number; maxConnectionsPerHost: number } | undefined;
   /** Bytes per second each bulk job (scrub, copy, verify, snapshot copy) may move; undefined = unlimited. */
   bulkRate?: number | undefined;
 }
@@ -155,6 +160,14 @@ async function start(opts: ServeOptions, dataDir: string, lock: DataDirLock, ope
     { namespaces, store, tls },
     {
       stats,
+      limits: opts.connections
+        ? {
+            handshakeTimeoutMs: opts.connections.handshakeTimeoutMs,
+            idleTimeoutMs: opts.connections.idleTimeoutMs,
+            maxConnectionsPerListener: opts.connections.maxConnections,
+            maxConnectionsPerHost: opts.connections.maxConnectionsPerHost,
+          }
+        : undefined,
       // One line per session event (connect, negotiate, disconnect with its reason); never per request.
       onSession: (e) =>
         log.info(
@@ -182,7 +195,11 @@ async function start(opts: ServeOptions, dataDir: string, lock: DataDirLock, ope
     {
       stats,
       // Idle-initiator pings: BLOCKGATE_ISCSI_NOP_MS shortens them (tests of the dead-initiator drop).
-      limits: process.env.BLOCKGATE_ISCSI_NOP_MS ? { nopIntervalMs: Number(process.env.BLOCKGATE_ISCSI_NOP_MS), nopTimeoutMs: Number(process.env.BLOCKGATE_ISCSI_NOP_MS), logoutGraceMs: Number(process.env.BLOCKGATE_ISCSI_NOP_MS) * 2 } : undefined,
+      limits: {
+        ...(opts.connections ? { loginTimeoutMs: opts.connections.handshakeTimeoutMs } : {}),
+        ...(process.env.BLOCKGATE_ISCSI_NOP_MS ? { nopIntervalMs: Number(process.env.BLOCKGATE_ISCSI_NOP_MS), nopTimeoutMs: Number(process.env.BLOCKGATE_ISCSI_NOP_MS), logoutGraceMs: Number(process.env.BLOCKGATE_ISCSI_NOP_MS) * 2 } : {}),
+      },
+      ...(opts.connections ? { maxSessions: opts.connections.maxConnections, maxSessionsPerHost: opts.connections.maxConnectionsPerHost } : {}),
       // One line per session login and logout; never per command.
       onSession: (e) =>
         log.info({ session: e.kind, protocol: 'iscsi', host: e.host, remote: e.remote, initiator: e.initiator, target: e.target, type: e.sessionType, reason: e.reason }, `iscsi session ${e.kind}`),
@@ -224,8 +241,16 @@ async function start(opts: ServeOptions, dataDir: string, lock: DataDirLock, ope
   }
   if (opts.demo && (await seedDemo(manager))) log.info({ op: 'seed' }, 'demo appliance created');
 
+  // Off loopback, anyone who can reach the port would act as the default host: only when the admin says so.
+  const plaintextDefault = isLoopback(nbdAddr.host) || opts.plaintextDefaultHost === true;
+  if (!plaintextDefault && manager.setting('nbd.default_host')) {
+    log.warn(
+      { op: 'nbd.shared', listener: opts.nbd, defaultHost: manager.setting('nbd.default_host') },
+      `the shared NBD listener ${opts.nbd} is not on loopback: plaintext connections act for no host (TLS identities still work); --plaintext-default-host serves the default host there`,
+    );
+  }
   const nbdPort = await listening('the shared NBD listener', opts.nbd, '--nbd', () =>
-    nbd.listenTcp('tcp:shared', nbdAddr.host, nbdAddr.port, () => manager.setting('nbd.default_host') ?? null, true),
+    nbd.listenTcp('tcp:shared', nbdAddr.host, nbdAddr.port, () => (plaintextDefault ? (manager.setting('nbd.default_host') ?? null) : null), true),
   );
   iscsiAddr.port = await listening('the iSCSI portal', opts.iscsi, '--iscsi', () => iscsi.listen(iscsiAddr.host, iscsiAddr.port));
   const api = buildApi(manager, {

@@ -36,3 +36,8 @@ export function checkListenerAddress(s: string, opts: { allowWildcard?: boolean 
   }
   return a;
 }
+
+/** True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost). */
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host) || /^::ffff:127\./i.test(host);
+}

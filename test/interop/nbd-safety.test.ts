@@ -1,0 +1,63 @@
+import net from 'node:net';
+import t from 'tap';
+import { READ_DEADLINE_MS } from '../helpers/nbd-wire.js';
+import { startServer } from '../helpers/server.js';
+import { requireTools, run } from '../helpers/tools.js';
+
+// Safe by default: a peer that says nothing after connecting is cut off, and one host
+// (or one listener) cannot hold more than its share of connections.
+
+requireTools('nbdinfo');
+
+/** Connects and resolves with what the server sent before it closed (or null if it still holds the socket at the deadline). */
+function connectAndWait(path: string): { sock: net.Socket; greeted: Promise<boolean>; closed: Promise<Buffer | null> } {
+  const sock = net.connect(path);
+  const got: Buffer[] = [];
+  let greet: (v: boolean) => void = () => undefined;
+  const greeted = new Promise<boolean>((r) => (greet = r));
+  const closed = new Promise<Buffer | null>((resolve) => {
+    const deadline = setTimeout(() => resolve(null), READ_DEADLINE_MS);
+    sock.on('data', (d: Buffer) => {
+      got.push(d);
+      greet(true);
+    });
+    sock.on('error', () => undefined);
+    sock.on('close', () => {
+      clearTimeout(deadline);
+      greet(false);
+      resolve(Buffer.concat(got));
+    });
+  });
+  return { sock, greeted, closed };
+}
+
+t.test('handshake timeout and per-host connection limit on a real serve', async (t) => {
+  const s = await startServer(t, { args: ['--handshake-timeout', '300', '--max-connections-per-host', '2', '--log-level', 'info'] });
+  // Silent after the greeting: closed by the server once the handshake time is up.
+  const silent = connectAndWait(s.socket());
+  t.equal(await silent.greeted, true, 'greeted');
+  const rest = await silent.closed;
+  t.not(rest, null, 'the server closed a connection that never negotiated');
+  t.match(s.log, /"reason":"handshake-timeout"/);
+
+  // Two connections that negotiate in time hold the host's two slots…
+  const a = connectAndWait(s.socket());
+  const b = connectAndWait(s.socket());
+  t.equal(await a.greeted, true);
+  t.equal(await b.greeted, true);
+  // …so a third is closed at once, before any greeting.
+  const c = connectAndWait(s.socket());
+  t.equal(await c.greeted, false, 'the third connection of the host is refused');
+  t.match(s.log, /"reason":"connection-limit"/);
+  // A stock client is refused too, while the slots are held.
+  const refused = await run('nbdinfo', [s.unixUri()], { timeoutMs: 60_000 });
+  t.not(refused.code, 0);
+  a.sock.destroy();
+  b.sock.destroy();
+  await a.closed;
+  await b.closed;
+  // Once they are gone the host connects again (the server may need a moment to see the closes: retry, bounded).
+  let ok = false;
+  for (let i = 0; i < 50 && !ok; i++) ok = (await run('nbdinfo', ['--size', s.unixUri()], { timeoutMs: 60_000 })).code === 0;
+  t.ok(ok, 'slots are given back when connections end');
+});
