@@ -53,6 +53,13 @@ export interface ManagerOptions {
 
 const now = (): string => new Date().toISOString();
 
+/** Owner, group and mode of a host's unix socket (octal string, e.g. "0660"). */
+export interface HostSocketAccess {
+  mode?: string | undefined;
+  uid?: number | undefined;
+  gid?: number | undefined;
+}
+
 /**
  * The storage manager: owns the control database and keeps the data path's
  * view (attached arrays, published namespaces, per-host listeners) equal to it.
@@ -302,6 +309,7 @@ export class StorageManager implements Lifecycle {
       for (const f of opened) await f.hostRemoved?.(h.name);
       throw e;
     }
+    await this.applyHostSocketAccess(h.name);
   }
 
   // ---- farms -------------------------------------------------------------
@@ -896,8 +904,9 @@ export class StorageManager implements Lifecycle {
    * listeners are reopened, so its NBD sessions end; if the new address
    * cannot be opened the old one is opened again and the change refused.
    */
-  async updateHost(name: string, opts: { nbdTcp?: string | null | undefined; allowWildcard?: boolean | undefined }): Promise<HostRow> {
+  async updateHost(name: string, opts: { nbdTcp?: string | null | undefined; allowWildcard?: boolean | undefined; socket?: HostSocketAccess | undefined }): Promise<HostRow> {
     const h = this.host(name);
+    if (opts.socket !== undefined) await this.setHostSocketAccess(h, opts.socket);
     if (opts.nbdTcp === undefined || opts.nbdTcp === h.nbd_tcp) return h;
     if (opts.nbdTcp !== null) checkListenerAddress(opts.nbdTcp, { allowWildcard: opts.allowWildcard });
     for (const f of this.dp.frontends) await f.hostRemoved?.(h.name);
@@ -913,6 +922,34 @@ export class StorageManager implements Lifecycle {
     this.events.emit('host.updated', `host/${h.name}`, { host: h.name, nbdTcp: opts.nbdTcp });
     this.log.info({ op: 'host.update', host: h.name, nbdTcp: opts.nbdTcp, was: h.nbd_tcp }, 'host listener moved');
     return this.hostById(h.id);
+  }
+
+  /**
+   * Who may open a host's unix socket (it proves the host by file permissions
+   * alone): owner, group and mode, kept as setting `host.NAME.socket` so they
+   * are applied again every time the socket is made (restart, listener move)
+   * and travel with a config export. World access is refused: anyone could
+   * then act as the host.
+   */
+  private async setHostSocketAccess(h: HostRow, access: HostSocketAccess): Promise<void> {
+    const mode = access.mode === undefined ? undefined : parseInt(access.mode, 8);
+    if (mode !== undefined && (mode & 0o007) !== 0) throw badRequest(`socket mode ${access.mode} gives every local user access, and so the identity of host '${h.name}'; use at most 0770`);
+    const next = { ...this.hostSocketAccess(h.name), ...access };
+    this.setSetting(`host.${h.name}.socket`, JSON.stringify(next));
+    await this.applyHostSocketAccess(h.name);
+    this.log.info({ op: 'host.socket', host: h.name, ...next }, 'host socket access changed');
+  }
+
+  hostSocketAccess(host: string): HostSocketAccess {
+    const raw = this.setting(`host.${host}.socket`);
+    return raw ? (JSON.parse(raw) as HostSocketAccess) : {};
+  }
+
+  private async applyHostSocketAccess(host: string): Promise<void> {
+    const a = this.hostSocketAccess(host);
+    const file = this.hostSocketPath(host);
+    if (a.uid !== undefined || a.gid !== undefined) await fs.promises.chown(file, a.uid ?? -1, a.gid ?? -1);
+    if (a.mode !== undefined) await fs.promises.chmod(file, parseInt(a.mode, 8));
   }
 
   findHost(name: string): HostRow | undefined {
@@ -1209,6 +1246,7 @@ export class StorageManager implements Lifecycle {
     this.db.transaction(() => {
       this.db.prepare('DELETE FROM hosts WHERE id = ?').run(h.id);
       if (this.setting('nbd.default_host') === name) this.setSetting('nbd.default_host', null);
+      this.setSetting(`host.${name}.socket`, null);
     })();
     this.dp.namespaces.drop(name);
     for (const f of this.dp.frontends) {

@@ -7,7 +7,14 @@ import { accepted, acceptedView } from './jobs.js';
 
 const allowWildcard = z.boolean().optional().describe('allow a wildcard listener address (0.0.0.0, [::]): every network of the machine');
 const createHost = z.strictObject({ name, farm: name.default('default'), nbdTcp: z.string().max(300).optional().describe('HOST:PORT of a TCP listener of its own'), allowWildcard });
-const updateHost = z.strictObject({ nbdTcp: z.string().max(300).nullable().optional().describe('move its own TCP listener (null: none); its NBD sessions end'), allowWildcard });
+const socketAccess = z
+  .strictObject({
+    mode: z.string().regex(/^0?[0-7]{3}$/, 'an octal mode such as "0660"').optional(),
+    uid: z.number().int().min(0).max(4294967294).optional(),
+    gid: z.number().int().min(0).max(4294967294).optional(),
+  })
+  .describe("owner, group and mode of the host's unix socket; kept across restarts");
+const updateHost = z.strictObject({ nbdTcp: z.string().max(300).nullable().optional().describe('move its own TCP listener (null: none); its NBD sessions end'), allowWildcard, socket: socketAccess.optional() });
 const activate = z.strictObject({ volume: name, size, qualityClass: qualityClass.optional(), image: name.optional(), target: target.default(0), lun: lun.default(0), mode: mode.optional() });
 const hostTls = z.strictObject({ requireTls: z.boolean() });
 const hostPsk = z.strictObject({ key: z.string().regex(/^[0-9a-fA-F]+$/).optional().describe('16 to 64 bytes of hex; generated when left out') });
@@ -49,7 +56,7 @@ export const hosts: ResourcePlugin = async (app, { manager: m }) => {
   app.post('/v1/hosts', { schema: { summary: 'Create a host (its listener opens at once)', tags, body: createHost, response: replies({ 201: views.hostView }) } }, async (req, reply) =>
     reply.code(201).send(m.describeHost(await m.createHost(req.body))),
   );
-  app.patch('/v1/hosts/:name', { schema: { summary: "Change a host's own TCP listener", tags, params: nameParam, body: updateHost, response: one } }, async (req) =>
+  app.patch('/v1/hosts/:name', { schema: { summary: "Change a host's own TCP listener, or its unix socket's owner, group and mode", tags, params: nameParam, body: updateHost, response: one } }, async (req) =>
     m.describeHost(await m.updateHost(req.params.name, req.body)),
   );
   app.post(

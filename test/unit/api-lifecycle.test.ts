@@ -155,3 +155,29 @@ t.test('images: delete refused while a copy reads it; the file stays', async (t)
   t.equal((await call('GET', '/v1/images')).body.images.length, 0);
   t.equal((await call('DELETE', '/v1/images/os')).status, 404);
 });
+
+t.test("hosts: the unix socket's owner, group and mode are kept and applied whenever it is made", async (t) => {
+  const { call, m, dataDir } = await startApi(t);
+  await basicAppliance(call);
+  const sock = path.join(dataDir, 'sockets', 'h.sock');
+  t.equal(fs.statSync(sock).mode & 0o777, 0o660, 'default 0660');
+  let r = await call('PATCH', '/v1/hosts/h', { socket: { mode: '0666' } });
+  t.equal(r.status, 400, 'world access would give anyone the host identity');
+  t.equal((await call('PATCH', '/v1/hosts/h', { socket: { mode: 'rw' } })).status, 400);
+  const root = process.getuid?.() === 0;
+  r = await call('PATCH', '/v1/hosts/h', { socket: { mode: '0640', ...(root ? { uid: 1, gid: 2 } : {}) } });
+  t.equal(r.status, 200, JSON.stringify(r.body));
+  const check = (what: string): void => {
+    const st = fs.statSync(sock);
+    t.equal(st.mode & 0o777, 0o640, `${what}: mode`);
+    if (root) t.same([st.uid, st.gid], [1, 2], `${what}: owner and group`);
+  };
+  check('now');
+  // The socket is made again when the host's listeners reopen (as at every start): the settings follow it.
+  t.equal((await call('PATCH', '/v1/hosts/h', { nbdTcp: `127.0.0.1:${await freePort()}` })).status, 200);
+  check('after the listeners reopened');
+  t.match(JSON.parse(m.setting('host.h.socket')!), { mode: '0640' }, 'kept as a setting (saved with the configuration)');
+  t.equal((await call('GET', '/v1/config')).body.settings['host.h.socket'], m.setting('host.h.socket'));
+  await call('DELETE', '/v1/hosts/h');
+  t.equal(m.setting('host.h.socket'), undefined, 'and forgotten with the host');
+});
