@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import type { Command } from 'commander';
 import { table } from '../output.js';
-import { client, details, followJob, humanSize, jobOptions, out, parseUnit, usage, verb } from '../context.js';
+import { client, details, followJob, humanSize, jobOptions, out, parseIntArg, parseUnit, usage, verb } from '../context.js';
 
 interface Host {
   name: string;
@@ -67,9 +67,17 @@ export function register(program: Command): void {
     .option('--nbd-tcp <host:port>', 'new address of its TCP listener')
     .option('--no-nbd-tcp', 'no TCP listener of its own')
     .option('--allow-wildcard', 'allow 0.0.0.0 / [::] (every network of the machine)')
-    .action(async (name: string, o: { nbdTcp?: string | false; allowWildcard?: boolean }, cmd: Command) => {
-      if (o.nbdTcp === undefined) throw usage('give --nbd-tcp HOST:PORT or --no-nbd-tcp');
-      const h = await client(cmd).call<Host>('PATCH', `/v1/hosts/${encodeURIComponent(name)}`, { nbdTcp: o.nbdTcp === false ? null : o.nbdTcp, ...(o.allowWildcard ? { allowWildcard: true } : {}) });
+    .option('--socket-mode <octal>', "mode of the host's unix socket, e.g. 0660 (kept across restarts)")
+    .option('--socket-uid <uid>', "owner (numeric uid) of the host's unix socket", parseIntArg('--socket-uid'))
+    .option('--socket-gid <gid>', "group (numeric gid) of the host's unix socket", parseIntArg('--socket-gid'))
+    .action(async (name: string, o: { nbdTcp?: string | false; allowWildcard?: boolean; socketMode?: string; socketUid?: number; socketGid?: number }, cmd: Command) => {
+      const socket = { ...(o.socketMode !== undefined ? { mode: o.socketMode } : {}), ...(o.socketUid !== undefined ? { uid: o.socketUid } : {}), ...(o.socketGid !== undefined ? { gid: o.socketGid } : {}) };
+      if (o.nbdTcp === undefined && Object.keys(socket).length === 0) throw usage('give --nbd-tcp HOST:PORT, --no-nbd-tcp or --socket-mode/--socket-uid/--socket-gid');
+      const h = await client(cmd).call<Host>('PATCH', `/v1/hosts/${encodeURIComponent(name)}`, {
+        ...(o.nbdTcp !== undefined ? { nbdTcp: o.nbdTcp === false ? null : o.nbdTcp } : {}),
+        ...(o.allowWildcard ? { allowWildcard: true } : {}),
+        ...(Object.keys(socket).length ? { socket } : {}),
+      });
       out(cmd, h, () => hostTable([h]));
     });
 
