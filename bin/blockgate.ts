@@ -48,6 +48,7 @@ program
   .option('--iscsi <host:port>', 'iSCSI portal address (":0" picks a free port)', '127.0.0.1:3260')
   .option('--api-token <token>', 'bearer token for the control API (default: $BLOCKGATE_API_TOKEN, else DATA/api-token, generated)')
   .option('--log-level <level>', 'pino log level (fatal, error, warn, info, debug, trace, silent)', 'info')
+  .option('--log-format <format>', 'auto (colored lines on a terminal, JSON otherwise), pretty or json', process.env.BLOCKGATE_LOG_FORMAT ?? 'auto')
   .option('--no-demo', 'do not create the demo appliance on first start')
   .option('--cache-size <size>', 'RAM block cache size, e.g. 512M or 2G (pinned and dirty data count against it)', process.env.BLOCKGATE_CACHE_SIZE ?? '512M')
   .option('--cache-block <size>', 'cache block size, a power of two from 4K to 1M', '64K')
@@ -56,16 +57,34 @@ program
   .option('--overcommit <ratio>', 'thin-provisioning limit saved as setting arrays.overcommit: a new array may be at most RATIO times its file system\'s free space (default 4)')
   .option('--restore [file]', 'rebuild a lost control database from DATA/blockgate.config.json, or from FILE (a `config export`)')
   .option('--image-root <dir>', 'also register images from files under DIR (repeatable; DATA/images always)', (v: string, acc: string[]) => [...acc, v], imageRootsFromEnv())
+  .option('--plaintext-default-host', 'serve the default host in plaintext on a shared NBD listener that is not on loopback (anyone who reaches it acts as that host)')
+  .option('--handshake-timeout <ms>', 'close NBD connections that have not chosen an export, and iSCSI connections not logged in, after this long', '30000')
+  .option('--idle-timeout <ms>', 'close NBD sessions with no traffic and nothing in flight for this long; 0 = never (iSCSI pings idle initiators instead)', '0')
+  .option('--max-connections <n>', 'connections at once on each NBD listener, and iSCSI sessions on the portal', '256')
+  .option('--max-connections-per-host <n>', 'connections at once for one host (NBD, over all its listeners; iSCSI sessions)', '64')
   .option('--bulk-rate <size>', 'bytes per second each bulk job (scrub, copy, snapshot) may move, e.g. 64M (default: unlimited)', process.env.BLOCKGATE_BULK_RATE)
-  .action(async (o: { dataDir: string; api: string; nbd: string; iscsi: string; apiToken?: string; logLevel: string; demo: boolean; cacheSize: string; cacheBlock: string; ioRoute: string; checkInterval: string; overcommit?: string; restore?: boolean | string; imageRoot: string[]; bulkRate?: string }) => {
+  .action(async (o: { dataDir: string; api: string; nbd: string; iscsi: string; apiToken?: string; logLevel: string; logFormat: string; demo: boolean; cacheSize: string; cacheBlock: string; ioRoute: string; checkInterval: string; overcommit?: string; restore?: boolean | string; imageRoot: string[]; bulkRate?: string; plaintextDefaultHost?: boolean; handshakeTimeout: string; idleTimeout: string; maxConnections: string; maxConnectionsPerHost: string }) => {
     if (o.ioRoute !== 'libuv' && o.ioRoute !== 'piscina') throw new Error(`--io-route must be libuv or piscina, not '${o.ioRoute}'`);
     const checkIntervalMs = Number(o.checkInterval);
     if (!Number.isInteger(checkIntervalMs) || checkIntervalMs < 0) throw new Error(`--check-interval must be a whole number of milliseconds, not '${o.checkInterval}'`);
     const overcommit = o.overcommit === undefined ? undefined : Number(o.overcommit);
     if (overcommit !== undefined && !(overcommit > 0 && Number.isFinite(overcommit))) throw new Error(`--overcommit must be a positive number, not '${o.overcommit}'`);
+    const whole = (flag: string, v: string, min: number): number => {
+      const n = Number(v);
+      if (!/^\d+$/.test(v) || n < min) throw new CliError(`${flag} must be a whole number${min > 0 ? ` of at least ${min}` : ''}, not '${v}'`, EXIT.USAGE, 'BAD_REQUEST');
+      return n;
+    };
+    const connections = {
+      handshakeTimeoutMs: whole('--handshake-timeout', o.handshakeTimeout, 1),
+      idleTimeoutMs: whole('--idle-timeout', o.idleTimeout, 0),
+      maxConnections: whole('--max-connections', o.maxConnections, 1),
+      maxConnectionsPerHost: whole('--max-connections-per-host', o.maxConnectionsPerHost, 1),
+    };
+    const { checkLogOptions } = await import('./log.js');
+    checkLogOptions(o.logLevel, o.logFormat);
     // Loaded only here: admin verbs start in a fraction of the time without the server's modules.
     const { serve } = await import('./serve.js');
-    await serve({ ...o, cacheSize: parseSize(o.cacheSize), cacheBlock: parseSize(o.cacheBlock), ioRoute: o.ioRoute, imageRoots: o.imageRoot, bulkRate: o.bulkRate ? parseSize(o.bulkRate) : undefined, version: pkg.version, checkIntervalMs, overcommit });
+    await serve({ ...o, connections, logFormat: o.logFormat as 'auto' | 'pretty' | 'json', cacheSize: parseSize(o.cacheSize), cacheBlock: parseSize(o.cacheBlock), ioRoute: o.ioRoute, imageRoots: o.imageRoot, bulkRate: o.bulkRate ? parseSize(o.bulkRate) : undefined, version: pkg.version, checkIntervalMs, overcommit });
   });
 
 function imageRootsFromEnv(): string[] {

@@ -1,16 +1,18 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { pino, type Logger } from 'pino';
+import type { Logger } from 'pino';
 import { BlockStore } from '../cache/index.js';
-import { badRequest } from '../common/errors.js';
+import { BlockgateError, badRequest } from '../common/errors.js';
 import { buildApi } from '../control-api/index.js';
 import { PiscinaEngine, makeRoute, type IoRouteName } from '../disks/index.js';
 import { DEMO, DataDirLock, configDocument, SAVED_CONFIG, StorageManager, formatAddress, parseAddress, seedDemo, type ConfigDocument } from '../manager/index.js';
+import { isLoopback } from '../common/address.js';
 import { Namespaces, NbdServer, NbdTlsKeys, StatsRegistry } from '../target/index.js';
 import { openUnit } from '../target/core/index.js';
 import { IscsiServer } from '../target/iscsi/index.js';
 import { ScsiCommandSet } from '../target/iscsi/scsi/index.js';
+import { makeLogger, type LogFormat } from './log.js';
 
 export interface ServeOptions {
   dataDir: string;
@@ -20,6 +22,8 @@ export interface ServeOptions {
   iscsi: string;
   apiToken?: string | undefined;
   logLevel: string;
+  /** pretty (colored lines), json, or auto: pretty when stderr is a terminal. */
+  logFormat?: LogFormat | undefined;
   demo: boolean;
   version: string;
   /** RAM cache size in bytes (pinned and dirty blocks count against it). */
@@ -36,6 +40,10 @@ export interface ServeOptions {
   restore?: boolean | string | undefined;
   /** Directories besides DATA/images that images may be registered from. */
   imageRoots?: string[] | undefined;
+  /** Serve the default host in plaintext on a shared listener that is not on loopback (off by default). */
+  plaintextDefaultHost?: boolean | undefined;
+  /** Safe-by-default connection bounds (blockgate serve --handshake-timeout, --idle-timeout, --max-connections[-per-host]). */
+  connections?: { handshakeTimeoutMs: number; idleTimeoutMs: number; maxConnections: number; maxConnectionsPerHost: number } | undefined;
   /** Bytes per second each bulk job (scrub, copy, verify, snapshot copy) may move; undefined = unlimited. */
   bulkRate?: number | undefined;
 }
@@ -81,14 +89,63 @@ async function readRestore(dataDir: string, restore: boolean | string): Promise<
   }
 }
 
+/** A start-up error as one line an admin can act on (busy port, missing address, no permission). */
+function listenFailure(what: string, addr: string, flag: string, e: unknown): unknown {
+  const code = (e as NodeJS.ErrnoException).code;
+  const why: Record<string, string> = {
+    EADDRINUSE: 'the address is in use (another blockgate, or another server on that port?)',
+    EADDRNOTAVAIL: 'this machine has no such address',
+    EACCES: 'permission denied (ports below 1024 need privileges)',
+    ENOTFOUND: 'the host name does not resolve',
+  };
+  if (!code || !why[code]) return e;
+  return new BlockgateError('CONFLICT', `cannot listen for ${what} on ${addr}: ${why[code]}; choose another address with ${flag}`, { errno: code, address: addr });
+}
+
+async function listening<T>(what: string, addr: string, flag: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    throw listenFailure(what, addr, flag, e);
+  }
+}
+
+/** The data directory exists (or is made) and is a writable directory; otherwise one clear line. */
+async function prepareDataDir(dataDir: string): Promise<void> {
+  try {
+    await fs.promises.mkdir(dataDir, { recursive: true });
+    const st = await fs.promises.stat(dataDir);
+    if (!st.isDirectory()) throw Object.assign(new Error('not a directory'), { code: 'ENOTDIR' });
+    await fs.promises.access(dataDir, fs.constants.W_OK | fs.constants.X_OK);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
+    const why: Record<string, string> = { ENOTDIR: 'it (or a parent) is not a directory', EEXIST: 'it (or a parent) is not a directory', EACCES: 'permission denied', EROFS: 'the file system is read-only' };
+    throw badRequest(`--data-dir ${dataDir} cannot be used: ${why[code] ?? code}`, { errno: code });
+  }
+}
+
 export async function serve(opts: ServeOptions): Promise<void> {
   const dataDir = path.resolve(opts.dataDir);
-  await fs.promises.mkdir(dataDir, { recursive: true });
+  await prepareDataDir(dataDir);
   // Before anything else here: a refused second start must not touch the first one's files.
   const lock = DataDirLock.acquire(dataDir);
+  // What start-up opened, closed in reverse if a later step fails: no socket, lock or run.json outlives a refused start.
+  const opened: (() => Promise<unknown> | unknown)[] = [() => lock.release()];
+  const undo = async (): Promise<void> => {
+    for (const f of opened.reverse()) await Promise.resolve().then(f).catch(() => undefined);
+  };
+  try {
+    await start(opts, dataDir, lock, opened);
+  } catch (e) {
+    await undo();
+    throw e;
+  }
+}
+
+async function start(opts: ServeOptions, dataDir: string, lock: DataDirLock, opened: (() => Promise<unknown> | unknown)[]): Promise<void> {
   const restore = opts.restore ? await readRestore(dataDir, opts.restore) : undefined;
-  // Logs go to stderr as JSON; stdout carries the human banner.
-  const log: Logger = pino({ level: opts.logLevel, base: { pid: process.pid } }, pino.destination(2));
+  // Logs go to stderr (pretty on a terminal, JSON otherwise); stdout carries the human banner.
+  const log: Logger = makeLogger(opts.logLevel, opts.logFormat ?? 'auto');
   const { token, file: tokenFile } = await loadToken(dataDir, opts.apiToken);
 
   const nbdAddr = parseAddress(opts.nbd);
@@ -106,6 +163,14 @@ export async function serve(opts: ServeOptions): Promise<void> {
     { namespaces, store, tls },
     {
       stats,
+      limits: opts.connections
+        ? {
+            handshakeTimeoutMs: opts.connections.handshakeTimeoutMs,
+            idleTimeoutMs: opts.connections.idleTimeoutMs,
+            maxConnectionsPerListener: opts.connections.maxConnections,
+            maxConnectionsPerHost: opts.connections.maxConnectionsPerHost,
+          }
+        : undefined,
       // One line per session event (connect, negotiate, disconnect with its reason); never per request.
       onSession: (e) =>
         log.info(
@@ -133,7 +198,11 @@ export async function serve(opts: ServeOptions): Promise<void> {
     {
       stats,
       // Idle-initiator pings: BLOCKGATE_ISCSI_NOP_MS shortens them (tests of the dead-initiator drop).
-      limits: process.env.BLOCKGATE_ISCSI_NOP_MS ? { nopIntervalMs: Number(process.env.BLOCKGATE_ISCSI_NOP_MS), nopTimeoutMs: Number(process.env.BLOCKGATE_ISCSI_NOP_MS), logoutGraceMs: Number(process.env.BLOCKGATE_ISCSI_NOP_MS) * 2 } : undefined,
+      limits: {
+        ...(opts.connections ? { loginTimeoutMs: opts.connections.handshakeTimeoutMs } : {}),
+        ...(process.env.BLOCKGATE_ISCSI_NOP_MS ? { nopIntervalMs: Number(process.env.BLOCKGATE_ISCSI_NOP_MS), nopTimeoutMs: Number(process.env.BLOCKGATE_ISCSI_NOP_MS), logoutGraceMs: Number(process.env.BLOCKGATE_ISCSI_NOP_MS) * 2 } : {}),
+      },
+      ...(opts.connections ? { maxSessions: opts.connections.maxConnections, maxSessionsPerHost: opts.connections.maxConnectionsPerHost } : {}),
       // One line per session login and logout; never per command.
       onSession: (e) =>
         log.info({ session: e.kind, protocol: 'iscsi', host: e.host, remote: e.remote, initiator: e.initiator, target: e.target, type: e.sessionType, reason: e.reason }, `iscsi session ${e.kind}`),
@@ -141,6 +210,15 @@ export async function serve(opts: ServeOptions): Promise<void> {
   );
   // Bulk work gets one worker thread of its own: its bounded share.
   const engine = new PiscinaEngine((id) => store.getArray(id), { threads: 1, cache: store, rate: opts.bulkRate });
+  opened.push(
+    () => nbd.close(),
+    () => iscsi.close(),
+    async () => {
+      await store.close();
+      await engine.close();
+      for (const a of store.listArrays()) await a.close();
+    },
+  );
   const manager = await StorageManager.open({ namespaces, store, frontends: [nbd, iscsi], engine, tls, stats }, {
     dataDir,
     log,
@@ -151,14 +229,33 @@ export async function serve(opts: ServeOptions): Promise<void> {
     restore,
     imageRoots: opts.imageRoots?.map((r) => path.resolve(r)),
   });
+  opened.push(async () => {
+    await manager.stop();
+    manager.close();
+  });
   if (opts.overcommit !== undefined) manager.setSetting('arrays.overcommit', String(opts.overcommit));
   if (restore) log.info({ op: 'config.restore', volumes: restore.volumes.length, hosts: restore.hosts.length }, 'configuration restored into a new control database');
   mgr = manager;
-  await manager.start();
+  try {
+    await manager.start();
+  } catch (e) {
+    const a = e as { address?: string; port?: number };
+    throw listenFailure("a host's own listener", a.address ? formatAddress(a.address, a.port ?? 0) : '?', 'blockgate host update NAME --nbd-tcp', e);
+  }
   if (opts.demo && (await seedDemo(manager))) log.info({ op: 'seed' }, 'demo appliance created');
 
-  const nbdPort = await nbd.listenTcp('tcp:shared', nbdAddr.host, nbdAddr.port, () => manager.setting('nbd.default_host') ?? null, true);
-  iscsiAddr.port = await iscsi.listen(iscsiAddr.host, iscsiAddr.port);
+  // Off loopback, anyone who can reach the port would act as the default host: only when the admin says so.
+  const plaintextDefault = isLoopback(nbdAddr.host) || opts.plaintextDefaultHost === true;
+  if (!plaintextDefault && manager.setting('nbd.default_host')) {
+    log.warn(
+      { op: 'nbd.shared', listener: opts.nbd, defaultHost: manager.setting('nbd.default_host') },
+      `the shared NBD listener ${opts.nbd} is not on loopback: plaintext connections act for no host (TLS identities still work); --plaintext-default-host serves the default host there`,
+    );
+  }
+  const nbdPort = await listening('the shared NBD listener', opts.nbd, '--nbd', () =>
+    nbd.listenTcp('tcp:shared', nbdAddr.host, nbdAddr.port, () => (plaintextDefault ? (manager.setting('nbd.default_host') ?? null) : null), true),
+  );
+  iscsiAddr.port = await listening('the iSCSI portal', opts.iscsi, '--iscsi', () => iscsi.listen(iscsiAddr.host, iscsiAddr.port));
   const api = buildApi(manager, {
     token,
     logger: log,
@@ -169,7 +266,8 @@ export async function serve(opts: ServeOptions): Promise<void> {
       cache: () => ({ ...store.stats() }),
     },
   });
-  await api.listen({ host: apiAddr.host, port: apiAddr.port });
+  opened.push(() => api.close());
+  await listening('the control API', opts.api, '--api', () => api.listen({ host: apiAddr.host, port: apiAddr.port }));
   const apiPort = (api.server.address() as { port: number }).port;
 
   const info: RunInfo = {

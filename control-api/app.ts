@@ -4,7 +4,7 @@ import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } 
 import { jsonSchemaTransform, jsonSchemaTransformObject, serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
 import type { Logger } from 'pino';
 import type { StorageManager } from '../manager/index.js';
-import { errorHandler, sendError } from './errors.js';
+import { errorHandler, refusals, sendError } from './errors.js';
 import type { MetricsSources } from './metrics.js';
 import { RESOURCES } from './routes/index.js';
 
@@ -64,6 +64,18 @@ export function buildApi(m: StorageManager, opts: ApiOptions): FastifyInstance {
       return reply;
     }
   });
+  // Audit: every refused or unauthorized control request leaves one line (who, what, why); never the token.
+  const audit = opts.logger;
+  if (audit) {
+    app.addHook('onResponse', async (req, reply) => {
+      if (reply.statusCode < 400 || reply.statusCode >= 500) return;
+      const r = refusals.get(reply);
+      audit.warn(
+        { audit: reply.statusCode === 401 ? 'unauthorized' : 'refused', method: req.method, url: req.url, status: reply.statusCode, code: r?.code, remote: req.ip, reason: r?.message },
+        reply.statusCode === 401 ? `control request unauthorized: ${req.method} ${req.url}` : `control request refused: ${req.method} ${req.url} ${reply.statusCode} ${r?.code ?? ''}`,
+      );
+    });
+  }
   // A change the API acknowledged is in the saved configuration (DATA/blockgate.config.json) before the reply.
   app.addHook('onSend', async (req, _reply, payload) => {
     if (req.method !== 'GET' && req.method !== 'HEAD') await m.config.save();

@@ -45,7 +45,11 @@ export function replies<R extends Record<number, z.ZodType>>(ok: R): R & { '4xx'
   return { ...ok, '4xx': errorBody, '5xx': errorBody };
 }
 
+/** The error each refused request was answered with, for its audit line (control-api/app.ts). */
+export const refusals = new WeakMap<FastifyReply, { code: ApiErrorCode; message: string }>();
+
 export function sendError(reply: FastifyReply, code: ApiErrorCode, message: string, details?: Record<string, unknown>): FastifyReply {
+  refusals.set(reply, { code, message });
   return reply.code(API_ERRORS[code].status).send({ error: { code, message, ...(details ? { details } : {}) } });
 }
 
@@ -82,7 +86,9 @@ export function errorHandler(err: unknown, req: FastifyRequest, reply: FastifyRe
     return;
   }
   if (fe.statusCode && fe.statusCode >= 400 && fe.statusCode < 500) {
-    void reply.code(fe.statusCode).send({ error: { code: HTTP_CODES[fe.statusCode] ?? 'BAD_REQUEST', message: fe.message ?? 'bad request' } });
+    const code = HTTP_CODES[fe.statusCode] ?? 'BAD_REQUEST';
+    refusals.set(reply, { code, message: fe.message ?? 'bad request' });
+    void reply.code(fe.statusCode).send({ error: { code, message: fe.message ?? 'bad request' } });
     return;
   }
   req.log.error({ err }, 'unhandled error');

@@ -18,6 +18,7 @@ import { EventLog } from './events.js';
 import { JobQueue } from './jobs.js';
 import { bindingRecordOf, type BindingRecord } from './config-document.js';
 import type { ArrayView, HostView, NamespaceView, VolumeView } from './views.js';
+import { checkListenerAddress } from '../common/address.js';
 import { checkName, failed, formatAddress, parseAddress, type AccessMode, type ArrayRow, type BindingRow, type ExtentRow, type HostRow, type Provisioning, type ShareMode, type VolumeRow } from './model.js';
 import { BindingOperations } from './operations/bindings.js';
 import { ConfigOperations } from './operations/config.js';
@@ -51,6 +52,13 @@ export interface ManagerOptions {
 }
 
 const now = (): string => new Date().toISOString();
+
+/** Owner, group and mode of a host's unix socket (octal string, e.g. "0660"). */
+export interface HostSocketAccess {
+  mode?: string | undefined;
+  uid?: number | undefined;
+  gid?: number | undefined;
+}
 
 /**
  * The storage manager: owns the control database and keeps the data path's
@@ -308,6 +316,7 @@ export class StorageManager implements Lifecycle {
       for (const f of opened) await f.hostRemoved?.(h.name);
       throw e;
     }
+    await this.applyHostSocketAccess(h.name);
   }
 
   // ---- farms -------------------------------------------------------------
@@ -902,11 +911,11 @@ export class StorageManager implements Lifecycle {
 
   // ---- hosts -------------------------------------------------------------
 
-  async createHost(opts: { name: string; farm: string; nbdTcp?: string | undefined }): Promise<HostRow> {
+  async createHost(opts: { name: string; farm: string; nbdTcp?: string | undefined; allowWildcard?: boolean | undefined }): Promise<HostRow> {
     checkName('host', opts.name);
     if (this.findHost(opts.name)) throw conflict(`host '${opts.name}' already exists`);
     const farm = this.farm(opts.farm);
-    if (opts.nbdTcp) parseAddress(opts.nbdTcp);
+    if (opts.nbdTcp !== undefined) checkListenerAddress(opts.nbdTcp, { allowWildcard: opts.allowWildcard });
     const id = Number(
       this.db
         .prepare("INSERT INTO hosts (name, farm_id, nbd_tcp, protocols, created_at) VALUES (?, ?, ?, 'nbd,iscsi', ?)")
@@ -924,6 +933,59 @@ export class StorageManager implements Lifecycle {
     this.events.emit('host.created', `host/${h.name}`, { host: h.name, farm: farm.name });
     this.log.info({ op: 'host.create', host: h.name, farm: farm.name, nbdTcp: h.nbd_tcp }, 'host created');
     return h;
+  }
+
+  /**
+   * Moves (or removes, with null) a host's own TCP listener. The host's
+   * listeners are reopened, so its NBD sessions end; if the new address
+   * cannot be opened the old one is opened again and the change refused.
+   */
+  async updateHost(name: string, opts: { nbdTcp?: string | null | undefined; allowWildcard?: boolean | undefined; socket?: HostSocketAccess | undefined }): Promise<HostRow> {
+    const h = this.host(name);
+    if (opts.socket !== undefined) await this.setHostSocketAccess(h, opts.socket);
+    if (opts.nbdTcp === undefined || opts.nbdTcp === h.nbd_tcp) return h;
+    if (opts.nbdTcp !== null) checkListenerAddress(opts.nbdTcp, { allowWildcard: opts.allowWildcard });
+    for (const f of this.dp.frontends) await f.hostRemoved?.(h.name);
+    this.db.prepare('UPDATE hosts SET nbd_tcp = ? WHERE id = ?').run(opts.nbdTcp, h.id);
+    try {
+      await this.openHostListeners(this.hostById(h.id));
+    } catch (e) {
+      this.db.prepare('UPDATE hosts SET nbd_tcp = ? WHERE id = ?').run(h.nbd_tcp, h.id);
+      await this.openHostListeners(h);
+      throw new BlockgateError('CONFLICT', `cannot open listener ${opts.nbdTcp} for host '${h.name}': ${(e as Error).message}; it keeps ${h.nbd_tcp ?? 'no TCP listener'}`);
+    }
+    this.publishHost(h.id);
+    this.events.emit('host.updated', `host/${h.name}`, { host: h.name, nbdTcp: opts.nbdTcp });
+    this.log.info({ op: 'host.update', host: h.name, nbdTcp: opts.nbdTcp, was: h.nbd_tcp }, 'host listener moved');
+    return this.hostById(h.id);
+  }
+
+  /**
+   * Who may open a host's unix socket (it proves the host by file permissions
+   * alone): owner, group and mode, kept as setting `host.NAME.socket` so they
+   * are applied again every time the socket is made (restart, listener move)
+   * and travel with a config export. World access is refused: anyone could
+   * then act as the host.
+   */
+  private async setHostSocketAccess(h: HostRow, access: HostSocketAccess): Promise<void> {
+    const mode = access.mode === undefined ? undefined : parseInt(access.mode, 8);
+    if (mode !== undefined && (mode & 0o007) !== 0) throw badRequest(`socket mode ${access.mode} gives every local user access, and so the identity of host '${h.name}'; use at most 0770`);
+    const next = { ...this.hostSocketAccess(h.name), ...access };
+    this.setSetting(`host.${h.name}.socket`, JSON.stringify(next));
+    await this.applyHostSocketAccess(h.name);
+    this.log.info({ op: 'host.socket', host: h.name, ...next }, 'host socket access changed');
+  }
+
+  hostSocketAccess(host: string): HostSocketAccess {
+    const raw = this.setting(`host.${host}.socket`);
+    return raw ? (JSON.parse(raw) as HostSocketAccess) : {};
+  }
+
+  private async applyHostSocketAccess(host: string): Promise<void> {
+    const a = this.hostSocketAccess(host);
+    const file = this.hostSocketPath(host);
+    if (a.uid !== undefined || a.gid !== undefined) await fs.promises.chown(file, a.uid ?? -1, a.gid ?? -1);
+    if (a.mode !== undefined) await fs.promises.chmod(file, parseInt(a.mode, 8));
   }
 
   findHost(name: string): HostRow | undefined {
@@ -1128,10 +1190,13 @@ export class StorageManager implements Lifecycle {
    * host name. The key file is written first (0600), then the listener uses
    * it. Returns the key once, for the host's psk file.
    */
-  async setHostPsk(name: string, keyHex?: string): Promise<{ identity: string; key: string }> {
+  async setHostPsk(name: string, keyHex?: string, how: 'create' | 'rotate' = 'create'): Promise<{ identity: string; key: string }> {
     const h = this.host(name);
     const tls = this.dp.tls;
     if (!tls) throw new BlockgateError('NOT_SUPPORTED', 'TLS is not configured on this appliance');
+    // A create never replaces a key a host may be using: replacing is an explicit rotate.
+    if (how === 'create' && tls.hasPsk(h.name)) throw conflict(`host '${h.name}' already has a TLS key; rotate it (POST /v1/hosts/${h.name}/tls/psk/rotate) to replace it`);
+    if (how === 'rotate' && !tls.hasPsk(h.name)) throw notFound('TLS key of host', h.name);
     if (keyHex !== undefined && !/^(?:[0-9a-fA-F]{2}){16,64}$/.test(keyHex)) throw badRequest('key must be 16 to 64 bytes of hex');
     const key = keyHex !== undefined ? Buffer.from(keyHex, 'hex') : crypto.randomBytes(32);
     const file = path.join(tls.pskDir, `${h.name}.key`);
@@ -1139,8 +1204,97 @@ export class StorageManager implements Lifecycle {
     await fs.promises.writeFile(`${file}.tmp`, `${key.toString('hex')}\n`, { mode: 0o600 });
     await fs.promises.rename(`${file}.tmp`, file);
     tls.setPsk(h.name, key);
-    this.log.info({ op: 'host.psk', host: h.name }, 'host TLS key set');
+    this.events.emit(`host.psk.${how}d`, `host/${h.name}`, { host: h.name });
+    this.log.info({ op: `host.psk.${how}`, host: h.name }, how === 'create' ? 'host TLS key created' : 'host TLS key rotated');
     return { identity: h.name, key: key.toString('hex') };
+  }
+
+  /** Whether a host has a TLS key and since when; the key itself is shown only by create and rotate. */
+  async hostPsk(name: string): Promise<{ identity: string; present: boolean; setAt: string | null }> {
+    const h = this.host(name);
+    const tls = this.dp.tls;
+    if (!tls) throw new BlockgateError('NOT_SUPPORTED', 'TLS is not configured on this appliance');
+    const st = tls.hasPsk(h.name) ? await fs.promises.stat(path.join(tls.pskDir, `${h.name}.key`)).catch(() => null) : null;
+    return { identity: h.name, present: tls.hasPsk(h.name), setAt: st ? st.mtime.toISOString() : null };
+  }
+
+  /** Removes a host's TLS key: PSK handshakes naming it fail from now on (open sessions are left alone). */
+  async deleteHostPsk(name: string): Promise<void> {
+    const h = this.host(name);
+    const tls = this.dp.tls;
+    if (!tls) throw new BlockgateError('NOT_SUPPORTED', 'TLS is not configured on this appliance');
+    if (!tls.hasPsk(h.name)) throw notFound('TLS key of host', h.name);
+    tls.deletePsk(h.name);
+    await fs.promises.rm(path.join(tls.pskDir, `${h.name}.key`), { force: true });
+    this.events.emit('host.psk.deleted', `host/${h.name}`, { host: h.name });
+    this.log.info({ op: 'host.psk.delete', host: h.name }, 'host TLS key removed');
+  }
+
+  // ---- removal: every noun can go, refused (409) while something uses it ----
+
+  /** Removes a farm no host or volume belongs to. */
+  deleteFarm(name: string): void {
+    const f = this.farm(name);
+    const hosts = (this.db.prepare('SELECT name FROM hosts WHERE farm_id = ? ORDER BY name').all(f.id) as { name: string }[]).map((r) => r.name);
+    const volumes = (this.db.prepare('SELECT name FROM volumes WHERE farm_id = ? ORDER BY name').all(f.id) as { name: string }[]).map((r) => r.name);
+    if (hosts.length || volumes.length) {
+      const what = [hosts.length ? `hosts ${hosts.join(', ')}` : '', volumes.length ? `volumes ${volumes.join(', ')}` : ''].filter(Boolean).join(' and ');
+      throw conflict(`farm '${name}' is in use by ${what}; delete or move them first`, { hosts, volumes });
+    }
+    this.db.prepare('DELETE FROM farms WHERE id = ?').run(f.id);
+    this.events.emit('farm.deleted', `farm/${name}`, { farm: name });
+    this.log.info({ op: 'farm.delete', farm: name }, 'farm deleted');
+  }
+
+  /**
+   * Removes an array no volume has space on: it leaves the data path, then
+   * its files (image, allocation map, identity) are removed, so start-up
+   * discovery does not adopt it again.
+   */
+  async deleteArray(name: string): Promise<void> {
+    const a = this.array(name);
+    const volumes = this.volumesOnArray(a.id);
+    if (volumes.length) throw conflict(`array '${name}' holds extents of volumes ${volumes.join(', ')}; de-allocate them first`, { volumes });
+    const store = this.dp.store;
+    const f = store.listArrays().find((x) => x.id === a.id);
+    store.removeArray(a.id);
+    await f?.close().catch(() => undefined);
+    this.health.cleared(a.id);
+    this.db.prepare('DELETE FROM arrays WHERE id = ?').run(a.id);
+    for (const file of [a.path, `${a.path}.alloc`, `${a.path}.id`]) await fs.promises.rm(file, { force: true });
+    this.events.emit('array.deleted', `array/${name}`, { array: name, file: a.path });
+    this.log.info({ op: 'array.delete', array: name, file: a.path }, 'array deleted');
+  }
+
+  /**
+   * Removes a host with no bindings and no VMs: its listeners close (the unix
+   * socket file goes with them), every session it has on any protocol ends,
+   * and its keys (TLS PSK, CHAP secrets) and initiator names are removed.
+   */
+  async deleteHost(name: string): Promise<void> {
+    const h = this.host(name);
+    const bindings = this.bindingsOfHost(h.id).map((b) => `${b.target}/${b.lun}`);
+    const vms = (this.db.prepare('SELECT name FROM vms WHERE host_id = ? ORDER BY name').all(h.id) as { name: string }[]).map((r) => r.name);
+    if (bindings.length || vms.length) {
+      const what = [bindings.length ? `bindings at ${bindings.join(', ')}` : '', vms.length ? `VMs ${vms.join(', ')}` : ''].filter(Boolean).join(' and ');
+      throw conflict(`host '${name}' still has ${what}; unbind and delete them first`, { bindings, vms });
+    }
+    this.db.transaction(() => {
+      this.db.prepare('DELETE FROM hosts WHERE id = ?').run(h.id);
+      if (this.setting('nbd.default_host') === name) this.setSetting('nbd.default_host', null);
+      this.setSetting(`host.${name}.socket`, null);
+    })();
+    this.dp.namespaces.drop(name);
+    for (const f of this.dp.frontends) {
+      await f.hostRemoved?.(name);
+      await f.revoke(name, null);
+    }
+    await this.iscsi.forget(name);
+    this.dp.tls?.deletePsk(name);
+    if (this.dp.tls) await fs.promises.rm(path.join(this.dp.tls.pskDir, `${name}.key`), { force: true });
+    await fs.promises.rm(this.hostSocketPath(name), { force: true });
+    this.events.emit('host.deleted', `host/${name}`, { host: name });
+    this.log.info({ op: 'host.delete', host: name }, 'host deleted');
   }
 
   async stop(): Promise<void> {

@@ -25,4 +25,12 @@ export const arrays: ResourcePlugin = async (app, { manager: m }) => {
     const a = await m.createArray(req.body.name, req.body.size, req.body.qualityClass);
     return reply.code(201).send(await m.describeArray(a));
   });
+  app.delete(
+    '/v1/arrays/:name',
+    { schema: { summary: 'Delete an array no volume has space on; its files are removed (409 while in use)', tags, params: nameParam, response: replies({ 204: z.undefined() }) } },
+    async (req, reply) => {
+      await m.deleteArray(req.params.name);
+      return reply.code(204).send();
+    },
+  );
 };

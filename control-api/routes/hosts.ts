@@ -5,7 +5,16 @@ import { lun, mode, name, nameParam, noQuery, qualityClass, size, target } from 
 import type { ResourcePlugin } from './context.js';
 import { accepted, acceptedView } from './jobs.js';
 
-const createHost = z.strictObject({ name, farm: name.default('default'), nbdTcp: z.string().max(300).optional().describe('HOST:PORT of a TCP listener of its own') });
+const allowWildcard = z.boolean().optional().describe('allow a wildcard listener address (0.0.0.0, [::]): every network of the machine');
+const createHost = z.strictObject({ name, farm: name.default('default'), nbdTcp: z.string().max(300).optional().describe('HOST:PORT of a TCP listener of its own'), allowWildcard });
+const socketAccess = z
+  .strictObject({
+    mode: z.string().regex(/^0?[0-7]{3}$/, 'an octal mode such as "0660"').optional(),
+    uid: z.number().int().min(0).max(4294967294).optional(),
+    gid: z.number().int().min(0).max(4294967294).optional(),
+  })
+  .describe("owner, group and mode of the host's unix socket; kept across restarts");
+const updateHost = z.strictObject({ nbdTcp: z.string().max(300).nullable().optional().describe('move its own TCP listener (null: none); its NBD sessions end'), allowWildcard, socket: socketAccess.optional() });
 const activate = z.strictObject({ volume: name, size, qualityClass: qualityClass.optional(), image: name.optional(), target: target.default(0), lun: lun.default(0), mode: mode.optional() });
 const hostTls = z.strictObject({ requireTls: z.boolean() });
 const hostPsk = z.strictObject({ key: z.string().regex(/^[0-9a-fA-F]+$/).optional().describe('16 to 64 bytes of hex; generated when left out') });
@@ -30,6 +39,8 @@ const chapView = z.strictObject({
   mutualSecret: z.string().optional(),
 });
 const pskView = z.strictObject({ identity: name, key: z.string(), pskFile: z.string().describe('the line for the host\'s psk file') });
+const pskState = z.strictObject({ identity: name, present: z.boolean(), setAt: z.string().nullable() });
+const pskReply = (k: { identity: string; key: string }): z.output<typeof pskView> => ({ ...k, pskFile: `${k.identity}:${k.key}\n` });
 
 /** Hosts: listeners, namespace, activate, and the NBD TLS identity. */
 export const hosts: ResourcePlugin = async (app, { manager: m }) => {
@@ -45,6 +56,9 @@ export const hosts: ResourcePlugin = async (app, { manager: m }) => {
   app.post('/v1/hosts', { schema: { summary: 'Create a host (its listener opens at once)', tags, body: createHost, response: replies({ 201: views.hostView }) } }, async (req, reply) =>
     reply.code(201).send(m.describeHost(await m.createHost(req.body))),
   );
+  app.patch('/v1/hosts/:name', { schema: { summary: "Change a host's own TCP listener, or its unix socket's owner, group and mode", tags, params: nameParam, body: updateHost, response: one } }, async (req) =>
+    m.describeHost(await m.updateHost(req.params.name, req.body)),
+  );
   app.post(
     '/v1/hosts/:name/activate',
     { schema: { summary: 'Activate: allocate → configure → copy image → bind → map, rolled back on failure', tags, params: nameParam, body: activate, response: replies({ 202: acceptedView }) } },
@@ -55,10 +69,27 @@ export const hosts: ResourcePlugin = async (app, { manager: m }) => {
   );
   app.post(
     '/v1/hosts/:name/tls/psk',
-    { schema: { summary: "Set or generate the host's TLS pre-shared key (shown once, as a psk file line)", tags, params: nameParam, body: hostPsk, response: replies({ 201: pskView }) } },
+    { schema: { summary: "Create the host's TLS pre-shared key (given or generated; shown once, as a psk file line); 409 if it has one", tags, params: nameParam, body: hostPsk, response: replies({ 201: pskView }) } },
+    async (req, reply) => reply.code(201).send(pskReply(await m.setHostPsk(req.params.name, req.body.key, 'create'))),
+  );
+  app.post(
+    '/v1/hosts/:name/tls/psk/rotate',
+    { schema: { summary: "Replace the host's TLS pre-shared key (shown once); 404 if it has none", tags, params: nameParam, body: hostPsk, response: replies({ 201: pskView }) } },
+    async (req, reply) => reply.code(201).send(pskReply(await m.setHostPsk(req.params.name, req.body.key, 'rotate'))),
+  );
+  app.get('/v1/hosts/:name/tls/psk', { schema: { summary: 'Whether the host has a TLS key, and since when (never the key)', tags, params: nameParam, querystring: noQuery, response: replies({ 200: pskState }) } }, (req) =>
+    m.hostPsk(req.params.name),
+  );
+  app.delete('/v1/hosts/:name/tls/psk', { schema: { summary: "Remove the host's TLS key", tags, params: nameParam, response: replies({ 204: z.undefined() }) } }, async (req, reply) => {
+    await m.deleteHostPsk(req.params.name);
+    return reply.code(204).send();
+  });
+  app.delete(
+    '/v1/hosts/:name',
+    { schema: { summary: 'Delete a host with no bindings or VMs: listeners close, sessions end, keys go (409 while in use)', tags, params: nameParam, response: replies({ 204: z.undefined() }) } },
     async (req, reply) => {
-      const k = await m.setHostPsk(req.params.name, req.body.key);
-      return reply.code(201).send({ ...k, pskFile: `${k.identity}:${k.key}\n` });
+      await m.deleteHost(req.params.name);
+      return reply.code(204).send();
     },
   );
 

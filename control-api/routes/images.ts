@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { views } from '../../manager/index.js';
 import { replies } from '../errors.js';
-import { name, noQuery } from '../schemas.js';
+import { name, nameParam, noQuery } from '../schemas.js';
 import type { ResourcePlugin } from './context.js';
 import { accepted, acceptedView } from './jobs.js';
 
@@ -25,6 +25,14 @@ export const images: ResourcePlugin = async (app, { manager: m }) => {
       if (req.body.fromVolume !== undefined) return reply.code(202).send(accepted(m.bulk.captureImage(req.body.name, req.body.fromVolume)));
       const i = await m.bulk.registerImage(req.body.name, req.body.path!);
       return reply.code(201).send({ name: i.name, path: i.path, size: i.size, createdAt: i.created_at });
+    },
+  );
+  app.delete(
+    '/v1/images/:name',
+    { schema: { summary: 'Unregister an image (its file is kept); 409 while a copy reads it', tags, params: nameParam, response: replies({ 204: z.undefined() }) } },
+    async (req, reply) => {
+      m.bulk.deleteImage(req.params.name);
+      return reply.code(204).send();
     },
   );
 };

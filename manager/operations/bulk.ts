@@ -258,6 +258,26 @@ export class BulkOperations {
   }
 
   /**
+   * Unregisters an image no queued or running copy reads. Its file stays
+   * where it is (it is the admin's); volumes once copied from it keep their
+   * bytes and show no image any more.
+   */
+  deleteImage(name: string): void {
+    const { c } = this;
+    const img = this.image(name);
+    const jobs = (c.db.prepare("SELECT id, kind, params FROM jobs WHERE state IN ('queued', 'running') AND kind = 'image-copy'").all() as { id: number; params: string }[])
+      .filter((j) => (JSON.parse(j.params) as { imageId?: number }).imageId === img.id)
+      .map((j) => j.id);
+    if (jobs.length) throw conflict(`image '${name}' is being copied by job ${jobs.join(', ')}; wait for it or cancel it first`, { jobs });
+    c.db.transaction(() => {
+      c.db.prepare('UPDATE volumes SET image_id = NULL WHERE image_id = ?').run(img.id);
+      c.db.prepare('DELETE FROM images WHERE id = ?').run(img.id);
+      c.events.emit('image.deleted', `image/${name}`, { image: name, file: img.path });
+    })();
+    c.log.info({ op: 'image.delete', image: name, file: img.path }, 'image unregistered (its file is kept)');
+  }
+
+  /**
    * Makes an image from a volume no host can write to (no mapped binding):
    * the volume's bytes are copied into images/NAME.img, which is registered
    * when the copy has verified.

@@ -149,6 +149,12 @@ export class IscsiAccess {
     this.m.log.info({ op: 'host.chap', host: h.name, mode: null }, 'CHAP cleared');
   }
 
+  /** A deleted host's secrets go with it (its initiator rows went with the host row). */
+  async forget(host: string): Promise<void> {
+    this.secrets.delete(host);
+    await fs.promises.rm(this.chapFile(host), { force: true });
+  }
+
   /** Which protocols a host may use (default both). Dropping iscsi logs its sessions out. */
   async setProtocols(host: string, protocols: string[]): Promise<void> {
     const h = this.m.host(host);

@@ -52,6 +52,9 @@ export class NbdServer implements Frontend {
   private readonly stats: StatsRegistry | undefined;
   private readonly listeners = new Map<string, ListenerInfo>();
   private readonly open = new Set<NbdConnection>();
+  /** Open connections by listener key and by the host the listener gave them (the connection limits). */
+  private readonly perListener = new Map<string, number>();
+  private readonly perHost = new Map<string, number>();
 
   constructor(backend: NbdBackend, opts: NbdServerOptions = {}) {
     this.backend = backend;
@@ -112,9 +115,10 @@ export class NbdServer implements Frontend {
   }
 
   async hostRemoved(host: string): Promise<void> {
-    await this.closeListener(`unix:${host}`);
-    await this.closeListener(`tcp:${host}`);
+    // A net.Server's close waits for its connections: stop accepting, end the host's sessions, then wait.
+    const closing = Promise.all([this.closeListener(`unix:${host}`), this.closeListener(`tcp:${host}`)]);
     await this.revoke(host, null);
+    await closing;
   }
 
   // ---- listeners -----------------------------------------------------------
@@ -162,25 +166,54 @@ export class NbdServer implements Frontend {
 
   private accept(sock: net.Socket, listener: string, host: string | null, traits: ListenerTraits): void {
     const remote = sock.remoteAddress ? `${sock.remoteAddress}:${sock.remotePort}` : 'unix';
+    const onListener = this.perListener.get(listener) ?? 0;
+    const forHost = host === null ? 0 : (this.perHost.get(host) ?? 0);
+    if (onListener >= this.limits.maxConnectionsPerListener || forHost >= this.limits.maxConnectionsPerHost) {
+      // Refused before any byte is read or sent: a flood costs a socket for one loop turn.
+      sock.destroy();
+      this.onSession({ kind: 'disconnect', host, listener, remote, reason: 'connection-limit' });
+      return;
+    }
+    this.perListener.set(listener, onListener + 1);
+    if (host !== null) this.perHost.set(host, forHost + 1);
     this.onSession({ kind: 'connect', host, listener, remote });
     this.stats?.sessionOpened(host);
+    const handshake = setTimeout(() => conn.close('handshake-timeout'), this.limits.handshakeTimeoutMs);
+    handshake.unref();
     const conn = new NbdConnection(
       sock,
       host,
       this.backend,
       this.limits,
       (c, reason) => {
+        clearTimeout(handshake);
         this.open.delete(c);
+        this.release(this.perListener, listener);
+        if (host !== null) this.release(this.perHost, host);
         // Counted under the listener's host, the one it was opened under.
         this.stats?.sessionClosed(host, reason);
         // The host may have changed with STARTTLS: log the one the session acted for.
         this.onSession({ kind: 'disconnect', host: c.host, listener, remote, reason });
       },
       traits,
-      (c, n) =>
-        this.onSession({ kind: 'negotiate', host: c.host, listener, remote, export: n.export, volume: n.unit.volumeName, option: n.option, structuredReplies: n.structuredReplies, tls: n.tls }),
+      (c, n) => {
+        clearTimeout(handshake);
+        if (this.limits.idleTimeoutMs > 0) {
+          // Node's socket timeout counts inactivity both ways; a request still being served is not idleness.
+          sock.setTimeout(this.limits.idleTimeoutMs, () => {
+            if (!c.busy) c.close('idle-timeout');
+          });
+        }
+        this.onSession({ kind: 'negotiate', host: c.host, listener, remote, export: n.export, volume: n.unit.volumeName, option: n.option, structuredReplies: n.structuredReplies, tls: n.tls });
+      },
     );
     this.open.add(conn);
+  }
+
+  private release(counts: Map<string, number>, key: string): void {
+    const n = (counts.get(key) ?? 1) - 1;
+    if (n <= 0) counts.delete(key);
+    else counts.set(key, n);
   }
 
   hasListener(key: string): boolean {

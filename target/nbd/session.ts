@@ -23,6 +23,13 @@ export interface NbdLimits {
   maxInflightBytes: number;
   /** Block-status descriptors in one reply (the spec suggests at most 2^20). */
   maxExtents: number;
+  /** A connection that has not chosen an export by then is closed (a peer cannot hold a slot by saying nothing). */
+  handshakeTimeoutMs: number;
+  /** A session with nothing in flight and no traffic for this long is closed; 0 = never (NBD clients of mounted disks idle for hours). */
+  idleTimeoutMs: number;
+  /** Connections open at once on one listener, and for one host over all listeners; more are closed at accept. */
+  maxConnectionsPerListener: number;
+  maxConnectionsPerHost: number;
 }
 
 export const DEFAULT_LIMITS: NbdLimits = {
@@ -32,6 +39,10 @@ export const DEFAULT_LIMITS: NbdLimits = {
   maxQueuedReplyBytes: 16 * 1024 * 1024,
   maxInflightBytes: 64 * 1024 * 1024,
   maxExtents: 65536,
+  handshakeTimeoutMs: 30_000,
+  idleTimeoutMs: 0,
+  maxConnectionsPerListener: 256,
+  maxConnectionsPerHost: 64,
 };
 
 /** TLS as the server offers it after NBD_OPT_STARTTLS. */
@@ -57,7 +68,18 @@ export interface ListenerTraits {
 }
 
 /** Why a session ended, for the per-session log line. */
-export type CloseReason = 'client-disconnect' | 'abort' | 'protocol-error' | 'socket-error' | 'revoked' | 'server-shutdown' | 'export-unknown' | 'tls-refused';
+export type CloseReason =
+  | 'client-disconnect'
+  | 'abort'
+  | 'protocol-error'
+  | 'socket-error'
+  | 'revoked'
+  | 'server-shutdown'
+  | 'export-unknown'
+  | 'tls-refused'
+  | 'handshake-timeout'
+  | 'idle-timeout'
+  | 'connection-limit';
 
 const FINISH_GRACE_MS = 2_000;
 
@@ -91,6 +113,11 @@ export abstract class NbdSession extends FrameReader {
 
   /** The session ended (reported once). */
   protected abstract onClosed(reason: CloseReason): void;
+
+  /** Requests are being served (an idle timeout does not cut them off). */
+  get busy(): boolean {
+    return this.inflight > 0;
+  }
 
   /** The host this session acts for: the listener's, or after STARTTLS the TLS identity's. */
   get host(): string | null {

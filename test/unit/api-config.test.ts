@@ -3,6 +3,7 @@ import path from 'node:path';
 import t from 'tap';
 import { configDocument } from '../../manager/index.js';
 import { MiB, startApi } from '../helpers/api-app.js';
+import { freePort } from '../helpers/ports.js';
 
 /** Values a field takes when nobody set it: a field showing only these was not exercised by the round trip. */
 const UNSET = new Set<unknown>([null, false, 'exclusive', 'write-back', 'std']);
@@ -53,7 +54,7 @@ t.test('config: export → import → export is lossless over every field', asyn
   fs.mkdirSync(path.join(A.dataDir, 'images'), { recursive: true });
   fs.writeFileSync(path.join(A.dataDir, 'images', 'os.img'), Buffer.alloc(MiB, 1));
   await ok('POST', '/v1/images', { name: 'os', path: 'images/os.img' });
-  await ok('POST', '/v1/hosts', { name: 'h', farm: 'f', nbdTcp: '127.0.0.1:0' });
+  await ok('POST', '/v1/hosts', { name: 'h', farm: 'f', nbdTcp: `127.0.0.1:${await freePort()}` });
   await ok('POST', '/v1/hosts', { name: 'h2', farm: 'f' });
   await ok('PUT', '/v1/hosts/h/tls', { requireTls: true });
   await ok('POST', '/v1/hosts/h/initiators', { iqn: 'iqn.2026-11.test:h-initiator' });
@@ -77,6 +78,8 @@ t.test('config: export → import → export is lossless over every field', asyn
   const r0 = await B.call('POST', '/v1/config', saved);
   t.equal(r0.status, 409, "another appliance's array files are refused");
   const moved = movedTo(saved, A.dataDir, B.dataDir);
+  // A's host h still listens on its port: the copy gets a port of its own.
+  moved.hosts.find((h: { name: string }) => h.name === 'h').nbdTcp = `127.0.0.1:${await freePort()}`;
   const r = await B.call('POST', '/v1/config', moved);
   t.equal(r.status, 201, JSON.stringify(r.body));
   t.same(r.body.imported, { farms: 1, arrays: 2, images: 1, volumes: 3, hosts: 2, bindings: 2, vms: 1 });

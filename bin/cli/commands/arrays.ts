@@ -74,6 +74,11 @@ export function register(program: Command): void {
       out(cmd, a, () => arrayTable([{ used: 0, free: a.size, ...a }]));
     });
 
+  verb(array, 'delete <name>', 'delete an array no volume has space on (its files are removed)').action(async (name: string, _o, cmd: Command) => {
+    await client(cmd).call('DELETE', `/v1/arrays/${encodeURIComponent(name)}`);
+    out(cmd, { array: name, deleted: true }, () => `array ${name} deleted\n`);
+  });
+
   const discovery = program.command('discovery').description('the wiring map: arrays, capacity, free extents, volumes, listeners');
   const wiring = (r: { added?: string[]; arrays: (ArrayInfo & { file: string; freeExtents: { offset: number; length: number }[] })[]; volumes: { name: string; state: string; size: number; extents: { array: string; offset: number; length: number }[] }[]; listeners: { host: string; socket: string; tcp: string | null }[] }): string =>
     (r.added?.length ? `adopted arrays: ${r.added.join(', ')}\n\n` : '') +

@@ -13,4 +13,8 @@ export function register(program: Command): void {
     const r = await client(cmd).call('POST', '/v1/farms', { name });
     out(cmd, r, () => `farm ${name} created\n`);
   });
+  verb(farm, 'delete <name>', 'delete a farm no host or volume belongs to').action(async (name: string, _o, cmd: Command) => {
+    await client(cmd).call('DELETE', `/v1/farms/${encodeURIComponent(name)}`);
+    out(cmd, { farm: name, deleted: true }, () => `farm ${name} deleted\n`);
+  });
 }

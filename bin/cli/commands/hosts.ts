@@ -1,6 +1,7 @@
+import fs from 'node:fs';
 import type { Command } from 'commander';
 import { table } from '../output.js';
-import { client, details, followJob, humanSize, jobOptions, out, parseUnit, verb } from '../context.js';
+import { client, details, followJob, humanSize, jobOptions, out, parseIntArg, parseUnit, usage, verb } from '../context.js';
 
 interface Host {
   name: string;
@@ -61,6 +62,76 @@ export function register(program: Command): void {
       const h = await client(cmd).call<Host>('POST', '/v1/hosts', { name, farm: o.farm, ...(o.nbdTcp ? { nbdTcp: o.nbdTcp } : {}) });
       out(cmd, h, () => hostTable([h]));
     });
+
+  verb(host, 'update <name>', "move the host's own TCP listener (its NBD sessions end)")
+    .option('--nbd-tcp <host:port>', 'new address of its TCP listener')
+    .option('--no-nbd-tcp', 'no TCP listener of its own')
+    .option('--allow-wildcard', 'allow 0.0.0.0 / [::] (every network of the machine)')
+    .option('--socket-mode <octal>', "mode of the host's unix socket, e.g. 0660 (kept across restarts)")
+    .option('--socket-uid <uid>', "owner (numeric uid) of the host's unix socket", parseIntArg('--socket-uid'))
+    .option('--socket-gid <gid>', "group (numeric gid) of the host's unix socket", parseIntArg('--socket-gid'))
+    .action(async (name: string, o: { nbdTcp?: string | false; allowWildcard?: boolean; socketMode?: string; socketUid?: number; socketGid?: number }, cmd: Command) => {
+      const socket = { ...(o.socketMode !== undefined ? { mode: o.socketMode } : {}), ...(o.socketUid !== undefined ? { uid: o.socketUid } : {}), ...(o.socketGid !== undefined ? { gid: o.socketGid } : {}) };
+      if (o.nbdTcp === undefined && Object.keys(socket).length === 0) throw usage('give --nbd-tcp HOST:PORT, --no-nbd-tcp or --socket-mode/--socket-uid/--socket-gid');
+      const h = await client(cmd).call<Host>('PATCH', `/v1/hosts/${encodeURIComponent(name)}`, {
+        ...(o.nbdTcp !== undefined ? { nbdTcp: o.nbdTcp === false ? null : o.nbdTcp } : {}),
+        ...(o.allowWildcard ? { allowWildcard: true } : {}),
+        ...(Object.keys(socket).length ? { socket } : {}),
+      });
+      out(cmd, h, () => hostTable([h]));
+    });
+
+  verb(host, 'delete <name>', 'delete a host with no bindings: its listeners close, its sessions end, its keys are removed').action(async (name: string, _o, cmd: Command) => {
+    await client(cmd).call('DELETE', `/v1/hosts/${encodeURIComponent(name)}`);
+    out(cmd, { host: name, deleted: true }, () => `host ${name} deleted\n`);
+  });
+
+  // NBD TLS identity: a pre-shared key (identity = host name) and whether plaintext is refused on TCP.
+  const psk = (path: string): string => `/v1/hosts/${encodeURIComponent(path)}/tls/psk`;
+  const keyOut = async (cmd: Command, r: { identity: string; key: string; pskFile: string }, file: string | undefined): Promise<void> => {
+    if (file === undefined) {
+      out(cmd, r, () => r.pskFile + 'Store this now: the key is not shown again (or use --out FILE).\n');
+      return;
+    }
+    // The key file is a secret: created 0600 (an existing file is truncated and set to 0600 too).
+    const fh = await fs.promises.open(file, 'w', 0o600);
+    try {
+      await fh.chmod(0o600);
+      await fh.writeFile(r.pskFile);
+    } finally {
+      await fh.close();
+    }
+    out(cmd, { identity: r.identity, file }, () => `TLS key of host ${r.identity} written to ${file} (mode 0600)\n`);
+  };
+  verb(host, 'psk-create <name>', "create the host's TLS pre-shared key (refused if it has one: use psk-rotate)")
+    .option('--out <file>', 'write the psk file (identity:hex) here, mode 0600, instead of printing it')
+    .option('--key <hex>', 'use this key (16-64 bytes of hex) instead of a generated one')
+    .action(async (name: string, o: { out?: string; key?: string }, cmd: Command) => {
+      const r = await client(cmd).call<{ identity: string; key: string; pskFile: string }>('POST', psk(name), o.key ? { key: o.key } : {});
+      await keyOut(cmd, r, o.out);
+    });
+  verb(host, 'psk-rotate <name>', "replace the host's TLS pre-shared key")
+    .option('--out <file>', 'write the psk file (identity:hex) here, mode 0600, instead of printing it')
+    .option('--key <hex>', 'use this key (16-64 bytes of hex) instead of a generated one')
+    .action(async (name: string, o: { out?: string; key?: string }, cmd: Command) => {
+      const r = await client(cmd).call<{ identity: string; key: string; pskFile: string }>('POST', `${psk(name)}/rotate`, o.key ? { key: o.key } : {});
+      await keyOut(cmd, r, o.out);
+    });
+  verb(host, 'psk-show <name>', 'whether the host has a TLS key, and since when (never the key)').action(async (name: string, _o, cmd: Command) => {
+    const r = await client(cmd).call<{ identity: string; present: boolean; setAt: string | null }>('GET', psk(name));
+    out(cmd, r, () => details(r));
+  });
+  verb(host, 'psk-delete <name>', "remove the host's TLS key").action(async (name: string, _o, cmd: Command) => {
+    await client(cmd).call('DELETE', psk(name));
+    out(cmd, { identity: name, present: false }, () => `TLS key of host ${name} removed\n`);
+  });
+  verb(host, 'require-tls <name> <on|off>', 'on: TCP listeners refuse the host in plaintext (its unix socket stays plaintext)').action(
+    async (name: string, onOff: string, _o, cmd: Command) => {
+      if (onOff !== 'on' && onOff !== 'off') throw usage(`require-tls takes on or off, not '${onOff}'`);
+      const h = await client(cmd).call<Host>('PUT', `/v1/hosts/${encodeURIComponent(name)}/tls`, { requireTls: onOff === 'on' });
+      out(cmd, h, () => `host ${name}: TLS ${onOff === 'on' ? 'required' : 'not required'} on TCP listeners\n`);
+    },
+  );
 
   verb(host, 'namespace <name>', "the host's live namespace: units, volumes, serials, NBD URIs").action(async (name: string, _o, cmd: Command) => {
     const ns = await client(cmd).call<Namespace>('GET', `/v1/hosts/${encodeURIComponent(name)}/namespace`);

@@ -33,4 +33,8 @@ export function register(program: Command): void {
     if ('job' in r) await followJob(cmd, r);
     else out(cmd, r, () => imageTable([r]));
   });
+  verb(image, 'delete <name>', 'unregister an image (its file is kept)').action(async (name: string, _o, cmd: Command) => {
+    await client(cmd).call('DELETE', `/v1/images/${encodeURIComponent(name)}`);
+    out(cmd, { image: name, deleted: true }, () => `image ${name} unregistered (file kept)\n`);
+  });
 }
