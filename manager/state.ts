@@ -51,6 +51,7 @@ export const TRANSITIONS: Readonly<Record<VolumeState, Partial<Record<Operation,
   },
   configured: {
     'copy-image': 'configured', // T4 709
+    copy: 'configured', // admin: fill a fresh volume from another, as copy image does from an image
     'copy-image-failed': 'unconfigured', // T5 711
     bind: 'bound', // T6 715
     'bind-failed': 'unconfigured', // T7 712
