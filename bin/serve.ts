@@ -36,7 +36,7 @@ export interface ServeOptions {
   restore?: boolean | string | undefined;
   /** Directories besides DATA/images that images may be registered from. */
   imageRoots?: string[] | undefined;
-  /** Bytes per second each bulk job (scrub, copy, verify, snapshot copy) may move; undefined = unlimited. */
+  /** Bytes per second each bulk job (scrub, copy, verify, snapshot materialise) may move; undefined = unlimited. */
   bulkRate?: number | undefined;
 }
 
