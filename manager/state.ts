@@ -64,6 +64,7 @@ export const TRANSITIONS: Readonly<Record<VolumeState, Partial<Record<Operation,
     bind: 'bound', // a shared volume gains another host before mapping
     unbind: 'unbound', // admin: bound but never mapped
     resize: 'bound',
+    copy: 'bound', // admin: no host can write an unmapped volume, so it is a copy source (or target: map waits for the job)
   },
   mapped: {
     snap: 'mapped', // T11 726 split/join: point-in-time copy while in use
@@ -79,6 +80,7 @@ export const TRANSITIONS: Readonly<Record<VolumeState, Partial<Record<Operation,
     map: 'mapped', // admin: map again (e.g. boot-disk swap back)
     'map-failed': 'unbound', // T9 as from bound
     bind: 'unmapped',
+    copy: 'unmapped', // admin: as from bound
   },
   unbound: {
     bind: 'bound', // T10 721 disk array bind (retry path)

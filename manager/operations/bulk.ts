@@ -305,7 +305,8 @@ export class BulkOperations {
     // Whatever the source reads from is on its arrays before the engine reads below the cache.
     await store.flush({ id: -1, layout, cachePolicy: 'none' });
     const targets = ctx.params.targets.map((t) => m.volumeHandle(m.volumeById(t.id)));
-    this.clearTargets(targets, 0, Math.max(...targets.map((t) => t.layout.size)));
+    // Only the prefix the source fills: a larger target keeps its own tail, as a full copy always did.
+    this.clearTargets(targets, 0, src.size);
     const toMove = store.allocationRuns({ id: -1, layout, cachePolicy: 'none' }, 0, src.size, Number.MAX_SAFE_INTEGER).reduce((n, r) => n + (r.state === 'data' ? r.length : 0), 0);
     ctx.progress(0, toMove);
     const r = await this.copyRuns(ctx, layout, 0, src.size, targets, { verify: ctx.params.verify, zeroes: true, onProgress: (d) => ctx.progress(d, toMove) });

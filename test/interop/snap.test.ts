@@ -1,4 +1,4 @@
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { M, ioOk, qemuIo, waitJob } from '../helpers/api.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 import { requireTools, runOk } from '../helpers/tools.js';
@@ -27,12 +27,18 @@ async function appliance(t: Parameters<typeof startServer>[0], dataDir?: string)
   return s;
 }
 
+/** Volume v of `size`, mapped on host h at 0/0, written by qemu-io with `writes`; returns its binding id. */
+async function writtenVolume(t: Test, s: TestServer, size: string, ...writes: string[]): Promise<number> {
+  await s.call('POST', '/v1/volumes', { name: 'v', size, farm: 'f' });
+  const b = await s.call('POST', '/v1/bindings', { volume: 'v', host: 'h', target: 0, lun: 0 });
+  t.ok(ioOk(await qemuIo(s, 'h', '0/0', ...writes)), `v written: ${writes.join('; ')}`);
+  return b.id as number;
+}
+
 t.test('copy-on-write snapshot: instant, thin, point in time kept across writes, a second snapshot, a restart', async (t) => {
   const s = await appliance(t);
   const api = s.call.bind(s);
-  await api('POST', '/v1/volumes', { name: 'v', size: '64M', farm: 'f' });
-  await api('POST', '/v1/bindings', { volume: 'v', host: 'h', target: 0, lun: 0 });
-  t.ok(ioOk(await qemuIo(s, 'h', '0/0', 'write -P 0xaa 0 64M')), 'pattern A acknowledged (no flush asked)');
+  await writtenVolume(t, s, '64M', 'write -P 0xaa 0 64M'); // pattern A, no flush asked
   const r = await s.request('POST', '/v1/volumes/v/snap', { snapshot: 's1' });
   t.equal(r.status, 202);
   t.equal(r.body.snapshot.snapshotOf, 'v');
@@ -80,9 +86,7 @@ t.test('copy-on-write snapshot: instant, thin, point in time kept across writes,
 t.test('an origin with snapshots: bytes-changing operations are refused until they are materialised', async (t) => {
   const s = await appliance(t);
   const api = s.call.bind(s);
-  await api('POST', '/v1/volumes', { name: 'v', size: '16M', farm: 'f' });
-  const b = await api('POST', '/v1/bindings', { volume: 'v', host: 'h', target: 0, lun: 0 });
-  t.ok(ioOk(await qemuIo(s, 'h', '0/0', 'write -P 0x3c 0 16M', 'flush')));
+  const b = { id: await writtenVolume(t, s, '16M', 'write -P 0x3c 0 16M', 'flush') };
   await waitJob(s, (await api('POST', '/v1/volumes/v/snap', { snapshot: 'vs' })).job.id);
   t.ok(ioOk(await qemuIo(s, 'h', '0/0', 'write -P 0x3d 0 1M', 'flush')));
   // Unmapping and unbinding change no bytes: allowed, and the snapshot keeps reading.
@@ -112,9 +116,7 @@ t.test('an origin with snapshots: bytes-changing operations are refused until th
 t.test('kill -9 after writes to the origin: the snapshot keeps the point in time, the origin every flushed write', async (t) => {
   const s0 = await appliance(t);
   const api = s0.call.bind(s0);
-  await api('POST', '/v1/volumes', { name: 'v', size: '32M', farm: 'f' });
-  await api('POST', '/v1/bindings', { volume: 'v', host: 'h', target: 0, lun: 0 });
-  t.ok(ioOk(await qemuIo(s0, 'h', '0/0', 'write -P 0x11 0 32M')), 'written, not flushed: the snap flushes it');
+  await writtenVolume(t, s0, '32M', 'write -P 0x11 0 32M'); // not flushed: the snap flushes it
   await waitJob(s0, (await api('POST', '/v1/volumes/v/snap', { snapshot: 'vs' })).job.id);
   t.ok(ioOk(await qemuIo(s0, 'h', '0/0', 'write -P 0x22 0 4M', 'write -P 0x23 20M 64K', 'flush')), 'origin written after the snapshot and flushed');
   await s0.kill();
@@ -127,9 +129,7 @@ t.test('kill -9 after writes to the origin: the snapshot keeps the point in time
 t.test('copy reads a snapshot, never a mapped volume', async (t) => {
   const s = await appliance(t);
   const api = s.call.bind(s);
-  await api('POST', '/v1/volumes', { name: 'v', size: '16M', farm: 'f' });
-  await api('POST', '/v1/bindings', { volume: 'v', host: 'h', target: 0, lun: 0 });
-  t.ok(ioOk(await qemuIo(s, 'h', '0/0', 'write -P 0x51 0 4M', 'write -P 0x52 12M 1M')));
+  await writtenVolume(t, s, '16M', 'write -P 0x51 0 4M', 'write -P 0x52 12M 1M');
   await api('POST', '/v1/volumes', { name: 'c', size: '16M', farm: 'f' });
   const refused = await s.request('POST', '/v1/volumes/v/copy', { targets: ['c'] });
   t.equal(refused.status, 409, 'a mapped source is refused');
@@ -148,9 +148,7 @@ t.test('copy reads a snapshot, never a mapped volume', async (t) => {
 t.test('a mapped snapshot can itself be snapped', async (t) => {
   const s = await appliance(t);
   const api = s.call.bind(s);
-  await api('POST', '/v1/volumes', { name: 'v', size: '8M', farm: 'f' });
-  await api('POST', '/v1/bindings', { volume: 'v', host: 'h', target: 0, lun: 0 });
-  t.ok(ioOk(await qemuIo(s, 'h', '0/0', 'write -P 0x1c 0 8M')));
+  await writtenVolume(t, s, '8M', 'write -P 0x1c 0 8M');
   const r = await s.call('POST', '/v1/volumes/v/snap', { snapshot: 'v-snap' });
   t.equal((await waitJob(s, r.job.id)).state, 'succeeded');
   await api('POST', '/v1/bindings', { volume: 'v-snap', host: 'h', target: 1, lun: 0 });

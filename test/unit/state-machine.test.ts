@@ -34,6 +34,8 @@ const EXPECTED: Record<string, VolumeState> = {
   'bound/bind': 'bound',
   'bound/unbind': 'unbound',
   'bound/resize': 'bound',
+  'bound/copy': 'bound',
+  'unmapped/copy': 'unmapped',
   'mapped/map': 'mapped',
   'mapped/map-failed': 'mapped',
   'mapped/bind': 'mapped',
