@@ -44,7 +44,7 @@ export interface ServeOptions {
   plaintextDefaultHost?: boolean | undefined;
   /** Safe-by-default connection bounds (blockgate serve --handshake-timeout, --idle-timeout, --max-connections[-per-host]). */
   connections?: { handshakeTimeoutMs: number; idleTimeoutMs: number; maxConnections: number; maxConnectionsPerHost: number } | undefined;
-  /** Bytes per second each bulk job (scrub, copy, verify, snapshot copy) may move; undefined = unlimited. */
+  /** Bytes per second each bulk job (scrub, copy, verify, snapshot materialise) may move; undefined = unlimited. */
   bulkRate?: number | undefined;
 }
 

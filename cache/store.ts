@@ -2,6 +2,7 @@ import { BlockgateError } from '../common/errors.js';
 import { ALLOC_BLOCK, AllocState, type ArrayFile } from '../disks/index.js';
 import type { VolumeLayout } from '../mapper/index.js';
 import { BlockCache, DEFAULT_CACHE_SIZE, type CacheOptions, type CacheStats, type WriteMode } from './block-cache.js';
+import type { CowIo, SnapshotLink } from './cow.js';
 
 export type CachePolicy = 'none' | 'write-through' | 'write-back';
 
@@ -70,6 +71,18 @@ export class BlockStore {
    */
   private readonly thick = new Set<number>();
   private readonly writeHooks = new Map<number, WriteHook>();
+  /** Copy-on-write snapshots by snapshot volume id: their shared regions read from the origin. */
+  private readonly links = new Map<number, SnapshotLink>();
+  /** How snapshot links reach the data path: host-view reads, writes below gates and hooks. */
+  readonly cowIo: CowIo = {
+    read: (vol, offset, length, dest) => this.readNow(vol, offset, length, dest) ?? Promise.resolve(),
+    // Not left dirty in the cache: the copy must be on the array before its ownership bit is.
+    write: (vol, offset, src) => this.writeNow({ ...vol, cachePolicy: 'none' }, offset, src, false),
+    runs: (vol, offset, length) => this.allocationRuns(vol, offset, length, Number.MAX_SAFE_INTEGER),
+    sync: async (vol) => {
+      await Promise.all([...new Set(vol.layout.extents.map((e) => e.arrayId))].map((id) => this.getArray(id).flush()));
+    },
+  };
   /** One cache for every volume and connection: keyed by (array, block), so shared bytes have one copy. */
   readonly cache: BlockCache;
 
@@ -151,6 +164,15 @@ export class BlockStore {
   }
 
   private readNow(vol: VolumeHandle, offset: number, length: number, dest: Buffer): Promise<void> | null {
+    if (this.links.size > 0) {
+      const link = this.links.get(vol.id);
+      if (link) return this.readLinked(link, offset, length, dest);
+    }
+    return this.readPlain(vol, offset, length, dest);
+  }
+
+  /** Reads the volume's own extents. */
+  private readPlain(vol: VolumeHandle, offset: number, length: number, dest: Buffer): Promise<void> | null {
     const cacheable = vol.cachePolicy !== 'none';
     const ex = vol.layout.extents;
     if (ex.length === 1 && vol.layout.inRange(offset, length)) {
@@ -164,6 +186,38 @@ export class BlockStore {
     const list = pending as Promise<void>[] | null;
     if (list === null) return null;
     return list.length === 1 ? list[0]! : Promise.all(list).then(() => undefined);
+  }
+
+  /**
+   * A snapshot read: own regions from the snapshot's extents, shared ones from
+   * the origin. A shared region read from the origin is good only if it was
+   * still shared when the read finished (the origin's overwrite waits for the
+   * copy-up, which marks the region own first); otherwise it is read again
+   * from the snapshot's own extents, which hold the same point-in-time bytes.
+   */
+  private async readLinked(link: SnapshotLink, offset: number, length: number, dest: Buffer): Promise<void> {
+    const R = link.regionSize;
+    const end = offset + length;
+    for (;;) {
+      const parts: Promise<void>[] = [];
+      const shared: [number, number][] = [];
+      for (let pos = offset; pos < end; ) {
+        const own = link.isOwn(Math.floor(pos / R));
+        let next = Math.min(end, (Math.floor(pos / R) + 1) * R);
+        while (next < end && link.isOwn(Math.floor(next / R)) === own) next = Math.min(end, next + R);
+        const d = dest.subarray(pos - offset, next - offset);
+        const p = own ? this.readPlain(link.snapshot, pos, next - pos, d) : this.readNow(link.origin, pos, next - pos, d);
+        if (p) parts.push(p);
+        if (!own) shared.push([pos, next]);
+        pos = next;
+      }
+      if (parts.length > 0) await Promise.all(parts);
+      let changed = false;
+      for (const [from, to] of shared) {
+        for (let i = Math.floor(from / R); i * R < to; i++) if (link.isOwn(i)) changed = true;
+      }
+      if (!changed) return;
+    }
   }
 
   /**
@@ -328,6 +382,8 @@ export class BlockStore {
    * what it got). Dirty cached blocks count as data.
    */
   allocationRuns(vol: VolumeHandle, offset: number, length: number, max: number): AllocationRun[] {
+    const link = this.links.size > 0 ? this.links.get(vol.id) : undefined;
+    if (link) return this.linkedRuns(link, offset, length, max);
     const out: AllocationRun[] = [];
     let full = false;
     let pos = offset;
@@ -380,8 +436,34 @@ export class BlockStore {
     }
   }
 
+  /** A snapshot's runs: own regions as its own extents say, shared ones as the origin's. */
+  private linkedRuns(link: SnapshotLink, offset: number, length: number, max: number): AllocationRun[] {
+    if (!link.snapshot.layout.inRange(offset, length)) {
+      throw new BlockgateError('OUT_OF_RANGE', `range ${offset}+${length} is outside the volume (size ${link.snapshot.layout.size})`);
+    }
+    const R = link.regionSize;
+    const out: AllocationRun[] = [];
+    const end = offset + length;
+    for (let pos = offset; pos < end && out.length <= max; ) {
+      const i = Math.floor(pos / R);
+      const next = Math.min(end, (i + 1) * R);
+      const src = link.isOwn(i) ? { ...link.snapshot, id: -1 } : link.origin;
+      for (const r of this.allocationRuns(src, pos, next - pos, max)) {
+        const last = out[out.length - 1];
+        if (last && last.state === r.state && last.offset + last.length === r.offset) last.length += r.length;
+        else out.push({ ...r });
+      }
+      pos = next;
+    }
+    if (out.length > max) {
+      out.length = max;
+    }
+    return out;
+  }
+
   /** True when the whole range holds data (a sparse-aware read can send it whole, no hole runs). */
   allData(vol: VolumeHandle, offset: number, length: number): boolean {
+    if (this.links.size > 0 && this.links.has(vol.id)) return this.allocationRuns(vol, offset, length, 2).every((r) => r.state === 'data');
     // Every sparse-aware read asks this: skip the segment walk for single-extent volumes.
     const ex = vol.layout.extents;
     if (ex.length === 1 && vol.layout.inRange(offset, length)) return this.dataIn(ex[0]!.arrayId, ex[0]!.offset + offset, length);
@@ -538,6 +620,49 @@ export class BlockStore {
         for (const wake of woken) wake();
       }
     }
+  }
+
+  /** Starts serving a copy-on-write snapshot: its shared regions read from the origin; writes to either copy up first. */
+  linkSnapshot(link: SnapshotLink): void {
+    this.links.set(link.snapshot.id, link);
+    this.refreshCowHooks(link.snapshot.id);
+    this.refreshCowHooks(link.origin.id);
+  }
+
+  /** The snapshot reads its own extents only from now on (it was materialised, or is being taken apart). */
+  unlinkSnapshot(snapshotId: number): void {
+    const link = this.links.get(snapshotId);
+    if (!link) return;
+    this.links.delete(snapshotId);
+    this.refreshCowHooks(snapshotId);
+    this.refreshCowHooks(link.origin.id);
+  }
+
+  snapshotLink(snapshotId: number): SnapshotLink | undefined {
+    return this.links.get(snapshotId);
+  }
+
+  /** Snapshots that still read regions of this volume. */
+  dependentSnapshots(volumeId: number): SnapshotLink[] {
+    return [...this.links.values()].filter((l) => l.origin.id === volumeId);
+  }
+
+  /**
+   * The write hook of a volume in copy-on-write links: snapshots of it copy
+   * up the regions a change touches (reading it as hosts see it, so a chain
+   * resolves), then, if it is itself a snapshot, it copies its own regions up.
+   */
+  private refreshCowHooks(volumeId: number): void {
+    const asOrigin = this.dependentSnapshots(volumeId);
+    const asSnapshot = this.links.get(volumeId);
+    if (asOrigin.length === 0 && !asSnapshot) {
+      this.writeHooks.delete(volumeId);
+      return;
+    }
+    this.writeHooks.set(volumeId, async (offset, length) => {
+      for (const l of asOrigin) await l.ownRange(offset, length);
+      if (asSnapshot) await asSnapshot.ownRange(offset, length);
+    });
   }
 
   setWriteHook(volumeId: number, hook: WriteHook | null): void {

@@ -151,6 +151,16 @@ const MIGRATIONS: readonly string[] = [
   -- iscsi2: thick provisioning (a thick volume's space is allocated-zero from the start and never a hole)
   ALTER TABLE volumes ADD COLUMN provisioning TEXT NOT NULL DEFAULT 'thin' CHECK (provisioning IN ('thin', 'thick'));
   `,
+  `
+  -- copies: copy-on-write snapshot links; each snapshot's region ownership map is DATA/snapshots/<snapshot_id>.cow
+  CREATE TABLE cow_links (
+    snapshot_id INTEGER PRIMARY KEY REFERENCES volumes(id),
+    origin_id INTEGER NOT NULL REFERENCES volumes(id),
+    region INTEGER NOT NULL,
+    created_at TEXT NOT NULL
+  );
+  CREATE INDEX cow_links_by_origin ON cow_links(origin_id);
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -24,6 +24,7 @@ import { BindingOperations } from './operations/bindings.js';
 import { ConfigOperations } from './operations/config.js';
 import type { DataPath, Lifecycle, OperationContext } from './operations/context.js';
 import { BulkOperations } from './operations/bulk.js';
+import { SnapshotOperations } from './operations/snapshots.js';
 import { Inventory } from './operations/inventory.js';
 import { Tracer } from './operations/trace.js';
 import { IscsiAccess } from './operations/iscsi.js';
@@ -87,6 +88,7 @@ export class StorageManager implements Lifecycle {
   readonly jobs: JobQueue;
   readonly bindings: BindingOperations;
   readonly bulk: BulkOperations;
+  readonly snapshots: SnapshotOperations;
   readonly tracer: Tracer;
   readonly inventory: Inventory;
   /** Backing-file faults, I/O error bursts and capacity warnings. */
@@ -115,6 +117,7 @@ export class StorageManager implements Lifecycle {
     this.log = opts.log;
     const ctx: OperationContext = { db, dataDir: opts.dataDir, dataPath: dp, events: this.events, jobs: this.jobs, log: opts.log, lifecycle: this };
     this.bindings = new BindingOperations(ctx);
+    this.snapshots = new SnapshotOperations(ctx);
     this.bulk = new BulkOperations(ctx);
     this.tracer = new Tracer(ctx);
     this.inventory = new Inventory(ctx);
@@ -197,6 +200,8 @@ export class StorageManager implements Lifecycle {
     // One array that cannot be opened fails alone: the rest of the appliance starts and serves.
     for (const a of this.listArrays()) await this.attachOrFail(a);
     this.markThick();
+    // Before any host can write: a write to an origin must copy up first.
+    await this.snapshots.load();
     await this.iscsi.load();
     for (const h of this.listHosts()) {
       await this.openHostListeners(h);
@@ -641,6 +646,8 @@ export class StorageManager implements Lifecycle {
   breakVolume(name: string): VolumeRow {
     const v = this.volume(name);
     this.apply(v, 'break');
+    // A snapshot taken apart stops reading its origin (its data is no longer anyone's to read).
+    this.snapshots.detach(v.id);
     return this.volumeById(v.id);
   }
 
@@ -716,6 +723,7 @@ export class StorageManager implements Lifecycle {
   /** Refuses `op` unless the table allows it and no job of another caller holds the volume. */
   check(v: VolumeRow, op: Operation): VolumeState {
     const next = transition(v.state, op, v.name);
+    this.snapshots.guard(v, op);
     const job = this.jobs.activeOn(v.id);
     if (job && job.id !== this.currentJob.getStore()) {
       throw new BlockgateError('ILLEGAL_STATE', `volume '${v.name}' is busy with job ${job.id} (${job.kind}); wait for it or cancel it`, {
@@ -891,6 +899,7 @@ export class StorageManager implements Lifecycle {
       scrubbedAt: v.scrubbed_at,
       image: v.image_id === null ? null : ((this.db.prepare('SELECT name FROM images WHERE id = ?').get(v.image_id) as { name: string } | undefined)?.name ?? null),
       snapshotOf: v.snapshot_of === null ? null : this.volumeById(v.snapshot_of).name,
+      copyOnWrite: this.snapshots.cowView(v.id),
       allocated: this.volumeAllocated(v.id),
       ...this.volumeHealth(v.id),
       allowed: allowedOperations(v.state as VolumeState),

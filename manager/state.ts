@@ -51,6 +51,7 @@ export const TRANSITIONS: Readonly<Record<VolumeState, Partial<Record<Operation,
   },
   configured: {
     'copy-image': 'configured', // T4 709
+    copy: 'configured', // admin: fill a fresh volume from another, as copy image does from an image
     'copy-image-failed': 'unconfigured', // T5 711
     bind: 'bound', // T6 715
     'bind-failed': 'unconfigured', // T7 712
@@ -63,6 +64,7 @@ export const TRANSITIONS: Readonly<Record<VolumeState, Partial<Record<Operation,
     bind: 'bound', // a shared volume gains another host before mapping
     unbind: 'unbound', // admin: bound but never mapped
     resize: 'bound',
+    copy: 'bound', // admin: no host can write an unmapped volume, so it is a copy source (or target: map waits for the job)
   },
   mapped: {
     snap: 'mapped', // T11 726 split/join: point-in-time copy while in use
@@ -78,6 +80,7 @@ export const TRANSITIONS: Readonly<Record<VolumeState, Partial<Record<Operation,
     map: 'mapped', // admin: map again (e.g. boot-disk swap back)
     'map-failed': 'unbound', // T9 as from bound
     bind: 'unmapped',
+    copy: 'unmapped', // admin: as from bound
   },
   unbound: {
     bind: 'bound', // T10 721 disk array bind (retry path)

@@ -39,6 +39,10 @@ export const volumeView = z
     scrubbedAt: when.nullable(),
     image: name.nullable(),
     snapshotOf: name.nullable(),
+    copyOnWrite: z
+      .strictObject({ origin: name, sharedBytes: bytes.describe('bytes still read from the origin (not yet copied up)') })
+      .nullable()
+      .describe('set while the volume is a copy-on-write snapshot that reads unchanged regions from its origin'),
     allocated: bytes.nullable().describe('bytes holding data or explicit zeroes (null while an array under it has failed)'),
     health: z.enum(['ok', 'failed']).describe('failed while an array under the volume has failed: its I/O gets EIO'),
     failedArrays: z.array(name).optional(),

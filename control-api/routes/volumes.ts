@@ -75,7 +75,7 @@ export const volumes: ResourcePlugin = async (app, { manager: m }) => {
   app.post('/v1/volumes/:name/scrub', { schema: { summary: 'Scrub (overwrite and verify) as a job', tags, params: nameParam, body: scrub, response: job } }, async (req, reply) =>
     reply.code(202).send(accepted(m.bulk.scrub(req.params.name, req.body))),
   );
-  app.post('/v1/volumes/:name/copy', { schema: { summary: 'Copy one unbound volume onto unbound targets, as a job', tags, params: nameParam, body: copy, response: job } }, async (req, reply) =>
+  app.post('/v1/volumes/:name/copy', { schema: { summary: 'Copy a volume no host is writing (configured, unmapped, unbound, a snapshot) onto configured or unbound targets, moving only allocated runs, as a job', tags, params: nameParam, body: copy, response: job } }, async (req, reply) =>
     reply.code(202).send(accepted(m.bulk.copy(req.params.name, req.body.targets, req.body))),
   );
   app.post('/v1/volumes/:name/copy-image', { schema: { summary: 'Copy an image onto a configured volume, as a job', tags, params: nameParam, body: copyImage, response: job } }, async (req, reply) =>
@@ -83,10 +83,23 @@ export const volumes: ResourcePlugin = async (app, { manager: m }) => {
   );
   app.post(
     '/v1/volumes/:name/snap',
-    { schema: { summary: 'Point-in-time copy of a mapped volume (copy-on-write), as a job', tags, params: nameParam, body: snap, response: replies({ 202: acceptedView.extend({ snapshot: views.volumeView }) }) } },
+    {
+      schema: {
+        summary: 'Point-in-time copy-on-write snapshot of a mapped volume; complete when answered (its job has nothing left to copy)',
+        tags,
+        params: nameParam,
+        body: snap,
+        response: replies({ 202: acceptedView.extend({ snapshot: views.volumeView }) }),
+      },
+    },
     async (req, reply) => {
-      const { job: j, snapshot } = await m.bulk.snap(req.params.name, req.body.snapshot);
+      const { job: j, snapshot } = await m.snapshots.snap(req.params.name, req.body.snapshot);
       return reply.code(202).send({ ...accepted(j), snapshot: m.describeVolume(snapshot) });
     },
+  );
+  app.post(
+    '/v1/volumes/:name/materialise',
+    { schema: { summary: 'Copy every region a copy-on-write snapshot still shares with its origin, then unlink it, as a job', tags, params: nameParam, response: job } },
+    async (req, reply) => reply.code(202).send(accepted(m.snapshots.materialise(req.params.name))),
   );
 };

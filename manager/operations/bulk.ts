@@ -1,10 +1,10 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { BlockgateError, badRequest, conflict, notFound } from '../../common/errors.js';
 import { ArrayFile, BULK_CHUNK, type ArrayRange } from '../../disks/index.js';
-import { EXTENT_ALIGN } from '../../mapper/index.js';
+import { VolumeLayout } from '../../mapper/index.js';
+import type { VolumeHandle } from '../../cache/index.js';
 import type { JobContext, JobRow } from '../jobs.js';
 import type { JobView } from '../views.js';
 import type { AccessMode, VolumeRow } from '../model.js';
@@ -13,8 +13,6 @@ import { resolveImagePath } from './image-paths.js';
 
 /** Images are attached to the store as read-only sources under ids no array uses. */
 const IMAGE_ARRAY_BASE = 1_000_000_000;
-/** Copy-on-write granularity of a snapshot: one bit per region. */
-const COW_REGION = EXTENT_ALIGN;
 
 export interface ImageRow {
   id: number;
@@ -55,19 +53,10 @@ function patternDigest(pattern: number, length: number): string {
   return h.digest('hex');
 }
 
-interface CowState {
-  snapshotId: number;
-  regions: number;
-  copied: Uint8Array;
-  inflight: Map<number, Promise<void>>;
-  copyRegion(i: number): Promise<void>;
-}
-
 type ScrubParams = { volume: string; volumeId: number; pattern: number; verify: boolean };
 type CopyParams = { source: string; sourceId: number; targets: { name: string; id: number }[]; verify: boolean };
 type ImageCopyParams = { volume: string; volumeId: number; image: string; imageId: number; verify: boolean };
 type CaptureParams = { image: string; volume: string; volumeId: number; file: string };
-type SnapParams = { source: string; sourceId: number; snapshot: string; snapshotId: number };
 type ActivateParams = {
   host: string;
   volume: string;
@@ -84,8 +73,6 @@ type ActivateParams = {
  * below the cache: flush what is read, invalidate what is written.
  */
 export class BulkOperations {
-  private readonly cow = new Map<number, CowState>();
-
   private readonly m: Lifecycle;
 
   constructor(private readonly c: OperationContext) {
@@ -112,18 +99,6 @@ export class BulkOperations {
       run: (ctx) => m.asJob(ctx.id, () => this.runCapture(ctx)),
       // The image row is written only on success: a failed capture leaves only a partial file to remove.
       onFail: (p) => fs.promises.rm(p.file, { force: true }),
-    });
-    jobs.register<SnapParams>('snap', {
-      // The copy-on-write bitmap lived in memory: the point in time is lost with it.
-      onRestart: 'fail',
-      run: (ctx) => m.asJob(ctx.id, () => this.runSnap(ctx)),
-      onFail: (p, _e, id) => m.asJob(id, () => {
-        if (this.cow.get(p.sourceId)?.snapshotId === p.snapshotId) {
-          c.dataPath.store.setWriteHook(p.sourceId, null);
-          this.cow.delete(p.sourceId);
-        }
-        this.failEdge(p.snapshotId, 'copy-image-failed');
-      }),
     });
     jobs.register<ActivateParams>('activate', {
       onRestart: 'fail',
@@ -160,20 +135,21 @@ export class BulkOperations {
     const resumed = ctx.resumeFrom as { written?: number } | undefined;
     // Resume at a chunk boundary at or before the checkpoint.
     const start = Math.floor((resumed?.written ?? 0) / BULK_CHUNK) * BULK_CHUNK;
-    const work = ctx.params.verify ? 2 * size : size;
+    // Progress is in the volume's own bytes: with a read-back, each byte counts half when written, half when verified.
+    const shown = (written: number, verified: number): number => (ctx.params.verify ? Math.floor((written + verified) / 2) : written);
     const engine = c.dataPath.engine;
     await engine.scrub(sliceFrom(ranges, start), {
       pattern: ctx.params.pattern,
       verify: false,
       signal: ctx.signal,
       corrupt: m.faultArmed('bulk-corrupt'),
-      onProgress: (done) => ctx.progress(start + done, work, { written: start + done }),
+      onProgress: (done) => ctx.progress(shown(start + done, 0), size, { written: start + done }),
     });
     for (const r of ranges) await c.dataPath.store.invalidate(r.arrayId, r.offset, r.length);
     let verified = false;
     if (ctx.params.verify) {
       // Read back through the engine the whole volume, including what an earlier run wrote.
-      const got = await engine.checksum(ranges, { signal: ctx.signal, onProgress: (done) => ctx.progress(size + done, work, { written: size }) });
+      const got = await engine.checksum(ranges, { signal: ctx.signal, onProgress: (done) => ctx.progress(shown(size, done), size, { written: size }) });
       if (got !== patternDigest(ctx.params.pattern, size)) {
         throw new BlockgateError('IO_ERROR', `scrub of volume '${v.name}' did not verify: the read-back differs from the pattern`);
       }
@@ -186,11 +162,16 @@ export class BulkOperations {
 
   // ---- copy ------------------------------------------------------------------
 
-  /** Disk Copy (832): one unbound source onto many unbound targets, each at least as large. */
+  /**
+   * Disk Copy (832): one source no host can be writing (configured, bound or
+   * unmapped with no mapped binding, unbound, or a snapshot) onto many
+   * configured or unbound targets, each at least as large. A mapped volume is
+   * copied through a snapshot of it.
+   */
   copy(sourceName: string, targetNames: string[], opts: { verify?: boolean | undefined } = {}): JobView {
     const { m, c } = this;
     const src = m.volume(sourceName);
-    m.check(src, 'copy');
+    this.checkQuietSource(src, 'copy');
     if (targetNames.length === 0) throw badRequest('name at least one target volume');
     if (new Set(targetNames).size !== targetNames.length || targetNames.includes(sourceName)) throw badRequest('targets must be distinct and differ from the source');
     const targets = targetNames.map((n) => m.volume(n));
@@ -213,22 +194,151 @@ export class BulkOperations {
     return this.job(job);
   }
 
+  /** A copy or capture reads below the hosts: refused while a host could be writing the source. */
+  private checkQuietSource(v: VolumeRow, operation: string): void {
+    const { m, c } = this;
+    if (v.state === 'mapped' || m.bindingsOfVolume(v.id).some((b) => b.mapped)) {
+      throw new BlockgateError(
+        'ILLEGAL_STATE',
+        `volume '${v.name}' is mapped: a host may be writing it while it is read; take a snapshot (POST /v1/volumes/${v.name}/snap) and ${operation} the snapshot`,
+        { state: v.state, operation, allowed: ['snap'], volume: v.name },
+      );
+    }
+    if (!['configured', 'bound', 'unmapped', 'unbound'].includes(v.state)) {
+      throw new BlockgateError('ILLEGAL_STATE', `volume '${v.name}' is '${v.state}'; a ${operation} reads a configured, bound, unmapped or unbound volume or a snapshot`, {
+        state: v.state,
+        operation,
+        allowed: [],
+        volume: v.name,
+      });
+    }
+    const busy = c.jobs.activeOn(v.id);
+    if (busy) throw new BlockgateError('ILLEGAL_STATE', `volume '${v.name}' is busy with job ${busy.id} (${busy.kind})`, { state: v.state, operation, job: busy.id, allowed: [] });
+  }
+
+  /**
+   * Where a volume's bytes read from now, as one layout: a copy-on-write
+   * snapshot's shared regions resolve to its origin's extents (down a chain).
+   */
+  private sourceLayout(volumeId: number): VolumeLayout {
+    const own = this.m.layoutOf(volumeId);
+    const link = this.c.dataPath.store.snapshotLink(volumeId);
+    if (!link) return own;
+    const origin = this.sourceLayout(link.origin.id);
+    const extents: { arrayId: number; offset: number; length: number }[] = [];
+    for (let i = 0; i < link.regions; i++) {
+      const at = i * link.regionSize;
+      const len = Math.min(link.regionSize, own.size - at);
+      for (const g of (link.isOwn(i) ? own : origin).translate(at, len)) {
+        const last = extents[extents.length - 1];
+        if (last && last.arrayId === g.arrayId && last.offset + last.length === g.arrayOffset) last.length += g.length;
+        else extents.push({ arrayId: g.arrayId, offset: g.arrayOffset, length: g.length });
+      }
+    }
+    return new VolumeLayout(extents);
+  }
+
+  /**
+   * Copies [from, to) of a source layout onto targets by its allocation: data
+   * runs move through the engine (read back when verifying), zero runs become
+   * allocated zeroes, holes move nothing (the caller made the targets read as
+   * holes first). Returns the bytes moved.
+   */
+  private async copyRuns(
+    ctx: JobContext<unknown>,
+    layout: VolumeLayout,
+    from: number,
+    to: number,
+    targets: readonly VolumeHandle[],
+    opts: { verify: boolean; zeroes: boolean; onProgress?: (done: number, total: number) => void },
+  ): Promise<{ moved: number; zeroed: number }> {
+    const { m, c } = this;
+    const store = c.dataPath.store;
+    const runs = store.allocationRuns({ id: -1, layout, cachePolicy: 'none' }, from, to - from, Number.MAX_SAFE_INTEGER);
+    const data = runs.filter((r) => r.state === 'data');
+    const streamOf = (l: VolumeLayout): ArrayRange[] =>
+      data.flatMap((r) => l.translate(r.offset, r.length).map((g) => ({ arrayId: g.arrayId, offset: g.arrayOffset, length: g.length })));
+    const moved = data.reduce((n, r) => n + r.length, 0);
+    if (moved > 0) {
+      await c.dataPath.engine.copy(
+        streamOf(layout),
+        targets.map((t) => streamOf(t.layout)),
+        { verify: opts.verify, signal: ctx.signal, corrupt: m.faultArmed('bulk-corrupt'), onProgress: opts.onProgress },
+      );
+    }
+    let zeroed = 0;
+    if (opts.zeroes) {
+      for (const r of runs) {
+        if (r.state !== 'zero') continue;
+        zeroed += r.length;
+        for (const t of targets) await store.writeZeroes(t, r.offset, r.length, { noHole: true, fast: false, fua: false });
+      }
+    }
+    return { moved, zeroed };
+  }
+
+  /** Every data run of the source is data on the target and nothing else is: holes and zeroes read as zeroes on both. */
+  private sameAllocation(source: VolumeLayout, target: VolumeHandle, size: number): boolean {
+    const store = this.c.dataPath.store;
+    const dataOf = (h: VolumeHandle): string =>
+      store
+        .allocationRuns(h, 0, size, Number.MAX_SAFE_INTEGER)
+        .filter((r) => r.state === 'data')
+        .map((r) => `${r.offset}+${r.length}`)
+        .join(',');
+    return dataOf({ id: -1, layout: source, cachePolicy: 'none' }) === dataOf({ ...target, id: -1 });
+  }
+
+  /** Makes every byte of the range read as a hole on each target (durable; the targets serve no host). */
+  private clearTargets(targets: readonly VolumeHandle[], from: number, length: number): void {
+    const store = this.c.dataPath.store;
+    for (const t of targets) for (const g of t.layout.translate(from, length)) store.discard(g.arrayId, g.arrayOffset, g.length);
+  }
+
   private async runCopy(ctx: JobContext<CopyParams>): Promise<unknown> {
     const { m, c } = this;
+    const store = c.dataPath.store;
     const src = m.volumeById(ctx.params.sourceId);
-    await c.dataPath.store.flush(m.volumeHandle(src));
-    const targets = ctx.params.targets.map((t) => rangesOf(m, t.id));
-    const r = await c.dataPath.engine.copy(rangesOf(m, src.id), targets, {
-      verify: ctx.params.verify,
-      signal: ctx.signal,
-      corrupt: m.faultArmed('bulk-corrupt'),
-      onProgress: (d, t) => ctx.progress(d, t),
-    });
-    for (const t of targets) for (const x of t) await c.dataPath.store.invalidate(x.arrayId, x.offset, x.length);
+    const link = store.snapshotLink(src.id);
+    let seen = link ? Uint8Array.from(link.map.own) : null;
+    let layout = this.sourceLayout(src.id);
+    // Whatever the source reads from is on its arrays before the engine reads below the cache.
+    await store.flush({ id: -1, layout, cachePolicy: 'none' });
+    const targets = ctx.params.targets.map((t) => m.volumeHandle(m.volumeById(t.id)));
+    // Only the prefix the source fills: a larger target keeps its own tail, as a full copy always did.
+    this.clearTargets(targets, 0, src.size);
+    const toMove = store.allocationRuns({ id: -1, layout, cachePolicy: 'none' }, 0, src.size, Number.MAX_SAFE_INTEGER).reduce((n, r) => n + (r.state === 'data' ? r.length : 0), 0);
+    ctx.progress(0, toMove);
+    const r = await this.copyRuns(ctx, layout, 0, src.size, targets, { verify: ctx.params.verify, zeroes: true, onProgress: (d) => ctx.progress(d, toMove) });
+    let { moved, zeroed } = r;
+    // A host write to the origin of a snapshot source copies the region up and may then reach the origin's
+    // arrays while the engine reads them: such regions are copied again from the snapshot's own extents.
+    while (link && seen) {
+      const now = Uint8Array.from(link.map.own);
+      const redo: number[] = [];
+      for (let i = 0; i < now.length; i++) if (now[i] && !seen[i]) redo.push(i);
+      if (redo.length === 0) break;
+      seen = now;
+      layout = this.sourceLayout(src.id);
+      for (const i of redo) {
+        const at = i * link.regionSize;
+        const len = Math.min(link.regionSize, src.size - at);
+        this.clearTargets(targets, at, len);
+        const again = await this.copyRuns(ctx, layout, at, at + len, targets, { verify: ctx.params.verify, zeroes: true });
+        moved += again.moved;
+        zeroed += again.zeroed;
+      }
+    }
+    for (const t of targets) await store.flush(t);
+    if (ctx.params.verify) {
+      for (const t of targets) {
+        if (!this.sameAllocation(layout, t, src.size)) throw new BlockgateError('IO_ERROR', `copy verify failed: the allocation of '${m.volumeById(t.id).name}' differs from the source's`);
+      }
+    }
     const set = c.db.prepare('UPDATE volumes SET image_id = ? WHERE id = ?');
     for (const t of ctx.params.targets) set.run(src.image_id, t.id);
-    c.events.emit('volume.copied', `volume/${src.name}`, { source: src.name, targets: ctx.params.targets.map((t) => t.name), verified: r.verified });
-    return { bytes: r.bytes, verified: r.verified };
+    c.events.emit('volume.copied', `volume/${src.name}`, { source: src.name, targets: ctx.params.targets.map((t) => t.name), verified: ctx.params.verify, moved });
+    return { bytes: src.size, moved, zeroed, verified: ctx.params.verify };
   }
 
   // ---- images ----------------------------------------------------------------
@@ -286,15 +396,7 @@ export class BulkOperations {
     const { m, c } = this;
     const v = m.volume(volumeName);
     if (c.db.prepare('SELECT 1 FROM images WHERE name = ?').get(name)) throw conflict(`image '${name}' already exists`);
-    if (v.state === 'free' || v.state === 'allocated' || m.bindingsOfVolume(v.id).some((b) => b.mapped)) {
-      throw new BlockgateError('ILLEGAL_STATE', `volume '${v.name}' is '${v.state}'; an image is made from a configured or unmapped volume`, {
-        state: v.state,
-        operation: 'capture-image',
-        allowed: [],
-      });
-    }
-    const busy = c.jobs.activeOn(v.id);
-    if (busy) throw new BlockgateError('ILLEGAL_STATE', `volume '${v.name}' is busy with job ${busy.id} (${busy.kind})`, { state: v.state, operation: 'capture-image', job: busy.id, allowed: [] });
+    this.checkQuietSource(v, 'capture-image');
     const file = path.join(c.dataDir, 'images', `${name}.img`);
     if (fs.existsSync(file)) throw conflict(`a file already exists at ${file}`);
     return this.job(c.jobs.submit('image-capture', { image: name, volume: v.name, volumeId: v.id, file }, [v.id]));
@@ -304,27 +406,29 @@ export class BulkOperations {
     const { m, c } = this;
     const v = m.volumeById(ctx.params.volumeId);
     await fs.promises.mkdir(path.dirname(ctx.params.file), { recursive: true });
-    await c.dataPath.store.flush(m.volumeHandle(v));
+    await c.dataPath.store.flush({ id: -1, layout: this.sourceLayout(v.id), cachePolicy: 'none' });
     const id = IMAGE_ARRAY_BASE - ctx.id;
     const f = new ArrayFile(id, `image:${ctx.params.image}`, ctx.params.file, v.size);
     await f.open(true);
     c.dataPath.store.addArray(f);
     let r;
     try {
-      r = await c.dataPath.engine.copy(rangesOf(m, v.id), [[{ arrayId: id, offset: 0, length: v.size }]], {
-        verify: true,
-        signal: ctx.signal,
-        onProgress: (d, t) => ctx.progress(d, t),
-      });
+      // The new file is sparse: only the volume's data runs are written into it, the rest reads as zeroes.
+      const layout = this.sourceLayout(v.id);
+      const image = { id: -1, layout: new VolumeLayout([{ arrayId: id, offset: 0, length: v.size }]), cachePolicy: 'none' as const };
+      const toMove = c.dataPath.store.allocationRuns({ id: -1, layout, cachePolicy: 'none' }, 0, v.size, Number.MAX_SAFE_INTEGER).reduce((n, x) => n + (x.state === 'data' ? x.length : 0), 0);
+      r = await this.copyRuns(ctx, layout, 0, v.size, [image], { verify: true, zeroes: false, onProgress: (d) => ctx.progress(d, toMove) });
     } finally {
       c.dataPath.store.removeArray(id);
       await f.close();
+      // The image is a plain file: its allocation sidecar was only for the copy.
+      await fs.promises.rm(`${ctx.params.file}.alloc`, { force: true });
     }
     c.db.transaction(() => {
       c.db.prepare('INSERT INTO images (name, path, size, created_at) VALUES (?, ?, ?, ?)').run(ctx.params.image, ctx.params.file, v.size, new Date().toISOString());
       c.events.emit('image.registered', `image/${ctx.params.image}`, { image: ctx.params.image, size: v.size, fromVolume: v.name });
     })();
-    return { image: ctx.params.image, bytes: r.bytes, verified: r.verified };
+    return { image: ctx.params.image, bytes: v.size, moved: r.moved, verified: true };
   }
 
   /** Copy image (T4, 709) onto a configured volume; a failure takes T5 to Un-configured. */
@@ -376,96 +480,6 @@ export class BulkOperations {
       this.c.dataPath.store.removeArray(id);
       await f.close();
     }
-  }
-
-  // ---- snap ------------------------------------------------------------------
-
-  /**
-   * Snap (T11, split/join 726) by copy-on-write: the volume stays mapped.
-   * The point in time is this call: I/O is held and drained, the volume
-   * flushed, a write hook installed that saves old bytes of a region before
-   * its first overwrite, then I/O resumes and a job copies the other regions.
-   */
-  async snap(sourceName: string, snapshotName: string): Promise<{ job: JobView; snapshot: VolumeRow }> {
-    const { m, c } = this;
-    const src = m.volume(sourceName);
-    m.check(src, 'snap');
-    if (this.cow.has(src.id)) throw new BlockgateError('ILLEGAL_STATE', `volume '${src.name}' already has a snapshot in progress`, { state: src.state, operation: 'snap', allowed: [] });
-    const farm = src.farm_id === null ? undefined : (c.db.prepare('SELECT name FROM farms WHERE id = ?').get(src.farm_id) as { name: string }).name;
-    const snap = m.createVolume({ name: snapshotName, size: src.size, farm, qualityClass: src.quality_class ?? undefined, configure: true });
-    c.db.prepare('UPDATE volumes SET snapshot_of = ?, dirty = 1, image_id = ? WHERE id = ?').run(src.id, src.image_id, snap.id);
-    const store = c.dataPath.store;
-    const srcH = m.volumeHandle(src);
-    const dstH = m.volumeHandle(m.volumeById(snap.id));
-    const regions = Math.ceil(src.size / COW_REGION);
-    const state: CowState = {
-      snapshotId: snap.id,
-      regions,
-      copied: new Uint8Array(regions),
-      inflight: new Map(),
-      copyRegion: (i) => {
-        if (state.copied[i]) return Promise.resolve();
-        const running = state.inflight.get(i);
-        if (running) return running;
-        const p = (async () => {
-          const off = i * COW_REGION;
-          const len = Math.min(COW_REGION, src.size - off);
-          const buf = Buffer.allocUnsafe(len);
-          // Through the store, so a cache above the arrays is seen as the host sees it.
-          await store.read(srcH, off, len, buf);
-          await store.write(dstH, off, buf, false);
-          state.copied[i] = 1;
-        })().finally(() => state.inflight.delete(i));
-        state.inflight.set(i, p);
-        return p;
-      },
-    };
-    const release = await store.quiesce(src.id);
-    let job: JobRow;
-    try {
-      await store.flush(srcH);
-      store.setWriteHook(src.id, async (offset, length) => {
-        const first = Math.floor(offset / COW_REGION);
-        const last = Math.floor((offset + Math.max(length, 1) - 1) / COW_REGION);
-        for (let i = first; i <= last && i < regions; i++) await state.copyRegion(i);
-      });
-      this.cow.set(src.id, state);
-      job = c.db.transaction(() => {
-        m.apply(m.volumeById(src.id), 'snap', { snapshot: snap.name });
-        // The source is listed so nothing else (unmap, another snap) runs on it meanwhile.
-        return c.jobs.submit('snap', { source: src.name, sourceId: src.id, snapshot: snap.name, snapshotId: snap.id }, [src.id, snap.id]);
-      })();
-    } catch (e) {
-      store.setWriteHook(src.id, null);
-      this.cow.delete(src.id);
-      throw e;
-    } finally {
-      release();
-    }
-    return { job: this.job(job), snapshot: m.volumeById(snap.id) };
-  }
-
-  private async runSnap(ctx: JobContext<SnapParams>): Promise<unknown> {
-    const { m, c } = this;
-    const state = this.cow.get(ctx.params.sourceId);
-    if (!state || state.snapshotId !== ctx.params.snapshotId) throw new BlockgateError('INTERNAL', 'the snapshot point in time was lost (restart)');
-    const src = m.volumeById(ctx.params.sourceId);
-    const rate = c.dataPath.engine.rate;
-    const started = Date.now();
-    for (let i = 0; i < state.regions; i++) {
-      if (ctx.signal.aborted) throw new BlockgateError('CONFLICT', 'operation cancelled', { cancelled: true });
-      // The background copy keeps to the bulk rate like any bulk job; host writes (the hook) never wait for it.
-      const ahead = rate ? started + ((i * COW_REGION) / rate) * 1000 - Date.now() : 0;
-      if (ahead > 0) await sleep(ahead, undefined, { signal: ctx.signal }).catch(() => undefined);
-      if (ctx.signal.aborted) throw new BlockgateError('CONFLICT', 'operation cancelled', { cancelled: true });
-      await state.copyRegion(i);
-      ctx.progress(Math.min((i + 1) * COW_REGION, src.size), src.size);
-    }
-    c.dataPath.store.setWriteHook(src.id, null);
-    this.cow.delete(src.id);
-    await c.dataPath.store.flush(m.volumeHandle(m.volumeById(ctx.params.snapshotId)));
-    c.events.emit('volume.snapshot', `volume/${src.name}`, { source: src.name, snapshot: ctx.params.snapshot });
-    return { snapshot: ctx.params.snapshot, bytes: src.size };
   }
 
   // ---- activate and release -------------------------------------------------

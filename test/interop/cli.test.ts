@@ -124,16 +124,18 @@ t.test('the README lifecycle walk with the CLI alone', async (t) => {
   const snap = await bgJson('volume', 'snap', 'db', 'db-snap');
   t.equal(snap.state, 'succeeded');
   t.equal((await bgJson('volume', 'show', 'db-snap')).snapshotOf, 'db');
-  t.equal((await cli(s, ['volume', 'copy', 'db-snap', '--to', 'scratch'])).code, 4, 'copy from a configured volume: illegal state');
+  t.equal((await cli(s, ['volume', 'copy', 'db', '--to', 'scratch'])).code, 4, 'copy from a mapped volume: illegal state');
+  t.equal((await cli(s, ['volume', 'copy', 'db-snap', '--to', 'scratch'])).code, 0, 'copy from its snapshot');
+  await bg('volume', 'create', 'blank', '--size', '8M', '--farm', 'acme');
 
   // A job that fails (an injected image-copy fault) exits 7 and says why.
   fs.mkdirSync(path.join(s.dataDir, 'images'), { recursive: true });
   fs.writeFileSync(path.join(s.dataDir, 'images', 'os.img'), Buffer.alloc(M, 0x11));
   t.equal((await bgJson('image', 'create', 'os', '--path', 'images/os.img')).size, M);
   t.match((await bg('image', 'list')).stdout, /os\s+1M/);
-  const failed = await cli(s, ['volume', 'copy-image', 'db-snap', '--image', 'os']);
+  const failed = await cli(s, ['volume', 'copy-image', 'blank', '--image', 'os']);
   t.equal(failed.code, 7, 'failed job: exit 7');
   t.match(failed.stderr, /blockgate: job \d+ \(image-copy\) failed: .*injected fault/);
-  t.equal((await bgJson('volume', 'show', 'db-snap')).state, 'unconfigured', 'the failure edge was applied');
-  t.match((await bg('job', 'list')).stdout, /image-copy\s+db-snap\s+failed/);
+  t.equal((await bgJson('volume', 'show', 'blank')).state, 'unconfigured', 'the failure edge was applied');
+  t.match((await bg('job', 'list')).stdout, /image-copy\s+blank\s+failed/);
 });

@@ -13,6 +13,7 @@ const EXPECTED: Record<string, VolumeState> = {
   'allocated/configure': 'configured', // T2
   'allocated/configure-failed': 'unconfigured', // T3
   'configured/copy-image': 'configured', // T4
+  'configured/copy': 'configured',
   'configured/copy-image-failed': 'unconfigured', // T5
   'configured/bind': 'bound', // T6
   'configured/bind-failed': 'unconfigured', // T7
@@ -33,6 +34,8 @@ const EXPECTED: Record<string, VolumeState> = {
   'bound/bind': 'bound',
   'bound/unbind': 'unbound',
   'bound/resize': 'bound',
+  'bound/copy': 'bound',
+  'unmapped/copy': 'unmapped',
   'mapped/map': 'mapped',
   'mapped/map-failed': 'mapped',
   'mapped/bind': 'mapped',
@@ -101,7 +104,7 @@ t.test('every illegal manager operation is refused and changes nothing', async (
     scrub: (n) => m.bulk.scrub(n),
     bind: (n) => m.bind({ volume: n, host: 'h', target: 9, lun: 0 }),
     resize: (n) => m.resize(n, 32 * M),
-    snap: (n) => m.bulk.snap(n, `${n}-snap`),
+    snap: (n) => m.snapshots.snap(n, `${n}-snap`),
   };
   // Drive one volume through each state, and try every operation there.
   const v = 'v';

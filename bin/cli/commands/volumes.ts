@@ -133,7 +133,7 @@ export function register(program: Command): void {
   });
 
   jobOptions(
-    verb(volume, 'copy <source>', 'copy an unbound volume onto unbound targets, at least as large (a job)')
+    verb(volume, 'copy <source>', 'copy a volume no host is writing (configured, unbound, a snapshot) onto configured or unbound targets, at least as large; only allocated runs move (a job)')
       .requiredOption('--to <volume,…>', 'target volumes')
       .option('--no-verify', 'skip the comparison'),
   ).action(async (source: string, o: { to: string; verify: boolean }, cmd: Command) => {
@@ -150,9 +150,16 @@ export function register(program: Command): void {
     await followJob(cmd, r);
   });
 
-  jobOptions(verb(volume, 'snap <name> <snapshot>', 'point-in-time copy of a mapped volume into a new volume (copy-on-write, a job)')).action(
+  jobOptions(verb(volume, 'snap <name> <snapshot>', 'copy-on-write snapshot of a mapped volume as a new volume (instant; its job has nothing to copy)')).action(
     async (name: string, snapshot: string, _o, cmd: Command) => {
       const r = await client(cmd).call('POST', `/v1/volumes/${enc(name)}/snap`, { snapshot });
+      await followJob(cmd, r);
+    },
+  );
+
+  jobOptions(verb(volume, 'materialise <snapshot>', 'copy what a snapshot still shares with its origin, so it no longer depends on it (a job)')).action(
+    async (name: string, _o, cmd: Command) => {
+      const r = await client(cmd).call('POST', `/v1/volumes/${enc(name)}/materialise`);
       await followJob(cmd, r);
     },
   );
