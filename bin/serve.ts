@@ -121,7 +121,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
   const iscsi = new IscsiServer(
     {
       namespaces,
-      unitIO: (u) => openUnit(store, u),
+      unitIO: (u) => openUnit(store, u, 'iscsi'),
       device: (ctx) => new ScsiCommandSet(ctx),
       reservations: { load: (id) => need().iscsi.reservations.load(id), save: (id, s) => need().iscsi.reservations.save(id, s) },
       setCachePolicy: (id, p) => need().iscsi.setCachePolicy(id, p),
@@ -164,6 +164,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
       io: stats,
       jobs: () => manager.jobs.countByState(),
       cache: () => ({ ...store.stats() }),
+      cutovers: manager.cutovers,
     },
   });
   await api.listen({ host: apiAddr.host, port: apiAddr.port });

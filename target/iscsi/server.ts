@@ -107,14 +107,14 @@ export class IscsiServer implements Frontend {
   /** The units of one host target, by LUN. */
   private luns(host: string, target: number): ReadonlyMap<number, UnitIO> {
     const m = new Map<number, UnitIO>();
-    for (const u of this.backend.namespaces.list(host)) if (u.target === target) m.set(u.lun, this.backend.unitIO(u));
+    for (const u of this.backend.namespaces.list(host, 'iscsi')) if (u.target === target) m.set(u.lun, this.backend.unitIO(u));
     return m;
   }
 
   /** Target numbers that hold at least one of the host's units. */
   private targets(host: string): number[] {
     const ts = new Set<number>();
-    for (const u of this.backend.namespaces.list(host)) ts.add(u.target);
+    for (const u of this.backend.namespaces.list(host, 'iscsi')) ts.add(u.target);
     return [...ts].sort((a, b) => a - b);
   }
 
