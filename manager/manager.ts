@@ -1054,11 +1054,13 @@ export class StorageManager implements Lifecycle {
    */
   publishHost(hostId: number): Promise<void> {
     const h = this.hostById(hostId);
+    const speaks = h.protocols.split(',');
     const units: Unit[] = this.bindingsOfHost(h.id)
       .filter((b) => b.mapped === 1)
       .map((b) => {
         const v = this.volumeById(b.volume_id);
-        const protocols = protocolsOf(b.protocol);
+        // A binding served over both reaches the host over what it speaks now.
+        const protocols = protocolsOf(b.protocol).filter((p) => speaks.includes(p));
         return {
           host: h.name,
           target: b.target,

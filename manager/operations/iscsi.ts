@@ -151,10 +151,10 @@ export class IscsiAccess {
 
   /**
    * Which protocols a host speaks (default both) and its default protocol
-   * ('both' only when it speaks both). Bindings served over both narrow to
-   * what is left; a binding served only over a dropped protocol must be
-   * switched first (CONFLICT, nothing changed). Dropping iscsi logs its
-   * sessions out.
+   * ('both' only when it speaks both). A binding served over both is served
+   * over what is left (and over both again when the host gets both back); a
+   * binding served only over a dropped protocol must be switched first
+   * (CONFLICT, nothing changed). Dropping iscsi logs its sessions out.
    */
   async setProtocols(host: string, protocols: string[], defaultProtocol?: string): Promise<void> {
     const h = this.m.host(host);
@@ -175,10 +175,7 @@ export class IscsiAccess {
         bindings: stranded.map((b) => b.id),
       });
     }
-    this.m.db.transaction(() => {
-      this.m.db.prepare('UPDATE hosts SET protocols = ?, default_protocol = ? WHERE id = ?').run(list.join(','), def, h.id);
-      if (!both) this.m.db.prepare("UPDATE bindings SET protocol = ? WHERE host_id = ? AND protocol = 'both'").run(list[0]!, h.id);
-    })();
+    this.m.db.prepare('UPDATE hosts SET protocols = ?, default_protocol = ? WHERE id = ?').run(list.join(','), def, h.id);
     this.m.log.info({ op: 'host.protocols', host: h.name, protocols: list, defaultProtocol: def }, 'host protocols changed');
     await this.m.publishHost(h.id);
     if (!list.includes('iscsi')) await this.frontend()?.revoke(h.name, null);
