@@ -26,6 +26,7 @@ import { ConfigOperations } from './operations/config.js';
 import type { DataPath, Lifecycle, OperationContext } from './operations/context.js';
 import { BulkOperations } from './operations/bulk.js';
 import { Inventory } from './operations/inventory.js';
+import { Migrations } from './operations/migration.js';
 import { Tracer } from './operations/trace.js';
 import { IscsiAccess } from './operations/iscsi.js';
 import { allowedOperations, transition, type Operation, type VolumeState } from './state.js';
@@ -85,6 +86,8 @@ export class StorageManager implements Lifecycle {
   readonly bulk: BulkOperations;
   readonly tracer: Tracer;
   readonly inventory: Inventory;
+  /** VM migration between hosts (operations/migration.ts). */
+  readonly migrations: Migrations;
   /** Backing-file faults, I/O error bursts and capacity warnings. */
   readonly health: ArrayHealth;
   readonly iscsi: IscsiAccess;
@@ -116,6 +119,7 @@ export class StorageManager implements Lifecycle {
     this.bulk = new BulkOperations(ctx);
     this.tracer = new Tracer(ctx);
     this.inventory = new Inventory(ctx);
+    this.migrations = new Migrations(ctx, this.cutovers);
     this.iscsi = new IscsiAccess(this);
     this.config = new ConfigOperations(ctx);
     this.applianceId = this.setting('appliance_id') ?? this.initApplianceId();
