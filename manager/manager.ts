@@ -750,6 +750,8 @@ export class StorageManager implements Lifecycle {
   }
 
   fault(point: string): void {
+    // 'crash:POINT' is kill -9 of the appliance at that step (tests of restart recovery).
+    if (this.faults.has(`crash:${point}`)) process.kill(process.pid, 'SIGKILL');
     if (this.faults.has(point)) throw new BlockgateError('IO_ERROR', `injected fault at '${point}'`);
   }
 

@@ -162,6 +162,7 @@ export class Migrations {
           });
           this.c.db.prepare('UPDATE vms SET host_id = ? WHERE id = ?').run(b.id, vm.id);
         })();
+        this.m.fault('migrate-committed');
         return { done: this.m.publishHost(this.m.host(p.from).id) };
       });
       ctx.progress(3, total, { step: 'cut', bBindings: bIds } satisfies Checkpoint);
