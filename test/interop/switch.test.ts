@@ -8,6 +8,7 @@ import { requireTools, run, runOk } from '../helpers/tools.js';
 import { CMD, WireClient } from '../helpers/nbd-wire.js';
 import { BLOCK, Writer } from '../helpers/writer.js';
 import { listExports } from '../helpers/api.js';
+import { cliOk } from '../helpers/cli.js';
 
 // Protocol switching against a real `blockgate serve` with stock clients: a
 // binding is served only over its protocol; a switch under a running NBD
@@ -134,4 +135,12 @@ t.test('a switch the host cannot follow is refused and changes nothing; metrics 
   const m = await s.request('GET', '/metrics');
   t.match(m.body, /blockgate_cutovers_total\{kind="switch",outcome="succeeded"\} 2/);
   t.match(m.body, /blockgate_cutover_pause_seconds_count 2/);
+});
+
+t.test('CLI: `blockgate switch --host a --unit 0/1 --protocol nbd` switches and prints where the unit now is', async (t) => {
+  const r = await cliOk(s, ['switch', '--host', 'a', '--unit', '0/1', '--protocol', 'nbd']);
+  t.match(r.stdout, /both → nbd/);
+  t.match(r.stdout, /nbd\s+nbd\+unix:\/\/\/0\/1/);
+  t.equal((await s.call('GET', `/v1/bindings/${b1.id}`)).protocol, 'nbd');
+  t.same(await iscsiLuns(), [], 'unit 0/1 left iSCSI too');
 });
