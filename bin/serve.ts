@@ -189,7 +189,7 @@ async function start(opts: ServeOptions, dataDir: string, lock: DataDirLock, ope
   const iscsi = new IscsiServer(
     {
       namespaces,
-      unitIO: (u) => openUnit(store, u),
+      unitIO: (u) => openUnit(store, u, 'iscsi'),
       device: (ctx) => new ScsiCommandSet(ctx),
       reservations: { load: (id) => need().iscsi.reservations.load(id), save: (id, s) => need().iscsi.reservations.save(id, s) },
       setCachePolicy: (id, p) => need().iscsi.setCachePolicy(id, p),
@@ -264,6 +264,7 @@ async function start(opts: ServeOptions, dataDir: string, lock: DataDirLock, ope
       io: stats,
       jobs: () => manager.jobs.countByState(),
       cache: () => ({ ...store.stats() }),
+      cutovers: manager.cutovers,
     },
   });
   opened.push(() => api.close());

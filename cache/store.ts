@@ -11,6 +11,11 @@ export interface VolumeHandle {
   id: number;
   layout: VolumeLayout;
   cachePolicy: CachePolicy;
+  /**
+   * Set by a unit's I/O for one host and protocol: once revoked, requests a
+   * quiesce held are refused when let go instead of reaching the volume.
+   */
+  fence?: { readonly revoked: boolean };
 }
 
 /** Runs before a write lands (copy-on-write snapshots copy the old bytes out here). */
@@ -44,6 +49,8 @@ export interface ZeroOptions {
 }
 
 const stateOf = (state: AllocState): AllocationState => (state === AllocState.Data ? 'data' : state === AllocState.Zero ? 'zero' : 'hole');
+
+export const revokedError = (): BlockgateError => new BlockgateError('REVOKED', 'the unit was withdrawn from this host over this protocol');
 
 /** Per-volume I/O gate: counts requests in flight and can hold new ones (quiesce). */
 interface Gate {
@@ -122,7 +129,7 @@ export class BlockStore {
   readFast(vol: VolumeHandle, offset: number, length: number, dest: Buffer): Promise<void> | null {
     if (this.gates.size > 0) {
       const gate = this.gates.get(vol.id);
-      if (gate) return this.gated(gate, () => this.readNow(vol, offset, length, dest) ?? Promise.resolve());
+      if (gate) return this.gated(gate, vol, () => this.readNow(vol, offset, length, dest) ?? Promise.resolve());
     }
     return this.readNow(vol, offset, length, dest);
   }
@@ -131,7 +138,7 @@ export class BlockStore {
     const gate = this.gates.get(vol.id);
     const hook = this.writeHooks.get(vol.id);
     const run = hook ? () => hook(offset, src.length).then(() => this.writeNow(vol, offset, src, fua)) : () => this.writeNow(vol, offset, src, fua);
-    return gate ? this.gated(gate, run) : run();
+    return gate ? this.gated(gate, vol, run) : run();
   }
 
   /**
@@ -373,7 +380,7 @@ export class BlockStore {
       if (fua) await Promise.all([...new Set(segs.map((x) => x[0]))].map((a) => a.flush()));
     };
     const gate = this.gates.get(vol.id);
-    return gate ? this.gated(gate, run) : run();
+    return gate ? this.gated(gate, vol, run) : run();
   }
 
   /**
@@ -670,8 +677,10 @@ export class BlockStore {
     else this.writeHooks.delete(volumeId);
   }
 
-  private async gated<T>(g: Gate, op: () => Promise<T>): Promise<T> {
+  private async gated<T>(g: Gate, vol: VolumeHandle, op: () => Promise<T>): Promise<T> {
     while (g.held > 0) await new Promise<void>((r) => g.waiters.push(r));
+    // Held across a revoke (switch, migration): the session that sent it no longer has the unit.
+    if (vol.fence?.revoked) throw revokedError();
     g.inflight++;
     try {
       return await op();

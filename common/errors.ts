@@ -16,6 +16,8 @@ export type ErrorCode =
   | 'IO_ERROR'
   | 'UNAUTHORIZED'
   | 'SHUTTING_DOWN'
+  /** The unit was withdrawn from the host over this protocol (switch, migration): the request never reached the volume. */
+  | 'REVOKED'
   | 'NOT_SUPPORTED'
   | 'INTERNAL';
 

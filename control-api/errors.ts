@@ -16,6 +16,7 @@ export const API_ERRORS = {
   CONFLICT: { status: 409, meaning: 'clashes with what exists (name taken, unit bound, farm mismatch, appliance not empty)' },
   ILLEGAL_STATE: { status: 409, meaning: 'the volume (or job) is in a state that does not allow this; details.allowed lists what does' },
   READ_ONLY: { status: 409, meaning: 'the unit is read-only' },
+  REVOKED: { status: 409, meaning: 'the unit was withdrawn from the host (protocol switch, migration)' },
   PAYLOAD_TOO_LARGE: { status: 413, meaning: 'the body is larger than the 1 MiB limit' },
   UNSUPPORTED_MEDIA_TYPE: { status: 415, meaning: 'the body is not application/json' },
   OPERATION_FAILED: { status: 500, meaning: "a step failed and its failure edge was applied; the message says the volume's state now" },

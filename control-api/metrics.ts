@@ -1,4 +1,5 @@
 import { Counter, Gauge, Registry, collectDefaultMetrics, type Metric } from 'prom-client';
+import { PAUSE_BUCKETS_MS, type CutoverStats } from '../manager/index.js';
 import { LATENCY_BUCKETS, OP_NAMES, type StatsRegistry } from '../target/index.js';
 
 export interface MetricsSources {
@@ -7,6 +8,8 @@ export interface MetricsSources {
   cache?: () => Record<string, number | string> | undefined;
   /** Job counts by state. */
   jobs?: () => Record<string, number>;
+  /** Protocol switches and migrations: outcomes and cutover pauses. */
+  cutovers?: CutoverStats;
 }
 
 /**
@@ -89,7 +92,47 @@ export function buildMetrics(src: MetricsSources): Registry {
       },
     });
   }
+  if (src.cutovers) {
+    const cut = src.cutovers;
+    new Counter({
+      name: 'blockgate_cutovers_total',
+      help: 'Protocol switches and VM migrations, by kind (switch, migration) and outcome (succeeded, failed, rolled-back)',
+      labelNames: ['kind', 'outcome'],
+      registers: [reg],
+      collect() {
+        this.reset();
+        for (const [kind, outcome, n] of cut.outcomeCounts()) this.inc({ kind, outcome }, n);
+      },
+    });
+    reg.registerMetric(pauseHistogram(cut) as unknown as Metric);
+  }
   return reg;
+}
+
+/** The cutover pause histogram: buckets live in CutoverStats (milliseconds), exposed in seconds. */
+function pauseHistogram(cut: CutoverStats) {
+  const name = 'blockgate_cutover_pause_seconds';
+  const help = 'How long a protocol switch or migration cutover held its units\' I/O (hold → release)';
+  return {
+    name,
+    help,
+    type: 'histogram',
+    aggregator: 'sum',
+    collect: () => undefined,
+    reset: () => undefined,
+    get: async () => {
+      const values: { value: number; labels: Record<string, string | number>; metricName: string }[] = [];
+      let acc = 0;
+      PAUSE_BUCKETS_MS.forEach((le, i) => {
+        acc += cut.buckets[i]!;
+        values.push({ metricName: `${name}_bucket`, labels: { le: le / 1000 }, value: acc });
+      });
+      values.push({ metricName: `${name}_bucket`, labels: { le: '+Inf' }, value: cut.pauseCount });
+      values.push({ metricName: `${name}_sum`, labels: {}, value: cut.pauseSumMs / 1000 });
+      values.push({ metricName: `${name}_count`, labels: {}, value: cut.pauseCount });
+      return { name, help, type: 'histogram', aggregator: 'sum', values };
+    },
+  };
 }
 
 /** A histogram whose buckets live in IoStats; prom-client only formats it. */

@@ -161,6 +161,16 @@ const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX cow_links_by_origin ON cow_links(origin_id);
   `,
+  `
+  -- switch: a binding is served over nbd, iscsi or both; until now every binding was served over
+  -- every protocol its host speaks, so that is what existing bindings (and the default of hosts
+  -- speaking both) become.
+  UPDATE bindings SET protocol = (
+    SELECT CASE WHEN instr(h.protocols, 'nbd') > 0 AND instr(h.protocols, 'iscsi') > 0 THEN 'both'
+                WHEN instr(h.protocols, 'iscsi') > 0 THEN 'iscsi' ELSE 'nbd' END
+    FROM hosts h WHERE h.id = bindings.host_id);
+  UPDATE hosts SET default_protocol = 'both' WHERE instr(protocols, 'nbd') > 0 AND instr(protocols, 'iscsi') > 0;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -1,6 +1,8 @@
 export { StorageManager } from './manager.js';
 export type { ManagerOptions } from './manager.js';
-export { checkName } from './model.js';
+export { checkName, BINDING_PROTOCOLS, type BindingProtocol } from './model.js';
+export { holdGroup, type HeldResult } from './operations/consistency.js';
+export { CutoverStats, PAUSE_BUCKETS_MS } from './cutover-stats.js';
 export { parseAddress, formatAddress } from '../common/address.js';
 export type { ArrayRow, VolumeRow, HostRow, BindingRow, AccessMode, ShareMode } from './model.js';
 export type { DataPath } from './operations/context.js';

@@ -7,7 +7,7 @@ import { BlockgateError, badRequest, conflict, notFound } from '../common/errors
 import type { CachePolicy } from '../cache/index.js';
 import { ArrayFile, MAX_ARRAY_SIZE, type ArrayFault } from '../disks/index.js';
 import { EXTENT_ALIGN, VolumeLayout, allocateExtents, freeExtents, type Extent } from '../mapper/index.js';
-import { StatsRegistry, type Frontend, type NamespaceChange, type Unit } from '../target/index.js';
+import { StatsRegistry, freshFences, type Frontend, type NamespaceChange, type Protocol, type Unit, type UnitFence } from '../target/index.js';
 import { ArrayHealth, DEFAULT_OVERCOMMIT } from './array-health.js';
 import type { ConfigDocument } from './operations/config.js';
 import type { DataDirLock } from './data-dir-lock.js';
@@ -17,15 +17,18 @@ import { Ownership } from './ownership.js';
 import { EventLog } from './events.js';
 import { JobQueue } from './jobs.js';
 import { bindingRecordOf, type BindingRecord } from './config-document.js';
-import type { ArrayView, HostView, NamespaceView, VolumeView } from './views.js';
+import type { ArrayView, ConnectionDescriptor, HostView, NamespaceView, SwitchView, VolumeView } from './views.js';
 import { checkListenerAddress } from '../common/address.js';
-import { checkName, failed, formatAddress, parseAddress, type AccessMode, type ArrayRow, type BindingRow, type ExtentRow, type HostRow, type Provisioning, type ShareMode, type VolumeRow } from './model.js';
+import { connectionDescriptor } from './operations/descriptor.js';
+import { CutoverStats } from './cutover-stats.js';
+import { checkName, failed, formatAddress, parseAddress, protocolsOf, type AccessMode, type BindingProtocol, type ArrayRow, type BindingRow, type ExtentRow, type HostRow, type Provisioning, type ShareMode, type VolumeRow } from './model.js';
 import { BindingOperations } from './operations/bindings.js';
 import { ConfigOperations } from './operations/config.js';
 import type { DataPath, Lifecycle, OperationContext } from './operations/context.js';
 import { BulkOperations } from './operations/bulk.js';
 import { SnapshotOperations } from './operations/snapshots.js';
 import { Inventory } from './operations/inventory.js';
+import { Migrations } from './operations/migration.js';
 import { Tracer } from './operations/trace.js';
 import { IscsiAccess } from './operations/iscsi.js';
 import { allowedOperations, transition, type Operation, type VolumeState } from './state.js';
@@ -80,6 +83,8 @@ export class StorageManager implements Lifecycle {
   readonly log: Logger;
   /** Layouts are shared by every unit of a volume so translation is built once. */
   private readonly layouts = new Map<number, VolumeLayout>();
+  /** Per (host, unit, volume): the fences its published units carry, kept while the unit stays published. */
+  private readonly fences = new Map<string, Record<Protocol, UnitFence>>();
   /** Set once; replaced only when a saved configuration is imported into an empty appliance. */
   applianceId: string;
   readonly stats: StatsRegistry;
@@ -91,9 +96,13 @@ export class StorageManager implements Lifecycle {
   readonly snapshots: SnapshotOperations;
   readonly tracer: Tracer;
   readonly inventory: Inventory;
+  /** VM migration between hosts (operations/migration.ts). */
+  readonly migrations: Migrations;
   /** Backing-file faults, I/O error bursts and capacity warnings. */
   readonly health: ArrayHealth;
   readonly iscsi: IscsiAccess;
+  /** Switch and migration outcomes and cutover pauses (/metrics). */
+  readonly cutovers = new CutoverStats();
   private faults: ReadonlySet<string>;
   /** The job whose code is running (its own volumes are not "busy" to it). */
   private readonly currentJob = new AsyncLocalStorage<number>();
@@ -121,6 +130,7 @@ export class StorageManager implements Lifecycle {
     this.bulk = new BulkOperations(ctx);
     this.tracer = new Tracer(ctx);
     this.inventory = new Inventory(ctx);
+    this.migrations = new Migrations(ctx, this.cutovers);
     this.iscsi = new IscsiAccess(this);
     this.config = new ConfigOperations(ctx);
     this.applianceId = this.setting('appliance_id') ?? this.initApplianceId();
@@ -767,6 +777,8 @@ export class StorageManager implements Lifecycle {
   }
 
   fault(point: string): void {
+    // 'crash:POINT' is kill -9 of the appliance at that step (tests of restart recovery).
+    if (this.faults.has(`crash:${point}`)) process.kill(process.pid, 'SIGKILL');
     if (this.faults.has(point)) throw new BlockgateError('IO_ERROR', `injected fault at '${point}'`);
   }
 
@@ -927,7 +939,7 @@ export class StorageManager implements Lifecycle {
     if (opts.nbdTcp !== undefined) checkListenerAddress(opts.nbdTcp, { allowWildcard: opts.allowWildcard });
     const id = Number(
       this.db
-        .prepare("INSERT INTO hosts (name, farm_id, nbd_tcp, protocols, created_at) VALUES (?, ?, ?, 'nbd,iscsi', ?)")
+        .prepare("INSERT INTO hosts (name, farm_id, nbd_tcp, protocols, default_protocol, created_at) VALUES (?, ?, ?, 'nbd,iscsi', 'both', ?)")
         .run(opts.name, farm.id, opts.nbdTcp ?? null, now()).lastInsertRowid,
     );
     const h = this.hostById(id);
@@ -1044,13 +1056,10 @@ export class StorageManager implements Lifecycle {
     const h = this.host(hostName);
     const sock = this.hostSocketPath(h.name);
     const tcp = new Set<string>();
+    const protocolOf = new Map(this.bindingsOfHost(h.id).map((b) => [`${b.target}/${b.lun}`, b.protocol as BindingProtocol]));
     const units = this.dp.namespaces.list(h.name).map((u) => {
-      // iSCSI addresses only for hosts allowed to use iSCSI (the per-host protocols setting).
-      const addresses = this.dp.frontends
-        .filter((f) => f.protocol !== 'iscsi' || h.protocols.split(',').includes('iscsi'))
-        .map((f) => f.address(h.name, u))
-        .filter((a) => a !== null);
-      const uris = addresses.flatMap((a) => a.uris);
+      const descriptor = this.describeUnit(h, u, protocolOf.get(`${u.target}/${u.lun}`) ?? 'nbd');
+      const uris = descriptor.addresses.flatMap((a) => a.uris);
       for (const uri of uris) if (uri.startsWith('nbd://')) tcp.add(new URL(uri).host);
       return {
         target: u.target,
@@ -1060,19 +1069,54 @@ export class StorageManager implements Lifecycle {
         serial: u.serial,
         naa: u.naa,
         readOnly: u.readOnly,
-        exportName: addresses.find((a) => a.exportName !== undefined)?.exportName ?? `${u.target}/${u.lun}`,
+        protocol: descriptor.protocol,
+        exportName: descriptor.addresses.find((a) => a.exportName !== undefined)?.exportName ?? `${u.target}/${u.lun}`,
         uris,
+        descriptor,
       };
     });
     if (h.nbd_tcp) tcp.add(h.nbd_tcp);
     return { host: h.name, farm: this.findFarmName(h.farm_id)!, socket: sock, tcp: [...tcp], iscsi: this.iscsi.describe(h), units };
   }
 
+  /** The connection descriptor of a host's published unit (operations/descriptor.ts builds it). */
+  describeUnit(h: HostRow, u: Unit, protocol: BindingProtocol): ConnectionDescriptor {
+    const src = { appliance: this.applianceId, frontends: this.dp.frontends, socket: this.hostSocketPath(h.name), tlsPsk: this.dp.tls?.hasPsk(h.name) ?? false, iscsi: this.iscsi.describe(h) };
+    return connectionDescriptor(src, u, protocol);
+  }
+
+  /** The descriptor of a mapped binding as its host reaches it now (CONFLICT when it is not mapped). */
+  bindingDescriptor(bindingId: number): ConnectionDescriptor {
+    const b = this.binding(bindingId);
+    const h = this.hostById(b.host_id);
+    const u = this.dp.namespaces.list(h.name).find((x) => x.target === b.target && x.lun === b.lun);
+    if (!b.mapped || !u) throw conflict(`binding ${b.id} is not mapped: its host cannot reach it`, { binding: b.id });
+    return this.describeUnit(h, u, b.protocol as BindingProtocol);
+  }
+
+  /** The protocols this appliance serves (one per frontend). */
+  offeredProtocols(): Protocol[] {
+    return this.dp.frontends.map((f) => f.protocol);
+  }
+
   // ---- bindings ----------------------------------------------------------
   // The operations live in operations/bindings.ts; these are the manager's surface.
 
-  bind(opts: { volume: string; host: string; target: number; lun: number; mode?: AccessMode | undefined; map?: boolean | undefined }): BindingRow {
+  bind(opts: { volume: string; host: string; target: number; lun: number; mode?: AccessMode | undefined; map?: boolean | undefined; protocol?: BindingProtocol | undefined }): BindingRow {
     return this.bindings.bind(opts);
+  }
+
+  /** Switches a binding's protocol live (operations/bindings.ts) and hands back the host's new descriptor. */
+  async switchProtocol(bindingId: number, protocol: BindingProtocol): Promise<SwitchView> {
+    try {
+      const r = await this.bindings.switchProtocol(bindingId, protocol);
+      this.cutovers.outcome('switch', 'succeeded');
+      if (r.pauseMs > 0) this.cutovers.pause(r.pauseMs);
+      return { binding: this.describeBinding(r.binding), from: r.from, descriptor: r.binding.mapped ? this.bindingDescriptor(r.binding.id) : null, pauseMs: r.pauseMs };
+    } catch (e) {
+      if (!(e instanceof BlockgateError) || !['NOT_FOUND', 'BAD_REQUEST', 'CONFLICT'].includes(e.code)) this.cutovers.outcome('switch', 'failed');
+      throw e;
+    }
   }
 
   map(bindingId: number): BindingRow {
@@ -1116,13 +1160,20 @@ export class StorageManager implements Lifecycle {
     return { id: v.id, layout: this.layoutOf(v.id), cachePolicy: v.cache_policy };
   }
 
-  /** Recomputes a host's namespace from the database and hands it to the data path. */
-  publishHost(hostId: number): void {
+  /**
+   * Recomputes a host's namespace from the database and hands it to the data
+   * path. The namespace has changed when this returns; the promise resolves
+   * once the sessions on units the host lost (over a protocol) are gone.
+   */
+  publishHost(hostId: number): Promise<void> {
     const h = this.hostById(hostId);
+    const speaks = h.protocols.split(',');
     const units: Unit[] = this.bindingsOfHost(h.id)
       .filter((b) => b.mapped === 1)
       .map((b) => {
         const v = this.volumeById(b.volume_id);
+        // A binding served over both reaches the host over what it speaks now.
+        const protocols = protocolsOf(b.protocol).filter((p) => speaks.includes(p));
         return {
           host: h.name,
           target: b.target,
@@ -1133,50 +1184,75 @@ export class StorageManager implements Lifecycle {
           naa: v.naa,
           readOnly: b.mode === 'read-only',
           stats: this.stats.for(h.name, v.name),
+          protocols,
+          fences: this.fencesOf(h.name, b.target, b.lun, v.id, protocols),
         };
       });
     this.fault('publish');
     const previous = this.dp.namespaces.list(h.name);
-    const before = previous.map((u) => `${u.target}/${u.lun}:${u.volume.id}`).join(',');
+    const shape = (us: readonly Unit[]): string => us.map((u) => `${u.target}/${u.lun}:${u.volume.id}:${u.protocols.join('+')}`).sort().join(',');
+    const before = shape(previous);
     this.dp.namespaces.publish(h.name, units);
     this.dp.namespaces.setRequireTls(h.name, h.require_tls === 1);
-    this.tellFrontends(h.name, previous, units);
-    const after = units.map((u) => `${u.target}/${u.lun}:${u.volume.id}`).sort().join(',');
-    if (before.split(',').sort().join(',') !== after) {
+    const revoked = this.tellFrontends(h.name, previous, units);
+    if (before !== shape(units)) {
       this.events.emit('namespace.changed', `host/${h.name}`, {
         host: h.name,
-        units: units.map((u) => ({ target: u.target, lun: u.lun, volume: u.volumeName })),
+        units: units.map((u) => ({ target: u.target, lun: u.lun, volume: u.volumeName, protocols: [...u.protocols] })),
       });
     }
+    return revoked;
   }
 
   /**
-   * After a host's namespace is republished: sessions on units it lost are
-   * revoked (their I/O fails from now on), then every frontend hears what
+   * The fences of a unit as published now: kept while the unit stays on a
+   * protocol, fresh for a protocol it (re)joins after a revoke.
+   */
+  private fencesOf(host: string, target: number, lun: number, volumeId: number, protocols: readonly Protocol[]): Record<Protocol, UnitFence> {
+    const key = `${host}\0${target}/${lun}\0${volumeId}`;
+    const kept = this.fences.get(key) ?? freshFences();
+    for (const p of protocols) if (kept[p].revoked) kept[p] = { revoked: false };
+    this.fences.set(key, kept);
+    return { ...kept };
+  }
+
+  /**
+   * After a host's namespace is republished, per protocol: sessions on units
+   * that left that protocol are fenced and revoked (their I/O, even what a
+   * quiesce was holding, fails from now on), then the frontend hears what
    * changed (SCSI unit attentions). Revocation is synchronous in effect: a
    * frontend stops serving the unit before revoke() returns its promise.
+   * Resolves when every revoked session is gone.
    */
-  private tellFrontends(host: string, previous: readonly Unit[], next: readonly Unit[]): void {
+  private tellFrontends(host: string, previous: readonly Unit[], next: readonly Unit[]): Promise<void> {
     const key = (u: Unit): string => `${u.target}/${u.lun}`;
-    const nextByKey = new Map(next.map((u) => [key(u), u]));
-    const prevByKey = new Map(previous.map((u) => [key(u), u]));
-    const removed = previous.filter((u) => nextByKey.get(key(u))?.volume.id !== u.volume.id);
-    const added = next.filter((u) => prevByKey.get(key(u))?.volume.id !== u.volume.id);
-    const resized = next.filter((u) => {
-      const p = prevByKey.get(key(u));
-      return p !== undefined && p.volume.id === u.volume.id && p.volume.layout.size !== u.volume.layout.size;
-    });
-    const changes: [NamespaceChange, Unit[]][] = [
-      ['unmapped', removed],
-      ['mapped', added],
-      ['resized', resized],
-    ];
+    const revoking: Promise<void>[] = [];
     for (const f of this.dp.frontends) {
+      const over = (units: readonly Unit[]): Unit[] => units.filter((u) => u.protocols.includes(f.protocol));
+      const prev = over(previous);
+      const nxt = over(next);
+      const nextByKey = new Map(nxt.map((u) => [key(u), u]));
+      const prevByKey = new Map(prev.map((u) => [key(u), u]));
+      const removed = prev.filter((u) => nextByKey.get(key(u))?.volume.id !== u.volume.id);
+      const added = nxt.filter((u) => prevByKey.get(key(u))?.volume.id !== u.volume.id);
+      const resized = nxt.filter((u) => {
+        const p = prevByKey.get(key(u));
+        return p !== undefined && p.volume.id === u.volume.id && p.volume.layout.size !== u.volume.layout.size;
+      });
+      const changes: [NamespaceChange, Unit[]][] = [
+        ['unmapped', removed],
+        ['mapped', added],
+        ['resized', resized],
+      ];
       for (const u of removed) {
-        f.revoke(host, u).catch((err: unknown) => this.log.warn({ op: 'revoke', host, protocol: f.protocol, err }, 'revoking sessions failed'));
+        u.fences[f.protocol].revoked = true;
+        revoking.push(f.revoke(host, u).catch((err: unknown) => this.log.warn({ op: 'revoke', host, protocol: f.protocol, err }, 'revoking sessions failed')));
       }
       for (const [change, units] of changes) if (units.length > 0) f.namespaceChanged(host, change, units);
     }
+    const stays = new Set(next.map((u) => `${key(u)}\0${u.volume.id}`));
+    for (const u of previous) if (!stays.has(`${key(u)}\0${u.volume.id}`)) this.fences.delete(`${host}\0${key(u)}\0${u.volume.id}`);
+    return Promise.all(revoking).then(() => undefined);
   }
 
   // ---- host TLS identity (NBD) -------------------------------------------

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { bindingRecord } from './config-document.js';
 import { JOB_STATES } from './jobs.js';
+import { BINDING_PROTOCOLS } from './model.js';
 import { OPERATIONS } from './state.js';
 import { accessMode, cachePolicy, filePath, lun, name, protocol, provisioning, qualityClass, shareMode, target, volumeState, when } from './words.js';
 
@@ -78,6 +79,46 @@ export type HostView = z.output<typeof hostView>;
 
 export const bindingView = bindingRecord.meta({ id: 'Binding' });
 
+/**
+ * Everything a host needs to reach one unit, over the protocol(s) its binding
+ * is served on: returned by a protocol switch and a migration, listed in the
+ * namespace. Secrets are never in it: `credential.ref` names the one to use.
+ */
+export const connectionDescriptor = z
+  .strictObject({
+    appliance: z.string(),
+    host: name,
+    target,
+    lun,
+    protocol: z.enum(BINDING_PROTOCOLS),
+    readOnly: z.boolean(),
+    volume: z.strictObject({ name, size: bytes, serial: z.string(), naa: z.string() }),
+    addresses: z.array(
+      z.strictObject({
+        protocol: z.enum(['nbd', 'iscsi']),
+        uris: z.array(z.string()),
+        exportName: z.string().optional(),
+        portal: z.string().optional(),
+        targetName: z.string().optional(),
+        lun: lun.optional(),
+        credential: z.strictObject({
+          kind: z.enum(['unix-socket', 'tls-psk', 'chap', 'initiator-name']),
+          ref: z.string().describe('socket path, PSK identity, CHAP user name or the registered initiator names'),
+        }),
+      }),
+    ),
+  })
+  .meta({ id: 'ConnectionDescriptor' });
+export type ConnectionDescriptor = z.output<typeof connectionDescriptor>;
+
+export const switchView = z.strictObject({
+  binding: bindingRecord,
+  from: z.enum(BINDING_PROTOCOLS),
+  descriptor: connectionDescriptor.nullable().describe('null while the binding is not mapped'),
+  pauseMs: z.number().min(0).describe('how long I/O to the unit was held (hold → release)'),
+});
+export type SwitchView = z.output<typeof switchView>;
+
 export const namespaceView = z.strictObject({
   host: name,
   farm: name,
@@ -93,8 +134,10 @@ export const namespaceView = z.strictObject({
       serial: z.string(),
       naa: z.string(),
       readOnly: z.boolean(),
+      protocol: z.enum(BINDING_PROTOCOLS),
       exportName: z.string(),
       uris: z.array(z.string()),
+      descriptor: connectionDescriptor,
     }),
   ),
 });

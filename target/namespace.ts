@@ -1,5 +1,16 @@
 import type { VolumeHandle } from '../cache/index.js';
+import type { Protocol } from './core/contract.js';
 import type { IoStats } from './core/stats.js';
+
+/**
+ * Whether a host may still reach a unit over one protocol. Set once, when the
+ * unit leaves that protocol (switch, unmap, migration's revoke): requests a
+ * quiesce was holding for it are refused when let go, so nothing a revoked
+ * session sent reaches the volume. A unit that comes back gets a fresh one.
+ */
+export interface UnitFence {
+  revoked: boolean;
+}
 
 /** A unit as one host sees it: an address in the host's namespace backed by a volume. */
 export interface Unit {
@@ -13,7 +24,14 @@ export interface Unit {
   readOnly: boolean;
   /** Counters of this host's I/O to this volume (kept across republishing; read by /metrics). */
   stats: IoStats;
+  /** The protocols the unit is served over (its binding's protocol); a frontend sees only units naming it. */
+  protocols: readonly Protocol[];
+  /** One fence per protocol, kept across republishing while the unit stays on that protocol. */
+  fences: Readonly<Record<Protocol, UnitFence>>;
 }
+
+/** Fences for a unit newly served over its protocols: nothing revoked yet. */
+export const freshFences = (): Record<Protocol, UnitFence> => ({ nbd: { revoked: false }, iscsi: { revoked: false } });
 
 export type UnitListener = (host: string, removed: Unit[]) => void;
 
@@ -53,14 +71,18 @@ export class Namespaces {
     this.tlsRequired.delete(host);
   }
 
-  lookup(host: string | null, target: number, lun: number): Unit | undefined {
+  /** The unit at (target, lun) of `host` if it is served over `protocol`. */
+  lookup(host: string | null, target: number, lun: number, protocol: Protocol): Unit | undefined {
     if (host === null) return undefined;
-    return this.hosts.get(host)?.get(unitKey(target, lun));
+    const u = this.hosts.get(host)?.get(unitKey(target, lun));
+    return u?.protocols.includes(protocol) ? u : undefined;
   }
 
-  list(host: string | null): Unit[] {
+  /** The host's units, in address order: those served over `protocol`, or all of them (the manager's view). */
+  list(host: string | null, protocol?: Protocol): Unit[] {
     if (host === null) return [];
-    const units = [...(this.hosts.get(host)?.values() ?? [])];
+    let units = [...(this.hosts.get(host)?.values() ?? [])];
+    if (protocol !== undefined) units = units.filter((u) => u.protocols.includes(protocol));
     return units.sort((a, b) => a.target - b.target || a.lun - b.lun);
   }
 

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { views } from '../../manager/index.js';
+import { BINDING_PROTOCOLS, views } from '../../manager/index.js';
 import { replies } from '../errors.js';
 import { idParam, lun, mode, name, noQuery, target } from '../schemas.js';
 import type { ResourcePlugin } from './context.js';
@@ -10,8 +10,10 @@ const createBinding = z.strictObject({
   target,
   lun,
   mode: mode.optional(),
+  protocol: z.enum(BINDING_PROTOCOLS).optional().describe("served over nbd, iscsi or both (the host must speak it); default: the host's default protocol"),
   map: z.boolean().default(true).describe('map at once (bind then map, each its own transition)'),
 });
+const switchBody = z.strictObject({ protocol: z.enum(BINDING_PROTOCOLS).describe('nbd, iscsi or both: the host must speak it and the appliance offer it') });
 const listQuery = z.strictObject({
   host: name.optional().describe('only bindings of this host (404 if there is no such host)'),
   volume: name.optional().describe('only bindings of this volume (404 if there is no such volume)'),
@@ -35,6 +37,24 @@ export const bindings: ResourcePlugin = async (app, { manager: m }) => {
   );
   app.post('/v1/bindings/:id/unmap', { schema: { summary: 'Unmap (mapped → unmapped): drain, flush, close sessions', tags, params: idParam, response: one } }, async (req) =>
     m.describeBinding(await m.unmap(req.params.id)),
+  );
+  app.post(
+    '/v1/bindings/:id/switch',
+    {
+      schema: {
+        summary: "Switch the binding's protocol live: hold, drain, sync, withdraw from the old protocol (that unit only), publish on the new one; returns the connection descriptor",
+        tags,
+        params: idParam,
+        body: switchBody,
+        response: replies({ 200: views.switchView }),
+      },
+    },
+    async (req) => m.switchProtocol(req.params.id, req.body.protocol),
+  );
+  app.get(
+    '/v1/bindings/:id/descriptor',
+    { schema: { summary: 'How the host reaches this mapped unit now (the connection descriptor)', tags, params: idParam, querystring: noQuery, response: replies({ 200: views.connectionDescriptor }) } },
+    (req) => m.bindingDescriptor(req.params.id),
   );
   app.delete('/v1/bindings/:id', { schema: { summary: 'Unbind (unmapped → unbound)', tags, params: idParam, response: replies({ 204: z.undefined() }) } }, async (req, reply) => {
     m.unbind(req.params.id);

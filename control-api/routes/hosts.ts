@@ -28,7 +28,10 @@ const hostChap = z
     mutualUsername: z.string().min(1).max(255).optional(),
   })
   .default({ mode: 'one-way' });
-const hostProtocols = z.strictObject({ protocols: z.array(z.enum(['nbd', 'iscsi'])).min(1).max(2) });
+const hostProtocols = z.strictObject({
+  protocols: z.array(z.enum(['nbd', 'iscsi'])).min(1).max(2),
+  defaultProtocol: z.enum(['nbd', 'iscsi', 'both']).optional().describe("what new bindings are served over; 'both' only for a host speaking both"),
+});
 const initiatorsView = z.strictObject({ initiators: z.array(z.string()) });
 const chapView = z.strictObject({
   host: name,
@@ -113,8 +116,8 @@ export const hosts: ResourcePlugin = async (app, { manager: m }) => {
     await m.iscsi.clearChap(req.params.name);
     return reply.code(204).send();
   });
-  app.put('/v1/hosts/:name/protocols', { schema: { summary: 'Which protocols the host may use (nbd, iscsi)', tags, params: nameParam, body: hostProtocols, response: one } }, async (req) => {
-    await m.iscsi.setProtocols(req.params.name, req.body.protocols);
+  app.put('/v1/hosts/:name/protocols', { schema: { summary: 'Which protocols the host speaks (nbd, iscsi) and its default', tags, params: nameParam, body: hostProtocols, response: one } }, async (req) => {
+    await m.iscsi.setProtocols(req.params.name, req.body.protocols, req.body.defaultProtocol);
     return m.describeHost(m.host(req.params.name));
   });
 };

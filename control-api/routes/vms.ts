@@ -1,8 +1,9 @@
 import { z } from 'zod';
-import { views } from '../../manager/index.js';
+import { BINDING_PROTOCOLS, views } from '../../manager/index.js';
 import { replies } from '../errors.js';
 import { name, nameParam, noQuery } from '../schemas.js';
 import type { ResourcePlugin } from './context.js';
+import { accepted, acceptedView } from './jobs.js';
 
 const createVm = z.strictObject({
   name,
@@ -15,6 +16,13 @@ const createVm = z.strictObject({
     .describe('the bindings (on this host) the VM owns, each once'),
 });
 
+const migrate = z.strictObject({
+  to: name.describe('the host the VM moves to'),
+  mode: z.enum(['live', 'stop-and-copy']).default('live').describe('live: cut over once the new host has connected (or on /cutover); stop-and-copy: the VM is stopped, cut over at once'),
+  protocol: z.enum(BINDING_PROTOCOLS).optional().describe("what the new host uses (default: its default protocol, narrowed to what both sides speak)"),
+  timeoutMs: z.number().int().min(100).max(3_600_000).default(60_000).describe('how long a live migration waits for the new host before rolling back'),
+});
+
 export const vms: ResourcePlugin = async (app, { manager: m }) => {
   const tags = ['vms'];
   app.get('/v1/vms', { schema: { summary: 'List VMs', tags, querystring: noQuery, response: replies({ 200: z.strictObject({ vms: z.array(views.vmView) }) }) } }, () => ({ vms: m.inventory.listVms() }));
@@ -23,6 +31,27 @@ export const vms: ResourcePlugin = async (app, { manager: m }) => {
   );
   app.post('/v1/vms', { schema: { summary: 'Create a VM on a host owning some of its bindings', tags, body: createVm, response: replies({ 201: views.vmView }) } }, async (req, reply) =>
     reply.code(201).send(m.inventory.createVm(req.body)),
+  );
+  app.post(
+    '/v1/vms/:name/migrate',
+    {
+      schema: {
+        summary: "Migrate a VM's disks to another host (a job): bind it, wait for it, hold-sync-revoke the old host, move the VM; rolled back on failure or timeout",
+        tags,
+        params: nameParam,
+        body: migrate,
+        response: replies({ 202: acceptedView }),
+      },
+    },
+    async (req, reply) => reply.code(202).send(accepted(m.migrations.submit(req.params.name, req.body))),
+  );
+  app.post(
+    '/v1/vms/:name/migrate/cutover',
+    { schema: { summary: 'Cut a live migration over now, without waiting for the new host to connect', tags, params: nameParam, response: replies({ 204: z.undefined() }) } },
+    async (req, reply) => {
+      m.migrations.cutover(req.params.name);
+      return reply.code(204).send();
+    },
   );
   app.delete('/v1/vms/:name', { schema: { summary: 'Delete a VM (its bindings stay)', tags, params: nameParam, response: replies({ 204: z.undefined() }) } }, async (req, reply) => {
     m.inventory.deleteVm(req.params.name);

@@ -1,6 +1,7 @@
 import { BlockgateError, conflict, notFound } from '../../common/errors.js';
 import type { Db } from '../db.js';
-import { failed, type AccessMode, type BindingRow } from '../model.js';
+import { chooseProtocol, failed, type AccessMode, type BindingProtocol, type BindingRow } from '../model.js';
+import { holdGroup } from './consistency.js';
 import type { Lifecycle, OperationContext } from './context.js';
 import type { VolumeState } from '../state.js';
 
@@ -47,11 +48,12 @@ export class BindingOperations {
    * volume to a host at (target, lun). With `map`, Map follows through its own
    * transition, and a map failure takes its own failure edge.
    */
-  bind(opts: { volume: string; host: string; target: number; lun: number; mode?: AccessMode | undefined; map?: boolean | undefined }): BindingRow {
+  bind(opts: { volume: string; host: string; target: number; lun: number; mode?: AccessMode | undefined; map?: boolean | undefined; protocol?: BindingProtocol | undefined }): BindingRow {
     const { m, c } = this;
     const v0 = m.volume(opts.volume);
     const h = m.host(opts.host);
     m.check(v0, 'bind');
+    const protocol = chooseProtocol(h, opts.protocol, this.offered());
     const mode = opts.mode ?? (v0.share_mode === 'shared' ? 'shared' : 'exclusive');
     if (v0.farm_id !== null && v0.farm_id !== h.farm_id) {
       throw conflict(`volume '${v0.name}' belongs to another farm than host '${h.name}'`, { volume: v0.name, host: h.name });
@@ -68,11 +70,11 @@ export class BindingOperations {
       if (v.farm_id === null) c.db.prepare('UPDATE volumes SET farm_id = ? WHERE id = ?').run(h.farm_id, v.id);
       const id = Number(
         c.db
-          .prepare('INSERT INTO bindings (volume_id, host_id, target, lun, mode, mapped, created_at) VALUES (?, ?, ?, ?, ?, 0, ?)')
-          .run(v.id, h.id, opts.target, opts.lun, mode, now()).lastInsertRowid,
+          .prepare('INSERT INTO bindings (volume_id, host_id, target, lun, protocol, mode, mapped, created_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?)')
+          .run(v.id, h.id, opts.target, opts.lun, protocol, mode, now()).lastInsertRowid,
       );
-      m.apply(v, 'bind', { host: h.name, target: opts.target, lun: opts.lun, mode });
-      c.events.emit('binding.created', `binding/${id}`, { id, volume: v.name, host: h.name, target: opts.target, lun: opts.lun, mode });
+      m.apply(v, 'bind', { host: h.name, target: opts.target, lun: opts.lun, mode, protocol });
+      c.events.emit('binding.created', `binding/${id}`, { id, volume: v.name, host: h.name, target: opts.target, lun: opts.lun, mode, protocol });
       return id;
     });
     let id: number;
@@ -176,6 +178,57 @@ export class BindingOperations {
       release();
     }
     return this.binding(b.id);
+  }
+
+  /** The protocols this appliance serves (one per frontend). */
+  offered(): ('nbd' | 'iscsi')[] {
+    return this.c.dataPath.frontends.map((f) => f.protocol);
+  }
+
+  /**
+   * Switches a binding to another protocol (nbd, iscsi or both). The host must
+   * speak it and the appliance offer it. A mapped unit is switched live: new
+   * I/O to the volume is held, what is in flight drains, its cache is written
+   * back and synced, the namespace changes (sessions of a protocol the unit
+   * leaves are fenced and closed, for that unit only; iSCSI sessions see the
+   * LUN go with REPORTED LUNS DATA HAS CHANGED), then I/O is let go. Requests
+   * the hold caught from a closed session are refused, never written.
+   */
+  async switchProtocol(bindingId: number, asked: BindingProtocol): Promise<{ binding: BindingRow; from: BindingProtocol; pauseMs: number }> {
+    const { m, c } = this;
+    const b = this.binding(bindingId);
+    const h = m.hostById(b.host_id);
+    const from = b.protocol as BindingProtocol;
+    const to = chooseProtocol(h, asked, this.offered());
+    const v = m.volumeById(b.volume_id);
+    if (from === to) return { binding: b, from, pauseMs: 0 };
+    const record = (): void =>
+      c.db.transaction(() => {
+        c.db.prepare('UPDATE bindings SET protocol = ? WHERE id = ?').run(to, b.id);
+        c.events.emit('binding.switched', `binding/${b.id}`, { id: b.id, volume: v.name, host: h.name, target: b.target, lun: b.lun, from, to });
+      })();
+    if (!b.mapped) {
+      record();
+      return { binding: this.binding(b.id), from, pauseMs: 0 };
+    }
+    const undo = (): void => {
+      c.db.prepare('UPDATE bindings SET protocol = ? WHERE id = ?').run(from, b.id);
+    };
+    const { value: revoked, pauseMs } = await holdGroup(c.dataPath.store, [m.volumeHandle(v)], () => {
+      m.fault('switch');
+      record();
+      try {
+        // Not awaited under the hold: an iSCSI session finishing its commands on the LUN waits for the release.
+        return { done: m.publishHost(h.id) };
+      } catch (e) {
+        undo();
+        c.events.emit('binding.switch-failed', `binding/${b.id}`, { id: b.id, from, to, error: (e as Error).message });
+        throw failed('protocol switch', v.name, e as Error, v.state);
+      }
+    });
+    await revoked.done;
+    c.log.info({ op: 'binding.switch', binding: b.id, host: h.name, volume: v.name, from, to, pauseMs }, 'binding switched protocol');
+    return { binding: this.binding(b.id), from, pauseMs };
   }
 
   /** Kept for callers of the first API: map or unmap one binding. */

@@ -7,7 +7,7 @@ import type { StatsRegistry } from '../../target/stats.js';
 import type { Db } from '../db.js';
 import type { EventLog } from '../events.js';
 import type { JobQueue } from '../jobs.js';
-import type { AccessMode, ArrayRow, BindingRow, HostRow, ShareMode, VolumeRow } from '../model.js';
+import type { AccessMode, ArrayRow, BindingProtocol, BindingRow, HostRow, ShareMode, VolumeRow } from '../model.js';
 import type { Operation, VolumeState } from '../state.js';
 import type { Ownership } from '../ownership.js';
 
@@ -74,11 +74,11 @@ export interface Lifecycle {
   hostById(id: number): HostRow;
   listHosts(): HostRow[];
   hostSocketPath(host: string): string;
-  /** Recomputes a host's namespace from the database and hands it to the data path. */
-  publishHost(hostId: number): void;
+  /** Recomputes a host's namespace from the database and hands it to the data path; resolves when revoked sessions are gone. */
+  publishHost(hostId: number): Promise<void>;
   attachRestored(arrays: ArrayRow[], hosts: HostRow[]): Promise<void>;
   setSetting(key: string, value: string | null): void;
-  bind(opts: { volume: string; host: string; target: number; lun: number; mode?: AccessMode | undefined; map?: boolean | undefined }): BindingRow;
+  bind(opts: { volume: string; host: string; target: number; lun: number; mode?: AccessMode | undefined; map?: boolean | undefined; protocol?: BindingProtocol | undefined }): BindingRow;
   map(bindingId: number): BindingRow;
   unmap(bindingId: number): Promise<BindingRow>;
   unbind(bindingId: number): void;

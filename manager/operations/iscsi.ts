@@ -155,15 +155,35 @@ export class IscsiAccess {
     await fs.promises.rm(this.chapFile(host), { force: true });
   }
 
-  /** Which protocols a host may use (default both). Dropping iscsi logs its sessions out. */
-  async setProtocols(host: string, protocols: string[]): Promise<void> {
+  /**
+   * Which protocols a host speaks (default both) and its default protocol
+   * ('both' only when it speaks both). A binding served over both is served
+   * over what is left (and over both again when the host gets both back); a
+   * binding served only over a dropped protocol must be switched first
+   * (CONFLICT, nothing changed). Dropping iscsi logs its sessions out.
+   */
+  async setProtocols(host: string, protocols: string[], defaultProtocol?: string): Promise<void> {
     const h = this.m.host(host);
     const allowed = ['nbd', 'iscsi'];
     const list = [...new Set(protocols)];
     if (list.length === 0 || list.some((p) => !allowed.includes(p))) throw badRequest(`protocols must be a non-empty subset of ${allowed.join(', ')}`);
-    const def = list.includes(h.default_protocol) ? h.default_protocol : list[0]!;
+    const both = list.length === 2;
+    if (defaultProtocol !== undefined && !(defaultProtocol === 'both' ? both : list.includes(defaultProtocol))) {
+      throw badRequest(`default protocol '${defaultProtocol}' is not one the host speaks (${list.join(', ')})`);
+    }
+    const kept = defaultProtocol ?? h.default_protocol;
+    const def = (kept === 'both' ? both : list.includes(kept)) ? kept : list[0]!;
+    const bindings = this.m.bindingsOfHost(h.id);
+    const stranded = bindings.filter((b) => b.protocol !== 'both' && !list.includes(b.protocol));
+    if (stranded.length > 0) {
+      throw conflict(`bindings ${stranded.map((b) => b.id).join(', ')} of host '${h.name}' are served only over ${stranded[0]!.protocol}: switch them first`, {
+        host: h.name,
+        bindings: stranded.map((b) => b.id),
+      });
+    }
     this.m.db.prepare('UPDATE hosts SET protocols = ?, default_protocol = ? WHERE id = ?').run(list.join(','), def, h.id);
-    this.m.log.info({ op: 'host.protocols', host: h.name, protocols: list }, 'host protocols changed');
+    this.m.log.info({ op: 'host.protocols', host: h.name, protocols: list, defaultProtocol: def }, 'host protocols changed');
+    await this.m.publishHost(h.id);
     if (!list.includes('iscsi')) await this.frontend()?.revoke(h.name, null);
   }
 

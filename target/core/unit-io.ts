@@ -1,7 +1,7 @@
-import type { BlockStore, VolumeHandle } from '../../cache/index.js';
+import { revokedError, type BlockStore, type VolumeHandle } from '../../cache/index.js';
 import { BlockgateError } from '../../common/errors.js';
 import type { Unit } from '../namespace.js';
-import type { AllocationRun, CompareAndWriteResult, UnitCapabilities, UnitIO, ZeroRequest } from './contract.js';
+import type { AllocationRun, CompareAndWriteResult, Protocol, UnitCapabilities, UnitIO, ZeroRequest } from './contract.js';
 import { OP, type IoStats } from './stats.js';
 
 /** Largest single request a unit takes (NBD's 32 MiB payload limit; SCSI reports it as MAXIMUM TRANSFER LENGTH). */
@@ -57,10 +57,11 @@ class StoreUnit implements UnitIO {
   private readonly stats: IoStats;
   private readonly writes: VolumeWrites;
 
-  constructor(store: BlockStore, unit: Unit) {
+  constructor(store: BlockStore, unit: Unit, protocol: Protocol) {
     this.store = store;
     this.unit = unit;
-    this.vol = unit.volume;
+    // The handle carries this protocol's fence, so the store can refuse what a revoke caught held.
+    this.vol = { ...unit.volume, fence: unit.fences[protocol] };
     this.stats = unit.stats;
     this.writes = volumeWrites(store, unit.volume.id);
   }
@@ -106,6 +107,7 @@ class StoreUnit implements UnitIO {
   }
 
   write(offset: number, src: Buffer, fua: boolean): Promise<void> | null {
+    if (this.vol.fence!.revoked) return this.refuse(OP.write, revokedError());
     if (this.unit.readOnly) return this.refuse(OP.write, readOnly());
     if (!this.vol.layout.inRange(offset, src.length)) return this.refuse(OP.write, outOfRange('write', offset, src.length, this.vol.layout.size));
     const t0 = performance.now();
@@ -129,6 +131,7 @@ class StoreUnit implements UnitIO {
   }
 
   trim(offset: number, length: number, fua: boolean): Promise<void> {
+    if (this.vol.fence!.revoked) return this.refuse(OP.trim, revokedError());
     if (this.unit.readOnly) return this.refuse(OP.trim, readOnly());
     if (!this.vol.layout.inRange(offset, length)) return this.refuse(OP.trim, outOfRange('trim', offset, length, this.vol.layout.size));
     const t0 = performance.now();
@@ -137,6 +140,7 @@ class StoreUnit implements UnitIO {
   }
 
   zero(offset: number, length: number, req: ZeroRequest): Promise<void> {
+    if (this.vol.fence!.revoked) return this.refuse(OP.zero, revokedError());
     if (this.unit.readOnly) return this.refuse(OP.zero, readOnly());
     if (!this.vol.layout.inRange(offset, length)) return this.refuse(OP.zero, outOfRange('zero', offset, length, this.vol.layout.size));
     const t0 = performance.now();
@@ -180,6 +184,7 @@ class StoreUnit implements UnitIO {
     if (!this.vol.layout.inRange(offset, length)) return this.refuse(OP.other, outOfRange('compare and write', offset, length, this.vol.layout.size));
     const t0 = performance.now();
     const work = this.store.exclusive(this.vol, async (io) => {
+      if (this.vol.fence!.revoked) throw revokedError();
       // Writes that reached the store before it tracked the volume are not in its gate's count.
       await this.writes.drain();
       const current = Buffer.allocUnsafe(length);
@@ -248,19 +253,19 @@ function firstDifference(a: Buffer, b: Buffer): number {
   return -1;
 }
 
-/** The same UnitIO for the same published unit, whichever session asks. */
-const ios = new WeakMap<Unit, StoreUnit>();
+/** The same UnitIO for the same published unit and protocol, whichever session asks. */
+const ios = new WeakMap<Unit, Partial<Record<Protocol, StoreUnit>>>();
 
 /**
- * The UnitIO of a published unit. Sessions of any protocol get the one
- * instance per (store, unit); units republished by the manager get a new one
- * (counters live in unit.stats, so they carry over).
+ * The UnitIO of a published unit as one protocol uses it. Sessions of a
+ * protocol get the one instance per (store, unit, protocol): each protocol's
+ * own fence decides when its held requests are refused. Units republished by
+ * the manager get a new one (counters live in unit.stats, so they carry over).
  */
-export function openUnit(store: BlockStore, unit: Unit): UnitIO {
-  let io = ios.get(unit);
-  if (!io || io.store !== store) {
-    io = new StoreUnit(store, unit);
-    ios.set(unit, io);
-  }
+export function openUnit(store: BlockStore, unit: Unit, protocol: Protocol): UnitIO {
+  let byProtocol = ios.get(unit);
+  if (!byProtocol) ios.set(unit, (byProtocol = {}));
+  let io = byProtocol[protocol];
+  if (!io || io.store !== store) byProtocol[protocol] = io = new StoreUnit(store, unit, protocol);
   return io;
 }

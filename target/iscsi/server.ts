@@ -129,7 +129,7 @@ export class IscsiServer implements Frontend {
   /** The host's units that iSCSI may serve. */
   private live(host: string): Unit[] {
     const r = this.revoked.get(host);
-    const units = this.backend.namespaces.list(host);
+    const units = this.backend.namespaces.list(host, 'iscsi');
     return r ? units.filter((u) => !r.has(revokedKey(u))) : units;
   }
 
@@ -237,7 +237,7 @@ export class IscsiServer implements Frontend {
       await Promise.all(sessions.map((c) => c.closed()));
       return;
     }
-    const stillPublished = this.backend.namespaces.lookup(host, unit.target, unit.lun)?.volume.id === unit.volume.id;
+    const stillPublished = this.backend.namespaces.lookup(host, unit.target, unit.lun, 'iscsi')?.volume.id === unit.volume.id;
     let r = this.revoked.get(host);
     if (!r) this.revoked.set(host, (r = new Set()));
     r.add(revokedKey(unit));

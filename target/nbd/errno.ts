@@ -25,6 +25,7 @@ export function nbdErrno(err: unknown, forWrite = false): number {
       return ERRNO.ENOSPC;
     case 'READ_ONLY':
     case 'UNAUTHORIZED':
+    case 'REVOKED':
       return ERRNO.EPERM;
     case 'BAD_REQUEST':
       return ERRNO.EINVAL;

@@ -176,7 +176,7 @@ export abstract class HandshakeSession extends NbdSession {
 
   private optList(data: Buffer): void {
     if (data.length !== 0) return this.optionError(OPT.LIST, REP.ERR_INVALID, 'LIST takes no data');
-    for (const u of this.backend.namespaces.list(this.hostName)) {
+    for (const u of this.backend.namespaces.list(this.hostName, 'nbd')) {
       const name = Buffer.from(`${u.target}/${u.lun}`);
       const desc = Buffer.from(describe(u));
       const b = Buffer.allocUnsafe(4 + name.length + desc.length);
@@ -211,7 +211,7 @@ export abstract class HandshakeSession extends NbdSession {
     // Sent unasked: it carries the serial and NAA a host needs to match the device.
     this.optionReply(option, REP.INFO, infoString(INFO.DESCRIPTION, describe(unit)));
 
-    const caps = openUnit(this.backend.store, unit).caps();
+    const caps = openUnit(this.backend.store, unit, 'nbd').caps();
     const bs = Buffer.allocUnsafe(14);
     bs.writeUInt16BE(INFO.BLOCK_SIZE, 0);
     bs.writeUInt32BE(caps.minBlock, 2);
@@ -304,11 +304,11 @@ export abstract class HandshakeSession extends NbdSession {
   private resolveExport(name: string): Unit | undefined {
     const addr = parseExportName(name);
     if (!addr) return undefined;
-    return this.backend.namespaces.lookup(this.hostName, addr.target, addr.lun);
+    return this.backend.namespaces.lookup(this.hostName, addr.target, addr.lun, 'nbd');
   }
 
   private transmissionFlags(unit: Unit): number {
-    const caps = openUnit(this.backend.store, unit).caps();
+    const caps = openUnit(this.backend.store, unit, 'nbd').caps();
     let f = TFLAG.HAS_FLAGS | TFLAG.SEND_FLUSH | TFLAG.SEND_FUA | TFLAG.SEND_CACHE;
     if (caps.flushCoversAllSessions) f |= TFLAG.CAN_MULTI_CONN;
     if (this.structured) f |= TFLAG.SEND_DF;
@@ -320,7 +320,7 @@ export abstract class HandshakeSession extends NbdSession {
 
   private enterTransmission(unit: Unit, name: string, option: 'GO' | 'EXPORT_NAME'): void {
     this.unit = unit;
-    this.io = openUnit(this.backend.store, unit);
+    this.io = openUnit(this.backend.store, unit, 'nbd');
     // Block status only for the export the contexts were selected on.
     this.blockStatusOn = this.structured && this.metaExport !== null && sameExport(this.metaExport, name);
     this.phase = Phase.Transmission;

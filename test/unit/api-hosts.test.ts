@@ -9,7 +9,7 @@ t.test('hosts: create, namespace, TLS requirement, PSK without TLS set up', asyn
     name: 'h',
     farm: 'f',
     protocols: ['nbd', 'iscsi'],
-    defaultProtocol: 'nbd',
+    defaultProtocol: 'both',
     nbd: { socket: `${dataDir}/sockets/h.sock`, tcp: null, sharedListenerDefault: false, requireTls: false, tlsPsk: false },
     iscsi: { initiators: [], chap: null },
     units: 0,

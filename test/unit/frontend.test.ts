@@ -6,7 +6,7 @@ import t from 'tap';
 import { BlockStore } from '../../cache/index.js';
 import { ArrayFile } from '../../disks/index.js';
 import { VolumeLayout } from '../../mapper/index.js';
-import { IoStats, Namespaces, NbdServer, type Frontend, type Unit } from '../../target/index.js';
+import { IoStats, Namespaces, NbdServer, freshFences, type Frontend, type Unit } from '../../target/index.js';
 import { startManager } from '../helpers/manager.js';
 import { RawNbd } from '../helpers/nbd-client.js';
 
@@ -30,6 +30,8 @@ async function setup(tt: { teardown: (fn: () => unknown) => void }): Promise<{ n
     naa: '3000',
     readOnly: false,
     stats: new IoStats(),
+    protocols: ['nbd', 'iscsi'],
+    fences: freshFences(),
   });
   const units = [unit(0, 1), unit(1, 2)];
   namespaces.publish('h', units);

@@ -33,7 +33,7 @@ t.test('revoke(host, unit) ends only that LUN for iSCSI sessions, until it is pu
   let mgr: StorageManager | null = null;
   const iscsi = new IscsiServer({
     namespaces,
-    unitIO: (u) => openUnit(store, u),
+    unitIO: (u) => openUnit(store, u, 'iscsi'),
     device: (ctx) => new ScsiCommandSet(ctx),
     reservations: { load: (id) => mgr!.iscsi.reservations.load(id), save: (id, s) => mgr!.iscsi.reservations.save(id, s) },
     setCachePolicy: (id, p) => mgr!.iscsi.setCachePolicy(id, p),
@@ -67,9 +67,9 @@ t.test('revoke(host, unit) ends only that LUN for iSCSI sessions, until it is pu
   await w.write(1, 0, Buffer.alloc(4096, 0x11));
   t.same(lunsOf((await w.command(0, reportLuns(), { read: 4096 })).data), [0, 1], 'both LUNs reported');
 
-  const unit1 = namespaces.lookup('h', 0, 1)!;
+  const unit1 = namespaces.lookup('h', 0, 1, 'iscsi')!;
   await iscsi.revoke('h', unit1);
-  t.ok(namespaces.lookup('h', 0, 1), 'the namespace still has the unit');
+  t.ok(namespaces.lookup('h', 0, 1, 'iscsi'), 'the namespace still has the unit');
 
   const gone = await w.command(1, tur());
   t.same([gone.status, ...senseCode(gone.sense)], [2, 5, 0x25, 0], 'LUN 1: LOGICAL UNIT NOT SUPPORTED');

@@ -17,7 +17,7 @@ t.test('resize grows a mapped volume; the namespace carries the new size; shrink
   t.equal(v.size, 24 * M);
   t.equal(v.state, 'mapped');
   t.equal(m.extentsOf(v.id).length, 2, 'grown with a second extent after the neighbour');
-  t.equal(namespaces.lookup('h', 0, 0)?.volume.layout.size, 24 * M);
+  t.equal(namespaces.lookup('h', 0, 0, 'nbd')?.volume.layout.size, 24 * M);
   t.throws(() => m.resize('v', 4 * M), { code: 'BAD_REQUEST' });
   const tr = m.tracer.volumeTrace(m.volume('v'), 8 * M - 512, 1024) as { segments: { arrayOffset: number }[] };
   t.equal(tr.segments.length, 2, 'trace follows the new layout');
@@ -34,11 +34,11 @@ t.test('unmap: if the namespace side fails, the database is put back', async (t)
   await t.rejects(m.unmap(b.id), { code: 'OPERATION_FAILED' });
   t.equal(m.volume('v').state, 'mapped');
   t.equal(m.binding(b.id).mapped, 1);
-  t.ok(namespaces.lookup('h', 0, 0), 'still published');
+  t.ok(namespaces.lookup('h', 0, 0, 'nbd'), 'still published');
   m.injectFaults([]);
   await m.unmap(b.id);
   t.equal(m.volume('v').state, 'unmapped');
-  t.notOk(namespaces.lookup('h', 0, 0));
+  t.notOk(namespaces.lookup('h', 0, 0, 'nbd'));
 });
 
 t.test('allocate from predefined volumes by size and class', async (t) => {

@@ -8,7 +8,7 @@ import t from 'tap';
 import { BlockStore } from '../../cache/index.js';
 import { ArrayFile } from '../../disks/index.js';
 import { VolumeLayout } from '../../mapper/index.js';
-import { Namespaces } from '../../target/index.js';
+import { Namespaces, freshFences } from '../../target/index.js';
 import { NbdConnection, DEFAULT_LIMITS } from '../../target/nbd/connection.js';
 import { CMD, CMD_FLAG, INFO, OPT, REP, SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC } from '../../target/nbd/constants.js';
 import { clientFlags, infoRequest, option, request } from '../helpers/nbd-frames.js';
@@ -27,7 +27,7 @@ async function backend(t: { teardown: (fn: () => unknown) => void }): Promise<{ 
   store.addArray(file);
   const namespaces = new Namespaces();
   namespaces.publish('h', [
-    { host: 'h', target: 0, lun: 0, volume: { id: 1, layout: new VolumeLayout([{ arrayId: 1, offset: 0, length: SIZE }]), cachePolicy: 'none' }, volumeName: 'v', serial: 'S1', naa: '3000', readOnly: false, stats: new IoStats() },
+    { host: 'h', target: 0, lun: 0, volume: { id: 1, layout: new VolumeLayout([{ arrayId: 1, offset: 0, length: SIZE }]), cachePolicy: 'none' }, volumeName: 'v', serial: 'S1', naa: '3000', readOnly: false, stats: new IoStats(), protocols: ['nbd'], fences: freshFences() },
   ]);
   t.teardown(async () => {
     await file.close();

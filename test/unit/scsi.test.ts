@@ -43,7 +43,7 @@ async function rig(t: { teardown: (fn: () => unknown) => void; same: (...a: any[
       for (const u of namespaces.list(nexus.host)) {
         if (u.target !== 0) continue;
         let io = ios.get(u);
-        if (!io) ios.set(u, (io = openUnit(store, u)));
+        if (!io) ios.set(u, (io = openUnit(store, u, 'iscsi')));
         out.set(u.lun, io);
       }
       return out;

@@ -7,7 +7,7 @@ import { isBlockgateError } from '../../common/errors.js';
 import { ArrayFile } from '../../disks/index.js';
 import { VolumeLayout } from '../../mapper/index.js';
 import { OP, IoStats, openUnit, type UnitIO } from '../../target/core/index.js';
-import type { Unit } from '../../target/index.js';
+import { freshFences, type Unit } from '../../target/index.js';
 
 const K = 1024;
 const M = 1024 * K;
@@ -40,6 +40,8 @@ function unit(host: string, cachePolicy: CachePolicy = 'write-back', readOnly = 
     naa: '3000',
     readOnly,
     stats: new IoStats(),
+    protocols: ['nbd', 'iscsi'],
+    fences: freshFences(),
   };
 }
 
@@ -72,7 +74,7 @@ async function readAll(io: UnitIO, offset: number, length: number): Promise<Buff
 t.test('reads and writes land in the volume; bytes outside the range are refused, never touched', async (t) => {
   const { store, array } = await setup(t);
   const u = unit('h', 'write-through');
-  const io = openUnit(store, u);
+  const io = openUnit(store, u, 'nbd');
   t.equal(io.size(), SIZE);
   await io.write(4096, fill(8192, 0xab), false);
   t.same(await readAll(io, 4096, 8192), fill(8192, 0xab), 'read back');
@@ -100,9 +102,9 @@ t.test('reads and writes land in the volume; bytes outside the range are refused
 
 t.test('a read-only unit refuses every change, and reads', async (t) => {
   const { store } = await setup(t);
-  const rw = openUnit(store, unit('h'));
+  const rw = openUnit(store, unit('h'), 'nbd');
   await rw.write(0, fill(512, 9), false);
-  const ro = openUnit(store, unit('ro', 'write-back', true));
+  const ro = openUnit(store, unit('ro', 'write-back', true), 'nbd');
   t.equal(ro.caps().readOnly, true);
   t.equal(await code(ro.write(0, fill(512, 1), false)), 'READ_ONLY');
   t.equal(await code(ro.trim(0, 4096, false)), 'READ_ONLY');
@@ -114,7 +116,7 @@ t.test('a read-only unit refuses every change, and reads', async (t) => {
 t.test('cache hits and in-memory write-back writes complete at once (null), and are counted', async (t) => {
   const { store } = await setup(t);
   const u = unit('h', 'write-back');
-  const io = openUnit(store, u);
+  const io = openUnit(store, u, 'nbd');
   const first = io.read(0, 4096, Buffer.alloc(4096));
   t.not(first, null, 'a miss goes to the array');
   await first;
@@ -132,12 +134,12 @@ t.test('cache hits and in-memory write-back writes complete at once (null), and 
   t.equal(u.stats.ops[OP.flush], 1, 'flush counted');
   await code(io.read(SIZE, 1, Buffer.alloc(1)));
   t.equal(u.stats.errors[OP.read], 1, 'refusals count as errors');
-  t.equal(openUnit(store, u), io, 'one UnitIO per published unit');
+  t.equal(openUnit(store, u, 'nbd'), io, 'one UnitIO per published unit');
 });
 
 t.test('extents: allocation runs in unit bytes with data, zero and hole states', async (t) => {
   const { store } = await setup(t);
-  const io = openUnit(store, unit('h', 'write-through'));
+  const io = openUnit(store, unit('h', 'write-through'), 'nbd');
   t.same(io.extents(0, 64 * K, 100), [{ offset: 0, length: 64 * K, state: 'hole' }], 'a new volume is one hole');
   await io.write(8 * K, fill(8 * K, 1), false);
   await io.zero(32 * K, 8 * K, { noHole: true, fast: false, fua: false });
@@ -159,7 +161,7 @@ t.test('extents: allocation runs in unit bytes with data, zero and hole states',
   t.same(io.extents(0, 16 * K, 100), [{ offset: 0, length: 16 * K, state: 'hole' }], 'trimmed back to a hole');
   t.same(await readAll(io, 8 * K, 8 * K), fill(8 * K, 0), 'and reads zeroes');
   // Dirty write-back data counts as data before it reaches the array.
-  const wb = openUnit(store, unit('h2', 'write-back', false, 8));
+  const wb = openUnit(store, unit('h2', 'write-back', false, 8), 'nbd');
   await wb.write(0, fill(4 * K, 3), false);
   t.equal(wb.extents(0, 4 * K, 10)[0]!.state, 'data', 'dirty cached bytes are data');
 });
@@ -167,7 +169,7 @@ t.test('extents: allocation runs in unit bytes with data, zero and hole states',
 t.test('compareAndWrite writes only on a match and reports the first difference', async (t) => {
   const { store } = await setup(t);
   const u = unit('h', 'write-back');
-  const io = openUnit(store, u);
+  const io = openUnit(store, u, 'nbd');
   await io.write(0, fill(1024, 0x11), false);
   const expected = fill(1024, 0x11);
   expected[700] = 0x12;
@@ -182,7 +184,7 @@ t.test('compareAndWrite writes only on a match and reports the first difference'
 t.test('compareAndWrite is atomic against other compare-and-writes from every host', async (t) => {
   const { store } = await setup(t);
   // Two hosts see the same volume through their own units (as two protocols would).
-  const ios = [openUnit(store, unit('a', 'write-through')), openUnit(store, unit('b', 'write-through'))];
+  const ios = [openUnit(store, unit('a', 'write-through'), 'nbd'), openUnit(store, unit('b', 'write-through'), 'nbd')];
   const N = 16;
   // Every contender tries to take the lock word from 0 to its id at once: exactly one may win.
   const results = await Promise.all(
@@ -200,8 +202,8 @@ t.test('compareAndWrite is atomic against other compare-and-writes from every ho
 
 t.test('compareAndWrite waits for writes already in flight and holds back later ones', async (t) => {
   const { store } = await setup(t);
-  const a = openUnit(store, unit('a', 'none'));
-  const b = openUnit(store, unit('b', 'none'));
+  const a = openUnit(store, unit('a', 'none'), 'nbd');
+  const b = openUnit(store, unit('b', 'none'), 'nbd');
   await a.write(0, fill(64 * K, 0xaa), false);
   // In flight before the compare (policy none: it goes to the array) ...
   const before = b.write(0, fill(64 * K, 0xbb), false);
@@ -218,7 +220,7 @@ t.test('compareAndWrite waits for writes already in flight and holds back later 
 t.test('compareAndWrite waits while a control operation holds the volume', async (t) => {
   const { store } = await setup(t);
   const u = unit('h', 'write-back');
-  const io = openUnit(store, u);
+  const io = openUnit(store, u, 'nbd');
   await io.write(0, fill(512, 1), false);
   const release = await store.quiesce(u.volume.id);
   let done = false;
@@ -238,8 +240,8 @@ t.test('compareAndWrite waits while a control operation holds the volume', async
 t.test('compareAndWrite waits for a write that is waiting for dirty room (in flight, not yet in the cache)', async (t) => {
   // Dirty limit of two cache blocks: four dirty blocks put writers over it.
   const { store } = await setup(t, 128 * K);
-  const a = openUnit(store, unit('a', 'write-back'));
-  const b = openUnit(store, unit('b', 'write-back'));
+  const a = openUnit(store, unit('a', 'write-back'), 'nbd');
+  const b = openUnit(store, unit('b', 'write-back'), 'nbd');
   await a.write(0, fill(64 * K, 0xaa), false);
   await b.write(1 * M, fill(192 * K, 0x55), false);
   t.ok(store.cache.overDirtyLimit, 'over the dirty limit');

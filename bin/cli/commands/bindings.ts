@@ -80,6 +80,18 @@ export function register(program: Command): void {
   };
   byBinding('map', 'map a bound volume: the unit appears in the host namespace at once', (api, id) => api.call<Binding>('POST', `/v1/bindings/${id}/map`));
   byBinding('unmap', 'unmap: hold new I/O, drain, flush, close the sessions on that unit', (api, id) => api.call<Binding>('POST', `/v1/bindings/${id}/unmap`));
+  verb(program, 'switch [binding-id]', "switch a binding's protocol live (hold, drain, sync, withdraw, publish); prints the connection descriptor")
+    .requiredOption('--protocol <protocol>', 'nbd, iscsi or both')
+    .option('--host <host>', 'find the binding by host …')
+    .option('--unit <T/L>', '… and unit')
+    .action(async (id: string | undefined, o: { protocol: string; host?: string; unit?: string }, cmd: Command) => {
+      const api = client(cmd);
+      const bid = await findBinding(api, id, o);
+      const r = await api.call<{ binding: Binding; from: string; pauseMs: number; descriptor: { addresses: { protocol: string; uris: string[] }[] } | null }>('POST', `/v1/bindings/${bid}/switch`, { protocol: o.protocol });
+      out(cmd, r, () =>
+        `binding ${bid}: ${r.from} → ${r.binding.protocol} (I/O held ${r.pauseMs.toFixed(1)} ms)\n` + (r.descriptor?.addresses ?? []).map((a) => `  ${a.protocol}  ${a.uris.join('  ')}\n`).join(''),
+      );
+    });
   byBinding('unbind', 'remove an unmapped binding', async (api, id) => {
     await api.call('DELETE', `/v1/bindings/${id}`);
     return null;

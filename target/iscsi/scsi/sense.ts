@@ -117,6 +117,8 @@ export function senseForError(err: unknown, write: boolean): Sense {
       return SENSE.INVALID_FIELD_IN_CDB;
     case 'SHUTTING_DOWN':
       return SENSE.LU_NOT_READY_SHUTTING_DOWN;
+    case 'REVOKED':
+      return SENSE.LU_NOT_SUPPORTED;
     case 'IO_ERROR':
       return write ? SENSE.WRITE_ERROR : SENSE.UNRECOVERED_READ_ERROR;
     default:
