@@ -164,6 +164,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
       io: stats,
       jobs: () => manager.jobs.countByState(),
       cache: () => ({ ...store.stats() }),
+      graph: () => manager.services.graphStats(),
     },
   });
   await api.listen({ host: apiAddr.host, port: apiAddr.port });

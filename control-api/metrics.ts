@@ -7,6 +7,8 @@ export interface MetricsSources {
   cache?: () => Record<string, number | string> | undefined;
   /** Job counts by state. */
   jobs?: () => Record<string, number>;
+  /** Resource graph requests answered from the cached graph (hits) or after building it (misses). */
+  graph?: () => { hits: number; misses: number };
 }
 
 /**
@@ -86,6 +88,21 @@ export function buildMetrics(src: MetricsSources): Registry {
       collect() {
         this.reset();
         for (const [state, v] of Object.entries(read())) this.set({ state }, v);
+      },
+    });
+  }
+  if (src.graph) {
+    const read = src.graph;
+    new Counter({
+      name: 'blockgate_graph_cache_total',
+      help: 'Resource graph requests by result: hit (served from the cached graph) or miss (graph rebuilt after a change)',
+      labelNames: ['result'],
+      registers: [reg],
+      collect() {
+        this.reset();
+        const g = read();
+        this.inc({ result: 'hit' }, g.hits);
+        this.inc({ result: 'miss' }, g.misses);
       },
     });
   }

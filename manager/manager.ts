@@ -26,6 +26,7 @@ import { BulkOperations } from './operations/bulk.js';
 import { Inventory } from './operations/inventory.js';
 import { Tracer } from './operations/trace.js';
 import { IscsiAccess } from './operations/iscsi.js';
+import { Services } from './services/index.js';
 import { allowedOperations, transition, type Operation, type VolumeState } from './state.js';
 
 export interface ManagerOptions {
@@ -84,6 +85,8 @@ export class StorageManager implements Lifecycle {
   /** Backing-file faults, I/O error bursts and capacity warnings. */
   readonly health: ArrayHealth;
   readonly iscsi: IscsiAccess;
+  /** Merged change notices, webhooks, host online/offline and the resource graph. */
+  readonly services: Services;
   private faults: ReadonlySet<string>;
   /** The job whose code is running (its own volumes are not "busy" to it). */
   private readonly currentJob = new AsyncLocalStorage<number>();
@@ -114,6 +117,16 @@ export class StorageManager implements Lifecycle {
     this.config = new ConfigOperations(ctx);
     this.applianceId = this.setting('appliance_id') ?? this.initApplianceId();
     this.health = new ArrayHealth(this, opts.checkIntervalMs ?? 2000);
+    this.services = new Services({
+      db,
+      dataDir: opts.dataDir,
+      events: this.events,
+      stats: this.stats,
+      log: opts.log,
+      setting: (k) => this.setting(k),
+      hostExists: (h) => this.findHost(h) !== undefined,
+      arrayState: (id) => (this.health.fault(id) ? 'failed' : 'online'),
+    });
   }
 
   /**
@@ -186,6 +199,8 @@ export class StorageManager implements Lifecycle {
 
   /** Attaches every array, publishes every namespace and opens every host's listeners. */
   async start(): Promise<void> {
+    // First: what start-up itself changes (arrays discovered, jobs resumed) is in the first notice.
+    await this.services.start();
     // One array that cannot be opened fails alone: the rest of the appliance starts and serves.
     for (const a of this.listArrays()) await this.attachOrFail(a);
     await this.iscsi.load();
@@ -354,6 +369,7 @@ export class StorageManager implements Lifecycle {
     // A sidecar with no image beside it is a leftover of an earlier failed create: it describes nothing.
     await fs.promises.rm(`${file}.alloc`, { force: true });
     await this.attachNew(row);
+    this.events.emit('array.created', `array/${name}`, { array: name, size, qualityClass });
     this.log.info({ op: 'array.create', array: name, size, qualityClass }, 'array created');
     return this.array(name);
   }
@@ -1108,6 +1124,7 @@ export class StorageManager implements Lifecycle {
   }
 
   async stop(): Promise<void> {
+    this.services.stop();
     await this.health.stop();
     await this.jobs.stop();
     await this.config.stopSaving();
