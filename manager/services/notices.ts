@@ -93,6 +93,10 @@ export function classify(e: EventRecord, vmsOver: VmLookup): Hit[] {
       if (str(d.volume)) out.push(['volume', str(d.volume)!, 'volume.removed']);
       break;
     case 'volume.state':
+      // Allocation is where a volume comes into being (create, or a deallocated row given space again).
+      if (d.operation === 'allocate' && str(d.volume)) out.push(['volume', str(d.volume)!, 'volume.added']);
+      else volumeChanged(str(d.volume));
+      break;
     case 'volume.scrubbed':
       volumeChanged(str(d.volume));
       break;
