@@ -52,17 +52,6 @@ export const events: ResourcePlugin = async (app, { manager: m }) => {
     },
   );
   app.get(
-    '/v1/events/stream',
-    { schema: { summary: 'The event stream (server-sent events); ?merged=1 for merged change notices', tags: ['events'], querystring: eventsQuery.omit({ stream: true, limit: true }) } },
-    async (req, reply) => {
-      const last = Number(req.headers['last-event-id']);
-      const since = req.query.since ?? (Number.isFinite(last) ? last : undefined);
-      if (req.query.merged) serveNotices(m.services.notices, req, reply, since);
-      else serveEvents(m.events, req, reply, since);
-      return reply;
-    },
-  );
-  app.get(
     '/v1/events/notices',
     {
       schema: {

@@ -50,7 +50,7 @@ t.test('merged change notices: classified, one per window, host online/offline, 
   const s = await startServer(t, { demo: false });
   t.same(await s.call('GET', '/v1/events/merge-window'), { windowMs: 2000 }, 'default window is 2 s');
   t.equal((await s.request('PUT', '/v1/events/merge-window', { windowMs: -1 })).status, 400);
-  const merged = await SseCollector.open(`${s.api}/v1/events/stream?merged=1`, TOKEN);
+  const merged = await SseCollector.open(`${s.api}/v1/events?stream=1&merged=1`, TOKEN);
   const raw = await SseCollector.open(`${s.api}/v1/events?stream=1`, TOKEN);
   t.teardown(() => Promise.all([merged.close(), raw.close()]));
 
