@@ -37,7 +37,7 @@ t.test('notices merge a window: each object once, classes in order; the graph an
   m.createFarm('f');
   // A hostile-looking path still makes a DOT file graphviz parses: every label is quoted and escaped.
   await m.createArray('a0', 16 * M);
-  m.db.prepare('UPDATE arrays SET path = ? WHERE name = ?').run(path.join(dataDir, 'we"ird\\ name\n.img'), 'a0');
+  m.db.prepare('UPDATE arrays SET path = ? WHERE name = ?').run(path.join(dataDir, 'we"ird name\n.img\\'), 'a0');
   m.events.emit('array.attached', 'array/a0', { array: 'a0', volumes: [] });
   m.createVolume({ name: 'v', size: 8 * M, farm: 'f' });
   await new Promise((r) => setImmediate(r));
@@ -55,7 +55,7 @@ t.test('notices merge a window: each object once, classes in order; the graph an
   t.equal(got.length, 1, 'an empty window sends nothing');
 
   const a = m.services.query({ q: 'files-of', subject: 'volume/v' });
-  t.same(a.answer, [`file/${path.join(dataDir, 'we"ird\\ name\n.img')}`, `file/${path.join(dataDir, 'we"ird\\ name\n.img')}.alloc`]);
+  t.same(a.answer, [`file/${path.join(dataDir, 'we"ird name\n.img\\')}`, `file/${path.join(dataDir, 'we"ird name\n.img\\')}.alloc`]);
   const dot = m.services.dot(m.services.query({}));
   const r = await run('dot', ['-Tsvg'], { input: dot });
   t.equal(r.code, 0, `dot parses it: ${r.stderr}`);
