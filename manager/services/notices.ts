@@ -57,6 +57,10 @@ const hrefs: Record<ChangedKind, string> = { vm: '/v1/vms/', host: '/v1/hosts/',
 export function classify(e: EventRecord, vmsOver: VmLookup): Hit[] {
   const d = e.data;
   const out: Hit[] = [];
+  const add = (kind: ChangedKind, name: unknown, cls: ChangeClass): void => {
+    const n = str(name);
+    if (n) out.push([kind, n, cls]);
+  };
   const vmsOf = (...ids: string[]): void => {
     for (const id of ids) for (const vm of vmsOver(id)) out.push(['vm', vm, 'vm.modified']);
   };
@@ -67,34 +71,34 @@ export function classify(e: EventRecord, vmsOver: VmLookup): Hit[] {
   };
   switch (e.type) {
     case 'vm.created':
-      if (str(d.vm)) out.push(['vm', str(d.vm)!, 'vm.added']);
+      add('vm', d.vm, 'vm.added');
       break;
     case 'vm.deleted':
-      if (str(d.vm)) out.push(['vm', str(d.vm)!, 'vm.removed']);
+      add('vm', d.vm, 'vm.removed');
       break;
     case 'host.created':
-      if (str(d.host)) out.push(['host', str(d.host)!, 'host.added']);
+      add('host', d.host, 'host.added');
       break;
     case 'host.online':
     case 'host.offline':
-      if (str(d.host)) out.push(['host', str(d.host)!, e.type]);
+      add('host', d.host, e.type);
       break;
     case 'host.initiator.added':
     case 'host.initiator.removed':
     case 'host.chap.set':
     case 'host.chap.cleared':
     case 'namespace.changed':
-      if (str(d.host)) out.push(['host', str(d.host)!, 'host.modified']);
+      add('host', d.host, 'host.modified');
       break;
     case 'volume.claimed':
-      if (str(d.volume)) out.push(['volume', str(d.volume)!, 'volume.added']);
+      add('volume', d.volume, 'volume.added');
       break;
     case 'volume.deleted':
-      if (str(d.volume)) out.push(['volume', str(d.volume)!, 'volume.removed']);
+      add('volume', d.volume, 'volume.removed');
       break;
     case 'volume.state':
       // Allocation is where a volume comes into being (create, or a deallocated row given space again).
-      if (d.operation === 'allocate' && str(d.volume)) out.push(['volume', str(d.volume)!, 'volume.added']);
+      if (d.operation === 'allocate') add('volume', d.volume, 'volume.added');
       else volumeChanged(str(d.volume));
       break;
     case 'volume.scrubbed':
@@ -106,33 +110,31 @@ export function classify(e: EventRecord, vmsOver: VmLookup): Hit[] {
       break;
     case 'volume.snapshot':
       volumeChanged(str(d.source));
-      if (str(d.snapshot)) out.push(['volume', str(d.snapshot)!, 'volume.added']);
+      add('volume', d.snapshot, 'volume.added');
       break;
     case 'binding.created':
     case 'binding.deleted':
       volumeChanged(str(d.volume));
-      if (str(d.host)) out.push(['host', str(d.host)!, 'host.modified']);
+      add('host', d.host, 'host.modified');
       vmsOf(`binding/${String(d.id)}`);
       break;
     case 'array.created':
-      if (str(d.array)) out.push(['array', str(d.array)!, 'array.added']);
+      add('array', d.array, 'array.added');
       break;
     case 'arrays.discovered':
-      for (const a of Array.isArray(d.added) ? d.added : []) if (str(a)) out.push(['array', str(a)!, 'array.added']);
+      for (const a of Array.isArray(d.added) ? d.added : []) add('array', a, 'array.added');
       break;
     case 'array.failed':
     case 'array.attached':
       // A failed array fails the disks of every VM on it; a re-attached one brings them back.
-      if (str(d.array)) {
-        out.push(['array', str(d.array)!, 'array.modified']);
-        vmsOf(`array/${str(d.array)!}`);
-      }
+      add('array', d.array, 'array.modified');
+      if (str(d.array)) vmsOf(`array/${str(d.array)!}`);
       break;
     case 'array.io-error':
-      if (str(d.array)) out.push(['array', str(d.array)!, 'array.modified']);
+      add('array', d.array, 'array.modified');
       break;
     case 'array.capacity':
-      for (const a of Array.isArray(d.arrays) ? d.arrays : []) if (str(a)) out.push(['array', str(a)!, 'array.modified']);
+      for (const a of Array.isArray(d.arrays) ? d.arrays : []) add('array', a, 'array.modified');
       break;
     default:
       break;
