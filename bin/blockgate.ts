@@ -8,6 +8,7 @@ import * as arrays from './cli/commands/arrays.js';
 import * as bindings from './cli/commands/bindings.js';
 import * as config from './cli/commands/config.js';
 import * as farms from './cli/commands/farms.js';
+import * as graph from './cli/commands/graph.js';
 import * as hosts from './cli/commands/hosts.js';
 import * as images from './cli/commands/images.js';
 import * as jobs from './cli/commands/jobs.js';
@@ -15,6 +16,7 @@ import * as status from './cli/commands/status.js';
 import * as trace from './cli/commands/trace.js';
 import * as vms from './cli/commands/vms.js';
 import * as volumes from './cli/commands/volumes.js';
+import * as webhooks from './cli/commands/webhooks.js';
 import { withGlobals } from './cli/context.js';
 
 const pkg = JSON.parse(fs.readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -91,7 +93,7 @@ function imageRootsFromEnv(): string[] {
   return (process.env.BLOCKGATE_IMAGE_ROOTS ?? '').split(':').filter(Boolean);
 }
 
-for (const m of [status, farms, arrays, hosts, volumes, bindings, images, vms, jobs, trace, config]) m.register(program);
+for (const m of [status, farms, arrays, hosts, volumes, bindings, images, vms, jobs, trace, config, webhooks, graph]) m.register(program);
 
 const SERVE_EXIT: Partial<Record<ErrorCode, number>> = { BAD_REQUEST: EXIT.USAGE, CONFLICT: EXIT.CONFLICT, ILLEGAL_STATE: EXIT.CONFLICT, NOT_FOUND: EXIT.NOT_FOUND };
 

@@ -265,6 +265,7 @@ async function start(opts: ServeOptions, dataDir: string, lock: DataDirLock, ope
       jobs: () => manager.jobs.countByState(),
       cache: () => ({ ...store.stats() }),
       cutovers: manager.cutovers,
+      graph: () => manager.services.graphStats(),
     },
   });
   opened.push(() => api.close());

@@ -10,6 +10,8 @@ export interface MetricsSources {
   jobs?: () => Record<string, number>;
   /** Protocol switches and migrations: outcomes and cutover pauses. */
   cutovers?: CutoverStats;
+  /** Resource graph requests answered from the cached graph (hits) or after building it (misses). */
+  graph?: () => { hits: number; misses: number };
 }
 
 /**
@@ -105,6 +107,21 @@ export function buildMetrics(src: MetricsSources): Registry {
       },
     });
     reg.registerMetric(pauseHistogram(cut) as unknown as Metric);
+  }
+  if (src.graph) {
+    const read = src.graph;
+    new Counter({
+      name: 'blockgate_graph_cache_total',
+      help: 'Resource graph requests by result: hit (served from the cached graph) or miss (graph rebuilt after a change)',
+      labelNames: ['result'],
+      registers: [reg],
+      collect() {
+        this.reset();
+        const g = read();
+        this.inc({ result: 'hit' }, g.hits);
+        this.inc({ result: 'miss' }, g.misses);
+      },
+    });
   }
   return reg;
 }

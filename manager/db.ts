@@ -171,6 +171,32 @@ const MIGRATIONS: readonly string[] = [
     FROM hosts h WHERE h.id = bindings.host_id);
   UPDATE hosts SET default_protocol = 'both' WHERE instr(protocols, 'nbd') > 0 AND instr(protocols, 'iscsi') > 0;
   `,
+  `
+  -- services: webhooks and their persisted delivery queue (issue 15 item 5); secrets live in DATA/webhooks/<id>.secret (0600)
+  CREATE TABLE webhooks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    url TEXT NOT NULL,
+    classes TEXT NOT NULL,
+    max_attempts INTEGER NOT NULL CHECK (max_attempts > 0),
+    backoff_ms INTEGER NOT NULL CHECK (backoff_ms >= 0),
+    created_at TEXT NOT NULL
+  );
+  CREATE TABLE webhook_deliveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    webhook_id INTEGER NOT NULL REFERENCES webhooks(id) ON DELETE CASCADE,
+    notice INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'dead')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at INTEGER NOT NULL,
+    last_status INTEGER,
+    last_error TEXT,
+    created_at TEXT NOT NULL,
+    finished_at TEXT
+  );
+  CREATE INDEX webhook_deliveries_by_state ON webhook_deliveries(webhook_id, state, id);
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

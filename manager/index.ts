@@ -17,3 +17,5 @@ export { DataDirLock, probeHolder, type Holder } from './data-dir-lock.js';
 export { SAVED_CONFIG, DB_FILE, OWN_FILES } from './data-dir.js';
 export * as views from './views.js';
 export { JOB_STATES } from './jobs.js';
+export * as services from './services/index.js';
+export { DEFAULT_MERGE_WINDOW_MS } from './services/index.js';

@@ -31,6 +31,7 @@ import { Inventory } from './operations/inventory.js';
 import { Migrations } from './operations/migration.js';
 import { Tracer } from './operations/trace.js';
 import { IscsiAccess } from './operations/iscsi.js';
+import { Services } from './services/index.js';
 import { allowedOperations, transition, type Operation, type VolumeState } from './state.js';
 
 export interface ManagerOptions {
@@ -103,6 +104,8 @@ export class StorageManager implements Lifecycle {
   readonly iscsi: IscsiAccess;
   /** Switch and migration outcomes and cutover pauses (/metrics). */
   readonly cutovers = new CutoverStats();
+  /** Merged change notices, webhooks, host online/offline and the resource graph. */
+  readonly services: Services;
   private faults: ReadonlySet<string>;
   /** The job whose code is running (its own volumes are not "busy" to it). */
   private readonly currentJob = new AsyncLocalStorage<number>();
@@ -135,6 +138,16 @@ export class StorageManager implements Lifecycle {
     this.config = new ConfigOperations(ctx);
     this.applianceId = this.setting('appliance_id') ?? this.initApplianceId();
     this.health = new ArrayHealth(this, opts.checkIntervalMs ?? 2000);
+    this.services = new Services({
+      db,
+      dataDir: opts.dataDir,
+      events: this.events,
+      stats: this.stats,
+      log: opts.log,
+      setting: (k) => this.setting(k),
+      hostExists: (h) => this.findHost(h) !== undefined,
+      arrayState: (id) => (this.health.fault(id) ? 'failed' : 'online'),
+    });
   }
 
   /**
@@ -207,6 +220,8 @@ export class StorageManager implements Lifecycle {
 
   /** Attaches every array, publishes every namespace and opens every host's listeners. */
   async start(): Promise<void> {
+    // First: what start-up itself changes (arrays discovered, jobs resumed) is in the first notice.
+    await this.services.start();
     // One array that cannot be opened fails alone: the rest of the appliance starts and serves.
     for (const a of this.listArrays()) await this.attachOrFail(a);
     this.markThick();
@@ -385,6 +400,7 @@ export class StorageManager implements Lifecycle {
     // A sidecar with no image beside it is a leftover of an earlier failed create: it describes nothing.
     await fs.promises.rm(`${file}.alloc`, { force: true });
     await this.attachNew(row);
+    this.events.emit('array.created', `array/${name}`, { array: name, size, qualityClass });
     this.log.info({ op: 'array.create', array: name, size, qualityClass }, 'array created');
     return this.array(name);
   }
@@ -1383,6 +1399,7 @@ export class StorageManager implements Lifecycle {
   }
 
   async stop(): Promise<void> {
+    this.services.stop();
     await this.health.stop();
     await this.jobs.stop();
     await this.config.stopSaving();

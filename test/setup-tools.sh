@@ -27,6 +27,7 @@ declare -A PKG=(
   [certtool]=gnutls-bin
   [psktool]=gnutls-bin
   [openssl]=openssl
+  [dot]=graphviz
 )
 
 tools=("$@")

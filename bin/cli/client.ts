@@ -68,6 +68,16 @@ export class ApiClient {
   constructor(readonly conn: Connection) {}
 
   async call<T = any>(method: string, url: string, body?: unknown): Promise<T> {
+    const text = await this.send(method, url, body);
+    return (text ? JSON.parse(text) : null) as T;
+  }
+
+  /** A reply that is not JSON (Graphviz DOT): its text as sent. */
+  async callText(method: string, url: string, body?: unknown): Promise<string> {
+    return this.send(method, url, body);
+  }
+
+  private async send(method: string, url: string, body?: unknown): Promise<string> {
     const headers: Record<string, string> = {};
     if (this.conn.token) headers.authorization = `Bearer ${this.conn.token}`;
     if (body !== undefined) headers['content-type'] = 'application/json';
@@ -78,11 +88,15 @@ export class ApiClient {
       throw new CliError(`cannot reach the control API at ${this.conn.api}: ${(e as Error & { cause?: Error }).cause?.message ?? (e as Error).message}`, EXIT.UNREACHABLE);
     }
     const text = await res.text();
-    const parsed = text ? (JSON.parse(text) as unknown) : null;
     if (!res.ok) {
-      const err = (parsed as { error?: { code: string; message: string } } | null)?.error;
+      let err: { code: string; message: string } | undefined;
+      try {
+        err = (JSON.parse(text) as { error?: { code: string; message: string } } | null)?.error;
+      } catch {
+        err = undefined;
+      }
       throw new CliError(err?.message ?? `HTTP ${res.status}`, EXIT_BY_STATUS[res.status] ?? EXIT.ERROR, err?.code);
     }
-    return parsed as T;
+    return text;
   }
 }

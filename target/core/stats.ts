@@ -43,6 +43,13 @@ export class StatsRegistry {
   private readonly byKey = new Map<string, { host: string; volume: string; stats: IoStats }>();
   private readonly sessionsByHost = new Map<string, number>();
   private readonly endsByReason = new Map<string, number>();
+  private readonly watchers = new Set<(host: string | null, protocol: string, opened: boolean) => void>();
+
+  /** Session opens and closes as they happen (the manager's host online/offline); returns the unwatch. */
+  watchSessions(fn: (host: string | null, protocol: string, opened: boolean) => void): () => void {
+    this.watchers.add(fn);
+    return () => this.watchers.delete(fn);
+  }
 
   for(host: string, volume: string): IoStats {
     const key = `${host}\u0000${volume}`;
@@ -62,6 +69,7 @@ export class StatsRegistry {
   sessionOpened(host: string | null, protocol = 'nbd'): void {
     const k = `${protocol}\u0000${host ?? ''}`;
     this.sessionsByHost.set(k, (this.sessionsByHost.get(k) ?? 0) + 1);
+    for (const w of this.watchers) w(host, protocol, true);
   }
 
   sessionClosed(host: string | null, reason?: string, protocol = 'nbd'): void {
@@ -71,11 +79,19 @@ export class StatsRegistry {
       const r = `${protocol}\u0000${reason}`;
       this.endsByReason.set(r, (this.endsByReason.get(r) ?? 0) + 1);
     }
+    for (const w of this.watchers) w(host, protocol, false);
   }
 
   /** Sessions ended, by reason (protocol-error and socket-error are the ones to alert on), summed over protocols. */
   sessionEnds(): Map<string, number> {
     return sum(this.endsByReason);
+  }
+
+  /** Open sessions of one host, summed over protocols. */
+  sessionsOf(host: string): number {
+    let n = 0;
+    for (const [k, c] of this.sessionsByHost) if (k.slice(k.indexOf('\u0000') + 1) === host) n += c;
+    return n;
   }
 
   /** Open sessions per host, summed over protocols. */

@@ -3,37 +3,24 @@ import path from 'node:path';
 import t from 'tap';
 import { M, ioOk, listExports, qemuIo, readFileRegion, regionIs, waitJob } from '../helpers/api.js';
 import { startServer } from '../helpers/server.js';
+import { SseCollector } from '../helpers/sse.js';
 import { requireTools, run } from '../helpers/tools.js';
+import { waitFor } from '../helpers/wait.js';
 
 requireTools('qemu-io', 'nbdinfo');
 
-/** Collects server-sent events until `until` says stop (or the stream ends). */
+/** Collects server-sent events until `until` says stop. */
 async function readEvents(url: string, token: string, until: (e: any) => boolean): Promise<any[]> {
-  const ac = new AbortController();
-  const res = await fetch(url, { headers: { authorization: `Bearer ${token}`, accept: 'text/event-stream' }, signal: ac.signal });
-  const seen: any[] = [];
-  const reader = res.body!.getReader();
-  let buf = '';
+  const c = await SseCollector.open(url, token);
   try {
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buf += Buffer.from(value).toString();
-      let i: number;
-      while ((i = buf.indexOf('\n\n')) >= 0) {
-        const block = buf.slice(0, i);
-        buf = buf.slice(i + 2);
-        const data = block.split('\n').find((l) => l.startsWith('data: '));
-        if (!data) continue;
-        const e = JSON.parse(data.slice(6));
-        seen.push(e);
-        if (until(e)) return seen;
-      }
-    }
+    const at = await waitFor('the event looked for', async () => {
+      const i = c.seen.findIndex((e) => until(e.data));
+      return i >= 0 ? i : undefined;
+    }, 60_000);
+    return c.seen.slice(0, at + 1).map((e) => e.data);
   } finally {
-    ac.abort();
+    await c.close();
   }
-  return seen;
 }
 
 /** Every volume operation route, with a body that would be valid if the state allowed it. */

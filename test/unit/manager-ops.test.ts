@@ -79,7 +79,7 @@ t.test('events are persisted with the change; a refused change leaves no event',
   m.createVolume({ name: 'v', size: 8 * M, farm: 'f' });
   await new Promise((r) => setImmediate(r));
   t.equal(m.events.since(0).length, before + 1);
-  t.same(heard, ['volume.state']);
+  t.same(heard, ['array.created', 'volume.state']);
   await m.createHost({ name: 'h', farm: 'f' });
   m.configure('v');
   const b = m.bind({ volume: 'v', host: 'h', target: 0, lun: 0 });
