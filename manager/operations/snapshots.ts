@@ -4,11 +4,12 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { OwnershipMap, SnapshotLink } from '../../cache/index.js';
 import { BlockgateError, badRequest, conflict } from '../../common/errors.js';
 import { EXTENT_ALIGN } from '../../mapper/index.js';
-import type { JobContext } from '../jobs.js';
+import type { JobContext, JobRow } from '../jobs.js';
 import type { JobView } from '../views.js';
 import type { VolumeRow } from '../model.js';
 import type { Operation } from '../state.js';
 import type { OperationContext } from './context.js';
+import { holdGroup, type HeldResult } from './consistency.js';
 
 /** Copy-on-write granularity: one ownership byte per region. */
 export const COW_REGION = EXTENT_ALIGN;
@@ -166,25 +167,19 @@ export class SnapshotOperations {
       for (const x of made) await this.undo(x.snap, x.map);
       throw e;
     }
-    const releases: (() => void)[] = [];
-    const out: { job: JobView; snapshot: VolumeRow; pauseMs: number }[] = [];
-    const started = process.hrtime.bigint();
+    let held: HeldResult<JobRow[]>;
     try {
-      for (const x of made) releases.push(await store.quiesce(x.src.id));
-      for (const x of made) await store.flush(m.volumeHandle(x.src));
-      // The link rows commit before any held write goes on: from here the snapshots exist, crash or not.
-      const jobs = c.db.transaction(() =>
-        made.map((x) => {
-          c.db.prepare('INSERT INTO cow_links (snapshot_id, origin_id, region, created_at) VALUES (?, ?, ?, ?)').run(x.snap.id, x.src.id, COW_REGION, new Date().toISOString());
-          m.apply(m.volumeById(x.src.id), 'snap', { snapshot: x.snap.name });
-          return c.jobs.submit('snap', { source: x.src.name, sourceId: x.src.id, snapshot: x.snap.name, snapshotId: x.snap.id }, [x.snap.id]);
-        }),
-      )();
-      for (const x of made) this.install(x.snap, m.volumeById(x.src.id), x.map);
-      const pauseMs = Number(process.hrtime.bigint() - started) / 1e6;
-      made.forEach((x, k) => {
-        c.events.emit('volume.snapshot', `volume/${x.src.name}`, { source: x.src.name, snapshot: x.snap.name, copyOnWrite: true, group: made.length > 1 ? made.map((y) => y.snap.name) : undefined });
-        out.push({ job: c.jobs.describe(jobs[k]!), snapshot: m.volumeById(x.snap.id), pauseMs });
+      held = await holdGroup(store, made.map((x) => m.volumeHandle(x.src)), () => {
+        // The link rows commit before any held write goes on: from here the snapshots exist, crash or not.
+        const jobs = c.db.transaction(() =>
+          made.map((x) => {
+            c.db.prepare('INSERT INTO cow_links (snapshot_id, origin_id, region, created_at) VALUES (?, ?, ?, ?)').run(x.snap.id, x.src.id, COW_REGION, new Date().toISOString());
+            m.apply(m.volumeById(x.src.id), 'snap', { snapshot: x.snap.name });
+            return c.jobs.submit('snap', { source: x.src.name, sourceId: x.src.id, snapshot: x.snap.name, snapshotId: x.snap.id }, [x.snap.id]);
+          }),
+        )();
+        for (const x of made) this.install(x.snap, m.volumeById(x.src.id), x.map);
+        return jobs;
       });
     } catch (e) {
       for (const x of made) {
@@ -193,9 +188,11 @@ export class SnapshotOperations {
         await this.undo(x.snap, x.map);
       }
       throw e;
-    } finally {
-      for (const r of releases) r();
     }
+    const out = made.map((x, k) => {
+      c.events.emit('volume.snapshot', `volume/${x.src.name}`, { source: x.src.name, snapshot: x.snap.name, copyOnWrite: true, group: made.length > 1 ? made.map((y) => y.snap.name) : undefined });
+      return { job: c.jobs.describe(held.value[k]!), snapshot: m.volumeById(x.snap.id), pauseMs: held.pauseMs };
+    });
     return out;
   }
 
