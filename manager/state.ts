@@ -119,7 +119,3 @@ export function transition(state: string, op: Operation, subject?: string): Volu
   }
   return next;
 }
-
-export function canTransition(state: VolumeState, op: Operation): boolean {
-  return TRANSITIONS[state][op] !== undefined;
-}
