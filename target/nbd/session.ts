@@ -170,9 +170,19 @@ export abstract class NbdSession extends FrameReader {
       });
       this.closeReason = 'server-shutdown';
       this.disconnecting = true;
-      this.socket.pause();
+      this.stopRequests();
       this.maybeFinishDisconnect();
     });
+  }
+
+  /**
+   * Reads no further requests (DISC, shutdown). A socket reading into the
+   * shared buffer stops its handle on pause(), so it would never see the
+   * client's FIN and every session would sit out FINISH_GRACE_MS before it
+   * ends: it keeps reading, and the parser drops what comes (disconnecting).
+   */
+  protected stopRequests(): void {
+    if (!this.borrowedChunks) this.socket.pause();
   }
 
   private onData(chunk: Buffer): void {

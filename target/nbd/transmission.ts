@@ -149,7 +149,7 @@ export class NbdConnection extends HandshakeSession {
         this.disconnecting = true;
         this.closeReason = 'client-disconnect';
         this.held = null;
-        this.socket.pause();
+        this.stopRequests();
         this.maybeFinishDisconnect();
         return;
       default:

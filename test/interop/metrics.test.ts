@@ -98,7 +98,7 @@ t.test('/metrics moves under fio load, per host and volume, with no offset-value
   t.equal(value(withJob, 'blockgate_jobs', { state: 'running' }), 0);
 
   // No label anywhere carries an offset, and blockgate's own labels are from a closed set.
-  const ours = new Set(['host', 'volume', 'op', 'le', 'state', 'stat', 'reason', 'protocol']);
+  const ours = new Set(['host', 'volume', 'op', 'le', 'state', 'stat', 'reason', 'protocol', 'kind', 'outcome', 'result']);
   for (const x of withJob) {
     for (const [k, v] of Object.entries(x.labels)) {
       t.notMatch(k, /offset|lba|block|sector/i, `${x.name}: label ${k}`);
