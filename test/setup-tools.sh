@@ -28,6 +28,13 @@ declare -A PKG=(
   [psktool]=gnutls-bin
   [openssl]=openssl
   [dot]=graphviz
+  # qemu's iscsi:// driver (a module, not a command: checked by its file below).
+  [qemu-iscsi]=qemu-block-extra
+)
+
+# Tools that are files rather than commands on PATH.
+declare -A FILE=(
+  [qemu-iscsi]=/usr/lib/x86_64-linux-gnu/qemu/block-iscsi.so
 )
 
 tools=("$@")
@@ -40,6 +47,11 @@ missing=()
 for t in "${tools[@]}"; do
   pkg=${PKG[$t]:-}
   if [ -z "$pkg" ]; then echo "setup-tools: unknown tool '$t'" >&2; exit 2; fi
+  if [ -n "${FILE[$t]:-}" ]; then
+    # The module lives under the machine's multiarch directory.
+    compgen -G "/usr/lib/*/qemu/$(basename "${FILE[$t]}")" >/dev/null || missing+=("$pkg")
+    continue
+  fi
   if ! command -v "$t" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$t" ]; then missing+=("$pkg"); fi
 done
 [ ${#missing[@]} -eq 0 ] && exit 0

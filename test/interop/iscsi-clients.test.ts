@@ -12,7 +12,7 @@ import { cli, cliOk } from '../helpers/cli.js';
 // the demo initiator name, qemu-img over iscsi://, CHAP with libiscsi, and
 // data crossing protocols (written over iSCSI, read over NBD, and back).
 
-requireTools('iscsi-ls', 'iscsi-inq', 'iscsi-readcapacity16', 'qemu-img', 'qemu-io', 'nbdinfo');
+requireTools('iscsi-ls', 'iscsi-inq', 'iscsi-readcapacity16', 'qemu-img', 'qemu-io', 'qemu-iscsi', 'nbdinfo');
 
 const MiB = 1024 * 1024;
 const s = await startServer(t);

@@ -15,7 +15,7 @@ import { requireTools, run, runOk } from '../helpers/tools.js';
 // unmounted and e2fsck -fn is clean. Then the volume is read straight from
 // blockgate over NBD: the same file system, fsck-clean, with the same bytes.
 
-requireTools('qemu-nbd', 'qemu-img', 'nbdfuse', 'fuse2fs', 'mkfs.ext4', 'e2fsck', 'debugfs');
+requireTools('qemu-nbd', 'qemu-img', 'qemu-iscsi', 'nbdfuse', 'fuse2fs', 'mkfs.ext4', 'e2fsck', 'debugfs');
 const skip = fs.existsSync('/dev/fuse') ? false : 'no /dev/fuse on this machine';
 
 const M = 1024 * 1024;

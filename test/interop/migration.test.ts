@@ -15,7 +15,7 @@ import { Writer } from '../helpers/writer.js';
 // refused, and b reads every write a saw acknowledged. Then b never connects
 // (timeout → rollback), and kill -9 of the appliance at the cutover steps.
 
-requireTools('qemu-img', 'nbdinfo');
+requireTools('qemu-img', 'qemu-io', 'qemu-iscsi', 'nbdinfo');
 
 const IQN_B = 'iqn.2026-01.test:migrate-b';
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'blockgate-migrate-'));

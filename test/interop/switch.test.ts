@@ -16,7 +16,7 @@ import { cliOk } from '../helpers/cli.js';
 // it saw acknowledged reads back over iSCSI (qemu-img); the host's other
 // unit keeps its session; and back again, iSCSI → NBD.
 
-requireTools('iscsi-readcapacity16', 'qemu-img', 'qemu-io', 'nbdinfo');
+requireTools('iscsi-readcapacity16', 'qemu-img', 'qemu-io', 'qemu-iscsi', 'nbdinfo');
 
 const MiB = 1024 * 1024;
 const IQN = 'iqn.2026-01.test:switch-a';
