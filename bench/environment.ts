@@ -30,6 +30,9 @@ export function versions(root: string): Record<string, string> {
     fio: firstLine('fio', ['--version']).replace(/^fio-/, ''),
     nbdkit: firstLine('nbdkit', ['--version']).replace(/^nbdkit\s+/, ''),
     'qemu-nbd': firstLine('qemu-nbd', ['--version']).replace(/^qemu-nbd\s+/, ''),
+    // The iSCSI lane's peer and driver.
+    tgtd: firstLine('tgtd', ['--version']),
+    'qemu-img': firstLine('qemu-img', ['--version']).replace(/^qemu-img\s+/, ''),
     blockgate: `${pkg.version} (${rev}${dirty})`,
   };
 }
@@ -42,6 +45,6 @@ export function filesystemOf(dir: string): string {
 }
 
 export function installTools(root: string): void {
-  const r = spawnSync('bash', [path.join(root, 'test/setup-tools.sh'), 'fio', 'nbdkit', 'qemu-nbd', 'nbdinfo'], { stdio: 'inherit' });
+  const r = spawnSync('bash', [path.join(root, 'test/setup-tools.sh'), 'fio', 'nbdkit', 'qemu-nbd', 'nbdinfo', 'qemu-img', 'tgtd'], { stdio: 'inherit' });
   if (r.status !== 0) throw new Error('test/setup-tools.sh could not install the benchmark tools');
 }

@@ -90,12 +90,20 @@ export interface Lane {
   workloads: readonly Workload[];
 }
 
-/** Medians per cell and each cell's ratio to the baseline server. */
+/** The iSCSI lane's rows are judged against tgt, not the NBD baseline. */
+export const ISCSI_BASELINE: ServerName = 'tgt';
+
+/** The server a transport's ratios are taken against. */
+export function baselineOf(transport: Transport, nbdBaseline: ServerName): ServerName {
+  return transport === 'iscsi' ? ISCSI_BASELINE : nbdBaseline;
+}
+
+/** Medians per cell and each cell's ratio to its lane's baseline server (see baselineOf). */
 export function buildCells(runs: ReadonlyMap<string, RunStats[]>, lanes: readonly Lane[], servers: readonly ServerName[], baseline: ServerName): Cell[] {
   const cells: Cell[] = [];
   for (const { scenario, transport: tr, workloads } of lanes) {
     for (const w of workloads) {
-      const base = runs.get(cellKey(w.id, tr, baseline, scenario));
+      const base = runs.get(cellKey(w.id, tr, baselineOf(tr, baseline), scenario));
       const baseIops = base && base.length > 0 ? medianStats(base).iops : undefined;
       for (const s of servers) {
         const r = runs.get(cellKey(w.id, tr, s, scenario));
@@ -140,6 +148,7 @@ export const TARGETS: readonly TargetSpec[] = [
   },
   { id: 'wt', label: 'write-through ≥ 0.9× nbdkit-file, every row', server: 'blockgate-wt', versus: 'nbdkit-file', min: 0.9, kinds: 'all' },
   { id: 'none', label: 'policy none ≥ 0.9× nbdkit-file, every row', server: 'blockgate-none', versus: 'nbdkit-file', min: 0.9, kinds: 'all' },
+  { id: 'iscsi-tgt', label: 'iSCSI write-back ≥ 1.5× tgt, every row', server: 'blockgate-iscsi', versus: 'tgt', min: 1.5, kinds: 'all' },
 ];
 
 export function evaluateTargets(cells: readonly Cell[], workloads: readonly Workload[]): TargetResult[] {
@@ -197,7 +206,7 @@ export function lanesOf(r: Results): { scenario: ScenarioId; title: string; tran
       scenario: sc.id,
       title: sc.title,
       transport,
-      label: `${sc.title}, ${transport === 'unix' ? 'unix socket' : 'TCP loopback'}`,
+      label: `${sc.title}, ${transport === 'unix' ? 'unix socket' : transport === 'tcp' ? 'TCP loopback' : 'iSCSI over TCP loopback'}`,
     })),
   );
 }
@@ -208,7 +217,7 @@ function cellAt(r: Results, scenario: ScenarioId, w: string, tr: Transport, s: S
 
 function resultsTable(r: Results, scenario: ScenarioId, transport: Transport): string[] {
   const lines = [
-    `| workload | server | IOPS | spread | MiB/s | p50 | p99 | vs ${r.config.baseline} |`,
+    `| workload | server | IOPS | spread | MiB/s | p50 | p99 | vs ${baselineOf(transport, r.config.baseline)} |`,
     '|---|---|---:|---:|---:|---:|---:|---:|',
   ];
   for (const w of r.config.workloads) {
@@ -319,7 +328,8 @@ export function renderMarkdown(r: Results): string {
     `each server in turn; the order rotates per workload and round. ${r.config.rounds} round(s) of`,
     `${r.config.runtimeS} s (after ${r.config.rampS} s ramp) per cell; the tables show per-metric medians and the IOPS`,
     'spread over the rounds (± half of max − min, as a share of the median).',
-    `Ratios are IOPS over ${r.config.baseline} on the same workload, scenario and transport (for 1 MiB rows IOPS and MiB/s ratios are equal).`,
+    `Ratios are IOPS over ${r.config.baseline} on the same workload, scenario and transport (for 1 MiB rows IOPS and MiB/s ratios are equal);`,
+    `iSCSI lanes are over ${ISCSI_BASELINE} and driven by \`qemu-img bench\` over libiscsi (no latency percentiles; 4k "random" is a 257-block stride).`,
     'Latency is fio\'s completion latency over reads and writes together. Transports: ' + r.config.transports.join(', ') + '.',
     `blockgate environment: ${Object.entries(r.config.blockgateEnv ?? {}).map(([k, x]) => `${k}=${x}`).join(' ') || 'defaults (UV_THREADPOOL_SIZE unset = 4)'}.`,
     '',
@@ -357,6 +367,8 @@ const COLORS: Record<ServerName, string> = {
   'nbdkit-file': '#868e96',
   'nbdkit-memory': '#1c7ed6',
   'qemu-nbd': '#2f9e44',
+  'blockgate-iscsi': '#c92a2a',
+  tgt: '#343a40',
 };
 
 function esc(s: string): string {
@@ -368,7 +380,7 @@ function esc(s: string): string {
  * transport; the baseline is the dashed 1.0 line, so it gets no bars.
  */
 export function renderSvg(r: Results): string {
-  const servers = r.config.servers.filter((s) => s !== r.config.baseline);
+  const servers = r.config.servers.filter((s) => s !== r.config.baseline && s !== ISCSI_BASELINE);
   const ws = r.config.workloads;
   const barW = 9;
   const groupW = servers.length * barW + 10;
@@ -381,7 +393,7 @@ export function renderSvg(r: Results): string {
   const legendH = 50;
   const lanes = lanesOf(r);
   const height = legendH + lanes.length * panelH;
-  const maxRatio = Math.max(1.5, ...r.cells.filter((c) => c.server !== r.config.baseline).map((c) => c.ratioToBaseline ?? 0));
+  const maxRatio = Math.max(1.5, ...r.cells.filter((c) => c.server !== baselineOf(c.transport, r.config.baseline)).map((c) => c.ratioToBaseline ?? 0));
   const top = Math.ceil(maxRatio * 2) / 2;
   // One decimal is plenty for pixels and keeps the committed file small.
   const y = (v: number): number => Math.round((plotH - (Math.min(v, top) / top) * plotH) * 10) / 10;
@@ -394,7 +406,7 @@ export function renderSvg(r: Results): string {
     const x = left + i * 120;
     out.push(`<rect x="${x}" y="10" width="12" height="12" fill="${COLORS[s]}"/>`, `<text x="${x + 16}" y="20">${esc(s)}</text>`);
   });
-  out.push(`<text x="${left}" y="40">IOPS ratio to ${esc(r.config.baseline)} (dashed line = 1.0)</text>`);
+  out.push(`<text x="${left}" y="40">IOPS ratio to ${esc(r.config.baseline)}, iSCSI panels to ${ISCSI_BASELINE} (dashed line = 1.0)</text>`);
 
   lanes.forEach((lane, pi) => {
     const tr = lane.transport;

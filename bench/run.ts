@@ -14,7 +14,8 @@ import { summariseProfile, type CpuProfile } from './profile.js';
 import { ProcessRegistry } from './procs.js';
 import { buildCells, cellKey, evaluateTargets, renderMarkdown, renderSvg, type Lane, type ProfileResult, type Results } from './report.js';
 import { selectScenarios, workloadsFor, type Scenario } from './scenarios.js';
-import { BASELINE, DEFAULT_SERVERS, SERVERS, startBlockgate, startServer, type ServerName, type Target, type Transport } from './servers.js';
+import { fillIscsi, iscsiRunnable, runIscsiWorkload } from './qemu-bench.js';
+import { BASELINE, DEFAULT_SERVERS, ISCSI_SERVERS, SERVERS, startBlockgate, startServer, type ServerName, type Target, type Transport } from './servers.js';
 import { rotation, type RunStats } from './stats.js';
 import { PROFILE_IDS, QUICK_FRESH_IDS, QUICK_IDS, QUICK_SERVERS, selectWorkloads, type Workload } from './workloads.js';
 
@@ -49,7 +50,8 @@ const USAGE = `usage: node dist/bench/run.js [options]
   --rounds N           rounds per cell, order rotated; the median and spread are reported (3)
   --runtime S          seconds per fio run after ramp (5)
   --ramp S             fio ramp_time seconds (1)
-  --transports LIST    unix,tcp
+  --transports LIST    unix,tcp,iscsi (full run: all three; quick: unix)
+  --iscsi              add the iSCSI lane (blockgate-iscsi vs tgt, driven by qemu-img bench over libiscsi)
   --scenarios LIST     filled,fresh,beyond-cache (see bench/scenarios.ts)
   --servers LIST       ${SERVERS.join(',')} (${BASELINE} is always included: ratios need it)
   --base-build DIR     a checkout whose dist/ the blockgate-base server runs (A/B of two builds in one run)
@@ -68,6 +70,7 @@ function parseOptions(argv: string[]): Options {
     args: argv,
     options: {
       quick: { type: 'boolean', default: false },
+      iscsi: { type: 'boolean', default: false },
       profile: { type: 'boolean', default: false },
       'profile-only': { type: 'boolean', default: false },
       rounds: { type: 'string' },
@@ -99,11 +102,12 @@ function parseOptions(argv: string[]): Options {
     if (!Number.isFinite(n) || n < 0) throw new Error(`bad number '${v}'\n${USAGE}`);
     return n;
   };
-  const transports = (list(values.transports) ?? (quick ? ['unix'] : ['unix', 'tcp'])) as Transport[];
-  for (const t of transports) if (t !== 'unix' && t !== 'tcp') throw new Error(`unknown transport '${t}'`);
+  const transports = (list(values.transports) ?? (quick ? ['unix'] : ['unix', 'tcp', 'iscsi'])) as Transport[];
+  if (values.iscsi && !transports.includes('iscsi')) transports.push('iscsi');
+  for (const t of transports) if (t !== 'unix' && t !== 'tcp' && t !== 'iscsi') throw new Error(`unknown transport '${t}'`);
   const wanted = (list(values.servers) ?? [...(quick ? QUICK_SERVERS : DEFAULT_SERVERS), ...(values['base-build'] ? ['blockgate-base'] : [])]) as ServerName[];
   for (const s of wanted) if (!SERVERS.includes(s)) throw new Error(`unknown server '${s}'`);
-  const servers = SERVERS.filter((s) => s === BASELINE || wanted.includes(s));
+  const servers = [...SERVERS.filter((s) => s === BASELINE || wanted.includes(s)), ...(transports.includes('iscsi') ? ISCSI_SERVERS : [])];
   const workloads = selectWorkloads(list(values.workloads) ?? (quick ? QUICK_IDS : null));
   const scenarios = selectScenarios(list(values.scenarios) ?? (quick ? ['filled', 'fresh'] : null));
   const scenarioWorkloads = new Map<string, Workload[]>();
@@ -145,9 +149,20 @@ interface Ctx {
   opts: Options;
 }
 
+/** The iSCSI lane has its own servers; the NBD lanes run every other selected server. */
+function serversFor(opts: Options, transport: Transport): ServerName[] {
+  return opts.servers.filter((s) => ISCSI_SERVERS.includes(s) === (transport === 'iscsi'));
+}
+
+/** The workloads a lane runs: the iSCSI driver has no mixed or multi-connection shapes. */
+function laneWorkloads(opts: Options, sc: Scenario, transport: Transport): Workload[] {
+  const ws = opts.scenarioWorkloads.get(sc.id)!;
+  return transport === 'iscsi' ? ws.filter(iscsiRunnable) : ws;
+}
+
 async function startAll(ctx: Ctx, sc: Scenario, transport: Transport): Promise<Target[]> {
   const targets: Target[] = [];
-  for (const s of ctx.opts.servers) {
+  for (const s of serversFor(ctx.opts, transport)) {
     const t = await startServer(s, transport, {
       reg: ctx.reg,
       workDir: ctx.workDir,
@@ -176,12 +191,12 @@ function load(): string {
  */
 async function benchLane(ctx: Ctx, sc: Scenario, transport: Transport, runs: Map<string, RunStats[]>): Promise<void> {
   const { rounds, timing } = ctx.opts;
-  const workloads = ctx.opts.scenarioWorkloads.get(sc.id)!;
+  const workloads = laneWorkloads(ctx.opts, sc, transport);
   if (workloads.length === 0) return;
   let targets: Target[] = [];
   const stopAll = async (): Promise<void> => {
     // Stopped by PID even when a run failed half way.
-    for (const t of targets) await ctx.reg.stop(t.proc);
+    for (const t of targets) await ctx.reg.stop(t.proc, t.stopGraceMs);
     targets = [];
   };
   try {
@@ -192,7 +207,10 @@ async function benchLane(ctx: Ctx, sc: Scenario, transport: Transport, runs: Map
         // its page cache; blockgate gets a new data directory): nothing of an earlier round is left cached.
         targets = await startAll(ctx, sc, transport);
         if (sc.fill) {
-          for (const t of targets) await fill(ctx.reg, JOBS_DIR, ctx.rawDir, t.uri, `${t.server}-${sc.id}-${transport}`);
+          for (const t of targets) {
+            if (transport === 'iscsi') await fillIscsi(ctx.reg, t.uri, ctx.opts.sizeBytes);
+            else await fill(ctx.reg, JOBS_DIR, ctx.rawDir, t.uri, `${t.server}-${sc.id}-${transport}`);
+          }
           await settle(ctx.reg);
           log(`${sc.id} ${transport}: all exports filled and synced; load ${load()}`);
         }
@@ -200,7 +218,10 @@ async function benchLane(ctx: Ctx, sc: Scenario, transport: Transport, runs: Map
       log(`${sc.id} ${transport} round ${round + 1}/${rounds}: load ${load()}`);
       for (const [wi, w] of workloads.entries()) {
         for (const t of rotation(targets, round + wi)) {
-          const s = await runWorkload(ctx.reg, JOBS_DIR, ctx.rawDir, t.uri, w, timing, `${w.id}-${sc.id}-${transport}-${t.server}-r${round}`);
+          const s =
+            transport === 'iscsi'
+              ? await runIscsiWorkload(ctx.reg, t.uri, w, timing, ctx.opts.sizeBytes)
+              : await runWorkload(ctx.reg, JOBS_DIR, ctx.rawDir, t.uri, w, timing, `${w.id}-${sc.id}-${transport}-${t.server}-r${round}`);
           const k = cellKey(w.id, transport, t.server, sc.id);
           runs.set(k, [...(runs.get(k) ?? []), s]);
           log(`${sc.id} ${transport} r${round + 1}/${rounds} ${w.id.padEnd(20)} ${t.server.padEnd(14)} ${Math.round(s.iops).toString().padStart(7)} IOPS ${s.mibps.toFixed(0).padStart(5)} MiB/s p99 ${s.p99us.toFixed(0)} µs`);
@@ -330,7 +351,7 @@ async function main(): Promise<void> {
   try {
     if (opts.profileOnly) log(`profile only, merged into ${path.relative(ROOT, opts.outDir)}/results.json; scratch ${workDir}`);
     else {
-      const cells = opts.scenarios.reduce((n, sc) => n + opts.scenarioWorkloads.get(sc.id)!.length, 0) * opts.servers.length * opts.transports.length * opts.rounds;
+      const cells = opts.scenarios.reduce((n, sc) => n + opts.transports.reduce((m, tr) => m + laneWorkloads(opts, sc, tr).length * serversFor(opts, tr).length, 0), 0) * opts.rounds;
       log(`${opts.quick ? 'quick' : 'full'} run: ${opts.scenarios.map((sc) => sc.id).join('+')} × ${opts.servers.length} servers × ${opts.transports.join('+')} × ${opts.rounds} round(s) = ${cells} cells of ${opts.timing.runtimeS}+${opts.timing.rampS} s; scratch ${workDir}`);
       log(`load average at start: ${load()} on ${os.cpus().length} CPUs`);
     }
@@ -344,7 +365,7 @@ async function main(): Promise<void> {
     return;
   }
 
-  const lanes: Lane[] = opts.scenarios.flatMap((sc) => opts.transports.map((transport) => ({ scenario: sc.id, transport, workloads: opts.scenarioWorkloads.get(sc.id)! })));
+  const lanes: Lane[] = opts.scenarios.flatMap((sc) => opts.transports.map((transport) => ({ scenario: sc.id, transport, workloads: laneWorkloads(opts, sc, transport) })));
   const cells = buildCells(runs, lanes, opts.servers, BASELINE);
   const results: Results = {
     date,

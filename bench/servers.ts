@@ -9,11 +9,14 @@ import { freePort, sleep, waitListening, type Endpoint, type Proc, type ProcessR
  * `blockgate-base` is another build (--base-build) for A/B runs. Protocol
  * rows (iSCSI) add their own names here.
  */
-export type ServerName = 'blockgate' | 'blockgate-wt' | 'blockgate-none' | 'blockgate-base' | 'nbdkit-file' | 'nbdkit-memory' | 'qemu-nbd';
-export type Transport = 'unix' | 'tcp';
+export type ServerName = 'blockgate' | 'blockgate-wt' | 'blockgate-none' | 'blockgate-base' | 'nbdkit-file' | 'nbdkit-memory' | 'qemu-nbd' | 'blockgate-iscsi' | 'tgt';
+/** NBD over a unix socket or TCP loopback, or iSCSI over TCP loopback (its own servers and driver). */
+export type Transport = 'unix' | 'tcp' | 'iscsi';
 export type CachePolicy = 'write-back' | 'write-through' | 'none';
 
 export const SERVERS: readonly ServerName[] = ['blockgate', 'blockgate-wt', 'blockgate-none', 'blockgate-base', 'nbdkit-file', 'nbdkit-memory', 'qemu-nbd'];
+/** The iSCSI lane's servers: blockgate's portal (write-back volume) and tgt, its baseline. */
+export const ISCSI_SERVERS: readonly ServerName[] = ['blockgate-iscsi', 'tgt'];
 /** Servers a default run starts (blockgate-base needs --base-build). */
 export const DEFAULT_SERVERS: readonly ServerName[] = ['blockgate', 'blockgate-wt', 'blockgate-none', 'nbdkit-file', 'nbdkit-memory', 'qemu-nbd'];
 /** The baseline every ratio is taken against. */
@@ -34,6 +37,8 @@ export interface Target {
   proc: Proc;
   /** Where the profile lands when blockgate runs under --cpu-prof. */
   profileDir?: string;
+  /** How long SIGTERM gets before SIGKILL (absent: the registry's default). */
+  stopGraceMs?: number;
 }
 
 export interface StartContext {
@@ -56,6 +61,8 @@ export interface StartContext {
 }
 
 export const TOKEN = 'bench-token-0123456789abcdef';
+/** The initiator name the iSCSI driver logs in with; blockgate's bench host owns it, tgt accepts any. */
+export const BENCH_INITIATOR = 'iqn.2026-11.io.blockgate:bench-initiator';
 
 let starts = 0;
 
@@ -125,13 +132,13 @@ export async function api(base: string, method: string, url: string, body?: unkn
   return text ? JSON.parse(text) : null;
 }
 
-export async function waitRunFile(dataDir: string, proc: Proc, reg: ProcessRegistry): Promise<{ api: string }> {
+export async function waitRunFile(dataDir: string, proc: Proc, reg: ProcessRegistry): Promise<{ api: string; iscsi: string }> {
   const runFile = path.join(dataDir, 'run.json');
   const deadline = Date.now() + 30_000;
   while (Date.now() < deadline) {
     if (!reg.isRunning(proc)) throw new Error(`blockgate exited early:\n${proc.output()}`);
     try {
-      const info = JSON.parse(await fs.promises.readFile(runFile, 'utf8')) as { pid: number; api: string };
+      const info = JSON.parse(await fs.promises.readFile(runFile, 'utf8')) as { pid: number; api: string; iscsi: string };
       if (info.pid === proc.pid) return info;
     } catch {
       /* not written yet */
@@ -148,6 +155,7 @@ async function provisionBlockgate(base: string, size: number, tcp: Endpoint | nu
   const host: Record<string, unknown> = { name: 'bench', farm: 'bench' };
   if (tcp?.kind === 'tcp') host.nbdTcp = `${tcp.host}:${tcp.port}`;
   await api(base, 'POST', '/v1/hosts', host);
+  await api(base, 'POST', '/v1/hosts/bench/initiators', { iqn: BENCH_INITIATOR });
   await api(base, 'POST', '/v1/volumes', { name: 'bench', size, farm: 'bench' });
   await api(base, 'POST', '/v1/bindings', { volume: 'bench', host: 'bench', target: 0, lun: 0, map: true });
 }
@@ -188,7 +196,7 @@ async function startBlockgate(
     '--no-demo',
     ...(ctx.blockgateArgs ?? []),
   ];
-  const run = async (): Promise<{ proc: Proc; info: { api: string } }> => {
+  const run = async (): Promise<{ proc: Proc; info: { api: string; iscsi: string } }> => {
     await fs.promises.rm(path.join(dataDir, 'run.json'), { force: true });
     const proc = ctx.reg.start(`${server}-${transport}`, process.execPath, args, { env: { ...process.env, ...ctx.blockgateEnv } });
     return { proc, info: await waitRunFile(dataDir, proc, ctx.reg) };
@@ -196,27 +204,75 @@ async function startBlockgate(
   let { proc, info } = await run();
   let ep: Endpoint;
   if (transport === 'unix') ep = { kind: 'unix', path: path.join(dataDir, 'sockets', 'bench.sock') };
+  else if (transport === 'iscsi') ep = portalOf(info.iscsi);
   else ep = { kind: 'tcp', host: '127.0.0.1', port: tcpPort ?? (await freePort()) };
   if (fresh) {
-    await provisionBlockgate(info.api, ctx.size, ep);
+    await provisionBlockgate(info.api, ctx.size, transport === 'tcp' ? ep : null);
     const policy = opts.policy ?? 'write-back';
     if (policy !== 'write-back') {
       // The API sets policies through iSCSI MODE SELECT only: set it in the stopped appliance's database.
       await ctx.reg.stop(proc);
       setPolicy(dataDir, policy);
       ({ proc, info } = await run());
+      if (transport === 'iscsi') ep = portalOf(info.iscsi);
     }
   }
   await waitListening(ep, proc, ctx.reg);
   return {
     server,
     transport,
-    uri: uriOf(ep, '0/0'),
+    uri: transport === 'iscsi' ? iscsiImage(ep, 'iqn.2026-11.io.blockgate:bench.t0', 0) : uriOf(ep, '0/0'),
     proc,
     dataDir,
     ...(ep.kind === 'tcp' ? { tcpPort: ep.port } : {}),
     ...(ctx.cpuProfDir ? { profileDir: ctx.cpuProfDir } : {}),
   };
+}
+
+/** run.json's `iscsi` is "host:port" (the port the portal really bound when started on :0). */
+function portalOf(addr: string): Endpoint {
+  const i = addr.lastIndexOf(':');
+  const port = Number(addr.slice(i + 1));
+  if (!(port > 0)) throw new Error(`blockgate's run.json has no iSCSI port: '${addr}'`);
+  return { kind: 'tcp', host: addr.slice(0, i).replace(/^\[|\]$/g, ''), port };
+}
+
+/** qemu's --image-opts for one LUN: the only way to give qemu-img an initiator name. */
+function iscsiImage(ep: Endpoint, target: string, lun: number): string {
+  if (ep.kind !== 'tcp') throw new Error('iSCSI needs a TCP portal');
+  return `driver=iscsi,transport=tcp,portal=${ep.host}:${ep.port},target=${target},lun=${lun},initiator-name=${BENCH_INITIATOR}`;
+}
+
+let tgtStarts = 0;
+
+/**
+ * tgt (tgtd 1.0.85) in the foreground with its control socket, lock and pid
+ * file in a directory of its own (TGT_IPC_SOCKET moves the socket prefix off
+ * /var/run), one target with LUN 1 on a sparse file of the benchmark size.
+ * Its defaults otherwise: rdwr backing store through the page cache (like
+ * nbdkit-file's cache=default), its own I/O thread pool.
+ */
+async function startTgt(ctx: StartContext): Promise<Target> {
+  const dir = await fs.promises.mkdtemp(path.join(ctx.workDir, `tgt-${++tgtStarts}-`));
+  const file = path.join(dir, 'lun1.img');
+  await backingFile(file, ctx.size);
+  const ep: Endpoint = { kind: 'tcp', host: '127.0.0.1', port: await freePort() };
+  const env = { ...process.env, TGT_IPC_SOCKET: path.join(dir, 'ctl') };
+  const ctl = '1';
+  const proc = ctx.reg.start('tgtd', 'tgtd', ['-f', '-C', ctl, '-p', path.join(dir, 'tgtd.pid'), '--iscsi', `portal=${ep.host}:${ep.port}`], { env });
+  // The portal opens after the control socket, so a listening portal means tgtadm can talk to it.
+  await waitListening(ep, proc, ctx.reg);
+  const target = 'iqn.2026-11.io.blockgate:bench-tgt';
+  const adm = async (...args: string[]): Promise<void> => {
+    const p = ctx.reg.start('tgtadm', 'tgtadm', ['-C', ctl, '--lld', 'iscsi', ...args], { env });
+    const { code, signal } = await p.exited;
+    if (code !== 0) throw new Error(`tgtadm ${args.join(' ')} failed (${code ?? signal}):\n${p.output()}`);
+  };
+  await adm('--op', 'new', '--mode', 'target', '--tid', '1', '-T', target);
+  await adm('--op', 'new', '--mode', 'logicalunit', '--tid', '1', '--lun', '1', '-b', file);
+  await adm('--op', 'bind', '--mode', 'target', '--tid', '1', '-I', 'ALL');
+  // tgtd -f was still running 15 s after SIGTERM here; its LUN is scratch, so it gets SIGKILL soon after.
+  return { server: 'tgt', transport: 'iscsi', uri: iscsiImage(ep, target, 1), proc, stopGraceMs: 1_000 };
 }
 
 function setPolicy(dataDir: string, policy: CachePolicy): void {
@@ -229,7 +285,12 @@ function setPolicy(dataDir: string, policy: CachePolicy): void {
 }
 
 export async function startServer(name: ServerName, transport: Transport, ctx: StartContext): Promise<Target> {
+  if ((transport === 'iscsi') !== ISCSI_SERVERS.includes(name)) throw new Error(`${name} does not serve the ${transport} lane`);
   switch (name) {
+    case 'blockgate-iscsi':
+      return startBlockgate(ctx, transport, undefined, { server: name, policy: 'write-back' });
+    case 'tgt':
+      return startTgt(ctx);
     case 'blockgate':
     case 'blockgate-wt':
     case 'blockgate-none':

@@ -15,6 +15,7 @@ import {
   type RunStats,
 } from '../../bench/stats.js';
 import { selectWorkloads, type Workload } from '../../bench/workloads.js';
+import { iscsiRunnable, parseQemuBench } from '../../bench/qemu-bench.js';
 
 const MiB = 1024 * 1024;
 
@@ -200,6 +201,78 @@ t.test('report and chart render from a results document', async (t) => {
   t.match(svg, /blockgate 4k random read QD1: 1\.30×/);
   t.match(svg, /fresh volume, unix socket/);
   t.notMatch(svg, /nbdkit-file 4k/, 'the baseline is the 1.0 line, not bars');
+});
+
+t.test('the iSCSI lane is judged against tgt, beside NBD lanes judged against nbdkit-file', async (t) => {
+  const ws = selectWorkloads(['randread-4k-qd1', 'seqwrite-1m-qd8', 'randrw-4k-qd32']);
+  t.same(ws.filter(iscsiRunnable).map((w) => w.id), ['randread-4k-qd1', 'seqwrite-1m-qd8'], 'qemu-img bench has no mixed shape');
+  const s = (iops: number): RunStats => ({ iops, readIops: iops, writeIops: 0, mibps: iops / 256, p50us: Number.NaN, p99us: Number.NaN });
+  const runs = new Map<string, RunStats[]>();
+  const put = (w: string, tr: Transport, srv: ServerName, v: number): void => void runs.set(cellKey(w, tr, srv), [s(v)]);
+  put('randread-4k-qd1', 'unix', 'nbdkit-file', 100);
+  put('randread-4k-qd1', 'unix', 'blockgate', 200);
+  put('randread-4k-qd1', 'iscsi', 'tgt', 50);
+  put('randread-4k-qd1', 'iscsi', 'blockgate-iscsi', 100);
+  put('seqwrite-1m-qd8', 'iscsi', 'tgt', 10);
+  put('seqwrite-1m-qd8', 'iscsi', 'blockgate-iscsi', 12);
+  const lanes: Lane[] = [
+    { scenario: 'filled', transport: 'unix', workloads: ws.slice(0, 1) },
+    { scenario: 'filled', transport: 'iscsi', workloads: ws.filter(iscsiRunnable) },
+  ];
+  const servers: ServerName[] = ['blockgate', 'nbdkit-file', 'blockgate-iscsi', 'tgt'];
+  const cells = buildCells(runs, lanes, servers, 'nbdkit-file');
+  t.equal(cells.length, 6);
+  const at = (w: string, srv: ServerName): number | null => cells.find((c) => c.workload === w && c.server === srv)!.ratioToBaseline;
+  t.equal(at('randread-4k-qd1', 'blockgate-iscsi'), 2, 'over tgt, not over nbdkit-file');
+  t.equal(at('randread-4k-qd1', 'tgt'), 1);
+  t.equal(at('randread-4k-qd1', 'blockgate'), 2);
+  t.equal(at('seqwrite-1m-qd8', 'blockgate-iscsi'), 1.2);
+  const targets = evaluateTargets(cells, ws);
+  const iscsi = targets.find((x) => x.id === 'iscsi-tgt')!;
+  t.same(
+    iscsi.rows.map((r) => [r.workload, r.transport, r.ratio]),
+    [
+      ['randread-4k-qd1', 'iscsi', 2],
+      ['seqwrite-1m-qd8', 'iscsi', 1.2],
+    ],
+  );
+  t.equal(iscsi.met, false, '1.2× is below 1.5×');
+  t.equal(targets.find((x) => x.id === 'wb-nbdkit')!.rows.length, 1, 'the NBD targets ignore the iSCSI lane');
+  const r: Results = {
+    date: '2026-01-01T00:00:00.000Z',
+    mode: 'quick',
+    config: {
+      rounds: 1,
+      runtimeS: 5,
+      rampS: 1,
+      sizeBytes: 256 * MiB,
+      transports: ['unix', 'iscsi'],
+      servers,
+      baseline: 'nbdkit-file',
+      workloads: ws,
+      scenarios: [{ id: 'filled', title: 'pre-filled', note: 'filled', workloads: ws.map((w) => w.id) }],
+      workDirFs: 'ext4',
+    },
+    machine: { cpuModel: 'Test CPU', nproc: 2, memoryGiB: 4, kernel: 'Linux' },
+    versions: {},
+    cells,
+    targets,
+    profiles: [],
+    durationS: 1,
+  };
+  const md = renderMarkdown(r);
+  t.match(md, /## Results, pre-filled, iSCSI over TCP loopback\n\n\| workload \| server \| IOPS \| spread \| MiB\/s \| p50 \| p99 \| vs tgt \|/);
+  t.match(md, /## Results, pre-filled, unix socket\n\n\| workload .* vs nbdkit-file \|/);
+  t.match(md, /\| 1 MiB sequential write QD8 \| \*\*blockgate-iscsi\*\* \| 12 \|.*\| – \| – \| 1\.20× \|/, 'no latency columns for the iSCSI driver');
+  t.match(md, /iSCSI write-back ≥ 1\.5× tgt, every row \| 1 \/ 2 \| 1\.20× \(seqwrite-1m-qd8, filled, iscsi\).*❌ missed/);
+  const svg = renderSvg(r);
+  t.match(svg, /blockgate-iscsi 4k random read QD1: 2\.00×/);
+  t.notMatch(svg, /tgt 4k/, 'tgt is the iSCSI panels\' 1.0 line');
+});
+
+t.test('qemu-img bench output: the run time, or null', async (t) => {
+  t.equal(parseQemuBench('Sending 20000 write requests, 4096 bytes each, 32 in parallel\nRun completed in 1.456 seconds.\n'), 1.456);
+  t.equal(parseQemuBench('qemu-img: Could not open: iSCSI: Failed to connect'), null);
 });
 
 /** (root) → main → hot, main → cold; plus (idle) and (garbage collector) under root. */
