@@ -45,6 +45,6 @@ export function filesystemOf(dir: string): string {
 }
 
 export function installTools(root: string): void {
-  const r = spawnSync('bash', [path.join(root, 'test/setup-tools.sh'), 'fio', 'nbdkit', 'qemu-nbd', 'nbdinfo', 'qemu-img', 'tgtd'], { stdio: 'inherit' });
+  const r = spawnSync('bash', [path.join(root, 'test/setup-tools.sh'), 'fio', 'nbdkit', 'qemu-nbd', 'nbdinfo', 'qemu-img', 'qemu-iscsi', 'tgtd'], { stdio: 'inherit' });
   if (r.status !== 0) throw new Error('test/setup-tools.sh could not install the benchmark tools');
 }
