@@ -3,7 +3,7 @@ import t from 'tap';
 import { startServer } from '../helpers/server.js';
 import { requireTools, run } from '../helpers/tools.js';
 import { IscsiWire, keys, read10, tur, write10 } from '../helpers/iscsi-wire.js';
-import { prng } from '../helpers/prng.js';
+import { Fuzzer } from '../helpers/prng.js';
 import { crc32c } from '../../target/iscsi/crc32c.js';
 
 // iSCSI fuzzing from raw sockets: a fixed seed, >=100k random and mutated
@@ -22,32 +22,6 @@ const FUZZ_IQN = 'iqn.2026-01.fuzz:initiator';
 const FUZZ_TARGET = 'iqn.2026-11.io.blockgate:fz.t0';
 const STEADY_IQN = 'iqn.2026-01.fuzz:steady';
 
-class Gen {
-  readonly r: () => number;
-  constructor(seed: number) {
-    this.r = prng(seed);
-  }
-  int(n: number): number {
-    return Math.floor(this.r() * n);
-  }
-  pick<T>(xs: readonly T[]): T {
-    return xs[this.int(xs.length)]!;
-  }
-  bytes(n: number): Buffer {
-    const b = Buffer.allocUnsafe(n);
-    for (let i = 0; i < n; i++) b[i] = this.int(256);
-    return b;
-  }
-  mutate(f: Buffer): Buffer {
-    const b = Buffer.from(f);
-    const k = 1 + this.int(4);
-    for (let i = 0; i < k && b.length > 0; i++) {
-      const at = this.int(Math.min(b.length, 64));
-      b[at] = this.int(3) === 0 ? b[at]! ^ (1 << this.int(8)) : this.int(256);
-    }
-    return this.int(10) === 0 ? b.subarray(0, this.int(b.length + 1)) : b;
-  }
-}
 
 const pad4 = (n: number): number => (n + 3) & ~3;
 
@@ -73,7 +47,7 @@ function pdu(bhs: Buffer, data: Buffer, hd: boolean, dd: boolean, lie?: number):
   return Buffer.concat(parts);
 }
 
-function bhs(g: Gen, opcode: number, sn: number): Buffer {
+function bhs(g: Fuzzer, opcode: number, sn: number): Buffer {
   const b = Buffer.alloc(48);
   b[0] = opcode | (g.int(3) === 0 ? 0x40 : 0);
   b[1] = g.int(4) === 0 ? g.int(256) : 0x80;
@@ -85,7 +59,7 @@ function bhs(g: Gen, opcode: number, sn: number): Buffer {
   return b;
 }
 
-function loginPdu(g: Gen): Buffer {
+function loginPdu(g: Fuzzer): Buffer {
   const b = Buffer.alloc(48);
   b[0] = 0x43;
   b[1] = g.pick([0x87, 0x81, 0x83, 0x04, 0x40 | 0x04, g.int(256)]);
@@ -104,10 +78,10 @@ function loginPdu(g: Gen): Buffer {
   let data: Buffer = keys(k);
   if (g.int(5) === 0) data = Buffer.concat([data, g.bytes(g.int(200))]);
   const f = pdu(b, data, false, false, g.int(10) === 0 ? g.int(1 << 24) : undefined);
-  return g.int(4) === 0 ? g.mutate(f) : f;
+  return g.int(4) === 0 ? g.mutate(f, 64, 10) : f;
 }
 
-function ffpPdu(g: Gen, sn: number, hd: boolean, dd: boolean): Buffer {
+function ffpPdu(g: Fuzzer, sn: number, hd: boolean, dd: boolean): Buffer {
   const op = g.int(8) === 0 ? g.int(64) : g.pick([0x00, 0x01, 0x01, 0x01, 0x02, 0x04, 0x05, 0x05, 0x06, 0x03, 0x10]);
   const b = bhs(g, op, sn);
   let data: Buffer = Buffer.alloc(0);
@@ -134,7 +108,7 @@ function ffpPdu(g: Gen, sn: number, hd: boolean, dd: boolean): Buffer {
   if (g.int(30) === 0) lie = g.pick([300 * 1024, 1 << 23, 0xffffff]);
   const f = pdu(b, data, hd, dd, lie);
   const k = g.int(12);
-  if (k === 0) return g.mutate(f);
+  if (k === 0) return g.mutate(f, 64, 10);
   if (k === 1 && (hd || dd)) {
     // A wrong digest.
     const m = Buffer.from(f);
@@ -146,7 +120,7 @@ function ffpPdu(g: Gen, sn: number, hd: boolean, dd: boolean): Buffer {
 
 let hung = 0;
 
-async function session(portal: string, g: Gen, n: number): Promise<number> {
+async function session(portal: string, g: Fuzzer, n: number): Promise<number> {
   const style = g.int(5);
   if (style === 0) {
     // Pre-login: mutated logins and full-feature PDUs before login.
@@ -243,7 +217,7 @@ t.test(`fuzz: ${PDUS} PDUs (seed ${SEED.toString(16)}) while qemu-io writes and 
     }
   })();
 
-  const g = new Gen(SEED);
+  const g = new Fuzzer(SEED);
   let total = 0;
   let sessions = 0;
   const worker = async (): Promise<void> => {

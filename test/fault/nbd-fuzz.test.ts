@@ -4,7 +4,7 @@ import { fioVerifyArgs } from '../helpers/fio.js';
 import { TOKEN, startServer } from '../helpers/server.js';
 import { requireTools, run } from '../helpers/tools.js';
 import { CMD, WireClient } from '../helpers/nbd-wire.js';
-import { prng } from '../helpers/prng.js';
+import { Fuzzer } from '../helpers/prng.js';
 
 // Protocol fuzzing from raw sockets: a fixed seed, >=100k random and mutated
 // frames over the handshake and transmission phases, on the demo host's unix
@@ -19,35 +19,6 @@ const SEED = Number(process.env.BLOCKGATE_FUZZ_SEED ?? 0x5eed_2026);
 const FRAMES = 100_000;
 const PARALLEL = 6;
 const MiB = 1024 * 1024;
-
-
-class Gen {
-  readonly r: () => number;
-  constructor(seed: number) {
-    this.r = prng(seed);
-  }
-  int(n: number): number {
-    return Math.floor(this.r() * n);
-  }
-  pick<T>(xs: readonly T[]): T {
-    return xs[this.int(xs.length)]!;
-  }
-  bytes(n: number): Buffer {
-    const b = Buffer.allocUnsafe(n);
-    for (let i = 0; i < n; i++) b[i] = this.int(256);
-    return b;
-  }
-  /** Flips, overwrites or truncates a few bytes of a valid frame. */
-  mutate(f: Buffer): Buffer {
-    const b = Buffer.from(f);
-    const k = 1 + this.int(4);
-    for (let i = 0; i < k && b.length > 0; i++) {
-      const at = this.int(b.length);
-      b[at] = this.int(3) === 0 ? b[at]! ^ (1 << this.int(8)) : this.int(256);
-    }
-    return this.int(8) === 0 ? b.subarray(0, this.int(b.length + 1)) : b;
-  }
-}
 
 function option(opt: number, data: Buffer, lie?: number): Buffer {
   const h = Buffer.alloc(16);
@@ -70,7 +41,7 @@ function request(type: number, flags: number, offset: bigint, length: number, pa
 
 const SIZE = 256 * MiB;
 
-function handshakeFrame(g: Gen): Buffer {
+function handshakeFrame(g: Fuzzer): Buffer {
   const names = ['', '0/0', '0/1', '9/9', '1/0', 'x', '0/0/0', 'é'];
   const valid = [
     option(3, Buffer.alloc(0)),
@@ -93,7 +64,7 @@ function handshakeFrame(g: Gen): Buffer {
   }
 }
 
-function transmissionFrame(g: Gen): Buffer {
+function transmissionFrame(g: Fuzzer): Buffer {
   const offsets = [0n, BigInt(g.int(SIZE)), BigInt(SIZE - 512), BigInt(SIZE), BigInt(SIZE) + 4096n, 1n << 62n, (1n << 64n) - 1n];
   const off = g.int(3) === 0 ? g.pick(offsets) : BigInt(g.int(SIZE / 512) * 512);
   const len = g.pick([0, 1, 512, 4096, 65536, g.int(131072), 32 * MiB, 0xffffffff]);
@@ -126,7 +97,7 @@ async function opsServed(s: { api: string }, host: string): Promise<number> {
 }
 
 /** One fuzz session: returns the number of frames sent. */
-async function session(where: net.NetConnectOpts, g: Gen, frames: number): Promise<number> {
+async function session(where: net.NetConnectOpts, g: Fuzzer, frames: number): Promise<number> {
   const sock = net.connect(where);
   sock.on('error', () => undefined);
   let got = 0;
@@ -186,7 +157,7 @@ t.test(`fuzz: ${FRAMES} frames (seed ${SEED.toString(16)}) while fio verifies an
   const fio = run('fio', [...fioVerifyArgs(s.unixUri('h2', '0/0'), { jobs: 2, size: '16M', name: 'alongside', stateDir: s.dataDir }), '--loops=3'], { timeoutMs: 240_000 });
 
   const opsBefore = await opsServed(s, 'demo');
-  const g = new Gen(SEED);
+  const g = new Fuzzer(SEED);
   let total = 0;
   let sessions = 0;
   const worker = async (): Promise<void> => {

@@ -178,24 +178,29 @@ export async function compareAndWrite(req: Req): Promise<ScsiResponse> {
 
 // ---- cache, provisioning --------------------------------------------------------
 
-export async function synchronizeCache(req: Req): Promise<ScsiResponse> {
-  const { cdb, io } = req;
-  const sixteen = cdb[0] === 0x91;
+/**
+ * The block range of a SYNCHRONIZE CACHE or PRE-FETCH CDB (10 or 16 bytes; `op16` names the
+ * long form): a count of 0 means "to the end of the unit", so it resolves to what is left.
+ */
+function cacheRange(req: Req, op16: number): { lba: number; count: number } {
+  const { cdb } = req;
+  const sixteen = cdb[0] === op16;
   const lba = sixteen ? lba64(cdb, 2) : cdb.readUInt32BE(2);
   const n = sixteen ? cdb.readUInt32BE(10) : cdb.readUInt16BE(7);
-  // NB 0 means "to the end of the unit".
   if (n === 0 ? lba > req.blocks : lba + n > req.blocks) throw fail(SENSE.LBA_OUT_OF_RANGE);
-  await io.flush();
+  return { lba, count: n === 0 ? req.blocks - lba : n };
+}
+
+export async function synchronizeCache(req: Req): Promise<ScsiResponse> {
+  // The range is checked but the whole unit is flushed: a unit's dirty data is not tracked per range.
+  cacheRange(req, 0x91);
+  await req.io.flush();
   return GOOD;
 }
 
 export async function prefetch(req: Req): Promise<ScsiResponse> {
-  const { cdb, io } = req;
-  const sixteen = cdb[0] === 0x90;
-  const lba = sixteen ? lba64(cdb, 2) : cdb.readUInt32BE(2);
-  const n = sixteen ? cdb.readUInt32BE(10) : cdb.readUInt16BE(7);
-  if (n === 0 ? lba > req.blocks : lba + n > req.blocks) throw fail(SENSE.LBA_OUT_OF_RANGE);
-  const count = n === 0 ? req.blocks - lba : Math.min(n, maxTransferBlocks(io));
+  const { io } = req;
+  const { lba, count } = cacheRange(req, 0x90);
   if (count > 0) await io.prefetch(lba * BLOCK, Math.min(count, maxTransferBlocks(io)) * BLOCK);
   // GOOD rather than CONDITION MET: the cache does not promise to keep what it warmed.
   return GOOD;
