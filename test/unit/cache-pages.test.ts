@@ -1,10 +1,9 @@
-import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import t from 'tap';
 import { BlockStore, OwnershipMap, SnapshotLink, type CachePolicy, type VolumeHandle } from '../../cache/index.js';
 import { AllocState, ArrayFile, LibuvRoute, type IoRoute } from '../../disks/index.js';
 import { VolumeLayout } from '../../mapper/index.js';
+import { onDisk, readVol, seededBytes, storeOnArray, type StoreOptions } from '../helpers/cache-store.js';
 
 // Per-page validity of cache blocks: a partial write into a block not in
 // memory reads nothing and fills nothing; reads load only the pages missing;
@@ -57,22 +56,7 @@ class HoldableRoute implements IoRoute {
   }
 }
 
-async function setup(
-  tt: { teardown: (fn: () => unknown) => void },
-  opts: { size?: number; dirtyLimit?: number; route?: IoRoute } = {},
-): Promise<{ store: BlockStore; a: ArrayFile; dir: string }> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'blockgate-pages-'));
-  const store = new BlockStore({ size: opts.size ?? 4 * M, blockSize: BS, dirtyLimit: opts.dirtyLimit, writebackDelayMs: 60_000, route: opts.route });
-  const a = new ArrayFile(1, 'a1', path.join(dir, 'a1.img'), 16 * M);
-  await a.open(true);
-  store.addArray(a);
-  tt.teardown(async () => {
-    await store.close();
-    await a.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  return { store, a, dir };
-}
+const setup = (tt: { teardown: (fn: () => unknown) => void }, opts: StoreOptions = {}): ReturnType<typeof storeOnArray> => storeOnArray(tt, { blockSize: BS, ...opts });
 
 const vol = (id: number, offset: number, length: number, cachePolicy: CachePolicy = 'write-back'): VolumeHandle => ({
   id,
@@ -80,35 +64,7 @@ const vol = (id: number, offset: number, length: number, cachePolicy: CachePolic
   cachePolicy,
 });
 
-/** Deterministic non-zero bytes, different per seed. */
-function bytes(n: number, seed: number): Buffer {
-  const out = Buffer.allocUnsafe(n);
-  let x = (Math.imul(seed + 1, 2654435761) >>> 0) || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    out[i] = (x & 255) | 1;
-  }
-  return out;
-}
-
-function onDisk(a: ArrayFile, offset: number, length: number): Buffer {
-  const b = Buffer.alloc(length);
-  const fd = fs.openSync(a.path, 'r');
-  try {
-    fs.readSync(fd, b, 0, length, offset);
-  } finally {
-    fs.closeSync(fd);
-  }
-  return b;
-}
-
-async function readVol(store: BlockStore, v: VolumeHandle, offset: number, length: number): Promise<Buffer> {
-  const b = Buffer.alloc(length);
-  await store.read(v, offset, length, b);
-  return b;
-}
+const bytes = seededBytes;
 
 /** The array bytes of page `page` of block 0 as they are before the test writes through the cache. */
 async function seedPage(a: ArrayFile, page: number, seed: number): Promise<Buffer> {
