@@ -41,7 +41,7 @@ export interface CacheStats {
   pinnedBytes: number;
   /** Block lookups served from memory. */
   hits: number;
-  /** Block lookups that had to go to the array. */
+  /** Block lookups that had to go to the array (a resident block missing pages counts too). */
   misses: number;
   /** Clean blocks dropped to make room. */
   evictions: number;
@@ -49,7 +49,7 @@ export interface CacheStats {
   writebacks: number;
   writebackBytes: number;
   writebackErrors: number;
-  /** Block loads (each a preadv of one or more neighbouring blocks). */
+  /** Array reads into slots: a preadv of neighbouring whole blocks, or the missing pages of one block. */
   loads: number;
   /** Pieces served straight between the array and the request (policy none, or no free slot). */
   bypassReads: number;
@@ -525,6 +525,11 @@ export class BlockCache {
 
   // ---- writes -----------------------------------------------------------
 
+  /** Moves whenever a block comes into memory or starts loading pages (see directWrite). */
+  get sequence(): number {
+    return this.seq;
+  }
+
   /** True when write-back writers must wait (call waitDirtyRoom first). */
   get overDirtyLimit(): boolean {
     return this.dirtyBytes >= this.dirtyLimit;
@@ -631,12 +636,13 @@ export class BlockCache {
 
   /**
    * Writes src straight to the array (write-through, none, FUA, or no slot).
-   * A block that came into memory while this write was in flight may have
-   * been read from the array before the write landed, so it gets the bytes
-   * again; one still loading is dropped when its load lands.
+   * A block that came into memory, or started loading pages, after `since`
+   * (while this write was on its way) may have read the array before the
+   * write landed, so it gets the bytes again; pages still loading are marked
+   * stale (they stay invalid when the load lands). Callers that update the
+   * cache first pass the `sequence` from before that update.
    */
-  async directWrite(a: ArrayFile, pos: number, src: Buffer, sOff: number, len: number): Promise<void> {
-    const since = this.seq;
+  async directWrite(a: ArrayFile, pos: number, src: Buffer, sOff: number, len: number, since = this.seq): Promise<void> {
     this.counters.bypassWrites++;
     await a.write(src, sOff, len, pos);
     if (this.seq === since) return;
