@@ -294,3 +294,28 @@ t.test('snapshot copy-up of a region whose origin block is partly valid and dirt
   t.same(await readVol(store, origin, 0, BS), now, 'the origin has the new bytes');
   store.unlinkSnapshot(2);
 });
+
+t.test('a write-through write whose cache step waited: a page load that started meanwhile gets its bytes', async (t) => {
+  const route = new HoldableRoute();
+  const { store, a } = await setup(t, { route });
+  const back = vol(1, 0, 4 * M);
+  const thru = vol(2, 0, 4 * M, 'write-through');
+  // Block 1: page 0 dirty in memory, page 6 only on the array.
+  await store.write(back, BS, bytes(P, 60), false);
+  const old6 = await seedPage(a, 16 + 6, 61);
+  // Block 0 loading (held): the write's cache step must wait for it.
+  route.hold();
+  const loading0 = readVol(store, back, 0, P);
+  while (route.held < 1) await new Promise((r) => setImmediate(r));
+  const w = bytes(P + 6 * P + 100, 62);
+  const writing = store.write(thru, BS - P, w, false);
+  // Meanwhile a reader starts loading block 1's page 6 (the write covers it in part): it reads the old bytes.
+  const loading6 = readVol(store, back, BS + 6 * P, P);
+  while (route.held < 2) await new Promise((r) => setImmediate(r));
+  route.release();
+  await Promise.all([loading0, writing, loading6]);
+  const expect = Buffer.from(old6);
+  w.copy(expect, 0, 7 * P, 7 * P + 100);
+  t.same(onDisk(a, BS + 6 * P, P), expect, 'the array has the write');
+  t.same(await readVol(store, back, BS + 6 * P, P), expect, 'and the cache does not keep the bytes loaded before it');
+});
