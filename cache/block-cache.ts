@@ -41,7 +41,7 @@ export interface CacheStats {
   pinnedBytes: number;
   /** Block lookups served from memory. */
   hits: number;
-  /** Block lookups that had to go to the array. */
+  /** Block lookups that had to go to the array (a resident block missing pages counts too). */
   misses: number;
   /** Clean blocks dropped to make room. */
   evictions: number;
@@ -49,7 +49,7 @@ export interface CacheStats {
   writebacks: number;
   writebackBytes: number;
   writebackErrors: number;
-  /** Block loads (each a preadv of one or more neighbouring blocks). */
+  /** Array reads into slots: a preadv of neighbouring whole blocks, or the missing pages of one block. */
   loads: number;
   /** Pieces served straight between the array and the request (policy none, or no free slot). */
   bypassReads: number;
@@ -65,8 +65,9 @@ export const DEFAULT_BLOCK_SIZE = 64 * 1024;
 
 /** Cache keys: array id in the high bits, block index in the low 32 (2^21 arrays, 2^32 blocks each). */
 const KEY_MUL = 2 ** 32;
-/** Dirty state is kept per allocation block (4 KiB page) of a cache block. */
+/** Validity and dirty state are kept per allocation block (4 KiB page) of a cache block. */
 const PAGE_SHIFT = 12;
+const PAGE = 1 << PAGE_SHIFT;
 const noop = (): void => undefined;
 
 class Block {
@@ -75,10 +76,14 @@ class Block {
   readonly index: number;
   readonly slot: number;
   readonly buf: Buffer;
-  /** Cache sequence when the block came into memory (see directWrite). */
-  readonly born: number;
-  /** Set while the slot is being filled from the array; never rejects. */
+  /** Cache sequence when the block came into memory or last started loading pages (see directWrite). */
+  born: number;
+  /** Set while pages of the slot are being filled from the array; never rejects. */
   loading: Promise<void> | null = null;
+  /** Pages holding the block's bytes (the rest of the slot is leftover memory, never served or written back). */
+  validPages = 0;
+  /** Every page valid: the hit paths skip the page bitmap. */
+  full = false;
   /** Set while the slot is being written back; never rejects. */
   writing: Promise<void> | null = null;
   dirty = false;
@@ -92,8 +97,10 @@ class Block {
   pins = 0;
   inLru = false;
   gone = false;
-  /** Invalidated while loading: drop when the load lands. */
+  /** Forgotten while loading: drop the whole block when the load lands. */
   doomed = false;
+  /** The array changed under a load in flight: its pages stay invalid when it lands (the next reader loads them again). */
+  stale = false;
 
   constructor(key: number, arrayId: number, index: number, slot: number, buf: Buffer, born: number) {
     this.key = key;
@@ -111,9 +118,14 @@ class Block {
  *
  * Every resident block is in exactly one of two places: `lru` (clean, idle,
  * unpinned — the only blocks eviction may take) or `held` (loading, dirty,
- * being written back, or pinned). A resident block is always wholly valid: a
- * partial write to a block not in memory first loads it (read-modify-write),
- * so write-back can write any superset of the dirty range.
+ * being written back, or pinned).
+ *
+ * A resident block may be partly valid: validity is kept per 4 KiB page. A
+ * write into memory the block does not hold yet takes a slot and marks just
+ * the pages it covers valid and dirty — no fill, no read of the rest (only a
+ * page it covers in part is read first). A read of invalid pages loads just
+ * those (the array zero-fills what its map says was never written). Dirty
+ * pages are always valid, and write-back writes dirty pages only.
  *
  * Write ordering: changes to a block wait while it loads or is being written
  * back, so a write-back's bytes never change under it, a load never
@@ -151,7 +163,10 @@ export class BlockCache {
    * written back over the array as data.
    */
   private readonly pageBits: Uint32Array;
+  /** One bit per 4 KiB page of every slot, set while the page holds the block's bytes. */
+  private readonly validBits: Uint32Array;
   private readonly pageWords: number;
+  private readonly pagesPerBlock: number;
 
   private gen = 0;
   private seq = 0;
@@ -195,8 +210,10 @@ export class BlockCache {
     this.concurrency = opts.writebackConcurrency ?? 8;
     this.maxPinned = Math.floor(this.capacity * (opts.maxPinnedFraction ?? 0.5));
     this.maxRun = Math.max(1, (1 << 20) >> this.shift);
-    this.pageWords = Math.ceil((bs >> PAGE_SHIFT) / 32);
+    this.pagesPerBlock = bs >> PAGE_SHIFT;
+    this.pageWords = Math.ceil(this.pagesPerBlock / 32);
     this.pageBits = new Uint32Array(this.slab.slots * this.pageWords);
+    this.validBits = new Uint32Array(this.slab.slots * this.pageWords);
   }
 
   stats(): CacheStats {
@@ -237,6 +254,8 @@ export class BlockCache {
     const slot = this.takeSlot();
     if (slot < 0) return null;
     const b = new Block(arrayId * KEY_MUL + index, arrayId, index, slot, this.slab.view(slot), ++this.seq);
+    const o = slot * this.pageWords;
+    this.validBits.fill(0, o, o + this.pageWords);
     this.held.set(b.key, b);
     return b;
   }
@@ -293,11 +312,7 @@ export class BlockCache {
     const p = this.route.readv(a, bufs, blocks.length * bs, blocks[0]!.index * bs).then(
       () => {
         if (then) then();
-        for (const b of blocks) {
-          b.loading = null;
-          if (b.doomed) this.drop(b);
-          else this.settle(b);
-        }
+        for (const b of blocks) this.landed(b, 0, this.pagesPerBlock, -1, -1);
       },
       (err: unknown) => {
         for (const b of blocks) {
@@ -310,6 +325,107 @@ export class BlockCache {
     const shared = p.then(noop, noop);
     for (const b of blocks) b.loading = shared;
     return p;
+  }
+
+  /**
+   * Loads the invalid pages of [p0, p1) of a resident block, except those in
+   * [skip0, skip1), one read per run of neighbours. Valid pages (dirty ones
+   * among them) are never read over. The caller has checked the block is not
+   * loading; a write-back may be in flight (it reads only dirty pages, which
+   * this does not touch).
+   */
+  private loadPages(a: ArrayFile, b: Block, p0: number, p1: number, skip0: number, skip1: number): Promise<void> {
+    const origin = b.index * this.blockSize;
+    const reads: Promise<void>[] = [];
+    for (let p = p0; p < p1; ) {
+      if ((p >= skip0 && p < skip1) || this.pageValid(b, p)) {
+        p++;
+        continue;
+      }
+      let q = p + 1;
+      while (q < p1 && !(q >= skip0 && q < skip1) && !this.pageValid(b, q)) q++;
+      const at = p << PAGE_SHIFT;
+      const len = Math.min(q << PAGE_SHIFT, a.size - origin) - at;
+      if (len > 0) reads.push(this.route.readv(a, [b.buf.subarray(at, at + len)], len, origin + at));
+      p = q;
+    }
+    this.counters.loads++;
+    this.counters.misses++;
+    this.hold(b);
+    // Bytes a direct write lands while this read is in flight may be older on the array than in it (see directWrite).
+    b.born = ++this.seq;
+    const p = (reads.length === 1 ? reads[0]! : Promise.all(reads)).then(
+      () => this.landed(b, p0, p1, skip0, skip1),
+      (err: unknown) => {
+        b.loading = null;
+        b.stale = false;
+        // The block's other pages are still good (some may be dirty): keep it, these pages stay invalid.
+        if (b.doomed) this.drop(b);
+        else this.settle(b);
+        throw err;
+      },
+    );
+    b.loading = p.then(noop, noop);
+    return p;
+  }
+
+  /** A load of pages [p0, p1) minus [skip0, skip1) landed in b. */
+  private landed(b: Block, p0: number, p1: number, skip0: number, skip1: number): void {
+    b.loading = null;
+    if (b.stale) b.stale = false;
+    else if (skip0 < 0) this.setValid(b, p0, p1);
+    else {
+      this.setValid(b, p0, Math.min(p1, skip0));
+      this.setValid(b, Math.max(p0, skip1), p1);
+    }
+    if (b.doomed || (b.validPages === 0 && !b.dirty && b.pins === 0)) this.drop(b);
+    else {
+      this.settle(b);
+      // A dirty block skipped by write-back while it loaded: make sure someone comes back for it.
+      if (b.dirty) this.kick();
+    }
+  }
+
+  private pageValid(b: Block, p: number): boolean {
+    return ((this.validBits[b.slot * this.pageWords + (p >>> 5)]! >>> (p & 31)) & 1) !== 0;
+  }
+
+  /** Marks pages [p0, p1) of b valid. */
+  private setValid(b: Block, p0: number, p1: number): void {
+    if (b.full) return;
+    const bits = this.validBits;
+    const o = b.slot * this.pageWords;
+    for (let p = p0; p < p1; p++) {
+      const w = o + (p >>> 5);
+      const m = 1 << (p & 31);
+      if ((bits[w]! & m) === 0) {
+        bits[w]! |= m;
+        b.validPages++;
+      }
+    }
+    if (b.validPages === this.pagesPerBlock) b.full = true;
+  }
+
+  /** True when every page that bytes [lo, hi) of b touch is valid. */
+  private spanValid(b: Block, lo: number, hi: number): boolean {
+    if (b.full) return true;
+    for (let p = lo >>> PAGE_SHIFT, last = (hi - 1) >>> PAGE_SHIFT; p <= last; p++) if (!this.pageValid(b, p)) return false;
+    return true;
+  }
+
+  /**
+   * A write-back write of bytes [lo, hi) of b: a page it covers only in part
+   * must be valid first (it goes to the array whole). Returns the load of
+   * such pages, or null when none is needed.
+   */
+  private loadEdges(a: ArrayFile, b: Block, lo: number, hi: number): Promise<void> | null {
+    if (b.full) return null;
+    const first = lo >>> PAGE_SHIFT;
+    const last = (hi - 1) >>> PAGE_SHIFT;
+    const head = ((lo & (PAGE - 1)) !== 0 || hi < (first + 1) << PAGE_SHIFT) && !this.pageValid(b, first);
+    const tail = last !== first && (hi & (PAGE - 1)) !== 0 && !this.pageValid(b, last);
+    if (!head && !tail) return null;
+    return this.loadPages(a, b, first, last + 1, head ? first + 1 : first, tail ? last : last + 1);
   }
 
   // ---- reads ------------------------------------------------------------
@@ -358,6 +474,13 @@ export class BlockCache {
         (pending ??= []).push(b.loading.then(retry));
         continue;
       }
+      if (!b.full && !this.spanValid(b, s - start, e - start)) {
+        // Resident but partly valid: load only the pages missing, then serve from memory.
+        const retry = (): Promise<void> | undefined => this.read(a, s, e - s, dest, dOff + s - pos, cacheable) ?? undefined;
+        const pf = (s - start) >>> PAGE_SHIFT;
+        (pending ??= []).push(this.loadPages(a, b, pf, ((e - start - 1) >>> PAGE_SHIFT) + 1, -1, -1).then(retry));
+        continue;
+      }
       b.buf.copy(dest, dOff + s - pos, s - start, e - start);
       this.counters.hits++;
     }
@@ -401,6 +524,11 @@ export class BlockCache {
   }
 
   // ---- writes -----------------------------------------------------------
+
+  /** Moves whenever a block comes into memory or starts loading pages (see directWrite). */
+  get sequence(): number {
+    return this.seq;
+  }
 
   /** True when write-back writers must wait (call waitDirtyRoom first). */
   get overDirtyLimit(): boolean {
@@ -456,9 +584,21 @@ export class BlockCache {
           (pending ??= []).push(busy.then(retry));
           continue;
         }
+        if (mode === 'back' && !b.full) {
+          const edges = this.loadEdges(a, b, s - start, e - start);
+          if (edges) {
+            const retry = (): Promise<void> | undefined => this.write(a, s, src, sOff + s - pos, e - s, mode) ?? undefined;
+            (pending ??= []).push(edges.then(retry));
+            continue;
+          }
+        }
         src.copy(b.buf, s - start, sOff + s - pos, sOff + e - pos);
         if (mode === 'back') this.markDirty(b, s - start, e - start);
-        else if (b.dirty) b.dirtyGen = ++this.gen;
+        else {
+          // A page covered in part and not valid stays invalid: its other bytes come from the array when read.
+          if (!b.full) this.setValid(b, (s - start + PAGE - 1) >>> PAGE_SHIFT, (e - start) >>> PAGE_SHIFT);
+          if (b.dirty) b.dirtyGen = ++this.gen;
+        }
         this.counters.hits++;
         continue;
       }
@@ -470,6 +610,7 @@ export class BlockCache {
         const nb = this.newBlock(a.id, idx);
         if (!nb) continue;
         src.copy(nb.buf, 0, sOff + s - pos, sOff + e - pos);
+        this.setValid(nb, 0, this.pagesPerBlock);
         this.settle(nb);
         continue;
       }
@@ -479,14 +620,15 @@ export class BlockCache {
         (pending ??= []).push(this.directWrite(a, s, src, sOff + s - pos, e - s));
         continue;
       }
-      if (whole) {
-        src.copy(nb.buf, 0, sOff + s - pos, sOff + e - pos);
-        this.markDirty(nb, 0, bs);
+      // Only the pages the write covers become valid; one it covers in part is read first.
+      const edges = whole ? null : this.loadEdges(a, nb, s - start, e - start);
+      if (edges === null) {
+        src.copy(nb.buf, s - start, sOff + s - pos, sOff + e - pos);
+        this.markDirty(nb, s - start, e - start);
         continue;
       }
-      // Partial write to a block not in memory: load it, then apply.
       const retry = (): Promise<void> | undefined => this.write(a, s, src, sOff + s - pos, e - s, mode) ?? undefined;
-      (pending ??= []).push(this.load(a, [nb], null).then(retry));
+      (pending ??= []).push(edges.then(retry));
     }
     if (pending === null) return null;
     return pending.length === 1 ? pending[0]! : Promise.all(pending).then(noop);
@@ -494,12 +636,13 @@ export class BlockCache {
 
   /**
    * Writes src straight to the array (write-through, none, FUA, or no slot).
-   * A block that came into memory while this write was in flight may have
-   * been read from the array before the write landed, so it gets the bytes
-   * again; one still loading is dropped when its load lands.
+   * A block that came into memory, or started loading pages, after `since`
+   * (while this write was on its way) may have read the array before the
+   * write landed, so it gets the bytes again; pages still loading are marked
+   * stale (they stay invalid when the load lands). Callers that update the
+   * cache first pass the `sequence` from before that update.
    */
-  async directWrite(a: ArrayFile, pos: number, src: Buffer, sOff: number, len: number): Promise<void> {
-    const since = this.seq;
+  async directWrite(a: ArrayFile, pos: number, src: Buffer, sOff: number, len: number, since = this.seq): Promise<void> {
     this.counters.bypassWrites++;
     await a.write(src, sOff, len, pos);
     if (this.seq === since) return;
@@ -510,7 +653,8 @@ export class BlockCache {
       const b = this.peek(base + idx);
       if (!b || b.born <= since) continue;
       if (b.loading) {
-        b.doomed = true;
+        // The load may have read the array before this write landed: its pages stay invalid.
+        b.stale = true;
         continue;
       }
       if (b.writing) continue;
@@ -520,11 +664,15 @@ export class BlockCache {
     }
   }
 
+  /** Bytes [lo, hi) of b were written: their pages are dirty, and valid (one covered in part was loaded first). */
   private markDirty(b: Block, lo: number, hi: number): void {
     b.dirtyGen = ++this.gen;
     const o = b.slot * this.pageWords;
     const bits = this.pageBits;
-    for (let p = lo >>> PAGE_SHIFT, last = (hi - 1) >>> PAGE_SHIFT; p <= last; p++) bits[o + (p >>> 5)]! |= 1 << (p & 31);
+    const first = lo >>> PAGE_SHIFT;
+    const last = (hi - 1) >>> PAGE_SHIFT;
+    for (let p = first; p <= last; p++) bits[o + (p >>> 5)]! |= 1 << (p & 31);
+    if (!b.full) this.setValid(b, first, last + 1);
     if (!b.dirty) {
       b.dirty = true;
       b.lo = lo;
@@ -735,6 +883,11 @@ export class BlockCache {
           await b.loading;
           continue;
         }
+        if (!b.full) {
+          // A pinned block is served from memory whole: load what it lacks.
+          await this.loadPages(a, b, 0, this.pagesPerBlock, -1, -1);
+          continue;
+        }
         if (b.pins++ === 0) {
           this.pinnedBytes += bs;
           this.hold(b);
@@ -857,10 +1010,9 @@ export class BlockCache {
       const b = this.peek(a.id * KEY_MUL + i);
       if (!b) continue;
       this.counters.invalidations++;
-      if (b.loading) {
-        b.doomed = true;
-        continue;
-      }
+      // A load in flight may have read the old bytes: what it brings stays invalid. The block's
+      // other pages may be dirty, so it is not dropped blindly; act() decides once the load lands.
+      if (b.loading) b.stale = true;
       const s = Math.max(offset, i * bs);
       const e = Math.min(end, (i + 1) * bs);
       const act = async (): Promise<void> => {

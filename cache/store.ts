@@ -243,6 +243,8 @@ export class BlockStore {
     }
     const mode: WriteMode = policy === 'none' ? 'none' : 'through';
     const segs = vol.layout.translate(offset, src.length);
+    // Loads that start from here on may read the array before our write lands (see directWrite).
+    const since = this.cache.sequence;
     const applied: Promise<void>[] = [];
     for (const g of segs) {
       const p = this.cache.write(this.getArray(g.arrayId), g.arrayOffset, src, g.requestOffset, g.length, mode);
@@ -250,7 +252,7 @@ export class BlockStore {
     }
     if (applied.length > 0) await Promise.all(applied);
     try {
-      await Promise.all(segs.map((g) => this.cache.directWrite(this.getArray(g.arrayId), g.arrayOffset, src, g.requestOffset, g.length)));
+      await Promise.all(segs.map((g) => this.cache.directWrite(this.getArray(g.arrayId), g.arrayOffset, src, g.requestOffset, g.length, since)));
     } catch (err) {
       // Cached copies already hold bytes the array refused: drop them so nobody reads what is not there.
       await Promise.all(segs.map((g) => this.invalidate(g.arrayId, g.arrayOffset, g.length))).catch(() => undefined);

@@ -84,8 +84,11 @@ export type CloseReason =
 const FINISH_GRACE_MS = 2_000;
 
 /**
- * Output: replies are corked and sent once per loop turn (one syscall for
- * every reply a turn produced). Flow control: before each new request the
+ * Output: the replies to the requests of one socket read are corked and sent
+ * together when the read is parsed (one syscall for the batch). A reply that
+ * completes later goes out at once when it is the last request in flight (QD1
+ * waits for no timer and no later phase of the loop), else it is corked until
+ * the end of the loop turn, with the other completions of that turn. Flow control: before each new request the
  * limits are checked; above any of them the rest of the chunk is held and the
  * socket paused, so memory held per connection is bounded by the limits plus
  * one request, whatever the client does.
@@ -186,7 +189,22 @@ export abstract class NbdSession extends FrameReader {
   }
 
   private onData(chunk: Buffer): void {
-    this.process(chunk, 0);
+    this.batch(chunk, 0, chunk.length);
+  }
+
+  /** Parses one socket read with replies corked, and sends what it produced at once. */
+  private batch(buf: Buffer, p: number, n: number): void {
+    if (this.corked) {
+      this.process(buf, p, n);
+      return;
+    }
+    this.corked = true;
+    this.socket.cork();
+    try {
+      this.process(buf, p, n);
+    } finally {
+      this.uncork();
+    }
   }
 
   /** From the next read on, the socket's bytes arrive in the shared read buffer (no garbage per read). */
@@ -194,7 +212,7 @@ export abstract class NbdSession extends FrameReader {
     if (readIntoSharedBuffer(this.socket, this.onLent)) this.borrowedChunks = true;
   }
 
-  private readonly onLent = (buf: Buffer, n: number): void => this.process(buf, 0, n);
+  private readonly onLent = (buf: Buffer, n: number): void => this.batch(buf, 0, n);
 
   protected overLimits(): boolean {
     return (
@@ -245,7 +263,7 @@ export abstract class NbdSession extends FrameReader {
   /** Queues b in the current cork batch; `written` runs once the socket is done with it. */
   protected send(b: Buffer, written?: (err?: Error | null) => void): void {
     if (this.mode === Mode.Closed) return;
-    if (!this.corked) {
+    if (!this.corked && this.inflight > 1) {
       this.corked = true;
       this.socket.cork();
       setImmediate(this.uncorkNow);
@@ -279,7 +297,7 @@ export abstract class NbdSession extends FrameReader {
       const held = this.held;
       if (held) {
         this.held = null;
-        this.process(held, this.heldPos);
+        this.batch(held, this.heldPos, held.length);
       }
       if (!this.paused && (this.mode as Mode) !== Mode.Closed) this.socket.resume();
     }

@@ -1,10 +1,8 @@
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import t from 'tap';
-import { BlockStore, type VolumeHandle } from '../../cache/index.js';
+import type { BlockStore, VolumeHandle } from '../../cache/index.js';
 import { ALLOC_BLOCK, AllocState, ArrayFile } from '../../disks/index.js';
 import { VolumeLayout } from '../../mapper/index.js';
+import { storeOnArray } from '../helpers/cache-store.js';
 
 /**
  * The exact interleaving behind issue 13 item 0, made deterministic: a
@@ -19,16 +17,7 @@ const K = 1024;
 const M = 1024 * K;
 
 async function setup(tt: { teardown: (fn: () => unknown) => void }): Promise<{ store: BlockStore; a: ArrayFile; v: VolumeHandle }> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'blockgate-change-'));
-  const store = new BlockStore({ size: 4 * M, blockSize: 64 * K, writebackDelayMs: 60_000 });
-  const a = new ArrayFile(1, 'a1', path.join(dir, 'a1.img'), 4 * M);
-  await a.open(true);
-  store.addArray(a);
-  tt.teardown(async () => {
-    await store.close();
-    await a.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  const { store, a } = await storeOnArray(tt, { arraySize: 4 * M });
   return { store, a, v: { id: 1, layout: new VolumeLayout([{ arrayId: 1, offset: 0, length: 4 * M }]), cachePolicy: 'write-back' } };
 }
 

@@ -5,6 +5,7 @@ import t from 'tap';
 import { BlockStore, type CachePolicy, type VolumeHandle } from '../../cache/index.js';
 import { ArrayFile, PiscinaRoute } from '../../disks/index.js';
 import { VolumeLayout } from '../../mapper/index.js';
+import { onDisk, readVol, seededBytes } from '../helpers/cache-store.js';
 
 const K = 1024;
 const M = 1024 * K;
@@ -44,35 +45,7 @@ const vol = (id: number, extents: { arrayId: number; offset: number; length: num
   cachePolicy,
 });
 
-function onDisk(a: ArrayFile, offset: number, length: number): Buffer {
-  const b = Buffer.alloc(length);
-  const fd = fs.openSync(a.path, 'r');
-  try {
-    fs.readSync(fd, b, 0, length, offset);
-  } finally {
-    fs.closeSync(fd);
-  }
-  return b;
-}
-
-/** Deterministic bytes (xorshift32), different per seed. */
-function rnd(n: number, seed: number): Buffer {
-  const out = Buffer.allocUnsafe(n);
-  let x = (Math.imul(seed + 1, 2654435761) >>> 0) || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    out[i] = x & 255;
-  }
-  return out;
-}
-
-async function readVol(store: BlockStore, v: VolumeHandle, offset: number, length: number): Promise<Buffer> {
-  const b = Buffer.alloc(length);
-  await store.read(v, offset, length, b);
-  return b;
-}
+const rnd = seededBytes;
 
 t.test('write-back: acknowledged from memory, readable at once, on the array after flush', async (t) => {
   const { store, arrays } = await setup(t);

@@ -1,0 +1,321 @@
+import path from 'node:path';
+import t from 'tap';
+import { BlockStore, OwnershipMap, SnapshotLink, type CachePolicy, type VolumeHandle } from '../../cache/index.js';
+import { AllocState, ArrayFile, LibuvRoute, type IoRoute } from '../../disks/index.js';
+import { VolumeLayout } from '../../mapper/index.js';
+import { onDisk, readVol, seededBytes, storeOnArray, type StoreOptions } from '../helpers/cache-store.js';
+
+// Per-page validity of cache blocks: a partial write into a block not in
+// memory reads nothing and fills nothing; reads load only the pages missing;
+// write-back writes only pages that were written.
+
+const K = 1024;
+const M = 1024 * K;
+const P = 4 * K;
+const BS = 64 * K;
+
+/**
+ * The real libuv route, whose reads can be held after they have read the
+ * file and before they land in the cache: a load that read old bytes can be
+ * kept in flight while the array changes under it.
+ */
+class HoldableRoute implements IoRoute {
+  readonly name = 'libuv' as const;
+  private readonly inner = new LibuvRoute();
+  private gate: Promise<void> | null = null;
+  private open: (() => void) | null = null;
+  held = 0;
+
+  hold(): void {
+    this.gate = new Promise((r) => (this.open = r));
+  }
+
+  release(): void {
+    this.gate = null;
+    this.open?.();
+  }
+
+  async readv(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void> {
+    // Read into scratch first, land in the slots only once let go: what a slow load looks like.
+    const scratch = bufs.map((b) => Buffer.alloc(b.byteLength));
+    await this.inner.readv(a, scratch, length, position);
+    const gate = this.gate;
+    if (gate) {
+      this.held++;
+      await gate;
+    }
+    bufs.forEach((b, i) => Buffer.from(b.buffer, b.byteOffset, b.byteLength).set(scratch[i]!));
+  }
+
+  writev(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void> {
+    return this.inner.writev(a, bufs, length, position);
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
+
+const setup = (tt: { teardown: (fn: () => unknown) => void }, opts: StoreOptions = {}): ReturnType<typeof storeOnArray> => storeOnArray(tt, { blockSize: BS, ...opts });
+
+const vol = (id: number, offset: number, length: number, cachePolicy: CachePolicy = 'write-back'): VolumeHandle => ({
+  id,
+  layout: new VolumeLayout([{ arrayId: 1, offset, length }]),
+  cachePolicy,
+});
+
+const bytes = seededBytes;
+
+/** The array bytes of page `page` of block 0 as they are before the test writes through the cache. */
+async function seedPage(a: ArrayFile, page: number, seed: number): Promise<Buffer> {
+  const d = bytes(P, seed);
+  await a.write(d, 0, P, page * P);
+  return d;
+}
+
+t.test('an aligned partial write into a block not in memory reads nothing; a read loads only the pages missing', async (t) => {
+  const { store, a } = await setup(t);
+  const v = vol(1, 0, 4 * M);
+  const p5 = await seedPage(a, 5, 1);
+  const w = bytes(2 * P, 2);
+  const before = store.stats();
+  t.equal(store.cache.write(a, P, w, 0, w.length, 'back'), null, 'done at once: no load');
+  const mid = store.stats();
+  t.equal(mid.loads - before.loads, 0, 'no array read for the write');
+  t.equal(mid.dirtyBytes, BS);
+
+  // Bytes inside the written pages are served from memory without a load.
+  t.same(await readVol(store, v, P + 100, 2 * P - 200), w.subarray(100, 2 * P - 100));
+  t.equal(store.stats().loads - before.loads, 0, 'reading written pages loads nothing');
+
+  // The whole block: written pages from memory, page 5 from the array, the rest zero (never written).
+  const expect = Buffer.alloc(BS);
+  w.copy(expect, P);
+  p5.copy(expect, 5 * P);
+  t.same(await readVol(store, v, 0, BS), expect, 'a half-valid block reads as memory + array');
+  t.equal(store.stats().loads - before.loads, 1, 'one load for the missing pages');
+  t.same(await readVol(store, v, 0, BS), expect, 'and now the block is whole in memory');
+  t.equal(store.stats().loads - before.loads, 1, 'no second load');
+});
+
+t.test('an unaligned partial write reads only the pages it covers in part', async (t) => {
+  const { store, a } = await setup(t);
+  const v = vol(1, 0, 4 * M);
+  const p2 = await seedPage(a, 2, 3);
+  const p4 = await seedPage(a, 4, 4);
+  const p7 = await seedPage(a, 7, 5);
+  // From the middle of page 2 to the middle of page 4.
+  const w = bytes(2 * P + 100, 6);
+  await store.write(v, 2 * P + 1000, w, false);
+  const expect = Buffer.alloc(BS);
+  p2.copy(expect, 2 * P);
+  p4.copy(expect, 4 * P);
+  p7.copy(expect, 7 * P);
+  w.copy(expect, 2 * P + 1000);
+  t.same(await readVol(store, v, 0, BS), expect);
+  await store.flush(v);
+  t.same(onDisk(a, 0, BS), expect, 'on the array after flush: head and tail pages kept their other bytes');
+
+  // Page 7 was never loaded into the block before the full read; a write inside one page.
+  const one = bytes(10, 7);
+  const { store: s2, a: a2 } = await setup(t);
+  const q3 = await seedPage(a2, 3, 8);
+  const before = s2.stats();
+  await s2.write(vol(1, 0, 4 * M), 3 * P + 5, one, false);
+  t.equal(s2.stats().loads - before.loads, 1, 'the one page was read');
+  one.copy(q3, 5);
+  t.same(await readVol(s2, vol(1, 0, 4 * M), 3 * P, P), q3);
+});
+
+t.test('write-back of a partly valid block writes only the pages written, never an invalid one', async (t) => {
+  const { store, a } = await setup(t);
+  const v = vol(1, 0, 4 * M);
+  const p1 = await seedPage(a, 1, 10);
+  const p9 = await seedPage(a, 9, 11);
+  const w0 = bytes(P, 12);
+  const w8 = bytes(P, 13);
+  await store.write(v, 0, w0, false);
+  await store.write(v, 8 * P, w8, false);
+  const wb = store.stats().writebackBytes;
+  await store.flush(v);
+  t.equal(store.stats().writebackBytes - wb, 2 * P, 'two pages written back');
+  const expect = Buffer.alloc(BS);
+  w0.copy(expect, 0);
+  p1.copy(expect, P);
+  w8.copy(expect, 8 * P);
+  p9.copy(expect, 9 * P);
+  t.same(onDisk(a, 0, BS), expect, 'pages the cache never held are untouched on the array');
+  // The allocation map learned exactly the written pages (pages 2..7 stay holes).
+  const runs: [number, number, number][] = [];
+  a.allocationRuns(0, BS, (off, len, st) => runs.push([off, len, st]));
+  t.same(
+    runs.filter((r) => r[2] === AllocState.Data).map((r) => [r[0], r[1]]),
+    [[0, 2 * P], [8 * P, 2 * P]],
+    'data runs: pages 0-1 and 8-9 only',
+  );
+});
+
+t.test('partly valid dirty blocks under eviction: recycled slots never serve or write back leftover bytes', async (t) => {
+  // 16 slots; 48 blocks, each written on one page with another page seeded on the array.
+  const { store, a } = await setup(t, { size: 16 * BS, dirtyLimit: 4 * BS });
+  const v = vol(1, 0, 16 * M);
+  const seeded: Buffer[] = [];
+  const written: Buffer[] = [];
+  const FILLER = 200;
+  for (let i = 0; i < 48; i++) {
+    const s = bytes(P, 100 + i);
+    await a.write(s, 0, P, i * BS + 9 * P);
+    seeded.push(s);
+    // Filler blocks full of data: their slots, recycled, hold non-zero leftovers.
+    await a.write(bytes(BS, 300 + i), 0, BS, (FILLER + i) * BS);
+  }
+  for (let i = 0; i < 48; i++) {
+    const w = bytes(P, 200 + i);
+    await store.write(v, i * BS + 3 * P, w, false);
+    written.push(w);
+    // Whole clean blocks read in between push partly valid ones (written back) out of the LRU.
+    await readVol(store, v, (FILLER + i) * BS, BS);
+  }
+  t.ok(store.stats().evictions > 0, 'blocks were evicted and their slots reused');
+  for (let i = 0; i < 48; i++) {
+    const expect = Buffer.alloc(BS);
+    written[i]!.copy(expect, 3 * P);
+    seeded[i]!.copy(expect, 9 * P);
+    const got = await readVol(store, v, i * BS, BS);
+    if (!got.equals(expect)) t.fail(`block ${i} reads wrong`);
+  }
+  await store.flush(v);
+  for (let i = 0; i < 48; i++) {
+    const expect = Buffer.alloc(BS);
+    written[i]!.copy(expect, 3 * P);
+    seeded[i]!.copy(expect, 9 * P);
+    if (!onDisk(a, i * BS, BS).equals(expect)) t.fail(`block ${i} wrong on the array`);
+  }
+  t.pass('every block reads and lands exactly');
+});
+
+t.test('invalidate over partly valid blocks', async (t) => {
+  const route = new HoldableRoute();
+  const { store, a } = await setup(t, { route });
+  const v = vol(1, 0, 4 * M);
+  await seedPage(a, 5, 20);
+  const w0 = bytes(P, 21);
+  await store.write(v, 0, w0, false);
+
+  // A rewrite below the cache of an invalid page of a dirty block: the next read sees it.
+  const z5 = bytes(P, 22);
+  await a.write(z5, 0, P, 5 * P);
+  await store.invalidate(1, 5 * P, P);
+  t.same(await readVol(store, v, 5 * P, P), z5);
+  t.same(await readVol(store, v, 0, P), w0, 'the dirty page outside the range is kept');
+
+  // A load that read the old bytes is still in flight when the array changes: it must not land as valid.
+  const w1 = bytes(P, 23);
+  await store.write(v, BS, w1, false);
+  const old = await seedPage(a, 16 + 6, 24);
+  route.hold();
+  const reading = readVol(store, v, BS + 6 * P, P);
+  while (route.held === 0) await new Promise((r) => setImmediate(r));
+  const fresh = bytes(P, 25);
+  await a.write(fresh, 0, P, BS + 6 * P);
+  const inv = store.invalidate(1, BS + 6 * P, P);
+  route.release();
+  await inv;
+  const got = await reading;
+  t.notSame(got, old, 'the held load (old bytes) was not served as valid');
+  t.same(got, fresh, 'the reader loaded again and got the new bytes');
+  t.same(await readVol(store, v, BS, P), w1, 'the dirty page of that block survived');
+  await store.flush(v);
+  t.same(onDisk(a, BS, P), w1);
+  t.same(onDisk(a, BS + 6 * P, P), fresh, 'write-back did not put old bytes over the change');
+});
+
+t.test('write-through and none writes into a partly valid block', async (t) => {
+  const { store, a } = await setup(t);
+  const back = vol(1, 0, 4 * M);
+  const none = vol(2, 0, 4 * M, 'none');
+  const thru = vol(3, 0, 4 * M, 'write-through');
+  const p6 = await seedPage(a, 6, 30);
+  const w0 = bytes(P, 31);
+  await store.write(back, 0, w0, false);
+  // Covers page 6 in part (invalid in the cache): the array gets it, the cache must not serve a half page.
+  const n = bytes(100, 32);
+  await store.write(none, 6 * P + 50, n, false);
+  n.copy(p6, 50);
+  t.same(await readVol(store, back, 6 * P, P), p6);
+  // Whole pages through write-through become valid at once.
+  const w2 = bytes(2 * P, 33);
+  await store.write(thru, 2 * P, w2, false);
+  const loads = store.stats().loads;
+  t.same(await readVol(store, back, 2 * P, 2 * P), w2);
+  t.equal(store.stats().loads, loads, 'served from memory');
+  await store.flush(back);
+  t.same(onDisk(a, 0, P), w0);
+  t.same(onDisk(a, 6 * P, P), p6);
+});
+
+t.test('pinning a partly valid block loads the rest', async (t) => {
+  const { store, a } = await setup(t);
+  const p4 = await seedPage(a, 4, 40);
+  const w = bytes(P, 41);
+  await store.write(vol(1, 0, 4 * M), 0, w, false);
+  await store.pin(1, 0, BS);
+  const loads = store.stats().loads;
+  const expect = Buffer.alloc(BS);
+  w.copy(expect, 0);
+  p4.copy(expect, 4 * P);
+  t.same(await readVol(store, vol(1, 0, 4 * M), 0, BS), expect);
+  t.equal(store.stats().loads, loads, 'the pinned block is whole in memory');
+  store.unpin(1, 0, BS);
+});
+
+t.test('snapshot copy-up of a region whose origin block is partly valid and dirty', async (t) => {
+  const { store, a, dir } = await setup(t);
+  const R = BS;
+  const origin = vol(1, 0, 2 * M);
+  const snap = vol(2, 4 * M, 2 * M);
+  // Page 5 of block 0 on the array; page 0 dirty in the cache only.
+  const p5 = await seedPage(a, 5, 50);
+  const w0 = bytes(P, 51);
+  await store.write(origin, 0, w0, false);
+  const map = await OwnershipMap.create(path.join(dir, 'own'), R, (2 * M) / R);
+  t.teardown(() => map.close());
+  store.linkSnapshot(new SnapshotLink(snap, origin, map, store.cowIo));
+  // The origin's overwrite of page 5 copies the region up first.
+  const n5 = bytes(P, 52);
+  await store.write(origin, 5 * P, n5, false);
+  const then = Buffer.alloc(BS);
+  w0.copy(then, 0);
+  p5.copy(then, 5 * P);
+  t.same(await readVol(store, snap, 0, BS), then, 'the snapshot keeps the point in time');
+  t.same(onDisk(a, 4 * M, BS), then, 'copied up to the snapshot extents on the array');
+  const now = Buffer.from(then);
+  n5.copy(now, 5 * P);
+  t.same(await readVol(store, origin, 0, BS), now, 'the origin has the new bytes');
+  store.unlinkSnapshot(2);
+});
+
+t.test('a write-through write whose cache step waited: a page load that started meanwhile gets its bytes', async (t) => {
+  const route = new HoldableRoute();
+  const { store, a } = await setup(t, { route });
+  const back = vol(1, 0, 4 * M);
+  const thru = vol(2, 0, 4 * M, 'write-through');
+  // Block 1: page 0 dirty in memory, page 6 only on the array.
+  await store.write(back, BS, bytes(P, 60), false);
+  const old6 = await seedPage(a, 16 + 6, 61);
+  // Block 0 loading (held): the write's cache step must wait for it.
+  route.hold();
+  const loading0 = readVol(store, back, 0, P);
+  while (route.held < 1) await new Promise((r) => setImmediate(r));
+  const w = bytes(P + 6 * P + 100, 62);
+  const writing = store.write(thru, BS - P, w, false);
+  // Meanwhile a reader starts loading block 1's page 6 (the write covers it in part): it reads the old bytes.
+  const loading6 = readVol(store, back, BS + 6 * P, P);
+  while (route.held < 2) await new Promise((r) => setImmediate(r));
+  route.release();
+  await Promise.all([loading0, writing, loading6]);
+  const expect = Buffer.from(old6);
+  w.copy(expect, 0, 7 * P, 7 * P + 100);
+  t.same(onDisk(a, BS + 6 * P, P), expect, 'the array has the write');
+  t.same(await readVol(store, back, BS + 6 * P, P), expect, 'and the cache does not keep the bytes loaded before it');
+});
