@@ -222,14 +222,14 @@ async function overview(): Promise<void> {
       h(
         'table',
         {},
-        h('caption', { class: 'muted' }, 'Arrays: virtual size, given to volumes, free, held on the file system; overcommit is space given to volumes over the room the file system really has for them'),
+        h('caption', { class: 'muted' }, 'Arrays: virtual size, given to volumes, free, held on the file system; overcommit is the virtual size over the room its file system really has (bytes held plus free); above 1× a full file system can refuse writes (limit: setting arrays.overcommit)'),
         h('thead', {}, h('tr', {}, ...['Array', 'State', 'Class', 'Virtual', 'Given', 'Free', 'Allocated', 'FS available', 'Overcommit', 'Volumes'].map((c) => h('th', { scope: 'col' }, c)))),
         h(
           'tbody',
           {},
           ...list.map((a) => {
             const room = (a.allocated ?? 0) + (a.fileSystem?.available ?? 0);
-            const over = room > 0 ? a.used / room : 0;
+            const over = room > 0 ? a.size / room : 0;
             return h(
               'tr',
               {},
