@@ -137,7 +137,7 @@ async function main(): Promise<void> {
     await shot(page, 'hosts');
   });
 
-  await t.test('volumes: create, the API error shown, bind and map, cache policy', async (t) => {
+  await t.test('volumes: create, the API error shown, bind and map, resize, snapshot, cache policy', async (t) => {
     await view(page, 'volumes');
     await page.click('#create-volume');
     await confirm(page, { name: 'web', size: '64M' });
@@ -161,6 +161,15 @@ async function main(): Promise<void> {
     const ns = await s.call('GET', '/v1/hosts/demo/namespace');
     t.ok(ns.units.some((u: { volume: string; lun: number }) => u.volume === 'web' && u.lun === 1), 'the unit is in the host namespace');
 
+    await row.locator('button[data-op="resize"]').click();
+    await confirm(page, { size: '96M' });
+    await page.waitForFunction(`document.querySelector('tr[data-volume="web"]').textContent.includes('96.0 MiB')`, undefined, { timeout: SLOW });
+    t.equal((await s.call('GET', '/v1/volumes/web')).size, 96 * 1024 * 1024, 'resized through the API');
+    // A snapshot of the demo volume (web is scrubbed next, which its snapshot's origin could not be).
+    await page.locator('tr[data-volume="demo-boot"] button[data-op="snap"]').click();
+    await confirm(page, { snapshot: 'boot-snap' });
+    await page.waitForSelector('tr[data-volume="boot-snap"]', { timeout: SLOW });
+    t.equal((await s.call('GET', '/v1/volumes/boot-snap')).snapshotOf, 'demo-boot', 'the snapshot is of demo-boot');
     await row.locator('button[aria-label^="Cache policy"]').click();
     await confirm(page, { policy: 'write-through' });
     await page.waitForFunction(`document.querySelector('tr[data-volume="web"]').textContent.includes('write-through')`, undefined, { timeout: SLOW });
