@@ -1,4 +1,3 @@
-import crypto from 'node:crypto';
 import fastifySwagger from '@fastify/swagger';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import { jsonSchemaTransform, jsonSchemaTransformObject, serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
@@ -7,6 +6,8 @@ import type { StorageManager } from '../manager/index.js';
 import { errorHandler, refusals, sendError } from './errors.js';
 import type { MetricsSources } from './metrics.js';
 import { RESOURCES } from './routes/index.js';
+import { serveConsole } from './console.js';
+import { refuseWithoutSession, secretMatches, SessionStore, sessionRoutes } from './session.js';
 
 export interface ApiOptions {
   token: string;
@@ -14,17 +15,16 @@ export interface ApiOptions {
   version: string;
   /** Where /metrics reads from; without it /metrics answers 404. */
   metrics?: MetricsSources | undefined;
+  /** Where the bundled web console is (default dist/console); without its index.html, no console. */
+  consoleDir?: string | undefined;
 }
 
 /** Body limit of every route: a saved configuration is the largest document and stays far below it. */
 export const BODY_LIMIT = 1024 * 1024;
 
 /** Constant-time token check, so timing reveals nothing about the token. */
-function tokenMatches(header: string | undefined, token: string): boolean {
-  if (!header?.startsWith('Bearer ')) return false;
-  const given = Buffer.from(header.slice(7));
-  const want = Buffer.from(token);
-  return given.length === want.length && crypto.timingSafeEqual(given, want);
+function tokenMatches(header: string, token: string): boolean {
+  return header.startsWith('Bearer ') && secretMatches(header.slice(7), token);
 }
 
 /**
@@ -57,12 +57,21 @@ export function buildApi(m: StorageManager, opts: ApiOptions): FastifyInstance {
   });
   app.setNotFoundHandler((req, reply) => sendError(reply, 'NOT_FOUND', `no route ${req.method} ${req.url}`));
 
+  // The console's own files are public (they hold no data); its API calls carry the session cookie instead of the token.
+  const consoleFiles = serveConsole(app as unknown as FastifyInstance, opts.consoleDir);
+  const sessions = new SessionStore();
   app.addHook('onRequest', async (req, reply) => {
     if (req.url === '/v1/health') return;
-    if (!tokenMatches(req.headers.authorization, opts.token)) {
+    if ((req.method === 'GET' || req.method === 'HEAD') && consoleFiles.has(req.url)) return;
+    if (req.method === 'POST' && req.url === '/v1/session') return;
+    // A request that names a token is judged by it alone; only one that names none may use a console session.
+    const auth = req.headers.authorization;
+    if (auth !== undefined) {
+      if (tokenMatches(auth, opts.token)) return;
       sendError(reply, 'UNAUTHORIZED', 'a valid bearer token is required (Authorization: Bearer <token>)');
       return reply;
     }
+    if (refuseWithoutSession(sessions, req, reply)) return reply;
   });
   // Audit: every refused or unauthorized control request leaves one line (who, what, why); never the token.
   const audit = opts.logger;
@@ -96,6 +105,6 @@ export function buildApi(m: StorageManager, opts: ApiOptions): FastifyInstance {
     transform: jsonSchemaTransform,
     transformObject: jsonSchemaTransformObject,
   });
-  for (const plugin of RESOURCES) void app.register(plugin, { manager: m, version: opts.version, metrics: opts.metrics });
+  for (const plugin of [...RESOURCES, sessionRoutes(sessions, opts.token)]) void app.register(plugin, { manager: m, version: opts.version, metrics: opts.metrics });
   return app as unknown as FastifyInstance;
 }

@@ -28,6 +28,8 @@ declare -A PKG=(
   [psktool]=gnutls-bin
   [openssl]=openssl
   [dot]=graphviz
+  # the web console's browser tests (test/browser) drive Debian's chromium through playwright-core
+  [chromium]=chromium
   # qemu's iscsi:// driver (a module, not a command: checked by its file below).
   [qemu-iscsi]=qemu-block-extra
 )

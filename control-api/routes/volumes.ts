@@ -17,6 +17,7 @@ const createVolume = z.strictObject({
 });
 const change = z.strictObject({
   provisioning: words.provisioning.optional().describe('thin → thick allocates every hole now; thick → thin lets later trims give space back'),
+  cachePolicy: words.cachePolicy.optional().describe('write-back, write-through or none; leaving write-back writes the cached blocks to the array first'),
 });
 const claim = z.strictObject({ farm: name, size, qualityClass: qualityClass.optional() });
 const resize = z.strictObject({ size });
@@ -46,8 +47,9 @@ export const volumes: ResourcePlugin = async (app, { manager: m }) => {
   app.post('/v1/volumes', { schema: { summary: 'Allocate a volume (free → allocated; with configure, → configured)', tags, body: createVolume, response: replies({ 201: views.volumeView }) } }, async (req, reply) =>
     reply.code(201).send(m.describeVolume(m.createVolume(req.body))),
   );
-  app.patch('/v1/volumes/:name', { schema: { summary: 'Change a volume’s settings (provisioning)', tags, params: nameParam, body: change, response: one } }, (req) => {
+  app.patch('/v1/volumes/:name', { schema: { summary: 'Change a volume’s settings (provisioning, cache policy)', tags, params: nameParam, body: change, response: one } }, async (req) => {
     if (req.body.provisioning) m.setProvisioning(req.params.name, req.body.provisioning);
+    if (req.body.cachePolicy) await m.iscsi.setCachePolicy(m.volume(req.params.name).id, req.body.cachePolicy);
     return m.describeVolume(m.volume(req.params.name));
   });
   app.post(
