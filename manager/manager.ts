@@ -29,6 +29,7 @@ import { BulkOperations } from './operations/bulk.js';
 import { SnapshotOperations } from './operations/snapshots.js';
 import { Inventory } from './operations/inventory.js';
 import { Migrations } from './operations/migration.js';
+import { HostCredentials } from './operations/credentials.js';
 import { Tracer } from './operations/trace.js';
 import { IscsiAccess } from './operations/iscsi.js';
 import { Services } from './services/index.js';
@@ -99,6 +100,8 @@ export class StorageManager implements Lifecycle {
   readonly inventory: Inventory;
   /** VM migration between hosts (operations/migration.ts). */
   readonly migrations: Migrations;
+  /** Credentials issued to hosts at migrations (fresh PSKs and CHAP secrets). */
+  readonly credentials: HostCredentials;
   /** Backing-file faults, I/O error bursts and capacity warnings. */
   readonly health: ArrayHealth;
   readonly iscsi: IscsiAccess;
@@ -133,7 +136,8 @@ export class StorageManager implements Lifecycle {
     this.bulk = new BulkOperations(ctx);
     this.tracer = new Tracer(ctx);
     this.inventory = new Inventory(ctx);
-    this.migrations = new Migrations(ctx, this.cutovers);
+    this.credentials = new HostCredentials(ctx);
+    this.migrations = new Migrations(ctx, this.cutovers, this.credentials);
     this.iscsi = new IscsiAccess(this);
     this.config = new ConfigOperations(ctx);
     this.applianceId = this.setting('appliance_id') ?? this.initApplianceId();
@@ -228,6 +232,7 @@ export class StorageManager implements Lifecycle {
     // Before any host can write: a write to an origin must copy up first.
     await this.snapshots.load();
     await this.iscsi.load();
+    await this.credentials.load();
     for (const h of this.listHosts()) {
       await this.openHostListeners(h);
       this.publishHost(h.id);
@@ -1097,7 +1102,8 @@ export class StorageManager implements Lifecycle {
 
   /** The connection descriptor of a host's published unit (operations/descriptor.ts builds it). */
   describeUnit(h: HostRow, u: Unit, protocol: BindingProtocol): ConnectionDescriptor {
-    const src = { appliance: this.applianceId, frontends: this.dp.frontends, socket: this.hostSocketPath(h.name), tlsPsk: this.dp.tls?.hasPsk(h.name) ?? false, iscsi: this.iscsi.describe(h) };
+    const issued = { nbd: this.credentials.identityFor(h.id, u.volume.id, 'nbd'), iscsi: this.credentials.identityFor(h.id, u.volume.id, 'iscsi') };
+    const src = { appliance: this.applianceId, frontends: this.dp.frontends, socket: this.hostSocketPath(h.name), tlsPsk: this.dp.tls?.hasPsk(h.name) ?? false, iscsi: this.iscsi.describe(h), issued };
     return connectionDescriptor(src, u, protocol);
   }
 
@@ -1380,6 +1386,7 @@ export class StorageManager implements Lifecycle {
       const what = [bindings.length ? `bindings at ${bindings.join(', ')}` : '', vms.length ? `VMs ${vms.join(', ')}` : ''].filter(Boolean).join(' and ');
       throw conflict(`host '${name}' still has ${what}; unbind and delete them first`, { bindings, vms });
     }
+    await this.credentials.withdrawAll(h);
     this.db.transaction(() => {
       this.db.prepare('DELETE FROM hosts WHERE id = ?').run(h.id);
       if (this.setting('nbd.default_host') === name) this.setSetting('nbd.default_host', null);
