@@ -75,6 +75,9 @@ t.test('NBD → NBD: b gets a fresh PSK, one unit reached is not enough, both ar
   const s = await startServer(t, { demo: false });
   await appliance(s, { a: ['nbd'], b: ['nbd'] });
   const aPsk = pskFile(await s.call('POST', '/v1/hosts/a/tls/psk', {}));
+  // A unit of b's own: a withdrawn credential must be refused where b still has something to reach.
+  await s.call('POST', '/v1/volumes', { name: 'bown', size: '4M', farm: 'f' });
+  await s.call('POST', '/v1/bindings', { volume: 'bown', host: 'b', target: 0, lun: 5 });
   const w = new Writer(await (await WireClient.connect({ path: s.socket('a') })).open('0/0'));
   await w.reached(20);
 
@@ -85,7 +88,7 @@ t.test('NBD → NBD: b gets a fresh PSK, one unit reached is not enough, both ar
   t.match(c1, { kind: 'tls-psk', identity: /^mig-[0-9a-f]{12}$/, key: /^[0-9a-f]{64}$/ });
   t.equal(fs.statSync(path.join(s.dataDir, 'credentials', `${c1.identity}.key`)).mode & 0o777, 0o600, 'the key file is 0600');
   const f1 = pskFile(c1);
-  await until('b bound', async () => (await s.call('GET', '/v1/hosts/b/namespace')).units.length === 2);
+  await until('b bound', async () => (await s.call('GET', '/v1/hosts/b/namespace')).units.length === 3);
   const ns = await s.call('GET', '/v1/hosts/b/namespace');
   t.match(ns.units[0].descriptor.addresses[0], { protocol: 'nbd', credential: { kind: 'tls-psk', ref: c1.identity } }, "b's descriptor names the fresh identity");
   const viaPsk = JSON.parse((await runOk('nbdinfo', ['--json', pskUri(s, c1.identity, f1)], { timeoutMs: 30_000 })).stdout);
@@ -96,7 +99,7 @@ t.test('NBD → NBD: b gets a fresh PSK, one unit reached is not enough, both ar
   t.match(rolled.error, /did not connect to every unit .*not reached: 0\/1\)/);
   t.equal((await s.call('GET', '/v1/vms/web1')).host, 'a');
   t.same(keyFiles(s), [], 'the rollback withdrew the fresh key');
-  t.not((await run('nbdinfo', ['--size', pskUri(s, c1.identity, f1)], { timeoutMs: 30_000 })).code, 0, 'the withdrawn PSK is refused');
+  t.not((await run('nbdinfo', ['--size', pskUri(s, c1.identity, f1, '0/5')], { timeoutMs: 30_000 })).code, 0, "the withdrawn PSK is refused, even for b's own unit");
   t.ok(await bOnly0.closed(30_000), "b's session on the unit it lost ended");
   await w.reached(w.count + 10);
   t.equal(w.error, '', "a's writer never noticed");
@@ -106,7 +109,7 @@ t.test('NBD → NBD: b gets a fresh PSK, one unit reached is not enough, both ar
   const c2 = second.credentials[0];
   t.not(c2.identity, c1.identity, 'a new identity each time');
   const f2 = pskFile(c2);
-  await until('b bound', async () => (await s.call('GET', '/v1/hosts/b/namespace')).units.length === 2);
+  await until('b bound', async () => (await s.call('GET', '/v1/hosts/b/namespace')).units.length === 3);
   const b0 = await (await WireClient.connect({ path: s.socket('b') })).open('0/0');
   const b1 = await (await WireClient.connect({ path: s.socket('b') })).open('0/1');
   const job = await waitJob(s, second.job.id);
@@ -126,12 +129,13 @@ t.test('NBD → NBD: b gets a fresh PSK, one unit reached is not enough, both ar
   b1.destroy();
 
   // 3. Back to a: at the commit b's fresh PSK is withdrawn, a's fresh one works.
+  t.equal((await runOk('nbdinfo', ['--size', pskUri(s, c2.identity, f2, '0/5')], { timeoutMs: 30_000 })).stdout.trim(), String(4 * 1024 * 1024), "b's fresh PSK reaches b's own unit too (it is b's)");
   const back = await s.call('POST', '/v1/vms/web1/migrate', { to: 'a', mode: 'stop-and-copy' });
   const done = await waitJob(s, back.job.id);
   t.equal(done.state, 'succeeded', done.error ?? '');
   pauses.push(done.result.pauseMs);
-  const refused = await run('nbdinfo', ['--size', pskUri(s, c2.identity, f2)], { timeoutMs: 30_000 });
-  t.not(refused.code, 0, "b's migration PSK is refused once the VM left it");
+  const refused = await run('nbdinfo', ['--size', pskUri(s, c2.identity, f2, '0/5')], { timeoutMs: 30_000 });
+  t.not(refused.code, 0, "b's migration PSK is refused once the VM left it, even for b's own unit");
   t.match(refused.stderr, /handshake|TLS|decrypt|identity/i, `in the TLS handshake: ${refused.stderr.trim()}`);
   t.same(keyFiles(s), [`${back.credentials[0].identity}.key`], "only a's fresh key is left");
   t.equal((await runOk('nbdinfo', ['--size', pskUri(s, back.credentials[0].identity, pskFile(back.credentials[0]))], { timeoutMs: 30_000 })).stdout.trim(), String(8 * 1024 * 1024), "a's fresh PSK reaches the unit");
