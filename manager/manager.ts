@@ -1128,6 +1128,13 @@ export class StorageManager implements Lifecycle {
     return this.bindings.bind(opts);
   }
 
+  /** Re-assigns a volume to another host (operations/bindings.ts); the new binding and, when mapped, its descriptor. */
+  async reassignVolume(volume: string, host: string, target: number, lun: number): Promise<{ binding: ReturnType<StorageManager['describeBinding']>; from: string; descriptor: ConnectionDescriptor | null; pauseMs: number }> {
+    const r = await this.bindings.reassign(volume, host, target, lun);
+    if (r.pauseMs > 0) this.cutovers.pause(r.pauseMs);
+    return { binding: this.describeBinding(r.binding), from: r.from, descriptor: r.binding.mapped ? this.bindingDescriptor(r.binding.id) : null, pauseMs: r.pauseMs };
+  }
+
   /** Switches a binding's protocol live (operations/bindings.ts) and hands back the host's new descriptor. */
   async switchProtocol(bindingId: number, protocol: BindingProtocol): Promise<SwitchView> {
     try {

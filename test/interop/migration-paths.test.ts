@@ -248,6 +248,36 @@ t.test('CLI: blockgate vm migrate shows progress, writes the fresh credential 06
   t.match(rolled.stderr, /rolled back/);
 });
 
+t.test('re-assign a volume to another host under a verifying writer (NBD on a → iSCSI on b): a fenced, b reads every acknowledged write', async (t) => {
+  const s = await startServer(t, { demo: false });
+  await appliance(s, { a: ['nbd'], b: ['iscsi'] });
+  await s.call('POST', '/v1/volumes', { name: 'solo', size: '8M', farm: 'f' });
+  await s.call('POST', '/v1/bindings', { volume: 'solo', host: 'a', target: 0, lun: 2 });
+  const w = new Writer(await (await WireClient.connect({ path: s.socket('a') })).open('0/2'));
+  await w.reached(20);
+  const vmOwned = await s.request('POST', '/v1/volumes/v0/reassign', { host: 'b', unit: '0/0' });
+  t.equal(vmOwned.status, 409, 'a VM-owned volume moves with its VM');
+  t.match(vmOwned.body.error.message, /migrate the VM instead/);
+  t.equal((await s.request('POST', '/v1/volumes/solo/reassign', { host: 'b', unit: '0/99999' })).status, 400, 'a LUN out of range');
+  t.equal((await s.request('POST', '/v1/volumes/solo/reassign', { host: 'a', unit: '0/3' })).status, 409, 'already on that host');
+  const moved = await cli(s, ['volume', 'reassign', 'solo', '--host', 'b', '--unit', '0/3']);
+  t.equal(moved.code, 0, moved.stderr);
+  t.match(moved.stdout, /volume solo moved from a to b at 0\/3 over iscsi/);
+  const pause = Number(/I\/O held ([\d.]+) ms/.exec(moved.stdout)?.[1]);
+  t.ok(Number.isFinite(pause), 'the pause is reported');
+  pauses.push(pause);
+  await w.done;
+  t.ok(w.error, `a's session on the volume ended (${w.error})`);
+  t.not((await run('nbdinfo', ['--size', s.unixUri('a', '0/2')], { timeoutMs: 30_000 })).code, 0, "a's reconnect is refused");
+  t.same(await listExports(s, 'a'), ['0/0', '0/1'], "a keeps its other units, untouched");
+  const i = s.iscsi.lastIndexOf(':');
+  const img = path.join(tmp, 'reassigned.raw');
+  await runOk('qemu-img', ['convert', '--image-opts', `driver=iscsi,transport=tcp,portal=${s.iscsi.slice(0, i)}:${s.iscsi.slice(i + 1)},target=${tiqn('b')},lun=3,initiator-name=${IQN_B}`, '-O', 'raw', img], { timeoutMs: 120_000 });
+  w.check(t, fs.readFileSync(img), 'read by b over iSCSI');
+  const bindings = (await s.call('GET', '/v1/bindings?volume=solo')).bindings;
+  t.same(bindings.map((b: { host: string; target: number; lun: number; protocol: string }) => `${b.host} ${b.target}/${b.lun} ${b.protocol}`), ['b 0/3 iscsi']);
+});
+
 t.teardown(() => {
   const sorted = [...pauses].sort((a, b) => a - b);
   const q = (p: number): number => sorted[Math.max(0, Math.ceil(p * sorted.length) - 1)] ?? NaN;
