@@ -17,7 +17,7 @@ import { Ownership } from './ownership.js';
 import { EventLog } from './events.js';
 import { JobQueue } from './jobs.js';
 import { bindingRecordOf, type BindingRecord } from './config-document.js';
-import type { ArrayView, ConnectionDescriptor, HostView, NamespaceView, SwitchView, VolumeView } from './views.js';
+import type { ArrayView, ConnectionDescriptor, HostView, JobView, NamespaceView, SwitchView, VolumeView } from './views.js';
 import { checkListenerAddress } from '../common/address.js';
 import { connectionDescriptor } from './operations/descriptor.js';
 import { CutoverStats } from './cutover-stats.js';
@@ -621,6 +621,28 @@ export class StorageManager implements Lifecycle {
     this.log.info({ op: 'volume.allocate', volume: v.name, size: v.size, extents: this.extentsOf(id).length }, 'volume allocated');
     if (opts.configure) return this.configure(v.name);
     return v;
+  }
+
+  /**
+   * Clone on provisioning (issue 11 item 4): a new volume `name` as a copy of
+   * `source`, as a job. A quiet source (no mapped binding) is copied by the
+   * sparse copy job (allocated runs only). A mapped source is snapshotted
+   * first (copy-on-write, one consistency group: every write acknowledged
+   * before the call is in the clone), and the snapshot is materialised: it
+   * becomes an independent volume named `name`.
+   */
+  async cloneVolume(name: string, source: string): Promise<{ job: JobView; volume: VolumeRow }> {
+    checkName('volume', name);
+    const src = this.volume(source);
+    if (this.bindingsOfVolume(src.id).some((b) => b.mapped)) {
+      const { job, snapshot } = await this.snapshots.snap(src.name, name);
+      // The snap job has nothing left to copy; materialise refuses a volume a job still holds.
+      await this.jobs.wait(job.id);
+      return { job: this.snapshots.materialise(snapshot.name), volume: this.volumeById(snapshot.id) };
+    }
+    const farm = src.farm_id === null ? undefined : this.findFarmName(src.farm_id)!;
+    const v = this.createVolume({ name, size: src.size, farm, qualityClass: src.quality_class ?? undefined, configure: true, provisioning: src.provisioning === 'thick' ? 'thick' : 'thin' });
+    return { job: this.bulk.copy(src.name, [v.name]), volume: this.volumeById(v.id) };
   }
 
   /**

@@ -1,13 +1,15 @@
 import { z } from 'zod';
 import { views, words } from '../../manager/index.js';
 import { replies } from '../errors.js';
+import { badRequest } from '../../common/errors.js';
 import { name, nameParam, noQuery, qualityClass, size } from '../schemas.js';
 import type { ResourcePlugin } from './context.js';
 import { accepted, acceptedView } from './jobs.js';
 
 const createVolume = z.strictObject({
   name,
-  size,
+  size: size.optional().describe('bytes, or a string such as "256M"; required unless cloneOf'),
+  cloneOf: name.optional().describe('provision as a copy of this volume (a job; a mapped source is snapshotted first, then materialised): 202'),
   farm: name.optional(),
   qualityClass: qualityClass.optional(),
   shareMode: words.shareMode.optional(),
@@ -61,8 +63,26 @@ export const volumes: ResourcePlugin = async (app, { manager: m }) => {
   app.get('/v1/volumes/:name', { schema: { summary: 'One volume, with its state and the operations allowed in it', tags, params: nameParam, querystring: noQuery, response: one } }, (req) =>
     m.describeVolume(m.volume(req.params.name)),
   );
-  app.post('/v1/volumes', { schema: { summary: 'Allocate a volume (free → allocated; with configure, → configured)', tags, body: createVolume, response: replies({ 201: views.volumeView }) } }, async (req, reply) =>
-    reply.code(201).send(m.describeVolume(m.createVolume(req.body))),
+  app.post(
+    '/v1/volumes',
+    {
+      schema: {
+        summary: 'Allocate a volume (free → allocated; with configure, → configured); with cloneOf, provision it as a copy of another volume (a job)',
+        tags,
+        body: createVolume,
+        response: replies({ 201: views.volumeView, 202: acceptedView.extend({ volume: views.volumeView }) }),
+      },
+    },
+    async (req, reply) => {
+      const { cloneOf, size, ...rest } = req.body;
+      if (cloneOf !== undefined) {
+        if (size !== undefined || rest.layout !== undefined) throw badRequest('a clone takes its size and placement from its source: leave size and layout out');
+        const r = await m.cloneVolume(rest.name, cloneOf);
+        return reply.code(202).send({ ...accepted(r.job), volume: m.describeVolume(r.volume) });
+      }
+      if (size === undefined) throw badRequest('size is required (unless cloneOf)');
+      return reply.code(201).send(m.describeVolume(m.createVolume({ ...rest, size })));
+    },
   );
   app.post(
     '/v1/volumes/:name/reassign',

@@ -266,7 +266,7 @@ t.test('re-assign a volume to another host under a verifying writer (NBD on a â†
   const pause = Number(/I\/O held ([\d.]+) ms/.exec(moved.stdout)?.[1]);
   t.ok(Number.isFinite(pause), 'the pause is reported');
   pauses.push(pause);
-  await w.done;
+  await until("a's writer to stop", async () => w.error !== '');
   t.ok(w.error, `a's session on the volume ended (${w.error})`);
   t.not((await run('nbdinfo', ['--size', s.unixUri('a', '0/2')], { timeoutMs: 30_000 })).code, 0, "a's reconnect is refused");
   t.same(await listExports(s, 'a'), ['0/0', '0/1'], "a keeps its other units, untouched");
@@ -276,6 +276,45 @@ t.test('re-assign a volume to another host under a verifying writer (NBD on a â†
   w.check(t, fs.readFileSync(img), 'read by b over iSCSI');
   const bindings = (await s.call('GET', '/v1/bindings?volume=solo')).bindings;
   t.same(bindings.map((b: { host: string; target: number; lun: number; protocol: string }) => `${b.host} ${b.target}/${b.lun} ${b.protocol}`), ['b 0/3 iscsi']);
+});
+
+t.test('clone on provisioning: of a quiet volume (sparse copy job) and of a mapped one under a writer (snapshot, materialise)', async (t) => {
+  const s = await startServer(t, { demo: false });
+  await appliance(s, { a: ['nbd'], b: ['nbd'] });
+  await s.call('POST', '/v1/volumes', { name: 'gold', size: '8M', farm: 'f' });
+  const g = await s.call('POST', '/v1/bindings', { volume: 'gold', host: 'b', target: 1, lun: 0 });
+  await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x3d 1M 2M', '-c', 'flush', s.unixUri('b', '1/0')], { timeoutMs: 60_000 });
+  await s.call('POST', `/v1/bindings/${g.id}/unmap`);
+  await s.call('DELETE', `/v1/bindings/${g.id}`);
+  const quiet = await cli(s, ['volume', 'clone', 'web2-root', '--of', 'gold']);
+  t.equal(quiet.code, 0, quiet.stderr);
+  t.match(quiet.stdout, /job \d+ \(copy\) succeeded/);
+  await s.call('POST', '/v1/bindings', { volume: 'web2-root', host: 'b', target: 2, lun: 0 });
+  const qr = await runOk('qemu-io', ['-f', 'raw', '-c', 'read -P 0x3d 1M 2M', '-c', 'read -P 0 0 1M', s.unixUri('b', '2/0')], { timeoutMs: 60_000 });
+  t.notMatch(qr.stdout, /Pattern verification failed/, 'the clone holds what the source held');
+
+  const w = new Writer(await (await WireClient.connect({ path: s.socket('a') })).open('0/0'));
+  await w.reached(20);
+  const acked = new Map(w.acked);
+  const r = await s.call('POST', '/v1/volumes', { name: 'v0-clone', cloneOf: 'v0' });
+  // The snapshot is taken before the answer: each block of the clone is its version from before the call or one written while it ran.
+  const during = new Map(w.acked);
+  t.equal(r.job.kind, 'materialise', 'a mapped source goes through a snapshot');
+  t.equal(r.volume.name, 'v0-clone');
+  const job = await waitJob(s, r.job.id);
+  t.equal(job.state, 'succeeded', job.error ?? '');
+  t.equal(w.error, '', 'the writer on the source kept going');
+  const c = await s.call('POST', '/v1/bindings', { volume: 'v0-clone', host: 'b', target: 3, lun: 0 });
+  const got = await readBlocks(await (await WireClient.connect({ path: s.socket('b') })).open('3/0'));
+  let bad = 0;
+  for (const [off, data] of acked) {
+    const b = got.subarray(off, off + BLOCK);
+    if (!b.equals(data) && !b.equals(during.get(off)!)) bad++;
+  }
+  t.equal(bad, 0, `all ${acked.size} blocks acknowledged before the clone call are in the clone (or a later write of the same block)`);
+  t.ok(c.id > 0);
+  t.equal((await s.request('POST', '/v1/volumes', { name: 'x', cloneOf: 'v0', size: '8M' })).status, 400, 'a clone takes its size from the source');
+  t.equal((await s.request('POST', '/v1/volumes', { name: 'y', cloneOf: 'nothing' })).status, 404, 'an unknown source');
 });
 
 t.teardown(() => {

@@ -62,6 +62,14 @@ export function register(program: Command): void {
     out(cmd, r, () => volumeTable(r.volumes));
   });
 
+  jobOptions(
+    verb(volume, 'clone <name>', 'provision a new volume as a copy of another (POST /v1/volumes {name, cloneOf}): a job, followed with a progress bar').requiredOption(
+      '--of <volume>',
+      'the source (a mapped one is snapshotted first, then materialised)',
+    ),
+  ).action(async (name: string, o: { of: string }, cmd: Command) => {
+    await followJob(cmd, await client(cmd).call<Parameters<typeof followJob>[1]>('POST', '/v1/volumes', { name, cloneOf: o.of }));
+  });
   verb(volume, 'reassign <name>', 'give the volume to another host, live (hold, drain, sync, unbind the old host, bind the new one)')
     .requiredOption('--host <host>', 'the host it goes to')
     .requiredOption('--unit <target/lun>', 'its unit address on that host, e.g. 0/1')
