@@ -197,6 +197,18 @@ const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX webhook_deliveries_by_state ON webhook_deliveries(webhook_id, state, id);
   `,
+  `
+  -- migrate: credentials issued to a host for one VM's disks at a migration (the secret is in DATA/credentials/<identity>.key, 0600)
+  CREATE TABLE host_credentials (
+    identity TEXT PRIMARY KEY,
+    host_id INTEGER NOT NULL REFERENCES hosts(id) ON DELETE CASCADE,
+    vm TEXT NOT NULL,
+    protocol TEXT NOT NULL CHECK (protocol IN ('nbd', 'iscsi')),
+    job_id INTEGER,
+    created_at TEXT NOT NULL
+  );
+  CREATE INDEX host_credentials_by_host ON host_credentials(host_id, vm);
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

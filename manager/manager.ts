@@ -17,7 +17,7 @@ import { Ownership } from './ownership.js';
 import { EventLog } from './events.js';
 import { JobQueue } from './jobs.js';
 import { bindingRecordOf, type BindingRecord } from './config-document.js';
-import type { ArrayView, ConnectionDescriptor, HostView, NamespaceView, SwitchView, VolumeView } from './views.js';
+import type { ArrayView, ConnectionDescriptor, HostView, JobView, NamespaceView, SwitchView, VolumeView } from './views.js';
 import { checkListenerAddress } from '../common/address.js';
 import { connectionDescriptor } from './operations/descriptor.js';
 import { CutoverStats } from './cutover-stats.js';
@@ -29,6 +29,7 @@ import { BulkOperations } from './operations/bulk.js';
 import { SnapshotOperations } from './operations/snapshots.js';
 import { Inventory } from './operations/inventory.js';
 import { Migrations } from './operations/migration.js';
+import { HostCredentials } from './operations/credentials.js';
 import { Tracer } from './operations/trace.js';
 import { IscsiAccess } from './operations/iscsi.js';
 import { Services } from './services/index.js';
@@ -99,6 +100,8 @@ export class StorageManager implements Lifecycle {
   readonly inventory: Inventory;
   /** VM migration between hosts (operations/migration.ts). */
   readonly migrations: Migrations;
+  /** Credentials issued to hosts at migrations (fresh PSKs and CHAP secrets). */
+  readonly credentials: HostCredentials;
   /** Backing-file faults, I/O error bursts and capacity warnings. */
   readonly health: ArrayHealth;
   readonly iscsi: IscsiAccess;
@@ -133,7 +136,8 @@ export class StorageManager implements Lifecycle {
     this.bulk = new BulkOperations(ctx);
     this.tracer = new Tracer(ctx);
     this.inventory = new Inventory(ctx);
-    this.migrations = new Migrations(ctx, this.cutovers);
+    this.credentials = new HostCredentials(ctx);
+    this.migrations = new Migrations(ctx, this.cutovers, this.credentials);
     this.iscsi = new IscsiAccess(this);
     this.config = new ConfigOperations(ctx);
     this.applianceId = this.setting('appliance_id') ?? this.initApplianceId();
@@ -228,6 +232,7 @@ export class StorageManager implements Lifecycle {
     // Before any host can write: a write to an origin must copy up first.
     await this.snapshots.load();
     await this.iscsi.load();
+    await this.credentials.load();
     for (const h of this.listHosts()) {
       await this.openHostListeners(h);
       this.publishHost(h.id);
@@ -616,6 +621,28 @@ export class StorageManager implements Lifecycle {
     this.log.info({ op: 'volume.allocate', volume: v.name, size: v.size, extents: this.extentsOf(id).length }, 'volume allocated');
     if (opts.configure) return this.configure(v.name);
     return v;
+  }
+
+  /**
+   * Clone on provisioning (issue 11 item 4): a new volume `name` as a copy of
+   * `source`, as a job. A quiet source (no mapped binding) is copied by the
+   * sparse copy job (allocated runs only). A mapped source is snapshotted
+   * first (copy-on-write, one consistency group: every write acknowledged
+   * before the call is in the clone), and the snapshot is materialised: it
+   * becomes an independent volume named `name`.
+   */
+  async cloneVolume(name: string, source: string): Promise<{ job: JobView; volume: VolumeRow }> {
+    checkName('volume', name);
+    const src = this.volume(source);
+    if (this.bindingsOfVolume(src.id).some((b) => b.mapped)) {
+      const { job, snapshot } = await this.snapshots.snap(src.name, name);
+      // The snap job has nothing left to copy; materialise refuses a volume a job still holds.
+      await this.jobs.wait(job.id);
+      return { job: this.snapshots.materialise(snapshot.name), volume: this.volumeById(snapshot.id) };
+    }
+    const farm = src.farm_id === null ? undefined : this.findFarmName(src.farm_id)!;
+    const v = this.createVolume({ name, size: src.size, farm, qualityClass: src.quality_class ?? undefined, configure: true, provisioning: src.provisioning === 'thick' ? 'thick' : 'thin' });
+    return { job: this.bulk.copy(src.name, [v.name]), volume: this.volumeById(v.id) };
   }
 
   /**
@@ -1097,7 +1124,8 @@ export class StorageManager implements Lifecycle {
 
   /** The connection descriptor of a host's published unit (operations/descriptor.ts builds it). */
   describeUnit(h: HostRow, u: Unit, protocol: BindingProtocol): ConnectionDescriptor {
-    const src = { appliance: this.applianceId, frontends: this.dp.frontends, socket: this.hostSocketPath(h.name), tlsPsk: this.dp.tls?.hasPsk(h.name) ?? false, iscsi: this.iscsi.describe(h) };
+    const issued = { nbd: this.credentials.identityFor(h.id, u.volume.id, 'nbd'), iscsi: this.credentials.identityFor(h.id, u.volume.id, 'iscsi') };
+    const src = { appliance: this.applianceId, frontends: this.dp.frontends, socket: this.hostSocketPath(h.name), tlsPsk: this.dp.tls?.hasPsk(h.name) ?? false, iscsi: this.iscsi.describe(h), issued };
     return connectionDescriptor(src, u, protocol);
   }
 
@@ -1120,6 +1148,13 @@ export class StorageManager implements Lifecycle {
 
   bind(opts: { volume: string; host: string; target: number; lun: number; mode?: AccessMode | undefined; map?: boolean | undefined; protocol?: BindingProtocol | undefined }): BindingRow {
     return this.bindings.bind(opts);
+  }
+
+  /** Re-assigns a volume to another host (operations/bindings.ts); the new binding and, when mapped, its descriptor. */
+  async reassignVolume(volume: string, host: string, target: number, lun: number): Promise<{ binding: ReturnType<StorageManager['describeBinding']>; from: string; descriptor: ConnectionDescriptor | null; pauseMs: number }> {
+    const r = await this.bindings.reassign(volume, host, target, lun);
+    if (r.pauseMs > 0) this.cutovers.pause(r.pauseMs);
+    return { binding: this.describeBinding(r.binding), from: r.from, descriptor: r.binding.mapped ? this.bindingDescriptor(r.binding.id) : null, pauseMs: r.pauseMs };
   }
 
   /** Switches a binding's protocol live (operations/bindings.ts) and hands back the host's new descriptor. */
@@ -1380,6 +1415,7 @@ export class StorageManager implements Lifecycle {
       const what = [bindings.length ? `bindings at ${bindings.join(', ')}` : '', vms.length ? `VMs ${vms.join(', ')}` : ''].filter(Boolean).join(' and ');
       throw conflict(`host '${name}' still has ${what}; unbind and delete them first`, { bindings, vms });
     }
+    await this.credentials.withdrawAll(h);
     this.db.transaction(() => {
       this.db.prepare('DELETE FROM hosts WHERE id = ?').run(h.id);
       if (this.setting('nbd.default_host') === name) this.setSetting('nbd.default_host', null);

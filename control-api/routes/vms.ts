@@ -23,6 +23,14 @@ const migrate = z.strictObject({
   timeoutMs: z.number().int().min(100).max(3_600_000).default(60_000).describe('how long a live migration waits for the new host before rolling back'),
 });
 
+const issuedCredential = z.discriminatedUnion('kind', [
+  z.strictObject({ kind: z.literal('tls-psk'), identity: z.string(), key: z.string(), pskFile: z.string().describe("the line for the new host's psk file") }),
+  z.strictObject({ kind: z.literal('chap'), username: z.string(), secret: z.string() }),
+]);
+const migrateAccepted = acceptedView.extend({
+  credentials: z.array(issuedCredential).describe("fresh credentials for the new host, scoped to it and this VM's disks; shown only here. Withdrawn if the migration rolls back"),
+});
+
 export const vms: ResourcePlugin = async (app, { manager: m }) => {
   const tags = ['vms'];
   app.get('/v1/vms', { schema: { summary: 'List VMs', tags, querystring: noQuery, response: replies({ 200: z.strictObject({ vms: z.array(views.vmView) }) }) } }, () => ({ vms: m.inventory.listVms() }));
@@ -40,10 +48,13 @@ export const vms: ResourcePlugin = async (app, { manager: m }) => {
         tags,
         params: nameParam,
         body: migrate,
-        response: replies({ 202: acceptedView }),
+        response: replies({ 202: migrateAccepted }),
       },
     },
-    async (req, reply) => reply.code(202).send(accepted(m.migrations.submit(req.params.name, req.body))),
+    async (req, reply) => {
+      const r = await m.migrations.submit(req.params.name, req.body);
+      return reply.code(202).send({ ...accepted(r.job), credentials: r.credentials });
+    },
   );
   app.post(
     '/v1/vms/:name/migrate/cutover',

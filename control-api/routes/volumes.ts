@@ -1,13 +1,15 @@
 import { z } from 'zod';
 import { views, words } from '../../manager/index.js';
 import { replies } from '../errors.js';
+import { badRequest } from '../../common/errors.js';
 import { name, nameParam, noQuery, qualityClass, size } from '../schemas.js';
 import type { ResourcePlugin } from './context.js';
 import { accepted, acceptedView } from './jobs.js';
 
 const createVolume = z.strictObject({
   name,
-  size,
+  size: size.optional().describe('bytes, or a string such as "256M"; required unless cloneOf'),
+  cloneOf: name.optional().describe('provision as a copy of this volume (a job; a mapped source is snapshotted first, then materialised): 202'),
   farm: name.optional(),
   qualityClass: qualityClass.optional(),
   shareMode: words.shareMode.optional(),
@@ -34,6 +36,24 @@ const copyImage = z.strictObject({ image: name, verify: z.boolean().default(true
 const snap = z.strictObject({ snapshot: name });
 
 /** Volumes and their FIG. 7 lifecycle; the long steps answer 202 with a job. */
+const reassign = z.strictObject({
+  host: name.describe('the host the volume goes to'),
+  unit: z
+    .string()
+    .regex(/^\d{1,5}\/\d{1,5}$/, 'unit is TARGET/LUN, e.g. "0/1"')
+    .refine((u) => {
+      const [t, l] = u.split('/').map(Number) as [number, number];
+      return words.target.safeParse(t).success && words.lun.safeParse(l).success;
+    }, 'target or LUN out of range')
+    .describe('TARGET/LUN on the new host'),
+});
+const reassignView = z.strictObject({
+  binding: views.bindingView,
+  from: name.describe('the host that had it'),
+  descriptor: views.connectionDescriptor.nullable().describe('how the new host reaches it (null when the binding is not mapped)'),
+  pauseMs: z.number().describe('how long the volume held I/O'),
+});
+
 export const volumes: ResourcePlugin = async (app, { manager: m }) => {
   const tags = ['volumes'];
   const one = replies({ 200: views.volumeView });
@@ -44,8 +64,42 @@ export const volumes: ResourcePlugin = async (app, { manager: m }) => {
   app.get('/v1/volumes/:name', { schema: { summary: 'One volume, with its state and the operations allowed in it', tags, params: nameParam, querystring: noQuery, response: one } }, (req) =>
     m.describeVolume(m.volume(req.params.name)),
   );
-  app.post('/v1/volumes', { schema: { summary: 'Allocate a volume (free → allocated; with configure, → configured)', tags, body: createVolume, response: replies({ 201: views.volumeView }) } }, async (req, reply) =>
-    reply.code(201).send(m.describeVolume(m.createVolume(req.body))),
+  app.post(
+    '/v1/volumes',
+    {
+      schema: {
+        summary: 'Allocate a volume (free → allocated; with configure, → configured); with cloneOf, provision it as a copy of another volume (a job)',
+        tags,
+        body: createVolume,
+        response: replies({ 201: views.volumeView, 202: acceptedView.extend({ volume: views.volumeView }) }),
+      },
+    },
+    async (req, reply) => {
+      const { cloneOf, size, ...rest } = req.body;
+      if (cloneOf !== undefined) {
+        if (size !== undefined || rest.layout !== undefined) throw badRequest('a clone takes its size and placement from its source: leave size and layout out');
+        const r = await m.cloneVolume(rest.name, cloneOf);
+        return reply.code(202).send({ ...accepted(r.job), volume: m.describeVolume(r.volume) });
+      }
+      if (size === undefined) throw badRequest('size is required (unless cloneOf)');
+      return reply.code(201).send(m.describeVolume(m.createVolume({ ...rest, size })));
+    },
+  );
+  app.post(
+    '/v1/volumes/:name/reassign',
+    {
+      schema: {
+        summary: 'Give the volume to another host at a unit address, live: hold, drain, sync, unbind the old host (its sessions end), bind the new one',
+        tags,
+        params: nameParam,
+        body: reassign,
+        response: replies({ 200: reassignView }),
+      },
+    },
+    async (req) => {
+      const [t, l] = req.body.unit.split('/').map(Number) as [number, number];
+      return m.reassignVolume(req.params.name, req.body.host, t, l);
+    },
   );
   app.patch('/v1/volumes/:name', { schema: { summary: 'Change a volume’s settings (provisioning, cache policy)', tags, params: nameParam, body: change, response: one } }, async (req) => {
     if (req.body.provisioning) m.setProvisioning(req.params.name, req.body.provisioning);

@@ -10,6 +10,8 @@ export interface DescriptorSources {
   socket: string;
   tlsPsk: boolean;
   iscsi: IscsiIdentity;
+  /** Identities issued to the host for this unit's VM at a migration: named instead of the host's own. */
+  issued?: { nbd: string | null; iscsi: string | null };
 }
 
 /**
@@ -47,6 +49,8 @@ export function connectionDescriptor(src: DescriptorSources, unit: Unit, protoco
 }
 
 function credentialFor(src: DescriptorSources, p: Protocol, host: string): ConnectionDescriptor['addresses'][number]['credential'] {
+  const issued = src.issued?.[p];
+  if (issued) return { kind: p === 'nbd' ? 'tls-psk' : 'chap', ref: issued };
   if (p === 'nbd') return src.tlsPsk ? { kind: 'tls-psk', ref: host } : { kind: 'unix-socket', ref: src.socket };
   if (src.iscsi.chap) return { kind: 'chap', ref: src.iscsi.chap.username ?? host };
   return { kind: 'initiator-name', ref: src.iscsi.initiators.join(',') };

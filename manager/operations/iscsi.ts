@@ -78,11 +78,13 @@ export class IscsiAccess {
     if (!row || !row.protocols.split(',').includes('iscsi')) return null;
     if (!row.chap) return { host: row.name, chap: null, mutualChap: null };
     const s = this.secrets.get(row.name);
+    const otherChap = this.m.credentials.chapOf(row.name);
     // CHAP is required but the secret is unknown: a secret nobody knows refuses every response.
-    if (!s) return { host: row.name, chap: { username: row.name, secret: crypto.randomBytes(32).toString('hex') }, mutualChap: null };
+    if (!s) return { host: row.name, chap: { username: row.name, secret: crypto.randomBytes(32).toString('hex') }, otherChap, mutualChap: null };
     return {
       host: row.name,
       chap: { username: s.username, secret: s.secret },
+      otherChap,
       mutualChap: s.mutualUsername && s.mutualSecret ? { username: s.mutualUsername, secret: s.mutualSecret } : null,
     };
   }

@@ -4,6 +4,7 @@ import { chooseProtocol, protocolsOf, type BindingProtocol, type BindingRow } fr
 import type { JobContext } from '../jobs.js';
 import type { JobView } from '../views.js';
 import { holdGroup } from './consistency.js';
+import type { HostCredentials, IssuedCredential } from './credentials.js';
 import type { Lifecycle, OperationContext } from './context.js';
 
 export type MigrationMode = 'live' | 'stop-and-copy';
@@ -58,6 +59,7 @@ export class Migrations {
   constructor(
     private readonly c: OperationContext,
     private readonly cutovers: CutoverStats,
+    private readonly credentials: HostCredentials,
   ) {
     this.m = c.lifecycle;
     c.jobs.register<MigrateParams>('vm-migrate', {
@@ -76,13 +78,18 @@ export class Migrations {
     return this.c.db.prepare('SELECT b.* FROM bindings b JOIN vm_bindings vb ON vb.binding_id = b.id WHERE vb.vm_id = ? ORDER BY b.target, b.lun').all(vmId) as BindingRow[];
   }
 
-  /** Checks the precondition (CONFLICT/NOT_FOUND, nothing changed) and queues the job. */
-  submit(vm: string, opts: { to: string; mode: MigrationMode; protocol?: BindingProtocol | undefined; timeoutMs: number }): JobView {
+  /**
+   * Checks the precondition (CONFLICT/NOT_FOUND, nothing changed), issues B
+   * fresh credentials for the VM's disks and queues the job. The credentials'
+   * secrets are in the answer and nowhere else.
+   */
+  async submit(vm: string, opts: { to: string; mode: MigrationMode; protocol?: BindingProtocol | undefined; timeoutMs: number }): Promise<{ job: JobView; credentials: IssuedCredential[] }> {
     const { m, c } = this;
     const v = this.vmRow(vm);
     const a = m.hostById(v.host_id);
     const b = m.host(opts.to);
     if (a.id === b.id) throw conflict(`vm '${vm}' is already on host '${b.name}'`);
+    if (this.active(vm)) throw conflict(`vm '${vm}' is already migrating`);
     const bindings = this.vmBindings(v.id);
     if (bindings.length === 0) throw conflict(`vm '${vm}' owns no bindings`);
     for (const x of bindings) {
@@ -95,17 +102,28 @@ export class Migrations {
     }
     const protocol = chooseProtocol(b, opts.protocol, c.dataPath.frontends.map((f) => f.protocol));
     const params: MigrateParams = { vm, from: a.name, to: b.name, mode: opts.mode, protocol, timeoutMs: opts.timeoutMs };
-    const job = c.jobs.submit('vm-migrate', params as unknown as Record<string, unknown>, bindings.map((x) => x.volume_id));
+    // Issued before the job exists: a job that rolls back at once finds them to withdraw.
+    const credentials = await this.credentials.issue(b, vm, protocol, null);
+    let job;
+    try {
+      job = c.jobs.submit('vm-migrate', params as unknown as Record<string, unknown>, bindings.map((x) => x.volume_id));
+    } catch (e) {
+      await this.credentials.withdraw(b, vm);
+      throw e;
+    }
     c.events.emit('vm.migrate.queued', `vm/${vm}`, { job: job.id, ...params });
-    return c.jobs.describe(job);
+    return { job: c.jobs.describe(job), credentials };
   }
 
   /** Asks a running live migration to cut over now instead of waiting for B's sessions. */
   cutover(vm: string): void {
     this.vmRow(vm);
-    const active = this.c.jobs.list({ kind: 'vm-migrate' }).find((j) => (j.state === 'running' || j.state === 'queued') && (JSON.parse(j.params) as MigrateParams).vm === vm);
-    if (!active) throw conflict(`vm '${vm}' has no migration in progress`);
+    if (!this.active(vm)) throw conflict(`vm '${vm}' has no migration in progress`);
     this.cutoverAsked.add(vm);
+  }
+
+  private active(vm: string): boolean {
+    return this.c.jobs.list({ kind: 'vm-migrate' }).some((j) => (j.state === 'running' || j.state === 'queued') && (JSON.parse(j.params) as MigrateParams).vm === vm);
   }
 
   private step(p: MigrateParams, step: string, extra: Record<string, unknown> = {}): void {
@@ -123,6 +141,7 @@ export class Migrations {
     const base = { vm: p.vm, from: p.from, to: p.to, protocol: p.protocol, resumed };
     if (resumed) {
       if (vm.host_id === b.id) {
+        await this.credentials.withdraw(this.m.host(p.from), p.vm);
         this.step(p, 'resumed: the cutover had committed, the migration is done');
         this.cutovers.outcome('migration', 'succeeded');
         return { outcome: 'migrated', ...base, pauseMs: null };
@@ -145,8 +164,8 @@ export class Migrations {
       ctx.progress(1, total, { step: 'bound', bBindings: bIds } satisfies Checkpoint);
       await this.m.publishHost(b.id);
       this.step(p, 'bound', { bindings: bIds, protocol: p.protocol });
-      // 2. Wait for B (live) until it has sessions over its protocol, an explicit cutover, or the timeout.
-      if (p.mode === 'live') await this.waitForB(p, ctx.signal);
+      // 2. Wait for B (live) until it reaches every unit over its protocol, an explicit cutover, or the timeout.
+      if (p.mode === 'live') await this.waitForB(p, aBindings, ctx.signal);
       ctx.progress(2, total, { step: 'bound', bBindings: bIds } satisfies Checkpoint);
       // 3. Cutover: hold the VM's disks, sync, move everything to B in one transaction, revoke A, let go.
       const volumes = aBindings.map((x) => this.m.volumeHandle(this.m.volumeById(x.volume_id)));
@@ -167,6 +186,8 @@ export class Migrations {
       });
       ctx.progress(3, total, { step: 'cut', bBindings: bIds } satisfies Checkpoint);
       await revoked.done;
+      // A's credentials for these disks are refused from now on (B's own, issued at submit, stay).
+      await this.credentials.withdraw(this.m.host(p.from), p.vm);
       this.cutovers.pause(pauseMs);
       this.step(p, 'cut over', { pauseMs });
       ctx.progress(4, total, { step: 'cut', bBindings: bIds } satisfies Checkpoint);
@@ -204,17 +225,31 @@ export class Migrations {
     })();
     await this.m.publishHost(b.id);
     await this.m.publishHost(this.m.host(p.from).id);
+    await this.credentials.withdraw(b, p.vm);
   }
 
-  private async waitForB(p: MigrateParams, signal: AbortSignal): Promise<void> {
+  /**
+   * Live: waits until B reaches every unit of the VM (an NBD session on each
+   * export, an iSCSI session on each unit's target), an explicit cutover, the
+   * timeout or a cancel. A session of B on some other unit does not count.
+   */
+  private async waitForB(p: MigrateParams, units: readonly { target: number; lun: number }[], signal: AbortSignal): Promise<void> {
     const speaks = protocolsOf(p.protocol);
     const frontends = this.c.dataPath.frontends.filter((f) => speaks.includes(f.protocol));
+    const reached = (x: { target: number; lun: number }): boolean =>
+      frontends.some((f) => {
+        const u = this.c.dataPath.namespaces.lookup(p.to, x.target, x.lun, f.protocol);
+        return u !== undefined && f.reaches(p.to, u);
+      });
     const deadline = Date.now() + p.timeoutMs;
     for (;;) {
       if (this.cutoverAsked.has(p.vm)) return this.step(p, 'cutover requested');
-      if (frontends.some((f) => f.sessions(p.to) > 0)) return this.step(p, 'host connected', { host: p.to });
+      if (units.every(reached)) return this.step(p, 'host connected to every unit', { host: p.to, units: units.map((x) => `${x.target}/${x.lun}`) });
       if (signal.aborted) throw new BlockgateError('ILLEGAL_STATE', 'migration cancelled');
-      if (Date.now() > deadline) throw new BlockgateError('CONFLICT', `host '${p.to}' did not connect within ${p.timeoutMs} ms`);
+      if (Date.now() > deadline) {
+        const missing = units.filter((x) => !reached(x)).map((x) => `${x.target}/${x.lun}`);
+        throw new BlockgateError('CONFLICT', `host '${p.to}' did not connect to every unit within ${p.timeoutMs} ms (not reached: ${missing.join(', ')})`);
+      }
       await new Promise((r) => setTimeout(r, POLL_MS));
     }
   }

@@ -107,6 +107,8 @@ export interface Frontend {
   address(host: string, unit: Unit): UnitAddress | null;
   /** Open sessions per host (metrics, migration's "B has connected"). */
   sessions(host: string): number;
+  /** Whether `host` has a session that reaches `unit` now (migration's "B has connected to every unit"). */
+  reaches(host: string, unit: Unit): boolean;
   /**
    * A host exists (start-up, host created): open what this protocol gives each
    * host of its own (NBD: a unix socket at `socket`, a TCP listener at `tcp`).

@@ -30,6 +30,8 @@ export interface InitiatorAccess {
   host: string;
   /** The initiator must prove this secret (one-way CHAP); null: no authentication. */
   chap: ChapSecret | null;
+  /** Other secrets that also prove the host, told apart by CHAP_N (credentials issued to it at a migration). */
+  otherChap?: readonly ChapSecret[];
   /** The target proves this secret when the initiator asks (mutual CHAP). */
   mutualChap: ChapSecret | null;
 }
@@ -349,12 +351,12 @@ export class Login {
   /** Verifies CHAP_N/CHAP_R and answers a mutual challenge; returns a failure status or null. */
   private checkChap(get: (k: string) => string | undefined, out: [string, string][]): number | null {
     const access = this.access!;
-    const secret = access.chap!;
     const n = get('CHAP_N');
+    const secret = [access.chap!, ...(access.otherChap ?? [])].find((x) => x.username === n);
     const r = get('CHAP_R');
     const resp = r === undefined ? null : decodeChapValue(r);
     this.chapState = 'done';
-    if (n !== secret.username || resp === null) return LOGIN_STATUS.AUTH_FAILED;
+    if (secret === undefined || resp === null) return LOGIN_STATUS.AUTH_FAILED;
     if (!sameResponse(resp, chapResponse(this.chapId, secret.secret, this.chapChallenge))) return LOGIN_STATUS.AUTH_FAILED;
     const mi = get('CHAP_I');
     const mc = get('CHAP_C');

@@ -260,6 +260,12 @@ export class IscsiServer implements Frontend {
     return this.sessionsOf(host).length;
   }
 
+  /** A normal session on the unit's target sees every LUN the namespace gives that target, unless the LUN is revoked. */
+  reaches(host: string, unit: Unit): boolean {
+    if (this.revoked.get(host)?.has(revokedKey(unit))) return false;
+    return this.sessionsOf(host).some((c) => c.sessionType === 'Normal' && c.target === unit.target);
+  }
+
   /** The portal as "host:port", once listening. */
   get address_(): string | null {
     return this.portal;

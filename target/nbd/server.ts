@@ -100,6 +100,15 @@ export class NbdServer implements Frontend {
     return this.sessionCount(host);
   }
 
+  /** An NBD session reaches one export: the host reaches the unit when one of its sessions has it open. */
+  reaches(host: string, unit: Unit): boolean {
+    for (const s of this.open) {
+      const u = s.exportUnit;
+      if (s.host === host && u && u.target === unit.target && u.lun === unit.lun && u.volume.id === unit.volume.id) return true;
+    }
+    return false;
+  }
+
   /** Opens the host's own listeners: its unix socket, and its TCP port if it has one. */
   async hostAdded(host: string, endpoints: HostEndpoints): Promise<void> {
     await this.listenUnix(`unix:${host}`, endpoints.socket, () => host);

@@ -31,6 +31,8 @@ export class NbdTlsKeys implements NbdTls {
   private readonly dir: string;
   private readonly psk = new Map<string, Buffer>();
   private readonly pskIdentity = new WeakMap<tls.TLSSocket, string>();
+  /** Identities issued to a host besides its own name (a migration's fresh key): identity → host. */
+  private readonly issued = new Map<string, string>();
   private context: tls.SecureContext | null = null;
   private ca: crypto.X509Certificate | null = null;
 
@@ -71,13 +73,18 @@ export class NbdTlsKeys implements NbdTls {
     });
   }
 
-  /** Installs (or replaces) a host's key in memory; the caller has written the file. */
-  setPsk(host: string, key: Buffer): void {
-    this.psk.set(host, key);
+  /**
+   * Installs (or replaces) a key in memory; the caller has written the file.
+   * `host` set: the identity is one issued to that host (it acts as the host).
+   */
+  setPsk(identity: string, key: Buffer, host?: string): void {
+    this.psk.set(identity, key);
+    if (host !== undefined) this.issued.set(identity, host);
   }
 
-  deletePsk(host: string): void {
-    this.psk.delete(host);
+  deletePsk(identity: string): void {
+    this.psk.delete(identity);
+    this.issued.delete(identity);
   }
 
   hasPsk(host: string): boolean {
@@ -101,7 +108,7 @@ export class NbdTlsKeys implements NbdTls {
 
   identify(sock: tls.TLSSocket): string | null {
     const viaPsk = this.pskIdentity.get(sock);
-    if (viaPsk) return viaPsk;
+    if (viaPsk) return this.issued.get(viaPsk) ?? viaPsk;
     // A certificate counts only when our CA issued and signed it and it is in date.
     const peer = sock.getPeerX509Certificate();
     if (!peer || !this.ca) return null;

@@ -18,7 +18,14 @@ export class Writer {
   private waiters: { n: number; wake: () => void }[] = [];
   done: Promise<void>;
 
-  constructor(private readonly c: WireClient) {
+  private readonly send: (offset: number, data: Buffer) => Promise<string | null>;
+
+  /** Over an NBD session, or any transport given as a function that writes a block (throws when refused). */
+  constructor(c: WireClient | ((offset: number, data: Buffer) => Promise<void>)) {
+    this.send =
+      typeof c === 'function'
+        ? (offset, data) => c(offset, data).then(() => null)
+        : (offset, data) => c.request(CMD.WRITE, offset, BLOCK, 0, data).then((r) => (r.error !== 0 ? `error reply ${r.error}` : null));
     this.done = this.loop();
   }
 
@@ -28,9 +35,9 @@ export class Writer {
       const data = crypto.randomBytes(BLOCK);
       this.pending = { offset, data };
       try {
-        const r = await this.c.request(CMD.WRITE, offset, BLOCK, 0, data);
-        if (r.error !== 0) {
-          this.error = `error reply ${r.error}`;
+        const refused = await this.send(offset, data);
+        if (refused !== null) {
+          this.error = refused;
           return;
         }
       } catch (e) {

@@ -62,6 +62,25 @@ export function register(program: Command): void {
     out(cmd, r, () => volumeTable(r.volumes));
   });
 
+  jobOptions(
+    verb(volume, 'clone <name>', 'provision a new volume as a copy of another (POST /v1/volumes {name, cloneOf}): a job, followed with a progress bar').requiredOption(
+      '--of <volume>',
+      'the source (a mapped one is snapshotted first, then materialised)',
+    ),
+  ).action(async (name: string, o: { of: string }, cmd: Command) => {
+    await followJob(cmd, await client(cmd).call<Parameters<typeof followJob>[1]>('POST', '/v1/volumes', { name, cloneOf: o.of }));
+  });
+  verb(volume, 'reassign <name>', 'give the volume to another host, live (hold, drain, sync, unbind the old host, bind the new one)')
+    .requiredOption('--host <host>', 'the host it goes to')
+    .requiredOption('--unit <target/lun>', 'its unit address on that host, e.g. 0/1')
+    .action(async (name: string, o: { host: string; unit: string }, cmd: Command) => {
+      const r = await client(cmd).call<{ binding: { id: number; host: string; target: number; lun: number; protocol: string }; from: string; pauseMs: number }>(
+        'POST',
+        `/v1/volumes/${enc(name)}/reassign`,
+        { host: o.host, unit: o.unit },
+      );
+      out(cmd, r, () => `volume ${name} moved from ${r.from} to ${r.binding.host} at ${r.binding.target}/${r.binding.lun} over ${r.binding.protocol} (binding ${r.binding.id}, I/O held ${r.pauseMs.toFixed(1)} ms)\n`);
+    });
   verb(volume, 'show <name>', 'one volume: state, identity, extents and the operations allowed now').action(async (name: string, _o, cmd: Command) => {
     const v = await client(cmd).call<Volume>('GET', `/v1/volumes/${enc(name)}`);
     out(cmd, v, () => volumeDetails(v));
