@@ -140,7 +140,7 @@ export class SnapshotOperations {
    * its snapshot, then all are released together. A write acknowledged
    * before the call is in every snapshot; none issued after it is in any.
    */
-  async snapGroup(items: { volume: string; snapshot: string }[]): Promise<{ job: JobView; snapshot: VolumeRow; pauseMs: number }[]> {
+  async snapGroup(items: { volume: string; snapshot: string }[], opts: { duringHold?: () => void } = {}): Promise<{ job: JobView; snapshot: VolumeRow; pauseMs: number }[]> {
     const { c } = this;
     const m = c.lifecycle;
     const store = c.dataPath.store;
@@ -179,6 +179,8 @@ export class SnapshotOperations {
           }),
         )();
         for (const x of made) this.install(x.snap, m.volumeById(x.src.id), x.map);
+        // Still held: what the caller starts here (a backup's change maps) begins exactly at the snapshot.
+        opts.duringHold?.();
         return jobs;
       });
     } catch (e) {
