@@ -451,6 +451,8 @@ export class BackupOperations {
     const m = this.c.lifecycle;
     const v = m.listVolumes().find((x) => x.name === name && x.state !== 'free');
     if (v) {
+      // Hosts are still writing the origin: the link goes first, safely, then the space.
+      await this.snapshots.retire(v.id);
       if (v.state === 'configured') m.breakVolume(v.name);
       // The snapshot's own extents held copied-up bytes; new owners of that space read zeroes (allocation resets it).
       m.setDirty(v.id, false);
