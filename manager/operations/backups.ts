@@ -1,6 +1,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Cron } from 'croner';
 import { BlockgateError, badRequest, conflict, notFound } from '../../common/errors.js';
 import { ChangeMap, changeMaps } from '../../target/index.js';
@@ -9,7 +10,7 @@ import type { VolumeRow } from '../model.js';
 import type { JobView } from '../views.js';
 import type { CutoverStats } from '../cutover-stats.js';
 import type { OperationContext } from './context.js';
-import type { SnapshotOperations } from './snapshots.js';
+import { syncDir, type SnapshotOperations } from './snapshots.js';
 
 /** Changed-block tracking granularity: an incremental copies whole 64 KiB chunks. */
 export const CHANGE_CHUNK = 64 * 1024;
@@ -407,6 +408,9 @@ export class BackupOperations {
     const buf = Buffer.allocUnsafe(STEP);
     let allocated = 0;
     let stored = 0;
+    // Kept to the bulk rate (bytes read) like any bulk job: hosts' I/O to the arrays comes first.
+    const rate = this.c.dataPath.engine.rate;
+    const started = Date.now();
     try {
       await f.truncate(size);
       for (let pos = 0; pos < size; pos += STEP) {
@@ -417,6 +421,8 @@ export class BackupOperations {
         if (data.length === 0) {
           hash.update(ZEROES.subarray(0, len));
         } else {
+          const ahead = rate ? started + (allocated / rate) * 1000 - Date.now() : 0;
+          if (ahead > 0) await sleep(ahead, undefined, { signal: ctx.signal }).catch(() => undefined);
           const piece = buf.subarray(0, len);
           await store.read(h, pos, len, piece);
           hash.update(piece);
@@ -801,13 +807,4 @@ async function writeSynced(file: string, data: Buffer): Promise<void> {
   }
   await fs.promises.rename(tmp, file);
   await syncDir(path.dirname(file));
-}
-
-async function syncDir(dir: string): Promise<void> {
-  const h = await fs.promises.open(dir, 'r');
-  try {
-    await h.sync();
-  } finally {
-    await h.close();
-  }
 }

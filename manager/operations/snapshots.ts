@@ -268,7 +268,7 @@ export class SnapshotOperations {
   }
 }
 
-async function syncDir(dir: string): Promise<void> {
+export async function syncDir(dir: string): Promise<void> {
   const h = await fs.promises.open(dir, 'r');
   try {
     await h.sync();
