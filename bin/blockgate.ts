@@ -5,6 +5,7 @@ import { isBlockgateError, type ErrorCode } from '../common/errors.js';
 import { parseSize } from '../common/units.js';
 import { CliError, EXIT } from './cli/client.js';
 import * as arrays from './cli/commands/arrays.js';
+import * as backups from './cli/commands/backups.js';
 import * as bindings from './cli/commands/bindings.js';
 import * as config from './cli/commands/config.js';
 import * as farms from './cli/commands/farms.js';
@@ -93,7 +94,7 @@ function imageRootsFromEnv(): string[] {
   return (process.env.BLOCKGATE_IMAGE_ROOTS ?? '').split(':').filter(Boolean);
 }
 
-for (const m of [status, farms, arrays, hosts, volumes, bindings, images, vms, jobs, trace, config, webhooks, graph]) m.register(program);
+for (const m of [status, farms, arrays, hosts, volumes, bindings, images, vms, backups, jobs, trace, config, webhooks, graph]) m.register(program);
 
 const SERVE_EXIT: Partial<Record<ErrorCode, number>> = { BAD_REQUEST: EXIT.USAGE, CONFLICT: EXIT.CONFLICT, ILLEGAL_STATE: EXIT.CONFLICT, NOT_FOUND: EXIT.NOT_FOUND };
 

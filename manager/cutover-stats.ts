@@ -1,7 +1,7 @@
 /** Upper bounds (ms) of the cutover pause histogram: a live switch should sit in the first few. */
 export const PAUSE_BUCKETS_MS = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000] as const;
 
-export type CutoverKind = 'switch' | 'migration';
+export type CutoverKind = 'switch' | 'migration' | 'backup';
 export type CutoverOutcome = 'succeeded' | 'failed' | 'rolled-back';
 
 /**

@@ -209,6 +209,48 @@ const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX host_credentials_by_host ON host_credentials(host_id, vm);
   `,
+  `
+  -- backups: the backup catalog (issue 15 items 1-4). One row per backup and one per volume in it; a volume's
+  -- part is a sparse file in its farm's backup store, full or holding only the chunks changed since its parent.
+  CREATE TABLE backups (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    vm TEXT NOT NULL,
+    host TEXT NOT NULL,
+    farm TEXT,
+    label TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('full', 'incr')),
+    parent_id INTEGER REFERENCES backups(id),
+    state TEXT NOT NULL CHECK (state IN ('running', 'complete', 'failed')),
+    store TEXT NOT NULL,
+    pause_ms REAL,
+    error TEXT,
+    created_at TEXT NOT NULL,
+    finished_at TEXT
+  );
+  CREATE INDEX backups_by_vm ON backups(vm, created_at);
+  CREATE TABLE backup_volumes (
+    backup_id INTEGER NOT NULL REFERENCES backups(id) ON DELETE CASCADE,
+    volume_id INTEGER NOT NULL,
+    volume TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    full INTEGER NOT NULL,
+    allocated INTEGER NOT NULL,
+    stored INTEGER NOT NULL,
+    checksum TEXT NOT NULL,
+    file TEXT NOT NULL,
+    PRIMARY KEY (backup_id, volume_id)
+  );
+  CREATE TABLE backup_policies (
+    scope TEXT NOT NULL CHECK (scope IN ('vm', 'farm')),
+    name TEXT NOT NULL,
+    schedule TEXT,
+    keep_last INTEGER CHECK (keep_last > 0),
+    keep_daily_days INTEGER CHECK (keep_daily_days > 0),
+    store TEXT,
+    PRIMARY KEY (scope, name)
+  );
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -27,6 +27,7 @@ import { ConfigOperations } from './operations/config.js';
 import type { DataPath, Lifecycle, OperationContext } from './operations/context.js';
 import { BulkOperations } from './operations/bulk.js';
 import { SnapshotOperations } from './operations/snapshots.js';
+import { BackupOperations } from './operations/backups.js';
 import { Inventory } from './operations/inventory.js';
 import { Migrations } from './operations/migration.js';
 import { HostCredentials } from './operations/credentials.js';
@@ -96,6 +97,8 @@ export class StorageManager implements Lifecycle {
   readonly bindings: BindingOperations;
   readonly bulk: BulkOperations;
   readonly snapshots: SnapshotOperations;
+  /** VM-consistent backups, their catalog, schedules and restores (operations/backups.ts). */
+  readonly backups: BackupOperations;
   readonly tracer: Tracer;
   readonly inventory: Inventory;
   /** VM migration between hosts (operations/migration.ts). */
@@ -133,6 +136,7 @@ export class StorageManager implements Lifecycle {
     const ctx: OperationContext = { db, dataDir: opts.dataDir, dataPath: dp, events: this.events, jobs: this.jobs, log: opts.log, lifecycle: this };
     this.bindings = new BindingOperations(ctx);
     this.snapshots = new SnapshotOperations(ctx);
+    this.backups = new BackupOperations(ctx, this.snapshots, this.cutovers);
     this.bulk = new BulkOperations(ctx);
     this.tracer = new Tracer(ctx);
     this.inventory = new Inventory(ctx);
@@ -231,6 +235,8 @@ export class StorageManager implements Lifecycle {
     this.markThick();
     // Before any host can write: a write to an origin must copy up first.
     await this.snapshots.load();
+    // Before any host can write too: change maps must see every write since the last backup.
+    await this.backups.load();
     await this.iscsi.load();
     await this.credentials.load();
     for (const h of this.listHosts()) {
@@ -1438,6 +1444,8 @@ export class StorageManager implements Lifecycle {
     this.services.stop();
     await this.health.stop();
     await this.jobs.stop();
+    // After the protocol servers stopped: no write can come after the change maps are saved clean.
+    await this.backups.stop();
     await this.config.stopSaving();
   }
 

@@ -20,7 +20,7 @@ const graphView = z
 const subjectKeys = Object.fromEntries(services.NODE_KINDS.map((k) => [k, z.string().min(1).max(512).optional()])) as Record<(typeof services.NODE_KINDS)[number], z.ZodOptional<z.ZodString>>;
 const graphQuery = z.strictObject({
   root: z.string().min(3).max(512).optional().describe('kind/name to centre on, e.g. vm/web1: it, what it stands on and what stands on it'),
-  q: z.string().max(64).optional().describe('<kind>s-of (what the subject stands on) or <kind>s-touching (what stands on it), e.g. arrays-of, vms-touching, snapshots-of'),
+  q: z.string().max(64).optional().describe('<kind>s-of (what the subject stands on) or <kind>s-touching (what stands on it), e.g. arrays-of, vms-touching, snapshots-of, backups-of'),
   format: z.enum(['json', 'dot']).optional().describe('dot: Graphviz (as Accept: text/vnd.graphviz)'),
   ...subjectKeys,
 });
@@ -30,7 +30,7 @@ export const graph: ResourcePlugin = async (app, { manager: m }) => {
     '/v1/graph',
     {
       schema: {
-        summary: 'The resource graph (farm → host → VM → unit → binding → volume → extent → array → file, snapshots), whole, around a root, or answering a query',
+        summary: 'The resource graph (farm → host → VM → unit → binding → volume → extent → array → file, snapshots, backups), whole, around a root, or answering a query',
         tags: ['graph'],
         querystring: graphQuery,
         response: replies({ 200: graphView }),

@@ -1,4 +1,5 @@
 import { arrays } from './arrays.js';
+import { backups } from './backups.js';
 import { bindings } from './bindings.js';
 import { config } from './config.js';
 import type { ResourcePlugin } from './context.js';
@@ -17,5 +18,5 @@ import { volumes } from './volumes.js';
 import { webhooks } from './webhooks.js';
 
 /** Every resource of the control API, one plugin each; a new route goes into its resource's file. */
-export const RESOURCES: readonly ResourcePlugin[] = [health, discovery, arrays, farms, volumes, hosts, bindings, images, vms, jobs, events, webhooks, graph, trace, config, metrics];
+export const RESOURCES: readonly ResourcePlugin[] = [health, discovery, arrays, farms, volumes, hosts, bindings, images, vms, backups, jobs, events, webhooks, graph, trace, config, metrics];
 export type { ResourcePlugin, RouteContext } from './context.js';

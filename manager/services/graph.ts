@@ -8,7 +8,7 @@ import type { Db } from '../db.js';
  * the configuration changed; queries walk the cached copy.
  */
 
-export const NODE_KINDS = ['farm', 'host', 'vm', 'unit', 'binding', 'volume', 'snapshot', 'extent', 'array', 'file'] as const;
+export const NODE_KINDS = ['farm', 'host', 'vm', 'unit', 'binding', 'volume', 'snapshot', 'backup', 'extent', 'array', 'file'] as const;
 export type NodeKind = (typeof NODE_KINDS)[number];
 
 export interface GraphNode {
@@ -24,8 +24,10 @@ export interface GraphEdge {
   rel: string;
 }
 
-/** Edges a dependency walk does not follow: a snapshot hangs off its volume but the volume does not stand on it. */
-const SIDE_RELS = new Set(['has-snapshot']);
+/** Edges a dependency walk does not follow: a snapshot or a backup hangs off its volume but the volume does not stand on it. */
+const SIDE_RELS = new Set(['has-snapshot', 'has-backup']);
+/** Kinds reached only along side edges: asking for them is the one walk that follows those edges. */
+const SIDE_KINDS: ReadonlySet<NodeKind> = new Set(['snapshot', 'backup']);
 
 export class Graph {
   readonly nodes = new Map<string, GraphNode>();
@@ -166,6 +168,14 @@ export function buildGraph(db: Db, arrayState: (arrayId: number) => 'online' | '
       if (units.has(r.binding_id)) g.link(id, units.get(r.binding_id)!, 'disk');
     }
   }
+  // Complete backups hang off the volumes they hold, each with its files in the backup store.
+  type K = { id: number; name: string; vm: string; kind: string; created_at: string; volume_id: number; file: string };
+  const parts = db.prepare("SELECT b.id, b.name, b.vm, b.kind, b.created_at, p.volume_id, p.file FROM backups b JOIN backup_volumes p ON p.backup_id = b.id WHERE b.state = 'complete' ORDER BY b.id, p.volume").all() as K[];
+  for (const p of parts) {
+    const id = g.add('backup', p.name, { id: p.id, vm: p.vm, kind: p.kind, createdAt: p.created_at });
+    if (volumes.has(p.volume_id)) g.link(volumes.get(p.volume_id)!, id, 'has-backup');
+    g.link(id, g.add('file', p.file, { path: p.file }), 'stored-in');
+  }
   return g;
 }
 
@@ -204,8 +214,8 @@ export function answer(g: Graph, req: GraphQuery): GraphAnswer {
     const subject = req.subject ?? req.root;
     if (!subject) throw badRequest(`query '${req.q}' needs its subject, e.g. ?q=${req.q}&vm=web1`);
     g.node(subject);
-    // Snapshots hang beside their volume: asking for them is the one walk that follows that edge.
-    const side = kind === 'snapshot';
+    // Snapshots and backups hang beside their volume: asking for them is the one walk that follows that edge.
+    const side = SIDE_KINDS.has(kind);
     const down = m[2] === 'of';
     const reached = g.reach(subject, down, side);
     const hits = [...reached].filter((id) => id !== subject && g.nodes.get(id)!.kind === kind);
@@ -234,6 +244,7 @@ const SHAPES: Record<NodeKind, string> = {
   binding: 'note',
   volume: 'cylinder',
   snapshot: 'cylinder',
+  backup: 'cylinder',
   extent: 'rectangle',
   array: 'box',
   file: 'tab',
@@ -247,7 +258,7 @@ export function toDot(a: GraphAnswer): string {
   const hits = new Set(a.answer ?? []);
   const lines = ['digraph blockgate {', '  rankdir=LR;', '  node [fontname="sans-serif", fontsize=10];', '  edge [fontname="sans-serif", fontsize=8];'];
   for (const n of a.nodes) {
-    const style = [n.kind === 'snapshot' ? 'dashed' : '', hits.has(n.id) || n.id === a.root ? 'filled' : ''].filter(Boolean).join(',');
+    const style = [SIDE_KINDS.has(n.kind) ? 'dashed' : '', hits.has(n.id) || n.id === a.root ? 'filled' : ''].filter(Boolean).join(',');
     const label = `${n.kind}\n${n.name}${n.attrs.state !== undefined ? `\n${String(n.attrs.state)}` : ''}`;
     lines.push(`  ${q(n.id)} [label=${q(label)}, shape=${SHAPES[n.kind]}${style ? `, style=${q(style)}` : ''}];`);
   }

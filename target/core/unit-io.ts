@@ -2,6 +2,7 @@ import { revokedError, type BlockStore, type VolumeHandle } from '../../cache/in
 import { BlockgateError } from '../../common/errors.js';
 import type { Unit } from '../namespace.js';
 import type { AllocationRun, CompareAndWriteResult, Protocol, UnitCapabilities, UnitIO, ZeroRequest } from './contract.js';
+import { changeMaps, type ChangeMap } from './changes.js';
 import { OP, type IoStats } from './stats.js';
 
 /** Largest single request a unit takes (NBD's 32 MiB payload limit; SCSI reports it as MAXIMUM TRANSFER LENGTH). */
@@ -56,6 +57,7 @@ class StoreUnit implements UnitIO {
   private readonly vol: VolumeHandle;
   private readonly stats: IoStats;
   private readonly writes: VolumeWrites;
+  private readonly changes: Map<number, ChangeMap>;
 
   constructor(store: BlockStore, unit: Unit, protocol: Protocol) {
     this.store = store;
@@ -64,6 +66,7 @@ class StoreUnit implements UnitIO {
     this.vol = { ...unit.volume, fence: unit.fences[protocol] };
     this.stats = unit.stats;
     this.writes = volumeWrites(store, unit.volume.id);
+    this.changes = changeMaps(store);
   }
 
   size(): number {
@@ -119,10 +122,11 @@ class StoreUnit implements UnitIO {
       work = Promise.reject(err as Error);
     }
     if (work === null) {
+      if (this.changes.size > 0) this.changes.get(this.vol.id)?.mark(offset, src.length);
       this.stats.record(OP.write, src.length, (performance.now() - t0) / 1000, true);
       return null;
     }
-    return this.timed(work, OP.write, src.length, t0, untracked);
+    return this.timed(work, OP.write, src.length, t0, untracked, offset, src.length);
   }
 
   flush(): Promise<void> {
@@ -136,7 +140,7 @@ class StoreUnit implements UnitIO {
     if (!this.vol.layout.inRange(offset, length)) return this.refuse(OP.trim, outOfRange('trim', offset, length, this.vol.layout.size));
     const t0 = performance.now();
     const untracked = !this.store.tracks(this.vol.id);
-    return this.timed(this.call(() => this.store.trim(this.vol, offset, length, fua)), OP.trim, 0, t0, untracked);
+    return this.timed(this.call(() => this.store.trim(this.vol, offset, length, fua)), OP.trim, 0, t0, untracked, offset, length);
   }
 
   zero(offset: number, length: number, req: ZeroRequest): Promise<void> {
@@ -146,7 +150,7 @@ class StoreUnit implements UnitIO {
     const t0 = performance.now();
     const untracked = !this.store.tracks(this.vol.id);
     const opts = { noHole: req.noHole, fast: req.fast, fua: req.fua };
-    return this.timed(this.call(() => this.store.writeZeroes(this.vol, offset, length, opts)), OP.zero, 0, t0, untracked);
+    return this.timed(this.call(() => this.store.writeZeroes(this.vol, offset, length, opts)), OP.zero, 0, t0, untracked, offset, length);
   }
 
   prefetch(offset: number, length: number): Promise<void> {
@@ -190,7 +194,13 @@ class StoreUnit implements UnitIO {
       const current = Buffer.allocUnsafe(length);
       await io.read(offset, length, current);
       const mismatchAt = firstDifference(current, expected);
-      if (mismatchAt < 0) await io.write(offset, data, fua);
+      if (mismatchAt < 0) {
+        try {
+          await io.write(offset, data, fua);
+        } finally {
+          this.changed(offset, length);
+        }
+      }
       return { mismatchAt };
     });
     return work.then(
@@ -223,15 +233,25 @@ class StoreUnit implements UnitIO {
     }
   }
 
-  /** Counts `work` in IoStats when it settles; `untracked` counts a modifying request the store's gate does not see. */
-  private timed(work: Promise<void>, op: number, bytes: number, t0: number, untracked: boolean): Promise<void> {
+  private changed(offset: number, length: number): void {
+    if (this.changes.size > 0) this.changes.get(this.vol.id)?.mark(offset, length);
+  }
+
+  /**
+   * Counts `work` in IoStats when it settles; `untracked` counts a modifying
+   * request the store's gate does not see; a modifying request (changedLength
+   * > 0) marks its range in the volume's change map when it settles, failed or not.
+   */
+  private timed(work: Promise<void>, op: number, bytes: number, t0: number, untracked: boolean, changedAt = 0, changedLength = 0): Promise<void> {
     if (untracked) this.writes.untracked++;
     return work.then(
       () => {
+        if (changedLength > 0) this.changed(changedAt, changedLength);
         if (untracked) this.writes.done();
         this.stats.record(op, bytes, (performance.now() - t0) / 1000, true);
       },
       (err: unknown) => {
+        if (changedLength > 0) this.changed(changedAt, changedLength);
         if (untracked) this.writes.done();
         this.stats.record(op, bytes, (performance.now() - t0) / 1000, false);
         throw err;

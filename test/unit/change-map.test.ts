@@ -1,0 +1,96 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import t from 'tap';
+import { BlockStore, type CachePolicy } from '../../cache/index.js';
+import { ArrayFile } from '../../disks/index.js';
+import { VolumeLayout } from '../../mapper/index.js';
+import { ChangeMap, IoStats, changeMaps, openUnit } from '../../target/core/index.js';
+import { freshFences, type Unit } from '../../target/index.js';
+
+const K = 1024;
+const M = 1024 * K;
+const SIZE = 4 * M;
+const CHUNK = 64 * K;
+
+async function setup(tt: { teardown: (fn: () => unknown) => void }): Promise<BlockStore> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'blockgate-cbt-'));
+  const store = new BlockStore({ size: 4 * M, blockSize: 64 * K, writebackDelayMs: 60_000 });
+  const array = new ArrayFile(1, 'a1', path.join(dir, 'a1.img'), 16 * M);
+  await array.open(true);
+  store.addArray(array);
+  tt.teardown(async () => {
+    await store.close();
+    await array.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  return store;
+}
+
+function unit(cachePolicy: CachePolicy): Unit {
+  return {
+    host: 'h',
+    target: 0,
+    lun: 0,
+    volume: { id: 7, layout: new VolumeLayout([{ arrayId: 1, offset: 1 * M, length: SIZE }]), cachePolicy },
+    volumeName: 'v',
+    serial: 'S',
+    naa: '3000',
+    readOnly: false,
+    stats: new IoStats(),
+    protocols: ['nbd', 'iscsi'],
+    fences: freshFences(),
+  };
+}
+
+const marked = (m: ChangeMap): number[] => [...Array(m.chunks).keys()].filter((i) => m.has(i));
+
+t.test('ChangeMap marks every chunk a range touches, clipped to the volume; merge adds marks', async (t) => {
+  const m = new ChangeMap(CHUNK, 10 * CHUNK + 100);
+  t.equal(m.chunks, 11);
+  m.mark(CHUNK - 1, 2);
+  t.same(marked(m), [0, 1], 'a 2-byte write across a boundary marks both chunks');
+  m.mark(10 * CHUNK, 100);
+  m.mark(5 * CHUNK, 0);
+  t.same(marked(m), [0, 1, 10], 'the short last chunk; a zero-length range marks nothing');
+  const o = new ChangeMap(CHUNK, 10 * CHUNK + 100);
+  o.mark(3 * CHUNK, CHUNK);
+  m.merge(o);
+  t.same(marked(m), [0, 1, 3, 10]);
+  t.equal(m.count(), 4);
+  t.throws(() => new ChangeMap(CHUNK, 10 * CHUNK, new Uint8Array(5)), 'a bitmap of the wrong size is refused');
+});
+
+t.test('writes, trims and zeroes through a unit mark the change map when they settle', async (t) => {
+  const store = await setup(t);
+  for (const policy of ['write-back', 'write-through'] as const) {
+    const m = new ChangeMap(CHUNK, SIZE);
+    changeMaps(store).set(7, m);
+    const io = openUnit(store, unit(policy), 'nbd');
+    await io.write(0, Buffer.alloc(4096, 1), false);
+    await io.write(2 * CHUNK + 10, Buffer.alloc(CHUNK, 2), true);
+    await io.trim(10 * CHUNK, CHUNK, false);
+    await io.zero(20 * CHUNK, 2 * CHUNK, { noHole: false, fast: false, fua: false });
+    t.same(marked(m), [0, 2, 3, 10, 20, 21], `${policy}: every modifying request is marked`);
+    const r = Buffer.alloc(4096);
+    await io.read(40 * CHUNK, 4096, r);
+    t.equal(m.has(40), false, 'a read marks nothing');
+    changeMaps(store).delete(7);
+  }
+});
+
+t.test('a write held by a quiesce lands in the map swapped in during the hold', async (t) => {
+  const store = await setup(t);
+  const before = new ChangeMap(CHUNK, SIZE);
+  changeMaps(store).set(7, before);
+  const io = openUnit(store, unit('write-back'), 'nbd');
+  const release = await store.quiesce(7);
+  const held = io.write(5 * CHUNK, Buffer.alloc(4096, 9), false);
+  // The backup's snapshot is taken here, and the maps swapped.
+  const after = new ChangeMap(CHUNK, SIZE);
+  changeMaps(store).set(7, after);
+  release();
+  await held;
+  t.same(marked(before), [], 'the map the backup took does not claim the held write');
+  t.same(marked(after), [5], 'the next backup copies it');
+});
