@@ -162,6 +162,18 @@ export class SnapshotLink {
     for (let i = first; i <= last; i++) if (this.map.own[i] !== 1) await this.own(i);
   }
 
+  /**
+   * Ends the link while hosts may still write the origin: a write submitted before the unlink
+   * still runs this link's hook, so every region is made to count as own (such a write copies
+   * nothing more), and copies already running finish before the map closes — none writes into
+   * space or a map that is gone.
+   */
+  async retire(): Promise<void> {
+    this.map.own.fill(1);
+    await Promise.allSettled([...this.copying.values()]);
+    await this.map.close();
+  }
+
   private async copyUp(i: number): Promise<void> {
     const R = this.regionSize;
     const off = i * R;

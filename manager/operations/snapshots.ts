@@ -113,27 +113,19 @@ export class SnapshotOperations {
   }
 
   /**
-   * A snapshot being taken apart (break) stops reading its origin: the link
-   * row goes at once, its map file after.
+   * A snapshot being taken apart (break, materialised) stops reading its origin: the link row
+   * goes at once, the map file once copies already running have landed.
    */
   detach(snapshotId: number): void {
     const { c } = this;
-    const link = c.dataPath.store.snapshotLink(snapshotId);
-    c.db.prepare('DELETE FROM cow_links WHERE snapshot_id = ?').run(snapshotId);
-    if (!link) return;
-    c.dataPath.store.unlinkSnapshot(snapshotId);
-    void link.map
-      .close()
-      .then(() => fs.promises.rm(link.map.path, { force: true }))
-      .catch((e: unknown) => c.log.warn({ op: 'snapshot.detach', err: (e as Error).message }, 'snapshot map file left behind (removed at next start)'));
+    void this.retire(snapshotId).catch((e: unknown) =>
+      c.log.warn({ op: 'snapshot.detach', err: (e as Error).message }, 'snapshot map file left behind (removed at next start)'),
+    );
   }
 
   /**
-   * Takes a snapshot off its origin while hosts keep writing the origin, so
-   * its space can be freed (a backup's snapshots). A write submitted before
-   * the unlink still runs the old copy-on-write hook: every region is made to
-   * count as own so such a write copies nothing more, and the copies already
-   * running finish before the map closes, so none writes into freed space.
+   * Takes a snapshot off its origin while hosts keep writing the origin, so its space can be
+   * freed (a backup's snapshots): resolves once no copy-up can touch the snapshot again.
    */
   async retire(snapshotId: number): Promise<void> {
     const { c } = this;
@@ -141,11 +133,7 @@ export class SnapshotOperations {
     c.db.prepare('DELETE FROM cow_links WHERE snapshot_id = ?').run(snapshotId);
     if (!link) return;
     c.dataPath.store.unlinkSnapshot(snapshotId);
-    // SnapshotLink keeps its running copies private; it should grow a settle() for this (cache/ is read-only to this branch).
-    const running = [...((link as unknown as { copying?: Map<number, Promise<void>> }).copying?.values() ?? [])];
-    link.map.own.fill(1);
-    await Promise.allSettled(running);
-    await link.map.close();
+    await link.retire();
     await fs.promises.rm(link.map.path, { force: true });
   }
 
