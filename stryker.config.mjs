@@ -15,7 +15,7 @@ const MODULES = {
   },
   allocation: {
     mutate: ['disks/allocation.ts'],
-    tests: ['allocation'],
+    tests: ['allocation', 'allocation-sparse'],
   },
   'bulk-worker': {
     // Runs in a piscina worker thread: Stryker's per-test coverage does not see
@@ -62,6 +62,10 @@ export default {
   ignorePatterns: ['dist', 'bench/out', 'var', '.tap', 'coverage', 'reports', 'docs', '*.log'],
   tempDirName: '.stryker-tmp',
   cleanTempDir: true,
+  // A stopped run resumes: mutants whose code and tests did not change since the
+  // last run keep their result (the file is per module, beside the reports).
+  incremental: true,
+  incrementalFile: `reports/stryker-incremental-${name}.json`,
   reporters: ['clear-text', 'progress', 'json', 'html'],
   jsonReporter: { fileName: `reports/mutation/${name}.json` },
   htmlReporter: { fileName: `reports/mutation/${name}.html` },
