@@ -17,7 +17,7 @@ const MODULES = {
   },
   allocation: {
     mutate: ['disks/allocation.ts'],
-    tests: ['allocation', 'allocation-sparse'],
+    tests: ['allocation-model', 'allocation', 'allocation-sparse'],
   },
   'bulk-worker': {
     // Runs in a piscina worker thread: Stryker's per-test coverage does not see
