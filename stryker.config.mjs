@@ -32,7 +32,7 @@ const MODULES = {
   },
   jobs: {
     mutate: ['manager/jobs.ts'],
-    tests: ['manager-ops', 'api-storage'],
+    tests: ['jobs'],
   },
 };
 
