@@ -3,6 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import t from 'tap';
 import { ALLOC_BLOCK, AllocState, AllocationMap } from '../../disks/allocation.js';
+import { prng } from '../helpers/prng.js';
 
 // The allocation map's in-memory states checked against the plainest model
 // (one byte per block): random changes that start and end anywhere — inside
@@ -14,18 +15,6 @@ import { ALLOC_BLOCK, AllocState, AllocationMap } from '../../disks/allocation.j
 
 const LEAF = 4096;
 const STATES = [AllocState.Unallocated, AllocState.Zero, AllocState.Data] as const;
-
-/** A small deterministic PRNG (mulberry32), so a failure replays. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 async function openMap(t: { teardown: (fn: () => unknown) => void }, size: number, legacy: boolean): Promise<AllocationMap> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'blockgate-allocmodel-'));

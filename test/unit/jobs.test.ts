@@ -63,6 +63,16 @@ function gated(onRestart: 'resume' | 'fail' = 'resume'): JobKind & {
 const events = (db: Db): string[] => (db.prepare('SELECT type, subject FROM events ORDER BY id').all() as { type: string; subject: string }[]).map((e) => `${e.type} ${e.subject}`);
 const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
 
+/** A started queue on a fresh database with one gated kind, 'scrub'. */
+async function started(t: T): Promise<{ db: Db; q: JobQueue; k: ReturnType<typeof gated> }> {
+  const { db } = dbIn(t);
+  const q = new JobQueue(db, new EventLog(db), log);
+  const k = gated();
+  q.register('scrub', k);
+  await q.start();
+  return { db, q, k };
+}
+
 t.test('a job runs once started: rows, result, events, progress', async (t) => {
   const { db } = dbIn(t);
   const q = new JobQueue(db, new EventLog(db), log);
@@ -101,11 +111,7 @@ t.test('a job runs once started: rows, result, events, progress', async (t) => {
 });
 
 t.test('a job with no result stores null; progress fractions', async (t) => {
-  const { db } = dbIn(t);
-  const q = new JobQueue(db, new EventLog(db), log);
-  const k = gated();
-  q.register('scrub', k);
-  await q.start();
+  const { db, q, k } = await started(t);
   const j = q.submit('scrub', {}, [1]);
   await tick();
   t.equal(q.describe(q.get(j.id)).progress.fraction, 0, 'running with no total: 0');
@@ -119,11 +125,7 @@ t.test('a job with no result stores null; progress fractions', async (t) => {
 });
 
 t.test('jobs on one volume run one at a time; a job on a free volume overtakes', async (t) => {
-  const { db } = dbIn(t);
-  const q = new JobQueue(db, new EventLog(db), log);
-  const k = gated();
-  q.register('scrub', k);
-  await q.start();
+  const { db, q, k } = await started(t);
   const a = q.submit('scrub', {}, [1, 2]);
   const b = q.submit('scrub', {}, [2]);
   const c = q.submit('scrub', {}, [3]);
@@ -152,11 +154,7 @@ t.test('jobs on one volume run one at a time; a job on a free volume overtakes',
 });
 
 t.test('cancel: a queued job never runs, a running one is aborted; both apply the failure edges', async (t) => {
-  const { db } = dbIn(t);
-  const q = new JobQueue(db, new EventLog(db), log);
-  const k = gated();
-  q.register('scrub', k);
-  await q.start();
+  const { db, q, k } = await started(t);
   const a = q.submit('scrub', { v: 'a' }, [1]);
   const b = q.submit('scrub', { v: 'b' }, [1]);
   await tick();
@@ -175,11 +173,7 @@ t.test('cancel: a queued job never runs, a running one is aborted; both apply th
 });
 
 t.test('a failing job is failed with its error; a failing failure edge is added to it', async (t) => {
-  const { db } = dbIn(t);
-  const q = new JobQueue(db, new EventLog(db), log);
-  const k = gated();
-  q.register('scrub', k);
-  await q.start();
+  const { db, q, k } = await started(t);
   const a = q.submit('scrub', { v: 1 }, [1]);
   await tick();
   k.release(a.id, undefined, new Error('disk on fire'));
