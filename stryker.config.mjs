@@ -17,7 +17,9 @@ const MODULES = {
   },
   allocation: {
     mutate: ['disks/allocation.ts'],
-    tests: ['allocation-model', 'allocation', 'allocation-sparse'],
+    // allocation-sparse (sidecar formats, 64 TiB arrays, torn writes) is left out: its
+    // torn-write subtest ran past tap's per-test timeout in the dry run at nice 15.
+    tests: ['allocation-model', 'allocation'],
   },
   'bulk-worker': {
     // The engine runs it in a piscina worker thread, where Stryker's mutant
