@@ -192,6 +192,9 @@ t.test('a failing job is failed with its error; a failing failure edge is added 
 t.test('restart: a stopped job stays running; a resumable kind resumes from its checkpoint, another fails', async (t) => {
   const { db } = dbIn(t);
   const q = new JobQueue(db, new EventLog(db), log);
+  // The restart's log lines are the admin's record of what it did with each job.
+  const lines: Record<string, unknown>[] = [];
+  const captured = pino({ level: 'info' }, { write: (l: string) => lines.push(JSON.parse(l) as Record<string, unknown>) });
   const resumable = gated('resume');
   const once = gated('fail');
   q.register('scrub', resumable);
@@ -209,7 +212,7 @@ t.test('restart: a stopped job stays running; a resumable kind resumes from its 
   await tick();
   t.equal(q.get(c.id).state, 'queued', 'a stopped queue starts nothing');
 
-  const q2 = new JobQueue(db, new EventLog(db), log);
+  const q2 = new JobQueue(db, new EventLog(db), captured);
   const resumable2 = gated('resume');
   const once2 = gated('fail');
   q2.register('scrub', resumable2);
@@ -222,8 +225,10 @@ t.test('restart: a stopped job stays running; a resumable kind resumes from its 
   t.ok(resumed, 'the scrub runs again');
   t.same(resumed.resumeFrom, { next: 3 }, 'from its checkpoint');
   t.equal(q2.get(a.id).attempts, 2);
-  const ev = db.prepare("SELECT data FROM events WHERE type = 'job.resumed'").get() as { data: string };
+  const ev = db.prepare("SELECT subject, data FROM events WHERE type = 'job.resumed'").get() as { subject: string; data: string };
+  t.equal(ev.subject, `job/${a.id}`, 'the resumed event names the job');
   t.same(JSON.parse(ev.data), { id: a.id, kind: 'scrub', checkpoint: { next: 3 } });
+  t.match(lines.find((l) => l.op === 'job.resume'), { level: 40, job: a.id, kind: 'scrub', msg: 'job interrupted by restart: resuming from its checkpoint' }, 'a warning says the job resumes');
   t.ok(resumable2.started.some((x) => x.id === c.id), 'the job queued meanwhile runs too');
   resumable2.release(a.id, 'ok');
   resumable2.release(c.id, 'ok');

@@ -122,6 +122,10 @@ t.test('range edges: offset 0 and the exact end are in range, one byte more is n
   t.notOk(l.inRange(-1, 0), 'a negative offset, even for zero bytes');
   t.notOk(l.inRange(1, -1), 'a negative length');
   t.notOk(l.inRange(Number.MAX_SAFE_INTEGER, 1), 'an end past 2^53');
+  // A layout larger than 2^53 bytes: the end must still be an exact integer.
+  const huge = new VolumeLayout([{ arrayId: 1, offset: 0, length: 2 ** 54 }]);
+  t.notOk(huge.inRange(Number.MAX_SAFE_INTEGER, 2), 'an end past 2^53 inside a larger layout');
+  t.ok(huge.inRange(Number.MAX_SAFE_INTEGER - 2, 2), 'an end just below it');
   t.equal(l.translate(0, 2 * M).length, 2);
   t.same(l.translate(0, 0), [], 'zero bytes at 0 touch nothing');
   t.throws(() => l.translate(2 * M, 1), { code: 'OUT_OF_RANGE', message: `range ${2 * M}+1 is outside the volume (size ${2 * M})` });
