@@ -154,7 +154,10 @@ async function start(opts: ServeOptions, dataDir: string, lock: DataDirLock, ope
   // Test hook: BLOCKGATE_WRITEBACK_DELAY_MS holds off background write-back so a
   // test can tell what an explicit flush (unmap, FLUSH) wrote from what the schedule did.
   const writebackDelayMs = process.env.BLOCKGATE_WRITEBACK_DELAY_MS ? Number(process.env.BLOCKGATE_WRITEBACK_DELAY_MS) : undefined;
-  const store = new BlockStore({ size: opts.cacheSize, blockSize: opts.cacheBlock, route: makeRoute(opts.ioRoute ?? 'libuv'), writebackDelayMs });
+  // Test-only fault injection (docs/faults.md): the manager's failure edges, and the cache's writeback-hold.
+  const faults = process.env.BLOCKGATE_FAULTS ? process.env.BLOCKGATE_FAULTS.split(',').filter(Boolean) : undefined;
+  const writebackHold = faults?.includes('writeback-hold');
+  const store = new BlockStore({ size: opts.cacheSize, blockSize: opts.cacheBlock, route: makeRoute(opts.ioRoute ?? 'libuv'), writebackDelayMs, writebackHold });
   const tls = new NbdTlsKeys(path.join(dataDir, 'tls'));
   await tls.load();
   // The data path's I/O counters: units record into them, /metrics reads them when scraped.
@@ -223,7 +226,7 @@ async function start(opts: ServeOptions, dataDir: string, lock: DataDirLock, ope
     dataDir,
     log,
     // Test-only fault injection for the failure edges (see ManagerOptions.faults).
-    faults: process.env.BLOCKGATE_FAULTS ? process.env.BLOCKGATE_FAULTS.split(',').filter(Boolean) : undefined,
+    faults,
     checkIntervalMs: opts.checkIntervalMs,
     lock,
     restore,

@@ -27,6 +27,12 @@ export interface CacheOptions {
   writebackDelayMs?: number | undefined;
   /** Write-backs in flight at once (each up to 1 MiB, coalesced from neighbours). */
   writebackConcurrency?: number | undefined;
+  /**
+   * Test hook (fault point `writeback-hold`, docs/faults.md): background
+   * write-back starts only while a writer waits at the dirty limit, so a test
+   * sees the wait on any machine. Explicit flushes are not held.
+   */
+  writebackHold?: boolean | undefined;
   /** Share of the cache pinned ranges may take. Default 0.5. */
   maxPinnedFraction?: number | undefined;
   /** Slot I/O route (libuv pool by default; see docs/engine.md). */
@@ -153,6 +159,7 @@ export class BlockCache {
   private readonly dirtyLimit: number;
   private readonly dirtyBackground: number;
   private readonly delayMs: number;
+  private readonly holdWriteback: boolean;
   private readonly concurrency: number;
   private readonly maxPinned: number;
   private readonly maxRun: number;
@@ -207,6 +214,7 @@ export class BlockCache {
     this.dirtyLimit = Math.max(bs * 4, opts.dirtyLimit ?? Math.floor(this.capacity / 2));
     this.dirtyBackground = Math.min(this.dirtyLimit, opts.dirtyBackground ?? Math.floor(this.dirtyLimit / 2));
     this.delayMs = opts.writebackDelayMs ?? 500;
+    this.holdWriteback = opts.writebackHold === true;
     this.concurrency = opts.writebackConcurrency ?? 8;
     this.maxPinned = Math.floor(this.capacity * (opts.maxPinnedFraction ?? 0.5));
     this.maxRun = Math.max(1, (1 << 20) >> this.shift);
@@ -539,8 +547,10 @@ export class BlockCache {
     this.writebackError = null;
     while (this.dirtyBytes >= this.dirtyLimit) {
       this.counters.dirtyWaits++;
+      // Queued before the pump so a held write-back (writebackHold) sees a writer waiting.
+      const room = new Promise<void>((r) => this.dirtyWaiters.push(r));
       this.pump();
-      await new Promise<void>((r) => this.dirtyWaiters.push(r));
+      await room;
       const failed = this.writebackError as Error | null;
       if (failed) {
         // A full backing file system stays NO_SPACE (ENOSPC to hosts): they may free space and retry.
@@ -717,6 +727,7 @@ export class BlockCache {
   /** Starts write-backs up to the concurrency bound: all of them under pressure, else only aged ones. */
   private pump(): void {
     if (this.active >= this.concurrency || this.dirty.size === 0) return;
+    if (this.holdWriteback && this.dirtyWaiters.length === 0) return;
     const now = Date.now();
     for (const b of this.dirty.values()) {
       if (this.active >= this.concurrency) return;

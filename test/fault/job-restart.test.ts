@@ -176,10 +176,13 @@ t.test('kill -9 during activate: after restart the volume is walked back to free
   let s = s0;
   const r = await s.call('POST', '/v1/hosts/h/activate', { volume: 'act', size: '64M', image: 'os', target: 1, lun: 0 });
   // Activate's progress is by steps (1 of 4 once configured): the image copy is under way.
+  // Hang guards (a job stuck running), not timing checks.
+  const deadline = Date.now() + 300_000;
   for (;;) {
     const j = await s.call('GET', `/v1/jobs/${r.job.id}`);
     if (j.state === 'running' && j.progress.done >= 1) break;
     if (j.state !== 'queued' && j.state !== 'running') throw new Error(`activate ended ${j.state} before the kill`);
+    if (Date.now() > deadline) throw new Error(`activate never got going: ${JSON.stringify(j)}`);
     await new Promise((res) => setTimeout(res, 20));
   }
   const v0 = await s.call('GET', '/v1/volumes/act');
@@ -189,6 +192,7 @@ t.test('kill -9 during activate: after restart the volume is walked back to free
     if (readFileRegion(file, v0.extents[0].offset, 4096).every((x) => x === 0x07)) break;
     const j = await s.call('GET', `/v1/jobs/${r.job.id}`);
     if (j.state !== 'running') throw new Error(`activate ended ${j.state} before the image copy wrote anything`);
+    if (Date.now() > deadline) throw new Error('the image copy wrote nothing to the array');
     await new Promise((res) => setTimeout(res, 20));
   }
   s = await restart(t, s0);

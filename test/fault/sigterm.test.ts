@@ -6,6 +6,7 @@ import { RawNbd } from '../helpers/nbd-client.js';
 import { clientFlags, infoRequest, option, request } from '../helpers/nbd-frames.js';
 import { TOKEN, startServer } from '../helpers/server.js';
 import { fioStateArgs } from '../helpers/fio.js';
+import { waitFor } from '../helpers/wait.js';
 import { requireTools, run } from '../helpers/tools.js';
 import { CMD, OPT, REP, SIMPLE_REPLY_MAGIC } from '../../target/nbd/constants.js';
 
@@ -109,12 +110,11 @@ t.test('SIGTERM under load: in-flight writes are answered, every acknowledged wr
 
   // Background load on another unit, with no fsync: only the shutdown flush makes it durable.
   const fio = run('fio', ['--name=load', '--ioengine=nbd', `--uri=${s.unixUri('demo', '1/0')}`, '--rw=randwrite', '--bs=4k', '--iodepth=16', '--size=64M', '--time_based', '--runtime=60', ...fioStateArgs(s.dataDir)], { timeoutMs: 90_000 });
-  for (;;) {
+  await waitFor('the background load\'s writes in /metrics', async () => {
     const m = await (await fetch(`${s.api}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } })).text();
     const w = /blockgate_io_ops_total\{host="demo",volume="load",op="write"\} (\d+)/.exec(m);
-    if (w && Number(w[1]) > 200) break;
-    await new Promise((r) => setTimeout(r, 50));
-  }
+    return w && Number(w[1]) > 200 ? true : undefined;
+  }, 60_000);
 
   let stopping: Promise<void> | null = null;
   const w = writer(s.socket('demo'), blocks, 32, (n) => {

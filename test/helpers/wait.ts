@@ -13,3 +13,16 @@ export async function waitFor<T>(label: string, probe: () => Promise<T | undefin
     await new Promise((r) => setTimeout(r, 50));
   }
 }
+
+/** Settles as `p` does, or rejects after a generous deadline: a hang guard for one event (never a timing assertion). */
+export async function within<T>(label: string, p: Promise<T>, deadlineMs = 30_000): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const guard = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no ${label} within ${deadlineMs} ms`)), deadlineMs);
+  });
+  try {
+    return await Promise.race([p, guard]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -4,6 +4,7 @@ import path from 'node:path';
 import t from 'tap';
 import { basicAppliance, MiB, startApi } from '../helpers/api-app.js';
 import { freePort } from '../helpers/ports.js';
+import { within } from '../helpers/wait.js';
 
 // Every noun can be deleted once nothing uses it; while something does, 409 says what.
 
@@ -68,11 +69,11 @@ t.test('hosts: delete closes the listeners, refused while bound or in a VM', asy
   t.ok(fs.existsSync(sock));
   // An open connection on the host's socket ends with the host.
   const c = net.connect(sock);
-  await new Promise((res) => c.once('data', res));
+  await within('greeting on the host socket', new Promise((res) => c.once('data', res)));
   const closed = new Promise((res) => c.once('close', res));
   r = await call('DELETE', '/v1/hosts/h2');
   t.equal(r.status, 204, JSON.stringify(r.body));
-  await closed;
+  await within('close of the host socket', closed);
   t.notOk(fs.existsSync(sock), 'its unix socket is gone');
   t.notOk(fs.existsSync(path.join(dataDir, 'iscsi', 'chap', 'h2.json')), 'its CHAP secrets are gone');
   t.equal(m.iscsi.initiator('iqn.2026-11.test:h2'), null, 'its initiator name is nobody now');
@@ -128,7 +129,7 @@ t.test('hosts: listener addresses are validated; PATCH moves the listener', asyn
   t.match(r.body.error.message, /keeps 127\.0\.0\.1/);
   t.equal((await call('GET', '/v1/hosts/h2')).body.nbd.tcp, `127.0.0.1:${p2}`);
   const c = net.connect(p2, '127.0.0.1');
-  await new Promise((res, rej) => c.once('data', res).once('error', rej));
+  await within('greeting on the TCP listener', new Promise((res, rej) => c.once('data', res).once('error', rej)));
   c.destroy();
   r = await call('PATCH', '/v1/hosts/h2', { nbdTcp: null });
   t.equal(r.body.nbd.tcp, null);
