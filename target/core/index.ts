@@ -13,3 +13,4 @@ export type {
 } from './contract.js';
 export { openUnit, MAX_TRANSFER, PREFERRED_BLOCK } from './unit-io.js';
 export { IoStats, StatsRegistry, OP, OP_NAMES, LATENCY_BUCKETS } from './stats.js';
+export { IoBudget, DEFAULT_IO_BUDGET, BUDGET_FLOOR, type BudgetHolder } from './budget.js';
