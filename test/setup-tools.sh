@@ -28,6 +28,8 @@ declare -A PKG=(
   [psktool]=gnutls-bin
   [openssl]=openssl
   [dot]=graphviz
+  [jq]=jq
+  [curl]=curl
   # qemu's iscsi:// driver (a module, not a command: checked by its file below).
   [qemu-iscsi]=qemu-block-extra
 )
