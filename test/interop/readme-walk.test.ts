@@ -73,7 +73,7 @@ t.test('the README walk runs', async (t) => {
     timeoutMs: 900_000,
     env: { ...process.env, PATH: `${bin}:${process.env.PATH}`, HOME: dir, PWD: dir },
   });
-  t.equal(r.code, 0, `walk ${r.code === 0 ? 'passed' : 'failed'}:\n${r.stderr.split('\n').slice(-25).join('\n')}`);
+  t.equal(r.code, 0, `walk ${r.code === 0 ? 'passed' : 'failed'}:\n${r.stderr.split('\n').slice(-25).join('\n')}\nstdout:\n${r.stdout.split('\n').slice(-12).join('\n')}`);
   t.match(r.stderr, /walk: done/);
   t.equal(s.exitCode, null, 'server alive');
 });
