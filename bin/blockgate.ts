@@ -65,8 +65,9 @@ program
   .option('--idle-timeout <ms>', 'close NBD sessions with no traffic and nothing in flight for this long; 0 = never (iSCSI pings idle initiators instead)', '0')
   .option('--max-connections <n>', 'connections at once on each NBD listener, and iSCSI sessions on the portal', '256')
   .option('--max-connections-per-host <n>', 'connections at once for one host (NBD, over all its listeners; iSCSI sessions)', '64')
+  .option('--io-budget <size>', 'request payloads buffered and replies queued, over all NBD and iSCSI sessions; a session over it stops reading until its replies drain', '64M')
   .option('--bulk-rate <size>', 'bytes per second each bulk job (scrub, copy, snapshot) may move, e.g. 64M (default: unlimited)', process.env.BLOCKGATE_BULK_RATE)
-  .action(async (o: { dataDir: string; api: string; nbd: string; iscsi: string; apiToken?: string; logLevel: string; logFormat: string; demo: boolean; cacheSize: string; cacheBlock: string; ioRoute: string; checkInterval: string; overcommit?: string; restore?: boolean | string; imageRoot: string[]; bulkRate?: string; plaintextDefaultHost?: boolean; handshakeTimeout: string; idleTimeout: string; maxConnections: string; maxConnectionsPerHost: string }) => {
+  .action(async (o: { dataDir: string; api: string; nbd: string; iscsi: string; apiToken?: string; logLevel: string; logFormat: string; demo: boolean; cacheSize: string; cacheBlock: string; ioRoute: string; checkInterval: string; overcommit?: string; restore?: boolean | string; imageRoot: string[]; bulkRate?: string; plaintextDefaultHost?: boolean; handshakeTimeout: string; idleTimeout: string; maxConnections: string; maxConnectionsPerHost: string; ioBudget: string }) => {
     if (o.ioRoute !== 'libuv' && o.ioRoute !== 'piscina') throw new Error(`--io-route must be libuv or piscina, not '${o.ioRoute}'`);
     const checkIntervalMs = Number(o.checkInterval);
     if (!Number.isInteger(checkIntervalMs) || checkIntervalMs < 0) throw new Error(`--check-interval must be a whole number of milliseconds, not '${o.checkInterval}'`);
@@ -87,7 +88,10 @@ program
     checkLogOptions(o.logLevel, o.logFormat);
     // Loaded only here: admin verbs start in a fraction of the time without the server's modules.
     const { serve } = await import('./serve.js');
-    await serve({ ...o, connections, logFormat: o.logFormat as 'auto' | 'pretty' | 'json', cacheSize: parseSize(o.cacheSize), cacheBlock: parseSize(o.cacheBlock), ioRoute: o.ioRoute, imageRoots: o.imageRoot, bulkRate: o.bulkRate ? parseSize(o.bulkRate) : undefined, version: pkg.version, checkIntervalMs, overcommit });
+    const ioBudget = parseSize(o.ioBudget);
+    // Below the largest request a client may send, hosts would be held to one request at a time.
+    if (!(ioBudget >= 32 * 1024 * 1024)) throw new CliError(`--io-budget must be at least 32M (the largest NBD request), not '${o.ioBudget}'`, EXIT.USAGE, 'BAD_REQUEST');
+    await serve({ ...o, ioBudget, connections, logFormat: o.logFormat as 'auto' | 'pretty' | 'json', cacheSize: parseSize(o.cacheSize), cacheBlock: parseSize(o.cacheBlock), ioRoute: o.ioRoute, imageRoots: o.imageRoot, bulkRate: o.bulkRate ? parseSize(o.bulkRate) : undefined, version: pkg.version, checkIntervalMs, overcommit });
   });
 
 function imageRootsFromEnv(): string[] {

@@ -9,7 +9,7 @@ import { PiscinaEngine, makeRoute, type IoRouteName } from '../disks/index.js';
 import { DEMO, DataDirLock, configDocument, SAVED_CONFIG, StorageManager, formatAddress, parseAddress, seedDemo, type ConfigDocument } from '../manager/index.js';
 import { isLoopback } from '../common/address.js';
 import { Namespaces, NbdServer, NbdTlsKeys, StatsRegistry } from '../target/index.js';
-import { openUnit } from '../target/core/index.js';
+import { DEFAULT_IO_BUDGET, IoBudget, openUnit } from '../target/core/index.js';
 import { IscsiServer } from '../target/iscsi/index.js';
 import { ScsiCommandSet } from '../target/iscsi/scsi/index.js';
 import { makeLogger, type LogFormat } from './log.js';
@@ -43,6 +43,8 @@ export interface ServeOptions {
   /** Serve the default host in plaintext on a shared listener that is not on loopback (off by default). */
   plaintextDefaultHost?: boolean | undefined;
   /** Safe-by-default connection bounds (blockgate serve --handshake-timeout, --idle-timeout, --max-connections[-per-host]). */
+  /** Bytes of request payloads buffered and replies queued, over all sessions (blockgate serve --io-budget). */
+  ioBudget?: number | undefined;
   connections?: { handshakeTimeoutMs: number; idleTimeoutMs: number; maxConnections: number; maxConnectionsPerHost: number } | undefined;
   /** Bytes per second each bulk job (scrub, copy, verify, snapshot materialise) may move; undefined = unlimited. */
   bulkRate?: number | undefined;
@@ -162,8 +164,11 @@ async function start(opts: ServeOptions, dataDir: string, lock: DataDirLock, ope
   await tls.load();
   // The data path's I/O counters: units record into them, /metrics reads them when scraped.
   const stats = new StatsRegistry();
+  // One bound on buffered requests and queued replies for every session of both protocols.
+  const budget = new IoBudget(opts.ioBudget ?? DEFAULT_IO_BUDGET);
+  stats.budget = budget;
   const nbd = new NbdServer(
-    { namespaces, store, tls },
+    { namespaces, store, tls, budget },
     {
       stats,
       limits: opts.connections
@@ -205,6 +210,7 @@ async function start(opts: ServeOptions, dataDir: string, lock: DataDirLock, ope
         ...(opts.connections ? { loginTimeoutMs: opts.connections.handshakeTimeoutMs } : {}),
         ...(process.env.BLOCKGATE_ISCSI_NOP_MS ? { nopIntervalMs: Number(process.env.BLOCKGATE_ISCSI_NOP_MS), nopTimeoutMs: Number(process.env.BLOCKGATE_ISCSI_NOP_MS), logoutGraceMs: Number(process.env.BLOCKGATE_ISCSI_NOP_MS) * 2 } : {}),
       },
+      budget,
       ...(opts.connections ? { maxSessions: opts.connections.maxConnections, maxSessionsPerHost: opts.connections.maxConnectionsPerHost } : {}),
       // One line per session login and logout; never per command.
       onSession: (e) =>

@@ -56,6 +56,37 @@ export function buildMetrics(src: MetricsSources): Registry {
     },
   });
 
+  const budget = src.io.budget;
+  if (budget) {
+    new Gauge({
+      name: 'blockgate_io_budget_bytes',
+      help: 'The appliance-wide bound on buffered requests and queued replies (all NBD and iSCSI sessions): limit and used',
+      labelNames: ['kind'],
+      registers: [reg],
+      collect() {
+        this.set({ kind: 'limit' }, budget.limit);
+        this.set({ kind: 'used' }, budget.used);
+      },
+    });
+    new Gauge({
+      name: 'blockgate_io_budget_waiting_sessions',
+      help: 'Sessions that stopped reading until the I/O budget has room',
+      registers: [reg],
+      collect() {
+        this.set(budget.waiting);
+      },
+    });
+    new Counter({
+      name: 'blockgate_io_budget_refusals_total',
+      help: 'Requests held back (NBD) or answered TASK SET FULL (iSCSI) because the I/O budget was spent',
+      registers: [reg],
+      collect() {
+        this.reset();
+        this.inc(budget.refusals);
+      },
+    });
+  }
+
   new Counter({
     name: 'blockgate_session_ends_total',
     help: 'Sessions ended, by protocol and reason (client-disconnect, protocol-error, socket-error, revoked, server-shutdown, logout, nop-timeout, …)',

@@ -1046,6 +1046,11 @@ export class StorageManager implements Lifecycle {
     this.log.info({ op: 'host.socket', host: h.name, ...next }, 'host socket access changed');
   }
 
+  private socketAccessView(host: string): { mode: string | null; uid: number | null; gid: number | null } {
+    const a = this.hostSocketAccess(host);
+    return { mode: a.mode ?? null, uid: a.uid ?? null, gid: a.gid ?? null };
+  }
+
   hostSocketAccess(host: string): HostSocketAccess {
     const raw = this.setting(`host.${host}.socket`);
     return raw ? (JSON.parse(raw) as HostSocketAccess) : {};
@@ -1090,6 +1095,7 @@ export class StorageManager implements Lifecycle {
         sharedListenerDefault: this.setting('nbd.default_host') === h.name,
         requireTls: h.require_tls === 1,
         tlsPsk: this.dp.tls?.hasPsk(h.name) ?? false,
+        socketAccess: this.socketAccessView(h.name),
       },
       iscsi: this.iscsi.describe(h),
       units: this.bindingsOfHost(h.id).filter((b) => b.mapped).length,

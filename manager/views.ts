@@ -68,6 +68,9 @@ export const hostView = z
       sharedListenerDefault: z.boolean(),
       requireTls: z.boolean(),
       tlsPsk: z.boolean(),
+      socketAccess: z
+        .strictObject({ mode: z.string().nullable(), uid: z.number().int().nullable(), gid: z.number().int().nullable() })
+        .describe("the unix socket's mode (octal), owner and group as set by PATCH {socket}; null: left as made (0660, the server's user)"),
     }),
     iscsi: iscsiIdentity,
     units: z.number().int().min(0).describe('mapped units'),

@@ -30,6 +30,8 @@ declare -A PKG=(
   [dot]=graphviz
   # the web console's browser tests (test/browser) drive Debian's chromium through playwright-core
   [chromium]=chromium
+  [jq]=jq
+  [curl]=curl
   # qemu's iscsi:// driver (a module, not a command: checked by its file below).
   [qemu-iscsi]=qemu-block-extra
 )

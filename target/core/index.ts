@@ -14,3 +14,4 @@ export type {
 export { openUnit, MAX_TRANSFER, PREFERRED_BLOCK } from './unit-io.js';
 export { IoStats, StatsRegistry, OP, OP_NAMES, LATENCY_BUCKETS } from './stats.js';
 export { ChangeMap, changeMaps } from './changes.js';
+export { IoBudget, DEFAULT_IO_BUDGET, BUDGET_FLOOR, type BudgetHolder } from './budget.js';

@@ -7,6 +7,7 @@
  */
 import type { Socket } from 'node:net';
 import type { UnitIO } from '../core/contract.js';
+import type { BudgetHolder, IoBudget } from '../core/index.js';
 import type { Nexus, ScsiDevice, ScsiResponse, TaskAttribute } from './scsi/contract.js';
 import { Login, LOGIN_STATUS, type LoginDirectory, type SessionParams, type TargetParams } from './login.js';
 import { decodeLun, targetIqn } from './naming.js';
@@ -58,6 +59,8 @@ export interface ConnectionContext {
   /** A login is about to finish: assigns the TSIH, or returns a login status refusing it (limits). */
   admit(conn: IscsiConnection): { tsih: number } | { status: number };
   onClose(conn: IscsiConnection, reason: CloseReason): void;
+  /** The appliance-wide bound on buffered requests and queued replies, shared with the other protocols. */
+  budget?: IoBudget | undefined;
 }
 
 const ATTRS: TaskAttribute[] = ['untagged', 'simple', 'ordered', 'head-of-queue', 'aca', 'simple', 'simple', 'simple'];
@@ -115,7 +118,7 @@ const enum State {
 
 let nextConnId = 1;
 
-export class IscsiConnection {
+export class IscsiConnection implements BudgetHolder {
   readonly id = nextConnId++;
   readonly remote: string;
   private state = State.Login;
@@ -144,6 +147,9 @@ export class IscsiConnection {
   /** Non-immediate commands that arrived ahead of ExpCmdSN, by CmdSN. */
   private readonly queued = new Map<number, Pdu>();
   private buffered = 0;
+  /** Data bytes of the tasks open (write payloads gathered, read data to come): what the budget is told, with the socket's queue. */
+  private taskBytes = 0;
+  budgetCharged = 0;
   private nextTtt = 1;
   private pendingText: PendingText | null = null;
   private textParts: Buffer[] = [];
@@ -180,6 +186,7 @@ export class IscsiConnection {
       this.reader.feed(c);
     });
     sock.on('drain', () => {
+      this.recharge();
       if (this.state !== State.Closed) sock.resume();
     });
     sock.on('error', () => this.close('socket-error'));
@@ -211,7 +218,30 @@ export class IscsiConnection {
     for (const b of frame(bhs, data, this.hd, this.dd)) this.sock.write(b);
     // A peer that does not read cannot make us queue without bound: stop reading until it drains.
     if (this.sock.writableLength > this.ctx.limits.maxQueuedBytes) this.sock.pause();
+    this.recharge();
   }
+
+  // ---- the appliance-wide budget ---------------------------------------------
+
+  /**
+   * iSCSI has its own back-pressure (TASK SET FULL, which the initiator
+   * retries), so a session over the budget is refused a command rather than
+   * made to wait; it never waits on the budget and is never woken.
+   */
+  private budgetAdmits(n: number): boolean {
+    const b = this.ctx.budget;
+    if (b === undefined) return true;
+    this.recharge();
+    if (b.admits(this, n)) return true;
+    b.refusals++;
+    return false;
+  }
+
+  private recharge(): void {
+    if (this.state !== State.Closed) this.ctx.budget?.charge(this, this.taskBytes + this.sock.writableLength);
+  }
+
+  budgetResume(): void {}
 
   /** Fills StatSN (advancing it when `advance`), ExpCmdSN and MaxCmdSN. */
   private seal(bhs: Buffer, advance: boolean): Buffer {
@@ -455,11 +485,13 @@ export class IscsiConnection {
       settled: null,
     };
     const gather = write ? edtl : 0;
-    if (this.tasks.size >= this.ctx.limits.maxTasks || this.buffered + gather > this.ctx.limits.maxBufferedBytes) {
-      // Over the session's limits: the initiator retries later (SAM TASK SET FULL), nothing is buffered.
+    if (this.tasks.size >= this.ctx.limits.maxTasks || this.buffered + gather > this.ctx.limits.maxBufferedBytes || !this.budgetAdmits(edtl)) {
+      // Over the session's or the appliance's limits: the initiator retries later (SAM TASK SET FULL), nothing is buffered.
       return this.respond(task, { status: STATUS_TASK_SET_FULL });
     }
     this.tasks.set(itt, task);
+    this.taskBytes += edtl;
+    this.recharge();
     if (write) {
       this.buffered += gather;
       task.data = Buffer.allocUnsafe(edtl);
@@ -566,6 +598,8 @@ export class IscsiConnection {
     if (this.tasks.get(t.itt) === t) {
       this.tasks.delete(t.itt);
       if (t.write) this.buffered -= t.edtl;
+      this.taskBytes -= t.edtl;
+      this.recharge();
     }
   }
 
@@ -930,6 +964,7 @@ export class IscsiConnection {
       if (!t.settled) this.release(t);
     }
     this.sock.destroy();
+    this.ctx.budget?.leave(this);
     this.finishClose(reason);
   }
 

@@ -5,6 +5,7 @@
  */
 import net from 'node:net';
 import type { Frontend, NamespaceChange, UnitAddress, UnitIO } from '../core/contract.js';
+import type { IoBudget } from '../core/index.js';
 import type { Namespaces, Unit } from '../namespace.js';
 import type { StatsRegistry } from '../stats.js';
 import { IscsiConnection, type CloseReason, type ConnectionContext, type IscsiLimits } from './connection.js';
@@ -57,6 +58,8 @@ export interface IscsiServerOptions {
   maxSessionsPerHost?: number;
   stats?: StatsRegistry;
   onSession?: (e: IscsiSessionEvent) => void;
+  /** The appliance-wide I/O budget, shared with the NBD sessions. */
+  budget?: IoBudget;
 }
 
 const TPGT = 1;
@@ -110,6 +113,7 @@ export class IscsiServer implements Frontend {
       targets: (host) => this.targets(host),
       admit: (c) => this.admit(c),
       onClose: (c, reason) => this.closed(c, reason),
+      budget: opts.budget,
     };
   }
 

@@ -48,8 +48,8 @@ export abstract class FrameReader {
    * payload) are in `chunk` from `p` to `n`; returns how far it consumed.
    */
   protected abstract onHeaderAt(h: Buffer, hp: number, chunk: Buffer, p: number, n: number): number;
-  /** True when a new request would exceed the session's limits. */
-  protected abstract overLimits(): boolean;
+  /** True when the request whose (whole) header is at h[hp] would exceed the session's or the appliance's limits. */
+  protected abstract overLimits(h: Buffer, hp: number): boolean;
   protected abstract pauseInput(): void;
   /** The peer sent bytes where it must not (during the TLS upgrade). */
   protected abstract protocolViolation(): void;
@@ -87,14 +87,9 @@ export abstract class FrameReader {
         }
         case Mode.Header: {
           if (this.disconnecting) return;
-          if (this.flowControlled && this.scratchFill === 0 && this.overLimits()) {
-            this.held = this.borrowedChunks ? Buffer.from(chunk.subarray(p, n)) : chunk;
-            this.heldPos = this.borrowedChunks ? 0 : p;
-            this.pauseInput();
-            return;
-          }
           const need = this.headerSize;
           if (this.scratchFill === 0 && n - p >= need) {
+            if (this.flowControlled && this.overLimits(chunk, p)) return this.hold(chunk, p, n);
             p = this.onHeader(chunk, p, n);
           } else {
             const k = Math.min(need - this.scratchFill, n - p);
@@ -102,6 +97,8 @@ export abstract class FrameReader {
             this.scratchFill += k;
             p += k;
             if (this.scratchFill === need) {
+              // Refused: the whole header stays in scratch and is looked at again by resumeHeld().
+              if (this.flowControlled && this.overLimits(this.scratch, 0)) return this.hold(chunk, p, n);
               this.scratchFill = 0;
               // The header came in pieces, so its payload starts in this chunk at p.
               p = this.onHeaderAt(this.scratch, 0, chunk, p, n);
@@ -111,6 +108,36 @@ export abstract class FrameReader {
         }
       }
     }
+  }
+
+  /** Flow control: keeps chunk[p, n) for resumeHeld() and stops reading. */
+  private hold(chunk: Buffer, p: number, n: number): void {
+    this.held = this.borrowedChunks ? Buffer.from(chunk.subarray(p, n)) : chunk;
+    this.heldPos = this.borrowedChunks ? 0 : p;
+    this.pauseInput();
+  }
+
+  /**
+   * Parses what flow control held back, starting with a header left whole in
+   * scratch (it may have arrived in pieces, so the held chunk can be empty).
+   * Returns false when the limits still refuse it.
+   */
+  protected resumeHeld(): boolean {
+    const held = this.held;
+    if (held === null) return true;
+    if (this.mode === Mode.Header && this.scratchFill === this.headerSize) {
+      if (this.overLimits(this.scratch, 0)) {
+        this.pauseInput();
+        return false;
+      }
+      this.held = null;
+      this.scratchFill = 0;
+      this.process(held, this.onHeaderAt(this.scratch, 0, held, this.heldPos, held.length));
+      return true;
+    }
+    this.held = null;
+    this.process(held, this.heldPos);
+    return true;
   }
 
   /** Header wholly inside `chunk` at p; returns the new read position. */

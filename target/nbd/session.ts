@@ -6,6 +6,8 @@
 import type { Socket } from 'node:net';
 import type tls from 'node:tls';
 import type { BlockStore } from '../../cache/index.js';
+import type { BudgetHolder, IoBudget } from '../core/index.js';
+import { CMD, MAX_PAYLOAD } from './constants.js';
 import type { Namespaces } from '../namespace.js';
 import { FrameReader, Mode } from './framing.js';
 import { readIntoSharedBuffer } from './socket-reads.js';
@@ -57,6 +59,8 @@ export interface NbdBackend {
   namespaces: Namespaces;
   store: BlockStore;
   tls?: NbdTls | undefined;
+  /** The appliance-wide bound on buffered requests and queued replies, shared with the other protocols. */
+  budget?: IoBudget | undefined;
 }
 
 /** What the listener that accepted a connection vouches for. */
@@ -93,7 +97,7 @@ const FINISH_GRACE_MS = 2_000;
  * socket paused, so memory held per connection is bounded by the limits plus
  * one request, whatever the client does.
  */
-export abstract class NbdSession extends FrameReader {
+export abstract class NbdSession extends FrameReader implements BudgetHolder {
   protected hostName: string | null;
   protected socket: Socket;
   protected readonly backend: NbdBackend;
@@ -104,6 +108,9 @@ export abstract class NbdSession extends FrameReader {
   protected inflightBytes = 0;
   private paused = false;
   private corked = false;
+  /** A WRITE payload being gathered (held before the request begins). */
+  private filling = 0;
+  budgetCharged = 0;
 
   constructor(socket: Socket, host: string | null, backend: NbdBackend, limits: NbdLimits, traits: ListenerTraits) {
     super();
@@ -131,7 +138,10 @@ export abstract class NbdSession extends FrameReader {
     data: (chunk: Buffer) => this.onData(chunk),
     error: () => this.close('socket-error'),
     close: () => this.close(this.closeReason ?? 'client-disconnect'),
-    drain: () => this.maybeResume(),
+    drain: () => {
+      this.recharge();
+      this.maybeResume();
+    },
   };
 
   protected attach(sock: Socket): void {
@@ -155,6 +165,7 @@ export abstract class NbdSession extends FrameReader {
     this.closeReason = reason;
     this.held = null;
     this.socket.destroy();
+    this.backend.budget?.leave(this);
     this.onClosed(reason);
   }
 
@@ -214,12 +225,41 @@ export abstract class NbdSession extends FrameReader {
 
   private readonly onLent = (buf: Buffer, n: number): void => this.batch(buf, 0, n);
 
-  protected overLimits(): boolean {
-    return (
+  protected overLimits(h: Buffer, hp: number): boolean {
+    if (
       this.inflight >= this.limits.maxInflight ||
       this.inflightBytes >= this.limits.maxInflightBytes ||
       this.socket.writableLength > this.limits.maxQueuedReplyBytes
-    );
+    ) {
+      return true;
+    }
+    const budget = this.backend.budget;
+    if (budget === undefined) return false;
+    const type = h.readUInt16BE(hp + 6);
+    const length = h.readUInt32BE(hp + 24);
+    // Past the maximum payload the request is refused (or the session closed) without holding anything.
+    const n = (type === CMD.READ || type === CMD.WRITE) && length <= MAX_PAYLOAD ? length : 0;
+    this.recharge();
+    if (budget.admits(this, n)) return false;
+    budget.wait(this, n);
+    return true;
+  }
+
+  /** Tells the budget what this session holds now: payloads in flight or being gathered, and replies not yet sent. */
+  protected recharge(): void {
+    if (this.mode === Mode.Closed) return;
+    this.backend.budget?.charge(this, this.inflightBytes + this.filling + this.socket.writableLength);
+  }
+
+  /** A WRITE's payload of n bytes is being gathered (0: done). */
+  protected gathering(n: number): void {
+    this.filling = n;
+    this.recharge();
+  }
+
+  budgetResume(): void {
+    this.recharge();
+    this.maybeResume();
   }
 
   protected protocolViolation(): void {
@@ -229,11 +269,13 @@ export abstract class NbdSession extends FrameReader {
   protected begin(bytes: number): void {
     this.inflight++;
     this.inflightBytes += bytes;
+    this.recharge();
   }
 
   protected end(bytes: number): void {
     this.inflight--;
     this.inflightBytes -= bytes;
+    this.recharge();
     this.maybeResume();
     this.maybeFinishDisconnect();
   }
@@ -269,6 +311,7 @@ export abstract class NbdSession extends FrameReader {
       setImmediate(this.uncorkNow);
     }
     if (!this.socket.write(b, written) || this.socket.writableLength > this.limits.maxQueuedReplyBytes) this.pauseInput();
+    this.recharge();
   }
 
   private readonly uncorkNow = (): void => this.uncork();
@@ -294,11 +337,7 @@ export abstract class NbdSession extends FrameReader {
       this.socket.writableLength <= this.limits.maxQueuedReplyBytes / 2
     ) {
       this.paused = false;
-      const held = this.held;
-      if (held) {
-        this.held = null;
-        this.batch(held, this.heldPos, held.length);
-      }
+      this.resumeHeld();
       if (!this.paused && (this.mode as Mode) !== Mode.Closed) this.socket.resume();
     }
   }

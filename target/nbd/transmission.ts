@@ -94,10 +94,11 @@ export class NbdConnection extends HandshakeSession {
         return p + length;
       }
       // A payload spanning chunks (every large write) is gathered into a recycled buffer.
+      this.gathering(length);
       if (length >= LARGE_MIN) {
-        this.fill(length, (payload) => this.startWrite(flags, cookieHi, cookieLo, offset, payload, true), largeBuffer(length));
+        this.fill(length, (payload) => this.gathered(flags, cookieHi, cookieLo, offset, payload, true), largeBuffer(length));
       } else {
-        this.fill(length, (payload) => this.startWrite(flags, cookieHi, cookieLo, offset, payload));
+        this.fill(length, (payload) => this.gathered(flags, cookieHi, cookieLo, offset, payload, false));
       }
       return p;
     }
@@ -178,6 +179,12 @@ export class NbdConnection extends HandshakeSession {
       p += 8;
     }
     this.send(b);
+  }
+
+  private gathered(flags: number, cookieHi: number, cookieLo: number, offset: number, payload: Buffer, pooled: boolean): void {
+    // Begun before the gathered bytes are let go, so the budget never sees them leave and come back.
+    this.startWrite(flags, cookieHi, cookieLo, offset, payload, pooled);
+    this.gathering(0);
   }
 
   /**

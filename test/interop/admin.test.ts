@@ -118,3 +118,19 @@ t.test('start-up failures: one line, an exit code, nothing left behind', async (
   t.equal(r.code, 2);
   t.match(r.output.trim(), /^blockgate: --data-dir .*not-a-dir cannot be used: it \(or a parent\) is not a directory$/);
 });
+
+t.test('host view and `host list` carry the socket settings, and they survive a restart', async (t) => {
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'bg-admin-sock-'));
+  t.teardown(() => fs.rmSync(dataDir, { recursive: true, force: true }));
+  let r = await startServer(t, { dataDir, demo: false });
+  await r.call('POST', '/v1/farms', { name: 'acme' });
+  await r.call('POST', '/v1/hosts', { name: 'sock1', farm: 'acme' });
+  t.same((await r.call('GET', '/v1/hosts/sock1')).nbd.socketAccess, { mode: null, uid: null, gid: null }, 'nothing set');
+  await cliOk(r, ['host', 'update', 'sock1', '--socket-mode', '0640']);
+  t.same((await r.call('GET', '/v1/hosts/sock1')).nbd.socketAccess, { mode: '0640', uid: null, gid: null });
+  t.match((await cliOk(r, ['host', 'list'])).stdout, /SOCKET ACCESS[\s\S]*0640/, 'host list shows it');
+  await r.stop();
+  r = await startServer(t, { dataDir, demo: false });
+  t.same((await r.call('GET', '/v1/hosts/sock1')).nbd.socketAccess, { mode: '0640', uid: null, gid: null }, 'after a restart');
+  t.equal(fs.statSync(r.socket('sock1')).mode & 0o777, 0o640, 'and applied to the socket made at start');
+});

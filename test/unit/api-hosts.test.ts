@@ -10,7 +10,7 @@ t.test('hosts: create, namespace, TLS requirement, PSK without TLS set up', asyn
     farm: 'f',
     protocols: ['nbd', 'iscsi'],
     defaultProtocol: 'both',
-    nbd: { socket: `${dataDir}/sockets/h.sock`, tcp: null, sharedListenerDefault: false, requireTls: false, tlsPsk: false },
+    nbd: { socket: `${dataDir}/sockets/h.sock`, tcp: null, sharedListenerDefault: false, requireTls: false, tlsPsk: false, socketAccess: { mode: null, uid: null, gid: null } },
     iscsi: { initiators: [], chap: null },
     units: 0,
     createdAt: r.body.createdAt,

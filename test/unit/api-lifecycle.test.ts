@@ -168,6 +168,7 @@ t.test("hosts: the unix socket's owner, group and mode are kept and applied when
   const root = process.getuid?.() === 0;
   r = await call('PATCH', '/v1/hosts/h', { socket: { mode: '0640', ...(root ? { uid: 1, gid: 2 } : {}) } });
   t.equal(r.status, 200, JSON.stringify(r.body));
+  t.same(r.body.nbd.socketAccess, { mode: '0640', uid: root ? 1 : null, gid: root ? 2 : null }, 'the host view shows what was set');
   const check = (what: string): void => {
     const st = fs.statSync(sock);
     t.equal(st.mode & 0o777, 0o640, `${what}: mode`);

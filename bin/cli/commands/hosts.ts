@@ -8,7 +8,7 @@ interface Host {
   farm: string;
   protocols: string[];
   defaultProtocol: string;
-  nbd: { socket: string; tcp: string | null; sharedListenerDefault: boolean };
+  nbd: { socket: string; tcp: string | null; sharedListenerDefault: boolean; socketAccess?: { mode: string | null; uid: number | null; gid: number | null } };
   units: number;
   createdAt: string;
 }
@@ -19,12 +19,17 @@ interface Namespace {
   units: { target: number; lun: number; volume: string; size: number; serial: string; naa: string; readOnly: boolean; exportName: string; uris: string[] }[];
 }
 
+/** "0640 1:2", "0660" or null when nothing was set. */
+const socketAccessText = (a: Host['nbd']['socketAccess']): string | null =>
+  a ? [a.mode, a.uid !== null || a.gid !== null ? `${a.uid ?? '-'}:${a.gid ?? '-'}` : null].filter(Boolean).join(' ') || null : null;
+
 const hostTable = (hosts: Host[]): string =>
   table(hosts, [
     ['NAME', (h) => h.name],
     ['FARM', (h) => h.farm],
     ['UNITS', (h) => h.units],
     ['SOCKET', (h) => h.nbd.socket],
+    ['SOCKET ACCESS', (h) => socketAccessText(h.nbd.socketAccess)],
     ['TCP', (h) => [h.nbd.tcp, h.nbd.sharedListenerDefault ? 'shared listener' : null].filter(Boolean).join(', ') || null],
   ]);
 
