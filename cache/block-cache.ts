@@ -427,7 +427,7 @@ export class BlockCache {
    * such pages, or null when none is needed.
    */
   private loadEdges(a: ArrayFile, b: Block, lo: number, hi: number): Promise<void> | null {
-    if (b.full) return null;
+    if (b.full || hi <= lo) return null;
     const first = lo >>> PAGE_SHIFT;
     const last = (hi - 1) >>> PAGE_SHIFT;
     const head = ((lo & (PAGE - 1)) !== 0 || hi < (first + 1) << PAGE_SHIFT) && !this.pageValid(b, first);
@@ -444,6 +444,8 @@ export class BlockCache {
    * false (policy none) misses go straight to `dest` and are not kept.
    */
   read(a: ArrayFile, pos: number, len: number, dest: Buffer, dOff: number, cacheable: boolean): Promise<void> | null {
+    // An empty range touches no block (the per-block loops below would still visit the one holding pos).
+    if (len <= 0) return null;
     const bs = this.blockSize;
     const end = pos + len;
     const base = a.id * KEY_MUL;
@@ -571,6 +573,9 @@ export class BlockCache {
    * the caller then writes the array with directWrite().
    */
   write(a: ArrayFile, pos: number, src: Buffer, sOff: number, len: number, mode: WriteMode): Promise<void> | null {
+    // An empty write (NBD allows length 0) changes nothing: left to the loop below it would load the
+    // edges of an empty span, which are no pages, and retry forever.
+    if (len <= 0) return null;
     const bs = this.blockSize;
     const end = pos + len;
     const base = a.id * KEY_MUL;

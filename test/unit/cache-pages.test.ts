@@ -319,3 +319,18 @@ t.test('a write-through write whose cache step waited: a page load that started 
   t.same(onDisk(a, BS + 6 * P, P), expect, 'the array has the write');
   t.same(await readVol(store, back, BS + 6 * P, P), expect, 'and the cache does not keep the bytes loaded before it');
 });
+
+t.test('zero-length reads and writes at any offset do nothing (an NBD WRITE of length 0 once spun the write path forever)', async (t) => {
+  const { store, a } = await setup(t);
+  const empty = Buffer.alloc(0);
+  const before = store.stats();
+  for (const at of [0, 5 * P, 11 * P, 11 * P + 7, BS - 1, BS + P]) {
+    for (const mode of ['back', 'through', 'none'] as const) {
+      t.equal(store.cache.write(a, at, empty, 0, 0, mode), null, `write of 0 bytes at ${at} (${mode}) is done at once`);
+    }
+    t.equal(store.cache.read(a, at, 0, empty, 0, true), null, `read of 0 bytes at ${at} is done at once`);
+  }
+  const after = store.stats();
+  t.equal(after.loads - before.loads, 0, 'nothing loaded');
+  t.equal(after.dirtyBytes, before.dirtyBytes, 'nothing dirty');
+});
