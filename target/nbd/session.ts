@@ -107,7 +107,8 @@ export abstract class NbdSession extends FrameReader implements BudgetHolder {
   protected inflight = 0;
   protected inflightBytes = 0;
   private paused = false;
-  private corked = false;
+  /** The socket replies are corked on, if any: STARTTLS swaps `socket` for a TLS one mid-batch, and the raw one must be uncorked. */
+  private corked: Socket | null = null;
   /** A WRITE payload being gathered (held before the request begins). */
   private filling = 0;
   budgetCharged = 0;
@@ -209,7 +210,7 @@ export abstract class NbdSession extends FrameReader implements BudgetHolder {
       this.process(buf, p, n);
       return;
     }
-    this.corked = true;
+    this.corked = this.socket;
     this.socket.cork();
     try {
       this.process(buf, p, n);
@@ -306,7 +307,7 @@ export abstract class NbdSession extends FrameReader implements BudgetHolder {
   protected send(b: Buffer, written?: (err?: Error | null) => void): void {
     if (this.mode === Mode.Closed) return;
     if (!this.corked && this.inflight > 1) {
-      this.corked = true;
+      this.corked = this.socket;
       this.socket.cork();
       setImmediate(this.uncorkNow);
     }
@@ -317,9 +318,10 @@ export abstract class NbdSession extends FrameReader implements BudgetHolder {
   private readonly uncorkNow = (): void => this.uncork();
 
   private uncork(): void {
-    if (!this.corked) return;
-    this.corked = false;
-    this.socket.uncork();
+    const sock = this.corked;
+    if (!sock) return;
+    this.corked = null;
+    sock.uncork();
   }
 
   protected pauseInput(): void {
