@@ -1,5 +1,5 @@
 import type { BindingRecord } from '../config-document.js';
-import { bindingRecordOf } from '../config-document.js';
+import { bindingRecordOf, volumeBasicsOf } from '../config-document.js';
 import type { BindingRow, ExtentRow, HostRow, VolumeRow } from '../model.js';
 import { allowedOperations, type VolumeState } from '../state.js';
 import type { HostView, IscsiIdentity, VolumeView } from '../views.js';
@@ -81,15 +81,7 @@ export class Listing {
         });
       }
       return {
-        name: v.name,
-        farm: v.farm_id === null ? null : (farmNames.get(v.farm_id) ?? null),
-        size: v.size,
-        state: v.state as VolumeState,
-        shareMode: v.share_mode,
-        cachePolicy: v.cache_policy,
-        provisioning: v.provisioning,
-        serial: v.serial,
-        naa: v.naa,
+        ...volumeBasicsOf(v, v.farm_id === null ? null : (farmNames.get(v.farm_id) ?? null)),
         meta: arraysUnder.length > 1,
         qualityClass: v.quality_class,
         everMapped: v.ever_mapped === 1,
