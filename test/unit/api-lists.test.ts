@@ -1,6 +1,8 @@
 import Database from 'better-sqlite3';
 import t, { type Test } from 'tap';
-import { basicAppliance, startApi, type ApiReply } from '../helpers/api-app.js';
+import { EXIT } from '../../bin/cli/client.js';
+import { API_TOKEN, basicAppliance, startApi, type ApiReply } from '../helpers/api-app.js';
+import { cli } from '../helpers/cli.js';
 
 type Call = (method: string, url: string, body?: unknown) => Promise<ApiReply>;
 
@@ -166,4 +168,27 @@ t.test('a list runs the same number of SQL statements for 10 volumes as for 200'
     t.equal(large[k].prepares, 0, `${k}: nothing prepared per request`);
   }
   t.ok(small.volumes.runs <= 10, `GET /v1/volumes runs a handful of statements (${small.volumes.runs})`);
+});
+
+t.test('the CLI pages with --limit/--after and says where the next page starts', async (t) => {
+  const { app, call } = await startApi(t);
+  await basicAppliance(call);
+  for (const n of ['c', 'a', 'e', 'b', 'd']) t.equal((await call('POST', '/v1/volumes', { name: n, size: '1M', farm: 'f' })).status, 201);
+  const api = await app.listen({ host: '127.0.0.1', port: 0 });
+  const env = { BLOCKGATE_API: api, BLOCKGATE_API_TOKEN: API_TOKEN };
+  const seen: string[] = [];
+  let after: string | undefined;
+  for (let i = 0; i < 10; i++) {
+    const r = await cli(null, ['volume', 'list', '--json', '--limit', '2', ...(after ? ['--after', after] : [])], env);
+    t.equal(r.code, 0, r.stderr);
+    seen.push(...(r.json.volumes as { name: string }[]).map((v) => v.name));
+    after = /more: --limit 2 --after (\S+)/.exec(r.stderr)?.[1];
+    if (after === undefined) break;
+  }
+  t.same(seen, ['a', 'b', 'c', 'd', 'e'], 'three pages, every volume once');
+  const bad = await cli(null, ['volume', 'list', '--limit', '0'], env);
+  t.equal(bad.code, EXIT.USAGE, 'a bad limit is a usage error');
+  t.match(bad.stderr, /limit/);
+  const none = await cli(null, ['binding', 'list', '--host', 'ghost'], env);
+  t.equal(none.code, EXIT.NOT_FOUND, 'the host filter is checked by the server');
 });
