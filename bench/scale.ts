@@ -2,9 +2,10 @@
  * `npm run bench:scale`: cost as the work grows. Aggregate IOPS over more
  * connections and more hosts (beside nbdkit-file where it applies), RSS per
  * idle session and per mapped unit, start-up with 1,000 hosts, 10,000
- * volumes and a 64 TiB array, control API p99 while fio runs flat out.
- * Prints a table and writes docs/bench/scale.md. Options: --quick (smaller
- * counts, short cells), --out FILE.
+ * volumes and a 64 TiB array, control API p99 while fio runs flat out,
+ * list latency at 1,000 idle volumes. Prints a table and writes
+ * docs/bench/scale.md. Options: --quick (smaller counts, short cells),
+ * --out FILE, --only SECTIONS, --list-volumes N, --base-bin OLD_BUILD.
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -29,12 +30,17 @@ const { values: opt } = parseArgs({
     only: { type: 'string' },
     hosts: { type: 'string' },
     volumes: { type: 'string' },
+    'list-volumes': { type: 'string' },
+    'base-bin': { type: 'string' },
   },
 });
 /** Another build to compare (its dist/bin/blockgate.js), and which sections to run (conns,hosts,api,startup). */
 const BIN = opt.bin ?? path.join(ROOT, 'dist/bin/blockgate.js');
-const ONLY = new Set((opt.only ?? 'conns,hosts,api,startup').split(','));
+const ONLY = new Set((opt.only ?? 'conns,hosts,api,startup,list').split(','));
 const quick = opt.quick;
+/** The list section: GET /v1/volumes over this many idle volumes, for this build and (with --base-bin) an older one on the same data. */
+const LIST_VOLUMES = Number(opt['list-volumes'] ?? (quick ? 200 : 1000));
+const BASE_BIN = opt['base-bin'];
 const RUNTIME_S = quick ? 1 : 4;
 const CONNS = [1, 4, 16, 64];
 const HOSTS = quick ? [1, 16] : [1, 16, 256];
@@ -67,10 +73,10 @@ interface Blockgate {
   dataDir: string;
 }
 
-async function startBg(dataDir: string, extra: string[] = []): Promise<Blockgate & { startMs: number }> {
+async function startBg(dataDir: string, extra: string[] = [], bin = BIN): Promise<Blockgate & { startMs: number }> {
   await fs.promises.rm(path.join(dataDir, 'run.json'), { force: true });
   const t0 = performance.now();
-  const args = [BIN, 'serve', '--data-dir', dataDir, '--api', '127.0.0.1:0', '--nbd', '127.0.0.1:0', '--iscsi', '127.0.0.1:0', '--api-token', TOKEN, '--log-level', 'warn', '--no-demo', ...extra];
+  const args = [bin, 'serve', '--data-dir', dataDir, '--api', '127.0.0.1:0', '--nbd', '127.0.0.1:0', '--iscsi', '127.0.0.1:0', '--api-token', TOKEN, '--log-level', 'warn', '--no-demo', ...extra];
   const proc = reg.start('blockgate-scale', process.execPath, args);
   const info = await waitRunFile(dataDir, proc, reg);
   return { proc, base: info.api, dataDir, startMs: performance.now() - t0 };
@@ -137,6 +143,44 @@ async function main(): Promise<void> {
 
   if (ONLY.has('conns') || ONLY.has('hosts') || ONLY.has('api')) await sessions();
   await startup();
+  await lists();
+}
+
+async function lists(): Promise<void> {
+  // ---- 5. GET /v1/volumes at LIST_VOLUMES idle volumes: this build, and an older one on the same data -----
+  if (!ONLY.has('list')) return;
+  const dir = path.join(work, 'bg-list');
+  fs.mkdirSync(dir);
+  let b = await startBg(dir);
+  await call(b, 'POST', '/v1/farms', { name: 'f' });
+  await call(b, 'POST', '/v1/arrays', { name: 'a', size: `${LIST_VOLUMES + 64}M` });
+  await call(b, 'POST', '/v1/hosts', { name: 'h', farm: 'f' });
+  const seedT0 = performance.now();
+  const names = Array.from({ length: LIST_VOLUMES }, (_, i) => `l${i}`);
+  await pool(names, 8, (v) => call(b, 'POST', '/v1/volumes', { name: v, size: '1M', farm: 'f' }));
+  // A bound (every 10th, mapped every 20th) volume has bindings, units and a host that counts them.
+  for (let i = 0; i < LIST_VOLUMES; i += 10) await call(b, 'POST', '/v1/bindings', { volume: names[i], host: 'h', target: 0, lun: i / 10, map: i % 20 === 0 });
+  const seedS = (performance.now() - seedT0) / 1000;
+  await reg.stop(b.proc);
+  const samples = quick ? 10 : 30;
+  const measure = async (label: string, bin: string, urls: string[]): Promise<string[]> => {
+    b = await startBg(dir, [], bin);
+    const out: string[] = [];
+    for (const url of urls) {
+      await call(b, 'GET', url);
+      const ms: number[] = [];
+      for (let i = 0; i < samples; i++) ms.push(await timed(() => call(b, 'GET', url)));
+      out.push(`| ${label} | GET ${url} | ${pct(ms, 50).toFixed(1)} ms | ${pct(ms, 99).toFixed(1)} ms | ${loadavg()} |`);
+      log(out.at(-1)!);
+    }
+    await reg.stop(b.proc);
+    return out;
+  };
+  rows.push('', `## Listing ${LIST_VOLUMES} idle volumes (1 MiB each, ${LIST_VOLUMES / 10} bound), ${samples} sequential calls each`, '');
+  rows.push('| build | call | p50 | p99 | load (1/5/15 min) |', '|---|---|---:|---:|---|');
+  if (BASE_BIN) rows.push(...(await measure('base', BASE_BIN, ['/v1/volumes', '/v1/hosts', '/v1/bindings'])));
+  rows.push(...(await measure('this', BIN, ['/v1/volumes', '/v1/volumes?limit=100', '/v1/hosts', '/v1/bindings'])));
+  rows.push('', `Seeded through the API in ${seedS.toFixed(1)} s (8 in parallel).`);
 }
 
 async function sessions(): Promise<void> {

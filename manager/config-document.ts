@@ -1,5 +1,6 @@
 import { z } from 'zod';
-import type { BindingRow, HostRow } from './model.js';
+import type { BindingRow, HostRow, VolumeRow } from './model.js';
+import type { VolumeState } from './state.js';
 import { accessMode, cachePolicy, filePath, lun, name, protocol, provisioning, qualityClass, shareMode, target, volumeState, when } from './words.js';
 
 export const CONFIG_KIND = 'blockgate-config';
@@ -64,6 +65,11 @@ export function hostRowOf(h: HostRecord, farmId: number): HostRow {
 /** A binding as the API and a saved configuration show it, with its volume and host by name. */
 export const bindingRecord = z.strictObject({ id, volume: name, host: name, target, lun, protocol, mode: accessMode, mapped: z.boolean(), createdAt: when });
 export type BindingRecord = z.output<typeof bindingRecord>;
+
+/** The fields a volume shows alike in the API's view and in a saved configuration, in that order. */
+export function volumeBasicsOf(v: VolumeRow, farm: string | null) {
+  return { name: v.name, farm, size: v.size, state: v.state as VolumeState, shareMode: v.share_mode, cachePolicy: v.cache_policy, provisioning: v.provisioning, serial: v.serial, naa: v.naa };
+}
 
 export function bindingRecordOf(b: BindingRow, volume: string, host: string): BindingRecord {
   return { id: b.id, volume, host, target: b.target, lun: b.lun, protocol: b.protocol, mode: b.mode, mapped: b.mapped === 1, createdAt: b.created_at };

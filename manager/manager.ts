@@ -16,7 +16,7 @@ import { openDb, type Db } from './db.js';
 import { Ownership } from './ownership.js';
 import { EventLog } from './events.js';
 import { JobQueue } from './jobs.js';
-import { bindingRecordOf, type BindingRecord } from './config-document.js';
+import type { BindingRecord } from './config-document.js';
 import type { ArrayView, ConnectionDescriptor, HostView, JobView, NamespaceView, SwitchView, VolumeView } from './views.js';
 import { checkListenerAddress } from '../common/address.js';
 import { connectionDescriptor } from './operations/descriptor.js';
@@ -32,6 +32,7 @@ import { Inventory } from './operations/inventory.js';
 import { Migrations } from './operations/migration.js';
 import { HostCredentials } from './operations/credentials.js';
 import { Tracer } from './operations/trace.js';
+import { Listing, type Page, type Paged } from './operations/listing.js';
 import { IscsiAccess } from './operations/iscsi.js';
 import { Services } from './services/index.js';
 import { allowedOperations, transition, type Operation, type VolumeState } from './state.js';
@@ -108,6 +109,8 @@ export class StorageManager implements Lifecycle {
   /** Backing-file faults, I/O error bursts and capacity warnings. */
   readonly health: ArrayHealth;
   readonly iscsi: IscsiAccess;
+  /** The views of volumes, hosts and bindings, lists and single objects alike (operations/listing.ts). */
+  readonly listing: Listing;
   /** Switch and migration outcomes and cutover pauses (/metrics). */
   readonly cutovers = new CutoverStats();
   /** Merged change notices, webhooks, host online/offline and the resource graph. */
@@ -143,6 +146,10 @@ export class StorageManager implements Lifecycle {
     this.credentials = new HostCredentials(ctx);
     this.migrations = new Migrations(ctx, this.cutovers, this.credentials);
     this.iscsi = new IscsiAccess(this);
+    this.listing = new Listing(ctx, {
+      iscsiIdentity: (h, initiators) => this.iscsi.describe(h, initiators),
+      cowView: (id, nameOf) => this.snapshots.cowView(id, nameOf),
+    });
     this.config = new ConfigOperations(ctx);
     this.applianceId = this.setting('appliance_id') ?? this.initApplianceId();
     this.health = new ArrayHealth(this, opts.checkIntervalMs ?? 2000);
@@ -549,19 +556,6 @@ export class StorageManager implements Lifecycle {
     };
   }
 
-  /** Bytes of a volume that hold data or explicit zeroes (its arrays' allocation maps). */
-  volumeAllocated(volumeId: number): number | null {
-    let n = 0;
-    for (const e of this.extentsOf(volumeId)) {
-      const a = this.dp.store.listArrays().find((x) => x.id === e.arrayId);
-      if (!a || a.fault || !a.isOpen) return null;
-      a.allocationRuns(e.offset, e.length, (_off, len, st) => {
-        if (st !== 0) n += len;
-      });
-    }
-    return n;
-  }
-
   private arrayExtents(arrayId: number): Extent[] {
     return (this.db.prepare('SELECT array_id, offset, length FROM extents WHERE array_id = ?').all(arrayId) as ExtentRow[]).map(
       (r) => ({ arrayId: r.array_id, offset: r.offset, length: r.length }),
@@ -942,41 +936,7 @@ export class StorageManager implements Lifecycle {
   }
 
   describeVolume(v: VolumeRow): VolumeView {
-    const arrays = new Map(this.listArrays().map((a) => [a.id, a.name]));
-    return {
-      name: v.name,
-      farm: this.findFarmName(v.farm_id),
-      size: v.size,
-      state: v.state as VolumeState,
-      shareMode: v.share_mode,
-      cachePolicy: v.cache_policy,
-      provisioning: v.provisioning,
-      serial: v.serial,
-      naa: v.naa,
-      meta: new Set(this.extentsOf(v.id).map((e) => e.arrayId)).size > 1,
-      qualityClass: v.quality_class,
-      everMapped: v.ever_mapped === 1,
-      dirty: v.dirty === 1,
-      scrubbedAt: v.scrubbed_at,
-      image: v.image_id === null ? null : ((this.db.prepare('SELECT name FROM images WHERE id = ?').get(v.image_id) as { name: string } | undefined)?.name ?? null),
-      snapshotOf: v.snapshot_of === null ? null : this.volumeById(v.snapshot_of).name,
-      copyOnWrite: this.snapshots.cowView(v.id),
-      allocated: this.volumeAllocated(v.id),
-      ...this.volumeHealth(v.id),
-      allowed: allowedOperations(v.state as VolumeState),
-      job: this.jobs.activeOn(v.id)?.id ?? null,
-      extents: this.extentsOf(v.id).map((e) => ({ array: arrays.get(e.arrayId)!, offset: e.offset, length: e.length })),
-      createdAt: v.created_at,
-      updatedAt: v.updated_at,
-    };
-  }
-
-  /** A volume is failed while any array under it is: its I/O gets EIO. */
-  volumeHealth(volumeId: number): { health: 'ok' | 'failed'; failedArrays?: string[] } {
-    const ids = [...new Set(this.extentsOf(volumeId).map((e) => e.arrayId))].filter((id) => this.health.fault(id));
-    if (ids.length === 0) return { health: 'ok' };
-    const names = new Map(this.listArrays().map((a) => [a.id, a.name]));
-    return { health: 'failed', failedArrays: ids.map((id) => names.get(id) ?? String(id)) };
+    return this.listing.volumeViews([v])[0]!;
   }
 
   // ---- hosts -------------------------------------------------------------
@@ -1046,11 +1006,6 @@ export class StorageManager implements Lifecycle {
     this.log.info({ op: 'host.socket', host: h.name, ...next }, 'host socket access changed');
   }
 
-  private socketAccessView(host: string): { mode: string | null; uid: number | null; gid: number | null } {
-    const a = this.hostSocketAccess(host);
-    return { mode: a.mode ?? null, uid: a.uid ?? null, gid: a.gid ?? null };
-  }
-
   hostSocketAccess(host: string): HostSocketAccess {
     const raw = this.setting(`host.${host}.socket`);
     return raw ? (JSON.parse(raw) as HostSocketAccess) : {};
@@ -1084,23 +1039,7 @@ export class StorageManager implements Lifecycle {
   }
 
   describeHost(h: HostRow): HostView {
-    return {
-      name: h.name,
-      farm: this.findFarmName(h.farm_id)!,
-      protocols: h.protocols.split(','),
-      defaultProtocol: h.default_protocol,
-      nbd: {
-        socket: this.hostSocketPath(h.name),
-        tcp: h.nbd_tcp,
-        sharedListenerDefault: this.setting('nbd.default_host') === h.name,
-        requireTls: h.require_tls === 1,
-        tlsPsk: this.dp.tls?.hasPsk(h.name) ?? false,
-        socketAccess: this.socketAccessView(h.name),
-      },
-      iscsi: this.iscsi.describe(h),
-      units: this.bindingsOfHost(h.id).filter((b) => b.mapped).length,
-      createdAt: h.created_at,
-    };
+    return this.listing.hostViews([h])[0]!;
   }
 
   /**
@@ -1207,6 +1146,13 @@ export class StorageManager implements Lifecycle {
     return this.bindings.list(filter);
   }
 
+  /** A page of the bindings' views, of one host and/or one volume (NOT_FOUND when the named one does not exist). */
+  pageBindings(filter: { host?: string | undefined; volume?: string | undefined }, page: Page<number> = {}): Paged<BindingRecord, number> {
+    const hostId = filter.host === undefined ? null : this.host(filter.host).id;
+    const volumeId = filter.volume === undefined ? null : this.volume(filter.volume).id;
+    return this.listing.bindings({ hostId, volumeId }, page);
+  }
+
   bindingsOfHost(hostId: number): BindingRow[] {
     return this.bindings.ofHost(hostId);
   }
@@ -1216,7 +1162,7 @@ export class StorageManager implements Lifecycle {
   }
 
   describeBinding(b: BindingRow): BindingRecord {
-    return bindingRecordOf(b, this.volumeById(b.volume_id).name, this.hostById(b.host_id).name);
+    return this.listing.bindingViews([b])[0]!;
   }
 
   volumeHandle(v: VolumeRow): { id: number; layout: VolumeLayout; cachePolicy: CachePolicy } {

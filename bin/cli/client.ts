@@ -65,6 +65,9 @@ export function resolveConnection(o: GlobalOptions): Connection {
 const EXIT_BY_STATUS: Record<number, number> = { 400: EXIT.USAGE, 401: EXIT.UNAUTHORIZED, 403: EXIT.UNAUTHORIZED, 404: EXIT.NOT_FOUND, 409: EXIT.CONFLICT, 507: EXIT.NO_SPACE };
 
 export class ApiClient {
+  /** Where the next page of the last list starts (its x-next-after), or null on a last page. */
+  nextAfter: string | null = null;
+
   constructor(readonly conn: Connection) {}
 
   async call<T = any>(method: string, url: string, body?: unknown): Promise<T> {
@@ -88,6 +91,7 @@ export class ApiClient {
       throw new CliError(`cannot reach the control API at ${this.conn.api}: ${(e as Error & { cause?: Error }).cause?.message ?? (e as Error).message}`, EXIT.UNREACHABLE);
     }
     const text = await res.text();
+    this.nextAfter = res.headers.get('x-next-after');
     if (!res.ok) {
       let err: { code: string; message: string } | undefined;
       try {

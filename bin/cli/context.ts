@@ -33,6 +33,22 @@ export function client(cmd: Command): ApiClient {
   return new ApiClient(resolveConnection(opts(cmd)));
 }
 
+/** `--limit` and `--after` on a list verb: one page of it (the server checks the values). */
+export function pageOptions(cmd: Command): Command {
+  return cmd.option('--limit <n>', 'at most N rows (1..1000); all when left out').option('--after <key>', 'start after this name (an id for bindings): the key the previous page printed');
+}
+
+/** The list URL with its filters and page; what is left undefined is left out. */
+export function listUrl(base: string, query: Record<string, string | undefined>): string {
+  const q = new URLSearchParams(Object.entries(query).filter((e): e is [string, string] => e[1] !== undefined));
+  return q.size === 0 ? base : `${base}?${q.toString()}`;
+}
+
+/** Says on stderr (stdout stays the table or JSON) how to ask for the next page, when there is one. */
+export function notePage(api: ApiClient, limit: string | undefined): void {
+  if (api.nextAfter !== null) process.stderr.write(`more: --limit ${limit ?? ''} --after ${api.nextAfter}\n`);
+}
+
 /** Prints `data` as JSON with --json, else what `human` renders. */
 export function out(cmd: Command, data: unknown, human: () => string): void {
   if (opts(cmd).json) printJson(data);

@@ -3,6 +3,7 @@ import { BINDING_PROTOCOLS, views } from '../../manager/index.js';
 import { replies } from '../errors.js';
 import { idParam, lun, mode, name, noQuery, target } from '../schemas.js';
 import type { ResourcePlugin } from './context.js';
+import { idPage, nextPage } from './paging.js';
 
 const createBinding = z.strictObject({
   volume: name,
@@ -17,6 +18,7 @@ const switchBody = z.strictObject({ protocol: z.enum(BINDING_PROTOCOLS).describe
 const listQuery = z.strictObject({
   host: name.optional().describe('only bindings of this host (404 if there is no such host)'),
   volume: name.optional().describe('only bindings of this volume (404 if there is no such volume)'),
+  ...idPage,
 });
 
 /** Bindings: bind, map, unmap, unbind (each its own FIG. 7 transition). */
@@ -25,8 +27,20 @@ export const bindings: ResourcePlugin = async (app, { manager: m }) => {
   const one = replies({ 200: views.bindingView });
   app.get(
     '/v1/bindings',
-    { schema: { summary: 'List bindings, optionally of one host and/or one volume', tags, querystring: listQuery, response: replies({ 200: z.strictObject({ bindings: z.array(views.bindingView) }) }) } },
-    (req) => ({ bindings: m.listBindings(req.query).map((b) => m.describeBinding(b)) }),
+    {
+      schema: {
+        summary: 'List bindings by id, optionally of one host and/or one volume; ?limit= and ?after= page it (x-next-after and Link name the next page)',
+        tags,
+        querystring: listQuery,
+        response: replies({ 200: z.strictObject({ bindings: z.array(views.bindingView) }) }),
+      },
+    },
+    (req, reply) => {
+      const { host, volume, ...page } = req.query;
+      const r = m.pageBindings({ host, volume }, page);
+      nextPage(req, reply, r.next);
+      return { bindings: r.items };
+    },
   );
   app.get('/v1/bindings/:id', { schema: { summary: 'One binding', tags, params: idParam, querystring: noQuery, response: one } }, (req) => m.describeBinding(m.binding(req.params.id)));
   app.post('/v1/bindings', { schema: { summary: 'Bind a volume to a host at target/lun (with map, also map it)', tags, body: createBinding, response: replies({ 201: views.bindingView }) } }, async (req, reply) =>

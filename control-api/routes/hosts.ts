@@ -4,6 +4,7 @@ import { replies } from '../errors.js';
 import { lun, mode, name, nameParam, noQuery, qualityClass, size, target } from '../schemas.js';
 import type { ResourcePlugin } from './context.js';
 import { accepted, acceptedView } from './jobs.js';
+import { namePage, nextPage } from './paging.js';
 
 const allowWildcard = z.boolean().optional().describe('allow a wildcard listener address (0.0.0.0, [::]): every network of the machine');
 const createHost = z.strictObject({ name, farm: name.default('default'), nbdTcp: z.string().max(300).optional().describe('HOST:PORT of a TCP listener of its own'), allowWildcard });
@@ -49,9 +50,15 @@ const pskReply = (k: { identity: string; key: string }): z.output<typeof pskView
 export const hosts: ResourcePlugin = async (app, { manager: m }) => {
   const tags = ['hosts'];
   const one = replies({ 200: views.hostView });
-  app.get('/v1/hosts', { schema: { summary: 'List hosts', tags, querystring: noQuery, response: replies({ 200: z.strictObject({ hosts: z.array(views.hostView) }) }) } }, () => ({
-    hosts: m.listHosts().map((h) => m.describeHost(h)),
-  }));
+  app.get(
+    '/v1/hosts',
+    { schema: { summary: 'List hosts by name; ?limit= and ?after= page it (x-next-after and Link name the next page)', tags, querystring: z.strictObject(namePage), response: replies({ 200: z.strictObject({ hosts: z.array(views.hostView) }) }) } },
+    (req, reply) => {
+      const page = m.listing.hosts(req.query);
+      nextPage(req, reply, page.next);
+      return { hosts: page.items };
+    },
+  );
   app.get('/v1/hosts/:name', { schema: { summary: 'One host', tags, params: nameParam, querystring: noQuery, response: one } }, (req) => m.describeHost(m.host(req.params.name)));
   app.get('/v1/hosts/:name/namespace', { schema: { summary: "The host's live namespace", tags, params: nameParam, querystring: noQuery, response: replies({ 200: views.namespaceView }) } }, (req) =>
     m.namespaceView(req.params.name),

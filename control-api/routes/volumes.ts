@@ -5,6 +5,7 @@ import { badRequest } from '../../common/errors.js';
 import { name, nameParam, noQuery, qualityClass, size } from '../schemas.js';
 import type { ResourcePlugin } from './context.js';
 import { accepted, acceptedView } from './jobs.js';
+import { namePage, nextPage } from './paging.js';
 
 const createVolume = z.strictObject({
   name,
@@ -58,9 +59,15 @@ export const volumes: ResourcePlugin = async (app, { manager: m }) => {
   const tags = ['volumes'];
   const one = replies({ 200: views.volumeView });
   const job = replies({ 202: acceptedView });
-  app.get('/v1/volumes', { schema: { summary: 'List volumes', tags, querystring: noQuery, response: replies({ 200: z.strictObject({ volumes: z.array(views.volumeView) }) }) } }, () => ({
-    volumes: m.listVolumes().map((v) => m.describeVolume(v)),
-  }));
+  app.get(
+    '/v1/volumes',
+    { schema: { summary: 'List volumes by name; ?limit= and ?after= page it (x-next-after and Link name the next page)', tags, querystring: z.strictObject(namePage), response: replies({ 200: z.strictObject({ volumes: z.array(views.volumeView) }) }) } },
+    (req, reply) => {
+      const page = m.listing.volumes(req.query);
+      nextPage(req, reply, page.next);
+      return { volumes: page.items };
+    },
+  );
   app.get('/v1/volumes/:name', { schema: { summary: 'One volume, with its state and the operations allowed in it', tags, params: nameParam, querystring: noQuery, response: one } }, (req) =>
     m.describeVolume(m.volume(req.params.name)),
   );

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { BlockgateError, badRequest, conflict } from '../../common/errors.js';
 import { writeAtomically } from '../../common/files.js';
 import { ArrayFile } from '../../disks/index.js';
-import { bindingRecordOf, bindingRowOf, CONFIG_KIND, CONFIG_VERSION, hostRecordOf, hostRowOf, type ConfigDocument } from '../config-document.js';
+import { bindingRecordOf, bindingRowOf, volumeBasicsOf, CONFIG_KIND, CONFIG_VERSION, hostRecordOf, hostRowOf, type ConfigDocument } from '../config-document.js';
 import type { ArrayRow, BindingRow, HostRow } from '../model.js';
 import { SAVED_CONFIG } from '../data-dir.js';
 import { isValidIqn } from '../../target/iscsi/index.js';
@@ -130,15 +130,7 @@ export class ConfigOperations {
         images: images.map((i) => ({ id: i.id, name: i.name, path: i.path, size: i.size, createdAt: i.created_at })),
         volumes: volumes.map((v) => ({
           id: v.id,
-          name: v.name,
-          farm: v.farm_id === null ? null : farms.get(v.farm_id)!,
-          size: v.size,
-          state: v.state as VolumeState,
-          shareMode: v.share_mode,
-          cachePolicy: v.cache_policy,
-          provisioning: v.provisioning,
-          serial: v.serial,
-          naa: v.naa,
+          ...volumeBasicsOf(v, v.farm_id === null ? null : farms.get(v.farm_id)!),
           qualityClass: v.quality_class,
           image: v.image_id === null ? null : (imageName.get(v.image_id) ?? null),
           snapshotOf: v.snapshot_of === null ? null : (volumeName.get(v.snapshot_of) ?? null),

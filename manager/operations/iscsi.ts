@@ -190,10 +190,10 @@ export class IscsiAccess {
   }
 
   /** The admin's view of a host's iSCSI identity (never the secrets). */
-  describe(h: HostRow): IscsiIdentity {
+  describe(h: HostRow, initiators: string[] = this.initiators(h.name)): IscsiIdentity {
     const s = this.secrets.get(h.name);
     return {
-      initiators: this.initiators(h.name),
+      initiators,
       chap: h.chap === 'one-way' || h.chap === 'mutual' ? { mode: h.chap, username: s?.username ?? null, mutualUsername: s?.mutualUsername ?? null } : null,
     };
   }

@@ -104,12 +104,12 @@ export class SnapshotOperations {
   }
 
   /** Bytes a snapshot still reads from its origin, or null when it reads only its own extents. */
-  cowView(volumeId: number): { origin: string; sharedBytes: number } | null {
+  cowView(volumeId: number, nameOf: (id: number) => string): { origin: string; sharedBytes: number } | null {
     const l = this.c.dataPath.store.snapshotLink(volumeId);
     if (!l) return null;
     let shared = 0;
     for (let i = 0; i < l.regions; i++) if (!l.isOwn(i)) shared += Math.min(l.regionSize, l.snapshot.layout.size - i * l.regionSize);
-    return { origin: this.c.lifecycle.volumeById(l.origin.id).name, sharedBytes: shared };
+    return { origin: nameOf(l.origin.id), sharedBytes: shared };
   }
 
   /**

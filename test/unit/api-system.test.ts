@@ -87,7 +87,7 @@ t.test('the OpenAPI document is generated from the route schemas, requests and r
   const bind = doc.paths['/v1/bindings'].post;
   t.ok(bind.requestBody.content['application/json'].schema.properties.target, 'request body schema');
   const q = doc.paths['/v1/bindings'].get.parameters.map((p: { name: string; in: string }) => `${p.in}:${p.name}`);
-  t.same(q.sort(), ['query:host', 'query:volume'], 'the bindings filters are documented');
+  t.same(q.sort(), ['query:after', 'query:host', 'query:limit', 'query:volume'], 'the bindings filters and page parameters are documented');
   const jobStates = doc.paths['/v1/jobs'].get.parameters.find((p: { name: string }) => p.name === 'state');
   t.same(jobStates.schema.enum, ['queued', 'running', 'succeeded', 'failed', 'cancelled']);
   // … reply schemas, the error body with every code, and the health route's opt-out of the token.

@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import type { ApiClient } from '../client.js';
 import { CliError, EXIT } from '../client.js';
 import { table } from '../output.js';
-import { client, details, out, parseIntArg, parseUnit, usage, verb } from '../context.js';
+import { client, details, listUrl, notePage, out, pageOptions, parseIntArg, parseUnit, usage, verb } from '../context.js';
 
 interface Binding {
   id: number;
@@ -35,7 +35,7 @@ async function findBinding(api: ApiClient, id: string | undefined, o: { host?: s
   }
   if (!o.host || !o.unit) throw usage('give a binding id, or --host HOST --unit T/L');
   const { target, lun } = parseUnit(o.unit);
-  const { bindings } = await api.call<{ bindings: Binding[] }>('GET', '/v1/bindings');
+  const { bindings } = await api.call<{ bindings: Binding[] }>('GET', listUrl('/v1/bindings', { host: o.host }));
   const b = bindings.find((x) => x.host === o.host && x.target === target && x.lun === lun);
   if (!b) throw new CliError(`host '${o.host}' has no binding at unit ${o.unit}`, EXIT.NOT_FOUND, 'NOT_FOUND');
   return b.id;
@@ -44,13 +44,14 @@ async function findBinding(api: ApiClient, id: string | undefined, o: { host?: s
 /** `blockgate bind|map|unmap|unbind` and `blockgate binding list|show`. */
 export function register(program: Command): void {
   const binding = program.command('binding').description('bindings: volume ↔ host at a unit address');
-  verb(binding, 'list', 'list bindings')
+  pageOptions(verb(binding, 'list', 'list bindings, by id'))
     .option('--host <host>', 'only this host')
     .option('--volume <volume>', 'only this volume')
-    .action(async (o: { host?: string; volume?: string }, cmd: Command) => {
-      const r = await client(cmd).call<{ bindings: Binding[] }>('GET', '/v1/bindings');
-      r.bindings = r.bindings.filter((b) => (!o.host || b.host === o.host) && (!o.volume || b.volume === o.volume));
+    .action(async (o: { host?: string; volume?: string; limit?: string; after?: string }, cmd: Command) => {
+      const api = client(cmd);
+      const r = await api.call<{ bindings: Binding[] }>('GET', listUrl('/v1/bindings', { host: o.host, volume: o.volume, limit: o.limit, after: o.after }));
       out(cmd, r, () => bindingTable(r.bindings));
+      notePage(api, o.limit);
     });
   verb(binding, 'show <id>', 'one binding').action(async (id: string, _o, cmd: Command) => {
     const b = await client(cmd).call<Binding>('GET', `/v1/bindings/${parseIntArg('binding id')(id)}`);

@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import type { Command } from 'commander';
 import { table } from '../output.js';
-import { client, details, followJob, humanSize, jobOptions, out, parseIntArg, parseUnit, usage, verb } from '../context.js';
+import { client, details, followJob, humanSize, jobOptions, listUrl, notePage, out, pageOptions, parseIntArg, parseUnit, usage, verb } from '../context.js';
 
 interface Host {
   name: string;
@@ -50,9 +50,11 @@ export const namespaceTable = (ns: Namespace): string =>
 export function register(program: Command): void {
   const host = program.command('host').description('hosts: clients, each with its own listener and namespace of units');
 
-  verb(host, 'list', 'list hosts').action(async (_o, cmd: Command) => {
-    const r = await client(cmd).call<{ hosts: Host[] }>('GET', '/v1/hosts');
+  pageOptions(verb(host, 'list', 'list hosts, by name')).action(async (o: { limit?: string; after?: string }, cmd: Command) => {
+    const api = client(cmd);
+    const r = await api.call<{ hosts: Host[] }>('GET', listUrl('/v1/hosts', { limit: o.limit, after: o.after }));
     out(cmd, r, () => hostTable(r.hosts));
+    notePage(api, o.limit);
   });
 
   verb(host, 'show <name>', 'one host').action(async (name: string, _o, cmd: Command) => {

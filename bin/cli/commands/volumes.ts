@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { table } from '../output.js';
 import { traceText } from './trace.js';
-import { client, details, followJob, humanSize, jobOptions, list, out, parseIntArg, usage, verb } from '../context.js';
+import { client, details, followJob, humanSize, jobOptions, list, listUrl, notePage, out, pageOptions, parseIntArg, usage, verb } from '../context.js';
 
 export interface Volume {
   name: string;
@@ -57,9 +57,11 @@ export function register(program: Command): void {
   const volume = program.command('volume').description('volumes (virtual disks) and their lifecycle: allocate, configure, scrub, copy, snap, resize, release');
   const enc = encodeURIComponent;
 
-  verb(volume, 'list', 'list volumes').action(async (_o, cmd: Command) => {
-    const r = await client(cmd).call<{ volumes: Volume[] }>('GET', '/v1/volumes');
+  pageOptions(verb(volume, 'list', 'list volumes, by name')).action(async (o: { limit?: string; after?: string }, cmd: Command) => {
+    const api = client(cmd);
+    const r = await api.call<{ volumes: Volume[] }>('GET', listUrl('/v1/volumes', { limit: o.limit, after: o.after }));
     out(cmd, r, () => volumeTable(r.volumes));
+    notePage(api, o.limit);
   });
 
   jobOptions(
