@@ -329,14 +329,19 @@ export class StorageManager implements Lifecycle {
   }
 
   /** Brings arrays and hosts written straight into the database (config import) onto the data path. */
-  async attachRestored(arrays: ArrayRow[], hosts: HostRow[]): Promise<void> {
+  async attachRestored(arrays: ArrayRow[], hosts: HostRow[]): Promise<{ webhookSecrets: { webhook: string; secret: string }[] }> {
     await this.iscsi.load();
     for (const a of arrays) await this.attachOrFail(a);
     this.markThick();
+    // As at start-up, before hosts can write: snapshot links (copy-up hooks), change maps, backup schedules.
+    await this.snapshots.load();
+    await this.backups.load();
+    const webhookSecrets = await this.services.webhooks.adoptImported();
     for (const h of hosts) {
       await this.openHostListeners(h);
       this.publishHost(h.id);
     }
+    return { webhookSecrets };
   }
 
   /** Tells the data path which volumes are thick (the database is the truth). */

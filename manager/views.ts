@@ -243,7 +243,8 @@ export type ResolveView = z.output<typeof resolveView>;
 export const eventView = z.strictObject({ id: z.number().int(), at: when, type: z.string(), subject: z.string().nullable(), data: z.record(z.string(), z.unknown()) });
 
 export const importResult = z.strictObject({
-  imported: z.strictObject({ farms: bytes, arrays: bytes, images: bytes, volumes: bytes, hosts: bytes, bindings: bytes, vms: bytes }),
+  imported: z.strictObject({ farms: bytes, arrays: bytes, images: bytes, volumes: bytes, hosts: bytes, bindings: bytes, vms: bytes, cowLinks: bytes, webhooks: bytes, backupPolicies: bytes }),
   createdArrayFiles: z.array(name),
+  webhookSecrets: z.array(z.strictObject({ webhook: name, secret: z.string() })).describe('fresh secrets of imported webhooks that had none in this data directory: the only time they are shown'),
 });
 export type ImportResult = z.output<typeof importResult>;
