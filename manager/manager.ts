@@ -17,7 +17,7 @@ import { Ownership } from './ownership.js';
 import { EventLog } from './events.js';
 import { JobQueue } from './jobs.js';
 import { bindingRecordOf, type BindingRecord } from './config-document.js';
-import type { ArrayView, ConnectionDescriptor, HostView, JobView, NamespaceView, SwitchView, VolumeView } from './views.js';
+import type { ArrayView, ConnectionDescriptor, HostView, JobView, NamespaceView, SwitchView, TlsCertificateView, VolumeView } from './views.js';
 import { checkListenerAddress } from '../common/address.js';
 import { connectionDescriptor } from './operations/descriptor.js';
 import { CutoverStats } from './cutover-stats.js';
@@ -1338,6 +1338,24 @@ export class StorageManager implements Lifecycle {
     return this.hostById(h.id);
   }
 
+  /** The shared NBD listener's server certificate and the CA of hosts' client certificates (never a key). */
+  tlsCertificates(): TlsCertificateView {
+    const tls = this.dp.tls;
+    if (!tls) throw new BlockgateError('NOT_SUPPORTED', 'TLS is not configured on this appliance');
+    const { server, clientCa } = tls.certificates();
+    return { server: server && certificateInfo(server), clientCa: clientCa && certificateInfo(clientCa) };
+  }
+
+  /** Replaces the listener's server certificate and key (DATA/tls/server-cert.pem, server-key.pem 0600). */
+  async setTlsCertificate(cert: string, key: string): Promise<TlsCertificateView> {
+    const tls = this.dp.tls;
+    if (!tls) throw new BlockgateError('NOT_SUPPORTED', 'TLS is not configured on this appliance');
+    const x = await tls.setServerCertificate(cert, key, (point) => this.fault(point));
+    this.events.emit('tls.certificate.set', 'tls/certificate', { subject: x.subject, fingerprint256: x.fingerprint256, validTo: new Date(x.validTo).toISOString() });
+    this.log.info({ op: 'tls.certificate', subject: x.subject, fingerprint256: x.fingerprint256 }, 'NBD TLS server certificate replaced');
+    return this.tlsCertificates();
+  }
+
   /**
    * Sets (or generates) a host's TLS pre-shared key; the PSK identity is the
    * host name. The key file is written first (0600), then the listener uses
@@ -1465,3 +1483,15 @@ export class StorageManager implements Lifecycle {
   }
 }
 
+
+function certificateInfo(x: crypto.X509Certificate): NonNullable<TlsCertificateView['server']> {
+  return {
+    subject: x.subject.replace(/\n/g, ', '),
+    issuer: x.issuer.replace(/\n/g, ', '),
+    subjectAltName: x.subjectAltName ?? null,
+    serialNumber: x.serialNumber,
+    validFrom: new Date(x.validFrom).toISOString(),
+    validTo: new Date(x.validTo).toISOString(),
+    fingerprint256: x.fingerprint256,
+  };
+}

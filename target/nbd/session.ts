@@ -152,6 +152,12 @@ export abstract class NbdSession extends FrameReader implements BudgetHolder {
   }
 
   protected detach(sock: Socket): void {
+    // STARTTLS: its ACK is still corked in this read's batch, and the batch's uncork goes to the
+    // TLS socket that replaces this one; left corked, the ACK never leaves and the client waits.
+    if (this.corked && sock === this.socket) {
+      this.corked = false;
+      sock.uncork();
+    }
     sock.off('data', this.handlers.data);
     sock.off('error', this.handlers.error);
     sock.off('close', this.handlers.close);
