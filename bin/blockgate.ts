@@ -17,6 +17,7 @@ import * as status from './cli/commands/status.js';
 import * as trace from './cli/commands/trace.js';
 import * as vms from './cli/commands/vms.js';
 import * as volumes from './cli/commands/volumes.js';
+import * as tls from './cli/commands/tls.js';
 import * as webhooks from './cli/commands/webhooks.js';
 import { withGlobals } from './cli/context.js';
 
@@ -98,7 +99,7 @@ function imageRootsFromEnv(): string[] {
   return (process.env.BLOCKGATE_IMAGE_ROOTS ?? '').split(':').filter(Boolean);
 }
 
-for (const m of [status, farms, arrays, hosts, volumes, bindings, images, vms, backups, jobs, trace, config, webhooks, graph]) m.register(program);
+for (const m of [status, farms, arrays, hosts, volumes, bindings, images, vms, backups, jobs, trace, config, webhooks, tls, graph]) m.register(program);
 
 const SERVE_EXIT: Partial<Record<ErrorCode, number>> = { BAD_REQUEST: EXIT.USAGE, CONFLICT: EXIT.CONFLICT, ILLEGAL_STATE: EXIT.CONFLICT, NOT_FOUND: EXIT.NOT_FOUND };
 

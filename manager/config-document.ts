@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import type { BindingRow, HostRow, VolumeRow } from './model.js';
 import type { VolumeState } from './state.js';
+import { CHANGE_CLASSES } from './services/notices.js';
 import { accessMode, cachePolicy, filePath, lun, name, protocol, provisioning, qualityClass, shareMode, target, volumeState, when } from './words.js';
 
 export const CONFIG_KIND = 'blockgate-config';
@@ -122,6 +123,39 @@ export const configDocument = z
     hosts: z.array(hostRecord),
     bindings: z.array(bindingRecord),
     vms: z.array(z.strictObject({ id, name, host: name, bindings: z.array(id).max(256), createdAt: when })),
+    // The three below came after version 1 documents were written: those documents hold none.
+    /**
+     * Which volume is a copy-on-write snapshot of which. The regions it still
+     * shares are data, not configuration: they are in DATA/snapshots/<snapshot id>.cow,
+     * which an import needs in its own data directory (or it refuses).
+     */
+    cowLinks: z.array(z.strictObject({ snapshot: name, origin: name, region: bytes, createdAt: when })).default([]),
+    /** Webhooks without their secrets: an import keeps DATA/webhooks/<id>.secret if present, else makes a fresh one and shows it once. */
+    webhooks: z
+      .array(
+        z.strictObject({
+          id,
+          name,
+          url: z.string().min(1).max(2048),
+          classes: z.array(z.enum(CHANGE_CLASSES)).max(CHANGE_CLASSES.length),
+          maxAttempts: z.number().int().positive(),
+          backoffMs: count,
+          createdAt: when,
+        }),
+      )
+      .default([]),
+    backupPolicies: z
+      .array(
+        z.strictObject({
+          scope: z.enum(['vm', 'farm']),
+          name,
+          schedule: z.string().min(1).max(200).nullable(),
+          keepLast: z.number().int().positive().nullable(),
+          keepDailyDays: z.number().int().positive().nullable(),
+          store: z.string().min(1).max(4096).nullable(),
+        }),
+      )
+      .default([]),
   })
   .meta({ id: 'ConfigDocument' });
 export type ConfigDocument = z.output<typeof configDocument>;

@@ -16,8 +16,8 @@ import { openDb, type Db } from './db.js';
 import { Ownership } from './ownership.js';
 import { EventLog } from './events.js';
 import { JobQueue } from './jobs.js';
-import type { BindingRecord } from './config-document.js';
-import type { ArrayView, ConnectionDescriptor, HostView, JobView, NamespaceView, SwitchView, VolumeView } from './views.js';
+import { bindingRecordOf, type BindingRecord } from './config-document.js';
+import type { ArrayView, ConnectionDescriptor, HostView, JobView, NamespaceView, SwitchView, TlsCertificateView, VolumeView } from './views.js';
 import { checkListenerAddress } from '../common/address.js';
 import { connectionDescriptor } from './operations/descriptor.js';
 import { CutoverStats } from './cutover-stats.js';
@@ -336,14 +336,19 @@ export class StorageManager implements Lifecycle {
   }
 
   /** Brings arrays and hosts written straight into the database (config import) onto the data path. */
-  async attachRestored(arrays: ArrayRow[], hosts: HostRow[]): Promise<void> {
+  async attachRestored(arrays: ArrayRow[], hosts: HostRow[]): Promise<{ webhookSecrets: { webhook: string; secret: string }[] }> {
     await this.iscsi.load();
     for (const a of arrays) await this.attachOrFail(a);
     this.markThick();
+    // As at start-up, before hosts can write: snapshot links (copy-up hooks), change maps, backup schedules.
+    await this.snapshots.load();
+    await this.backups.load();
+    const webhookSecrets = await this.services.webhooks.adoptImported();
     for (const h of hosts) {
       await this.openHostListeners(h);
       this.publishHost(h.id);
     }
+    return { webhookSecrets };
   }
 
   /** Tells the data path which volumes are thick (the database is the truth). */
@@ -1279,6 +1284,24 @@ export class StorageManager implements Lifecycle {
     return this.hostById(h.id);
   }
 
+  /** The shared NBD listener's server certificate and the CA of hosts' client certificates (never a key). */
+  tlsCertificates(): TlsCertificateView {
+    const tls = this.dp.tls;
+    if (!tls) throw new BlockgateError('NOT_SUPPORTED', 'TLS is not configured on this appliance');
+    const { server, clientCa } = tls.certificates();
+    return { server: server && certificateInfo(server), clientCa: clientCa && certificateInfo(clientCa) };
+  }
+
+  /** Replaces the listener's server certificate and key (DATA/tls/server-cert.pem, server-key.pem 0600). */
+  async setTlsCertificate(cert: string, key: string): Promise<TlsCertificateView> {
+    const tls = this.dp.tls;
+    if (!tls) throw new BlockgateError('NOT_SUPPORTED', 'TLS is not configured on this appliance');
+    const x = await tls.setServerCertificate(cert, key, (point) => this.fault(point));
+    this.events.emit('tls.certificate.set', 'tls/certificate', { subject: x.subject, fingerprint256: x.fingerprint256, validTo: new Date(x.validTo).toISOString() });
+    this.log.info({ op: 'tls.certificate', subject: x.subject, fingerprint256: x.fingerprint256 }, 'NBD TLS server certificate replaced');
+    return this.tlsCertificates();
+  }
+
   /**
    * Sets (or generates) a host's TLS pre-shared key; the PSK identity is the
    * host name. The key file is written first (0600), then the listener uses
@@ -1406,3 +1429,15 @@ export class StorageManager implements Lifecycle {
   }
 }
 
+
+function certificateInfo(x: crypto.X509Certificate): NonNullable<TlsCertificateView['server']> {
+  return {
+    subject: x.subject.replace(/\n/g, ', '),
+    issuer: x.issuer.replace(/\n/g, ', '),
+    subjectAltName: x.subjectAltName ?? null,
+    serialNumber: x.serialNumber,
+    validFrom: new Date(x.validFrom).toISOString(),
+    validTo: new Date(x.validTo).toISOString(),
+    fingerprint256: x.fingerprint256,
+  };
+}

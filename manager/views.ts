@@ -242,8 +242,27 @@ export type ResolveView = z.output<typeof resolveView>;
 
 export const eventView = z.strictObject({ id: z.number().int(), at: when, type: z.string(), subject: z.string().nullable(), data: z.record(z.string(), z.unknown()) });
 
+const certificateInfo = z.strictObject({
+  subject: z.string(),
+  issuer: z.string(),
+  subjectAltName: z.string().nullable(),
+  serialNumber: z.string(),
+  validFrom: when,
+  validTo: when,
+  fingerprint256: z.string().describe('SHA-256 of the DER certificate, colon-separated hex: what a client pins'),
+});
+/** The NBD listener's certificates: never a key. Hosts present client certificates whose CN is the host name, signed by clientCa. */
+export const tlsCertificateView = z
+  .strictObject({
+    server: certificateInfo.nullable().describe('what the shared NBD listener presents (null: PSK only)'),
+    clientCa: certificateInfo.nullable().describe('DATA/tls/ca-cert.pem: the CA that signs hosts\' client certificates (null: no certificate hosts)'),
+  })
+  .meta({ id: 'TlsCertificates' });
+export type TlsCertificateView = z.output<typeof tlsCertificateView>;
+
 export const importResult = z.strictObject({
-  imported: z.strictObject({ farms: bytes, arrays: bytes, images: bytes, volumes: bytes, hosts: bytes, bindings: bytes, vms: bytes }),
+  imported: z.strictObject({ farms: bytes, arrays: bytes, images: bytes, volumes: bytes, hosts: bytes, bindings: bytes, vms: bytes, cowLinks: bytes, webhooks: bytes, backupPolicies: bytes }),
   createdArrayFiles: z.array(name),
+  webhookSecrets: z.array(z.strictObject({ webhook: name, secret: z.string() })).describe('fresh secrets of imported webhooks that had none in this data directory: the only time they are shown'),
 });
 export type ImportResult = z.output<typeof importResult>;

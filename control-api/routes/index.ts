@@ -12,11 +12,12 @@ import { hosts } from './hosts.js';
 import { images } from './images.js';
 import { jobs } from './jobs.js';
 import { metrics } from './metrics.js';
+import { tls } from './tls.js';
 import { trace } from './trace.js';
 import { vms } from './vms.js';
 import { volumes } from './volumes.js';
 import { webhooks } from './webhooks.js';
 
 /** Every resource of the control API, one plugin each; a new route goes into its resource's file. */
-export const RESOURCES: readonly ResourcePlugin[] = [health, discovery, arrays, farms, volumes, hosts, bindings, images, vms, backups, jobs, events, webhooks, graph, trace, config, metrics];
+export const RESOURCES: readonly ResourcePlugin[] = [health, discovery, arrays, farms, volumes, hosts, tls, bindings, images, vms, backups, jobs, events, webhooks, graph, trace, config, metrics];
 export type { ResourcePlugin, RouteContext } from './context.js';

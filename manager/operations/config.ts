@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { BlockgateError, badRequest, conflict } from '../../common/errors.js';
 import { writeAtomically } from '../../common/files.js';
+import { OwnershipMap } from '../../cache/index.js';
 import { ArrayFile } from '../../disks/index.js';
 import { bindingRecordOf, bindingRowOf, volumeBasicsOf, CONFIG_KIND, CONFIG_VERSION, hostRecordOf, hostRowOf, type ConfigDocument } from '../config-document.js';
 import type { ArrayRow, BindingRow, HostRow } from '../model.js';
@@ -10,6 +11,7 @@ import { isValidIqn } from '../../target/iscsi/index.js';
 import type { Lifecycle, OperationContext } from './context.js';
 import { VOLUME_STATES, type VolumeState } from '../state.js';
 import type { ImportResult } from '../views.js';
+import { cowMapPath } from './snapshots.js';
 
 export { CONFIG_KIND, CONFIG_VERSION, type ConfigDocument };
 
@@ -156,6 +158,29 @@ export class ConfigOperations {
           bindings: (vmBindings.all(vm.id) as { binding_id: number }[]).map((r) => r.binding_id),
           createdAt: vm.created_at,
         })),
+        cowLinks: (db.prepare('SELECT * FROM cow_links ORDER BY snapshot_id').all() as { snapshot_id: number; origin_id: number; region: number; created_at: string }[]).map((l) => ({
+          snapshot: volumeName.get(l.snapshot_id)!,
+          origin: volumeName.get(l.origin_id)!,
+          region: l.region,
+          createdAt: l.created_at,
+        })),
+        webhooks: (db.prepare('SELECT * FROM webhooks ORDER BY id').all() as WebhookRowDb[]).map((w) => ({
+          id: w.id,
+          name: w.name,
+          url: w.url,
+          classes: JSON.parse(w.classes) as ConfigDocument['webhooks'][number]['classes'],
+          maxAttempts: w.max_attempts,
+          backoffMs: w.backoff_ms,
+          createdAt: w.created_at,
+        })),
+        backupPolicies: (db.prepare('SELECT * FROM backup_policies ORDER BY scope, name').all() as PolicyRowDb[]).map((p) => ({
+          scope: p.scope,
+          name: p.name,
+          schedule: p.schedule,
+          keepLast: p.keep_last,
+          keepDailyDays: p.keep_daily_days,
+          store: p.store,
+        })),
       };
     })();
   }
@@ -244,6 +269,24 @@ export class ConfigOperations {
       for (const id of vm.bindings) ref(bindingIds.has(id), `vm '${vm.name}' names unknown binding ${id}`);
       ref(new Set(vm.bindings).size === vm.bindings.length, `vm '${vm.name}' lists a binding twice`);
     }
+    const vmNames = new Set(doc.vms.map((v) => v.name));
+    const snapshots = new Set<string>();
+    const volumeRow = new Map(doc.volumes.map((v) => [v.name, v]));
+    for (const l of doc.cowLinks) {
+      ref(volumes.has(l.snapshot) && volumes.has(l.origin), `copy-on-write link '${l.snapshot}' → '${l.origin}' names an unknown volume`);
+      ref(!snapshots.has(l.snapshot), `volume '${l.snapshot}' is linked to two origins`);
+      snapshots.add(l.snapshot);
+      const snap = volumeRow.get(l.snapshot)!;
+      ref(snap.snapshotOf === l.origin && snap.size === volumeRow.get(l.origin)!.size, `copy-on-write link '${l.snapshot}' → '${l.origin}' does not match the volumes (snapshotOf, size)`);
+    }
+    names('webhook', doc.webhooks);
+    const policies = new Set<string>();
+    for (const p of doc.backupPolicies) {
+      ref(p.scope === 'vm' ? vmNames.has(p.name) : farms.has(p.name), `backup policy of ${p.scope} '${p.name}' names an unknown ${p.scope}`);
+      ref(!policies.has(`${p.scope}/${p.name}`), `backup policy of ${p.scope} '${p.name}' appears twice`);
+      policies.add(`${p.scope}/${p.name}`);
+      ref(p.store === null || (p.scope === 'farm' && path.isAbsolute(p.store)), `backup policy of ${p.scope} '${p.name}': a store is an absolute path, set per farm`);
+    }
     // Overlapping extents would let two volumes (two tenants) share bytes.
     const byArray = new Map<string, { offset: number; length: number; volume: string }[]>();
     for (const v of doc.volumes) for (const e of v.extents) (byArray.get(e.array) ?? byArray.set(e.array, []).get(e.array)!).push({ ...e, volume: v.name });
@@ -279,6 +322,8 @@ export class ConfigOperations {
         if (!adoptedHere) throw e;
       }
     }
+
+    await this.checkCowMaps(doc);
 
     // Files first, as createArray does: a row never names a file that could not be opened.
     const created: string[] = [];
@@ -358,6 +403,23 @@ export class ConfigOperations {
         db.prepare('INSERT INTO vms (id, name, host_id, created_at) VALUES (?, ?, ?, ?)').run(vm.id, vm.name, hostId.get(vm.host)!, vm.createdAt);
         for (const id of new Set(vm.bindings)) db.prepare('INSERT INTO vm_bindings (vm_id, binding_id) VALUES (?, ?)').run(vm.id, id);
       }
+      for (const l of doc.cowLinks) {
+        db.prepare('INSERT INTO cow_links (snapshot_id, origin_id, region, created_at) VALUES (?, ?, ?, ?)').run(volumeId.get(l.snapshot)!, volumeId.get(l.origin)!, l.region, l.createdAt);
+      }
+      for (const w of doc.webhooks) {
+        db.prepare('INSERT INTO webhooks (id, name, url, classes, max_attempts, backoff_ms, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)').run(
+          w.id,
+          w.name,
+          w.url,
+          JSON.stringify(w.classes),
+          w.maxAttempts,
+          w.backoffMs,
+          w.createdAt,
+        );
+      }
+      for (const p of doc.backupPolicies) {
+        db.prepare('INSERT INTO backup_policies (scope, name, schedule, keep_last, keep_daily_days, store) VALUES (?, ?, ?, ?, ?, ?)').run(p.scope, p.name, p.schedule, p.keepLast, p.keepDailyDays, p.store);
+      }
       for (const [k, v] of Object.entries(doc.settings)) if (!LOCAL_SETTINGS.has(k)) m.setSetting(k, v);
       // The appliance id is the prefix of every serial and NAA: the restored appliance is the saved one.
       m.setSetting('appliance_id', doc.appliance);
@@ -374,10 +436,11 @@ export class ConfigOperations {
     }
     await m.noteApplianceId();
 
+    let webhookSecrets: { webhook: string; secret: string }[] = [];
     try {
       // The files are this appliance's now, under the document's ids.
       for (const a of m.listArrays()) await m.ownership.stamp(a, m.applianceId);
-      if (opts.attach !== false) await m.attachRestored(m.listArrays(), m.listHosts());
+      if (opts.attach !== false) webhookSecrets = (await m.attachRestored(m.listArrays(), m.listHosts())).webhookSecrets;
     } catch (e) {
       throw new BlockgateError('IO_ERROR', `configuration saved, but bringing it onto the data path failed: ${(e as Error).message}; restart the appliance to retry`);
     }
@@ -390,10 +453,55 @@ export class ConfigOperations {
       hosts: doc.hosts.length,
       bindings: doc.bindings.length,
       vms: doc.vms.length,
+      cowLinks: doc.cowLinks.length,
+      webhooks: doc.webhooks.length,
+      backupPolicies: doc.backupPolicies.length,
     };
-    c.log.info({ op: 'config.import', ...imported, createdArrayFiles: created }, 'configuration imported');
-    return { imported, createdArrayFiles: created };
+    c.log.info({ op: 'config.import', ...imported, createdArrayFiles: created, freshWebhookSecrets: webhookSecrets.map((w) => w.webhook) }, 'configuration imported');
+    return { imported, createdArrayFiles: created, webhookSecrets };
   }
+
+  /**
+   * A snapshot's shared regions are read from its origin as its ownership map
+   * says: without the map (DATA/snapshots/<id>.cow, copied with the array
+   * files) the link cannot be recreated truthfully, so the import is refused
+   * before anything is written.
+   */
+  private async checkCowMaps(doc: ConfigDocument): Promise<void> {
+    const byName = new Map(doc.volumes.map((v) => [v.name, v]));
+    for (const l of doc.cowLinks) {
+      const snap = byName.get(l.snapshot)!;
+      const file = cowMapPath(this.c.dataDir, snap.id);
+      try {
+        const map = await OwnershipMap.open(file, l.region, Math.ceil(snap.size / l.region));
+        await map.close();
+      } catch (e) {
+        throw conflict(
+          `volume '${l.snapshot}' is a copy-on-write snapshot of '${l.origin}' and its ownership map ${file} is missing or does not match (${(e as Error).message}); copy DATA/snapshots/${snap.id}.cow from the saved appliance's data directory, or materialise the snapshot there before exporting`,
+          { volume: l.snapshot, origin: l.origin, map: file },
+        );
+      }
+    }
+  }
+}
+
+interface WebhookRowDb {
+  id: number;
+  name: string;
+  url: string;
+  classes: string;
+  max_attempts: number;
+  backoff_ms: number;
+  created_at: string;
+}
+
+interface PolicyRowDb {
+  scope: 'vm' | 'farm';
+  name: string;
+  schedule: string | null;
+  keep_last: number | null;
+  keep_daily_days: number | null;
+  store: string | null;
 }
 
 /** Inserts a whole row: every column of the row type is written, so none can be left out by hand. */

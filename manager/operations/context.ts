@@ -76,7 +76,8 @@ export interface Lifecycle {
   hostSocketPath(host: string): string;
   /** Recomputes a host's namespace from the database and hands it to the data path; resolves when revoked sessions are gone. */
   publishHost(hostId: number): Promise<void>;
-  attachRestored(arrays: ArrayRow[], hosts: HostRow[]): Promise<void>;
+  /** Returns the fresh secrets of imported webhooks that had none in this data directory. */
+  attachRestored(arrays: ArrayRow[], hosts: HostRow[]): Promise<{ webhookSecrets: { webhook: string; secret: string }[] }>;
   setSetting(key: string, value: string | null): void;
   bind(opts: { volume: string; host: string; target: number; lun: number; mode?: AccessMode | undefined; map?: boolean | undefined; protocol?: BindingProtocol | undefined }): BindingRow;
   map(bindingId: number): BindingRow;

@@ -53,7 +53,7 @@ export class SnapshotOperations {
   }
 
   private mapPath(snapshotId: number): string {
-    return path.join(this.dir, `${snapshotId}.cow`);
+    return cowMapPath(this.c.dataDir, snapshotId);
   }
 
   /** Re-links every snapshot at start-up, before hosts can write (start-up path). */
@@ -254,6 +254,11 @@ export class SnapshotOperations {
     c.events.emit('volume.materialised', `volume/${ctx.params.snapshot}`, { volume: ctx.params.snapshot, copied: done });
     return { snapshot: ctx.params.snapshot, copied: done };
   }
+}
+
+/** Where a snapshot's ownership map lives: DATA/snapshots/<snapshot id>.cow. */
+export function cowMapPath(dataDir: string, snapshotId: number): string {
+  return path.join(dataDir, 'snapshots', `${snapshotId}.cow`);
 }
 
 export async function syncDir(dir: string): Promise<void> {

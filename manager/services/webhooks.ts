@@ -151,10 +151,7 @@ export class Webhooks {
         .run(opts.name, url, JSON.stringify(opts.classes ?? []), opts.maxAttempts ?? 8, opts.backoffMs ?? 1000, new Date().toISOString()).lastInsertRowid,
     );
     try {
-      await fs.promises.mkdir(this.dir, { recursive: true, mode: 0o700 });
-      const file = this.secretFile(id);
-      await fs.promises.writeFile(`${file}.tmp`, `${secret}\n`, { mode: 0o600 });
-      await fs.promises.rename(`${file}.tmp`, file);
+      await this.writeSecret(id, secret);
     } catch (e) {
       this.db.prepare('DELETE FROM webhooks WHERE id = ?').run(id);
       throw e;
@@ -162,6 +159,34 @@ export class Webhooks {
     this.secrets.set(id, secret);
     this.log.info({ op: 'webhook.create', webhook: opts.name, url }, 'webhook created');
     return { ...this.describe(this.row(opts.name)), secret };
+  }
+
+  private async writeSecret(id: number, secret: string): Promise<void> {
+    await fs.promises.mkdir(this.dir, { recursive: true, mode: 0o700 });
+    const file = this.secretFile(id);
+    await fs.promises.writeFile(`${file}.tmp`, `${secret}\n`, { mode: 0o600 });
+    await fs.promises.rename(`${file}.tmp`, file);
+  }
+
+  /**
+   * Webhooks an imported configuration wrote into the table (it holds no
+   * secrets): each keeps the secret this data directory already has for its
+   * id, or gets a fresh one, returned here, the only time it is shown.
+   */
+  async adoptImported(): Promise<{ webhook: string; secret: string }[]> {
+    const fresh: { webhook: string; secret: string }[] = [];
+    for (const w of this.rows()) {
+      if (this.secrets.has(w.id)) continue;
+      let secret = await fs.promises.readFile(this.secretFile(w.id), 'utf8').then((t) => t.trim(), () => '');
+      if (secret === '') {
+        secret = crypto.randomBytes(32).toString('base64url');
+        await this.writeSecret(w.id, secret);
+        fresh.push({ webhook: w.name, secret });
+        this.log.warn({ op: 'webhook.import', webhook: w.name }, 'imported webhook has a fresh secret: give it to its receiver');
+      }
+      this.secrets.set(w.id, secret);
+    }
+    return fresh;
   }
 
   async remove(name: string): Promise<void> {

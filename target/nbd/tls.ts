@@ -2,7 +2,15 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import tls from 'node:tls';
+import { badRequest } from '../../common/errors.js';
+import { writeAtomically } from '../../common/files.js';
 import type { NbdTls } from './connection.js';
+
+const SERVER_CERT = 'server-cert.pem';
+const SERVER_KEY = 'server-key.pem';
+const CLIENT_CA = 'ca-cert.pem';
+/** A new pair is staged under these names first (see setServerCertificate). */
+const NEXT = '.new';
 
 /**
  * TLS identities for the shared NBD listener, kept in DATA/tls:
@@ -35,6 +43,8 @@ export class NbdTlsKeys implements NbdTls {
   private readonly issued = new Map<string, string>();
   private context: tls.SecureContext | null = null;
   private ca: crypto.X509Certificate | null = null;
+  private caPem: Buffer | undefined;
+  private server: crypto.X509Certificate | null = null;
 
   constructor(dir: string) {
     this.dir = dir;
@@ -52,13 +62,77 @@ export class NbdTlsKeys implements NbdTls {
       const hex = (await fs.promises.readFile(path.join(this.pskDir, f), 'utf8')).trim();
       if (/^[0-9a-fA-F]{2,}$/.test(hex) && hex.length % 2 === 0) this.psk.set(f.slice(0, -4), Buffer.from(hex, 'hex'));
     }
+    await this.finishSwap();
     const read = (name: string): Promise<Buffer | undefined> => fs.promises.readFile(path.join(this.dir, name)).catch(() => undefined);
-    const [cert, key, ca] = await Promise.all([read('server-cert.pem'), read('server-key.pem'), read('ca-cert.pem')]);
+    const [cert, key, ca] = await Promise.all([read(SERVER_CERT), read(SERVER_KEY), read(CLIENT_CA)]);
     try {
       this.ca = ca ? new crypto.X509Certificate(ca) : null;
+      this.caPem = ca;
+      this.server = cert && key ? new crypto.X509Certificate(cert) : null;
       this.context = this.buildContext(cert, key, ca);
     } catch (e) {
       throw new Error(`cannot load the NBD TLS certificates in ${this.dir}: ${(e as Error).message}`);
+    }
+  }
+
+  /** The server certificate the listener presents, and the CA client certificates must be signed by. */
+  certificates(): { server: crypto.X509Certificate | null; clientCa: crypto.X509Certificate | null } {
+    return { server: this.server, clientCa: this.ca };
+  }
+
+  get serverKeyFile(): string {
+    return path.join(this.dir, SERVER_KEY);
+  }
+
+  /**
+   * Replaces the server certificate and key: checked as a pair first, then
+   * written so that a crash leaves either the old pair or the new one, never
+   * a certificate with another's key (which would stop the next start):
+   * both staged as *.new (cert first), then renamed cert first, key last.
+   * finishSwap() at start rolls a half-done swap forward or back. Sessions
+   * already up keep the old one; new handshakes present the new one.
+   */
+  async setServerCertificate(certPem: string, keyPem: string, fault: (point: string) => void = () => undefined): Promise<crypto.X509Certificate> {
+    const cert = checkCertificate(certPem, 'cert');
+    let key: crypto.KeyObject;
+    try {
+      key = crypto.createPrivateKey(keyPem);
+    } catch (e) {
+      throw badRequest(`key is not an unencrypted PEM private key: ${(e as Error).message}`);
+    }
+    if (key.type !== 'private') throw badRequest('key is not a private key');
+    if (!cert.checkPrivateKey(key)) throw badRequest(`key does not belong to the certificate (subject ${cert.subject.replace(/\n/g, ', ')}): their public keys differ`);
+    let context: tls.SecureContext;
+    try {
+      context = this.buildContext(Buffer.from(certPem), Buffer.from(keyPem), this.caPem);
+    } catch (e) {
+      throw badRequest(`the certificate and key cannot serve TLS: ${(e as Error).message}`);
+    }
+    const file = (name: string): string => path.join(this.dir, name);
+    await fs.promises.mkdir(this.dir, { recursive: true, mode: 0o700 });
+    await writeAtomically(file(SERVER_CERT + NEXT), certPem, 0o644);
+    await writeAtomically(file(SERVER_KEY + NEXT), keyPem, 0o600);
+    fault('tls-cert-staged');
+    await fs.promises.rename(file(SERVER_CERT + NEXT), file(SERVER_CERT));
+    fault('tls-cert-swap');
+    await fs.promises.rename(file(SERVER_KEY + NEXT), file(SERVER_KEY));
+    await syncDir(this.dir);
+    this.context = context;
+    this.server = cert;
+    return cert;
+  }
+
+  /** After a crash in setServerCertificate: a staged key means the pair was complete (forward), a staged cert alone that it was not (back). */
+  private async finishSwap(): Promise<void> {
+    const file = (name: string): string => path.join(this.dir, name);
+    const staged = async (name: string): Promise<boolean> => fs.promises.access(file(name + NEXT)).then(() => true, () => false);
+    const [cert, key] = [await staged(SERVER_CERT), await staged(SERVER_KEY)];
+    if (key) {
+      if (cert) await fs.promises.rename(file(SERVER_CERT + NEXT), file(SERVER_CERT));
+      await fs.promises.rename(file(SERVER_KEY + NEXT), file(SERVER_KEY));
+      await syncDir(this.dir);
+    } else if (cert) {
+      await fs.promises.rm(file(SERVER_CERT + NEXT), { force: true });
     }
   }
 
@@ -117,5 +191,27 @@ export class NbdTlsKeys implements NbdTls {
     if (now < Date.parse(peer.validFrom) || now > Date.parse(peer.validTo)) return null;
     const cn = /(?:^|\n)CN=([^\n]+)/.exec(peer.subject)?.[1];
     return cn && cn.length > 0 ? cn : null;
+  }
+}
+
+/** A PEM X.509 certificate in date, or a 400 saying what is wrong with it. */
+function checkCertificate(pem: string, field: string): crypto.X509Certificate {
+  if (!pem.includes('-----BEGIN CERTIFICATE-----')) throw badRequest(`${field} is not a PEM certificate (no -----BEGIN CERTIFICATE----- line)`);
+  let cert: crypto.X509Certificate;
+  try {
+    cert = new crypto.X509Certificate(pem);
+  } catch (e) {
+    throw badRequest(`${field} is not a valid X.509 certificate: ${(e as Error).message}`);
+  }
+  if (Date.parse(cert.validTo) < Date.now()) throw badRequest(`${field} expired on ${new Date(cert.validTo).toISOString()}`);
+  return cert;
+}
+
+async function syncDir(dir: string): Promise<void> {
+  const d = await fs.promises.open(dir, 'r');
+  try {
+    await d.sync();
+  } finally {
+    await d.close();
   }
 }

@@ -12,7 +12,7 @@ import { writeAtomically } from '../../../common/files.js';
 export function register(program: Command): void {
   const config = program.command('config').description('saved configuration: the whole control state as one JSON document');
 
-  verb(config, 'export', 'write the control state (farms, arrays, volumes, hosts, bindings, images, VMs, settings) as JSON')
+  verb(config, 'export', 'write the control state (farms, arrays, volumes, hosts, bindings, images, VMs, snapshot links, webhooks, backup policies, settings) as JSON')
     .option('-o, --output <file>', 'write to FILE atomically (default: stdout)')
     .action(async (o: { output?: string }, cmd: Command) => {
       const doc = await client(cmd).call<Record<string, unknown>>('GET', '/v1/config');
@@ -32,8 +32,10 @@ export function register(program: Command): void {
       } catch (e) {
         throw new CliError(`cannot read ${file}: ${(e as Error).message}`, EXIT.USAGE, 'BAD_REQUEST');
       }
-      const r = await client(cmd).call<{ imported: Record<string, number> }>('POST', '/v1/config', doc);
-      if (opts(cmd).json) printJson(r);
-      else print(`imported ${Object.entries(r.imported).map(([k, v]) => `${v} ${k}`).join(', ')}\n`);
+      const r = await client(cmd).call<{ imported: Record<string, number>; webhookSecrets?: { webhook: string; secret: string }[] }>('POST', '/v1/config', doc);
+      if (opts(cmd).json) return printJson(r);
+      print(`imported ${Object.entries(r.imported).map(([k, v]) => `${v} ${k}`).join(', ')}\n`);
+      // Shown once: the document holds no secrets, so each receiver must be given its new one.
+      for (const w of r.webhookSecrets ?? []) print(`webhook ${w.webhook}: new secret ${w.secret}\n`);
     });
 }
