@@ -271,6 +271,12 @@ export abstract class HandshakeSession extends NbdSession {
     this.optionReply(OPT.STARTTLS, REP.ACK);
     this.mode = Mode.Upgrading;
     const raw = this.socket;
+    // The ACK leaves before TLS takes the socket over: a TLSSocket made over a socket with writes still
+    // queued waits for them with a callback that crashes the process if the TLS socket is destroyed
+    // first (a client that sends garbage right after STARTTLS). A client that has not read what we
+    // sent so far cannot be in step for a handshake anyway.
+    this.flushReplies();
+    if (raw.writableLength > 0) return this.close('tls-refused');
     this.detach(raw);
     let secure: tls.TLSSocket;
     try {

@@ -165,6 +165,8 @@ export abstract class NbdSession extends FrameReader implements BudgetHolder {
     this.mode = Mode.Closed;
     this.closeReason = reason;
     this.held = null;
+    // Replies already made (to requests before the one that ended the session) still go out.
+    this.uncork();
     this.socket.destroy();
     this.backend.budget?.leave(this);
     this.onClosed(reason);
@@ -316,6 +318,11 @@ export abstract class NbdSession extends FrameReader implements BudgetHolder {
   }
 
   private readonly uncorkNow = (): void => this.uncork();
+
+  /** Sends the replies corked so far now. */
+  protected flushReplies(): void {
+    this.uncork();
+  }
 
   private uncork(): void {
     const sock = this.corked;
