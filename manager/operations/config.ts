@@ -12,6 +12,7 @@ import type { Lifecycle, OperationContext } from './context.js';
 import { VOLUME_STATES, type VolumeState } from '../state.js';
 import type { ImportResult } from '../views.js';
 import { cowMapPath } from './snapshots.js';
+import type { WebhookRow } from '../services/webhooks.js';
 
 export { CONFIG_KIND, CONFIG_VERSION, type ConfigDocument };
 
@@ -164,7 +165,7 @@ export class ConfigOperations {
           region: l.region,
           createdAt: l.created_at,
         })),
-        webhooks: (db.prepare('SELECT * FROM webhooks ORDER BY id').all() as WebhookRowDb[]).map((w) => ({
+        webhooks: (db.prepare('SELECT * FROM webhooks ORDER BY id').all() as WebhookRow[]).map((w) => ({
           id: w.id,
           name: w.name,
           url: w.url,
@@ -483,16 +484,6 @@ export class ConfigOperations {
       }
     }
   }
-}
-
-interface WebhookRowDb {
-  id: number;
-  name: string;
-  url: string;
-  classes: string;
-  max_attempts: number;
-  backoff_ms: number;
-  created_at: string;
 }
 
 interface PolicyRowDb {

@@ -23,7 +23,8 @@ const MAX_BACKOFF_MS = 10 * 60_000;
 /** How long a receiver may take to answer one delivery. */
 const DELIVERY_TIMEOUT_MS = 10_000;
 
-interface WebhookRow {
+/** A webhooks table row (the configuration document exports these, without secrets). */
+export interface WebhookRow {
   id: number;
   name: string;
   url: string;

@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import t from 'tap';
+import { pipelinedReads } from '../helpers/nbd-frames.js';
 import { TOKEN, startServer, type TestServer } from '../helpers/server.js';
 import { CMD, FLAG, WireClient } from '../helpers/nbd-wire.js';
 import { ioOk, qemuIo } from '../helpers/api.js';
@@ -41,18 +42,7 @@ async function greedyClient(s: TestServer): Promise<WireClient> {
   const w = await (await WireClient.connect({ host, port })).open('0/0');
   w.sock.removeAllListeners('data');
   w.sock.pause();
-  const reqs: Buffer[] = [];
-  for (let i = 0; i < 64; i++) {
-    const h = Buffer.alloc(28);
-    h.writeUInt32BE(0x25609513, 0);
-    h.writeUInt16BE(FLAG.DF, 4);
-    h.writeUInt16BE(CMD.READ, 6);
-    h.writeBigUInt64BE(BigInt(i + 1), 8);
-    h.writeBigUInt64BE(BigInt((i % 7) * 32 * MiB), 16);
-    h.writeUInt32BE(32 * MiB, 24);
-    reqs.push(h);
-  }
-  w.sock.write(Buffer.concat(reqs));
+  w.sock.write(pipelinedReads(64, 32 * MiB));
   return w;
 }
 

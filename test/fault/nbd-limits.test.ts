@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import t from 'tap';
+import { pipelinedReads } from '../helpers/nbd-frames.js';
 import { startServer } from '../helpers/server.js';
 import { CMD, FLAG, OPT, REP, WireClient } from '../helpers/nbd-wire.js';
 
@@ -25,18 +26,7 @@ t.test('pipelined reads whose replies are never read: RSS stays bounded', async 
     w.sock.pause();
     // Stop our side from reading: the server's replies back up.
     w.sock.removeAllListeners('data');
-    const reqs: Buffer[] = [];
-    for (let i = 0; i < 200; i++) {
-      const h = Buffer.alloc(28);
-      h.writeUInt32BE(0x25609513, 0);
-      h.writeUInt16BE(FLAG.DF, 4);
-      h.writeUInt16BE(CMD.READ, 6);
-      h.writeBigUInt64BE(BigInt(i + 1), 8);
-      h.writeBigUInt64BE(BigInt((i % 7) * 32 * MiB), 16);
-      h.writeUInt32BE(32 * MiB, 24);
-      reqs.push(h);
-    }
-    w.sock.write(Buffer.concat(reqs));
+    w.sock.write(pipelinedReads(200, 32 * MiB));
     greedy.push(w);
   }
   let peak = 0;

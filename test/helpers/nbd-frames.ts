@@ -1,5 +1,5 @@
 // Builders for raw NBD client frames, for tests that speak the protocol byte by byte.
-import { IHAVEOPT_HI, IHAVEOPT_LO, REQUEST_MAGIC } from '../../target/nbd/constants.js';
+import { CMD, CMD_FLAG, IHAVEOPT_HI, IHAVEOPT_LO, REQUEST_MAGIC } from '../../target/nbd/constants.js';
 
 export function option(opt: number, data: Buffer = Buffer.alloc(0)): Buffer {
   const b = Buffer.alloc(16 + data.length);
@@ -38,4 +38,14 @@ export function clientFlags(flags = 3): Buffer {
   const b = Buffer.alloc(4);
   b.writeUInt32BE(flags, 0);
   return b;
+}
+
+/**
+ * `count` pipelined READs of `size` bytes (DF set), cookies 1.., offsets cycling over seven
+ * `size`-wide slots: what a client that asks for a lot and never reads the replies sends.
+ */
+export function pipelinedReads(count: number, size: number): Buffer {
+  const reqs: Buffer[] = [];
+  for (let i = 0; i < count; i++) reqs.push(request(CMD.READ, i + 1, (i % 7) * size, size, CMD_FLAG.DF));
+  return Buffer.concat(reqs);
 }
