@@ -1,9 +1,6 @@
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import t from 'tap';
+import { storeOnArray } from '../helpers/cache-store.js';
 import { BlockStore, type CachePolicy } from '../../cache/index.js';
-import { ArrayFile } from '../../disks/index.js';
 import { VolumeLayout } from '../../mapper/index.js';
 import { ChangeMap, IoStats, changeMaps, openUnit } from '../../target/core/index.js';
 import { freshFences, type Unit } from '../../target/index.js';
@@ -14,17 +11,7 @@ const SIZE = 4 * M;
 const CHUNK = 64 * K;
 
 async function setup(tt: { teardown: (fn: () => unknown) => void }): Promise<BlockStore> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'blockgate-cbt-'));
-  const store = new BlockStore({ size: 4 * M, blockSize: 64 * K, writebackDelayMs: 60_000 });
-  const array = new ArrayFile(1, 'a1', path.join(dir, 'a1.img'), 16 * M);
-  await array.open(true);
-  store.addArray(array);
-  tt.teardown(async () => {
-    await store.close();
-    await array.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  return store;
+  return (await storeOnArray(tt)).store;
 }
 
 function unit(cachePolicy: CachePolicy): Unit {

@@ -1,10 +1,8 @@
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import t from 'tap';
+import { storeOnArray } from '../helpers/cache-store.js';
 import { BlockStore, type CachePolicy } from '../../cache/index.js';
 import { isBlockgateError } from '../../common/errors.js';
-import { ArrayFile } from '../../disks/index.js';
+import type { ArrayFile } from '../../disks/index.js';
 import { VolumeLayout } from '../../mapper/index.js';
 import { OP, IoStats, openUnit, type UnitIO } from '../../target/core/index.js';
 import { freshFences, type Unit } from '../../target/index.js';
@@ -15,17 +13,8 @@ const SIZE = 4 * M;
 
 /** A store over a real sparse array file in a temp dir, closed in teardown. */
 async function setup(tt: { teardown: (fn: () => unknown) => void }, dirtyLimit?: number): Promise<{ store: BlockStore; array: ArrayFile }> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'blockgate-unitio-'));
-  const store = new BlockStore({ size: 4 * M, blockSize: 64 * K, writebackDelayMs: 60_000, dirtyLimit });
-  const array = new ArrayFile(1, 'a1', path.join(dir, 'a1.img'), 16 * M);
-  await array.open(true);
-  store.addArray(array);
-  tt.teardown(async () => {
-    await store.close();
-    await array.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  return { store, array };
+  const { store, a } = await storeOnArray(tt, { dirtyLimit });
+  return { store, array: a };
 }
 
 /** One volume at array offset 1 MiB, seen as a unit by `host`. */
