@@ -68,6 +68,7 @@ export interface Results {
     workDirFs: string;
     /** Environment blockgate ran with beyond the runner's own (absent in older results). */
     blockgateEnv?: Record<string, string>;
+    baseEnv?: Record<string, string>;
   };
   machine: Record<string, string | number>;
   versions: Record<string, string>;
@@ -331,7 +332,9 @@ export function renderMarkdown(r: Results): string {
     `Ratios are IOPS over ${r.config.baseline} on the same workload, scenario and transport (for 1 MiB rows IOPS and MiB/s ratios are equal);`,
     `iSCSI lanes are over ${ISCSI_BASELINE} and driven by \`qemu-img bench\` over libiscsi (no latency percentiles; 4k "random" is a 257-block stride).`,
     'Latency is fio\'s completion latency over reads and writes together. Transports: ' + r.config.transports.join(', ') + '.',
-    `blockgate environment: ${Object.entries(r.config.blockgateEnv ?? {}).map(([k, x]) => `${k}=${x}`).join(' ') || 'defaults (UV_THREADPOOL_SIZE unset = 4)'}.`,
+    `blockgate environment: ${Object.entries(r.config.blockgateEnv ?? {}).map(([k, x]) => `${k}=${x}`).join(' ') || 'defaults (UV_THREADPOOL_SIZE unset = 4)'}${
+      Object.keys(r.config.baseEnv ?? {}).length > 0 ? `; blockgate-base also ${Object.entries(r.config.baseEnv!).map(([k, x]) => `${k}=${x}`).join(' ')}` : ''
+    }.`,
     '',
     'Scenarios (each starts every server afresh on new sparse files):',
     '',

@@ -40,6 +40,8 @@ interface Options {
   sizeBytes: number;
   outDir: string;
   blockgateEnv: Record<string, string>;
+  /** Environment blockgate-base gets on top of blockgateEnv (an A/B of one setting on one build). */
+  baseEnv: Record<string, string>;
 }
 
 const USAGE = `usage: node dist/bench/run.js [options]
@@ -58,11 +60,24 @@ const USAGE = `usage: node dist/bench/run.js [options]
   --workloads LIST     workload ids (see bench/workloads.ts)
   --size MiB           export size (default 256)
   --uv-threads N       UV_THREADPOOL_SIZE for blockgate (default: node's, 4)
+  --env K=V,...        environment for every blockgate process (e.g. UV_USE_IO_URING=0)
+  --base-env K=V,...   environment for blockgate-base only, on top of --env (with --base-build .: one setting A/B)
   --out DIR            output directory (full: docs/bench, quick: bench/out)
   --render DIR         only re-render DIR/report.md and DIR/chart.svg from DIR/results.json`;
 
 function list(v: string | undefined): string[] | null {
   return v ? v.split(',').map((s) => s.trim()).filter(Boolean) : null;
+}
+
+/** "K=V,K2=V2" as an environment. */
+function envList(v: string | undefined): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const kv of list(v) ?? []) {
+    const i = kv.indexOf('=');
+    if (i <= 0) throw new Error(`bad environment entry '${kv}' (want K=V)\n${USAGE}`);
+    env[kv.slice(0, i)] = kv.slice(i + 1);
+  }
+  return env;
 }
 
 function parseOptions(argv: string[]): Options {
@@ -81,6 +96,8 @@ function parseOptions(argv: string[]): Options {
       workloads: { type: 'string' },
       scenarios: { type: 'string' },
       'base-build': { type: 'string' },
+      env: { type: 'string' },
+      'base-env': { type: 'string' },
       size: { type: 'string' },
       'uv-threads': { type: 'string' },
       out: { type: 'string' },
@@ -130,7 +147,11 @@ function parseOptions(argv: string[]): Options {
     baseBuild: values['base-build'] ? path.resolve(values['base-build']) : undefined,
     sizeBytes: Math.round(num(values.size, 256)) * MiB,
     outDir: path.resolve(ROOT, values.out ?? (quick ? 'bench/out' : 'docs/bench')),
-    blockgateEnv: values['uv-threads'] ? { UV_THREADPOOL_SIZE: String(Math.round(num(values['uv-threads'], 4))) } : {},
+    blockgateEnv: {
+      ...envList(values.env),
+      ...(values['uv-threads'] ? { UV_THREADPOOL_SIZE: String(Math.round(num(values['uv-threads'], 4))) } : {}),
+    },
+    baseEnv: envList(values['base-env']),
   };
 }
 
@@ -169,6 +190,7 @@ async function startAll(ctx: Ctx, sc: Scenario, transport: Transport): Promise<T
       root: ROOT,
       size: ctx.opts.sizeBytes,
       blockgateEnv: ctx.opts.blockgateEnv,
+      baseEnv: ctx.opts.baseEnv,
       blockgateArgs: sc.blockgateArgs,
       ...(ctx.opts.baseBuild ? { baseBuild: ctx.opts.baseBuild } : {}),
     });
@@ -382,6 +404,7 @@ async function main(): Promise<void> {
       scenarios: opts.scenarios.map((sc) => ({ id: sc.id, title: sc.title, note: sc.note, workloads: opts.scenarioWorkloads.get(sc.id)!.map((w) => w.id) })),
       workDirFs: filesystemOf(os.tmpdir()),
       blockgateEnv: opts.blockgateEnv,
+      baseEnv: opts.baseEnv,
     },
     machine: { ...machineInfo(), loadavg1Start: round2(loadStart), loadavg1End: round2(os.loadavg()[0]!) },
     versions: versions(ROOT),

@@ -54,6 +54,8 @@ export interface StartContext {
   dataDir?: string;
   /** Extra environment for blockgate only (e.g. UV_THREADPOOL_SIZE, a tuning knob worth measuring). */
   blockgateEnv?: Record<string, string>;
+  /** Environment blockgate-base gets on top of blockgateEnv. */
+  baseEnv?: Record<string, string>;
   /** Extra `blockgate serve` arguments (the beyond-cache scenario's --cache-size). */
   blockgateArgs?: string[];
   /** Repository root of the build `blockgate-base` runs (A/B against another commit). */
@@ -198,7 +200,7 @@ async function startBlockgate(
   ];
   const run = async (): Promise<{ proc: Proc; info: { api: string; iscsi: string } }> => {
     await fs.promises.rm(path.join(dataDir, 'run.json'), { force: true });
-    const proc = ctx.reg.start(`${server}-${transport}`, process.execPath, args, { env: { ...process.env, ...ctx.blockgateEnv } });
+    const proc = ctx.reg.start(`${server}-${transport}`, process.execPath, args, { env: { ...process.env, ...ctx.blockgateEnv, ...(server === 'blockgate-base' ? ctx.baseEnv : {}) } });
     return { proc, info: await waitRunFile(dataDir, proc, ctx.reg) };
   };
   let { proc, info } = await run();
