@@ -1,3 +1,4 @@
+import { Worker } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import { BlockgateError } from '../common/errors.js';
 import type { ArrayFile } from './array-file.js';
@@ -5,9 +6,10 @@ import type { ArrayFile } from './array-file.js';
 /**
  * How the cache moves whole slots to and from an array: a run of slot views
  * (SharedArrayBuffer-backed) read or written at one position with one
- * vectored call. Two implementations, chosen by measurement (docs/engine.md):
- * libuv's own thread pool, or a piscina worker pool that preadv/pwritev
- * straight into the shared slots.
+ * vectored call. Three implementations, chosen by measurement (docs/engine.md):
+ * libuv's own thread pool, a piscina worker pool that preadv/pwritev
+ * straight into the shared slots, or batches of those calls per loop turn
+ * sent to worker threads.
  */
 export interface IoRoute {
   readonly name: IoRouteName;
@@ -16,7 +18,7 @@ export interface IoRoute {
   close(): Promise<void>;
 }
 
-export type IoRouteName = 'libuv' | 'piscina';
+export type IoRouteName = 'libuv' | 'piscina' | 'batch';
 
 /** libuv's pool via fs.readv/fs.writev (size it with UV_THREADPOOL_SIZE). */
 export class LibuvRoute implements IoRoute {
@@ -86,6 +88,92 @@ export class PiscinaRoute implements IoRoute {
   }
 }
 
+interface Queued {
+  a: ArrayFile;
+  task: IoTask;
+  resolve: () => void;
+  reject: (err: Error) => void;
+}
+
+/**
+ * Slot I/O gathered per turn of the event loop and sent to a worker thread as
+ * one message: the worker does each vectored call synchronously and answers
+ * the whole batch at once. libuv's pool costs the event loop a thread wake-up
+ * and a callback per call; this costs one message each way per batch.
+ */
+export class BatchRoute implements IoRoute {
+  readonly name = 'batch' as const;
+  private readonly workers: Worker[] = [];
+  private readonly busy: number[] = [];
+  private queue: Queued[] = [];
+  private scheduled = false;
+  private readonly inflight = new Map<number, { items: Queued[]; w: number }>();
+  private seq = 0;
+
+  constructor(threads = 2) {
+    for (let i = 0; i < threads; i++) {
+      const w = new Worker(new URL('./io-batch-worker.js', import.meta.url));
+      w.unref();
+      w.on('message', (m: { id: number; res: (string | null)[] }) => this.done(m));
+      this.workers.push(w);
+      this.busy.push(0);
+    }
+  }
+
+  private enqueue(a: ArrayFile, op: IoTask['op'], bufs: Uint8Array[], length: number, position: number): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      // A view of ordinary memory would cross to the worker as a copy: a read would land in the copy.
+      for (const b of bufs) if (!(b.buffer instanceof SharedArrayBuffer)) throw new BlockgateError('INTERNAL', 'the batch route needs SharedArrayBuffer-backed buffers');
+      this.queue.push({ a, task: { op, fd: a.descriptor, bufs, length, position }, resolve, reject });
+      if (!this.scheduled) {
+        this.scheduled = true;
+        queueMicrotask(this.flush);
+      }
+    });
+  }
+
+  private readonly flush = (): void => {
+    this.scheduled = false;
+    const items = this.queue;
+    this.queue = [];
+    let w = 0;
+    for (let i = 1; i < this.workers.length; i++) if (this.busy[i]! < this.busy[w]!) w = i;
+    const id = ++this.seq;
+    this.inflight.set(id, { items, w });
+    // A batch in flight keeps the process alive (shutdown awaits its writes).
+    if (this.busy[w]!++ === 0) this.workers[w]!.ref();
+    this.workers[w]!.postMessage({ id, tasks: items.map((q) => q.task) });
+  };
+
+  private done(m: { id: number; res: (string | null)[] }): void {
+    const b = this.inflight.get(m.id)!;
+    this.inflight.delete(m.id);
+    if (--this.busy[b.w]! === 0) this.workers[b.w]!.unref();
+    for (let i = 0; i < b.items.length; i++) {
+      const q = b.items[i]!;
+      const r = m.res[i];
+      if (r !== null && r !== undefined) q.reject(q.a.ioError(q.task.op, r));
+      else {
+        if (q.task.op === 'writev') q.a.noteWrite(q.task.position, q.task.length);
+        q.resolve();
+      }
+    }
+  }
+
+  readv(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void> {
+    if (!a.plainRange(position, length)) return new Promise((resolve, reject) => a.readv(bufs, length, position, (err) => (err ? reject(err) : resolve())));
+    return this.enqueue(a, 'readv', bufs, length, position);
+  }
+
+  writev(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void> {
+    return this.enqueue(a, 'writev', bufs, length, position);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+}
+
 export function makeRoute(name: IoRouteName, threads?: number): IoRoute {
-  return name === 'piscina' ? new PiscinaRoute(threads) : new LibuvRoute();
+  return name === 'piscina' ? new PiscinaRoute(threads) : name === 'batch' ? new BatchRoute(threads) : new LibuvRoute();
 }

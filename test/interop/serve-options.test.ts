@@ -11,7 +11,7 @@ import { ROOT, requireTools, run } from '../helpers/tools.js';
 requireTools('qemu-io');
 
 // `blockgate serve` options the README documents, each with what it promises:
-// --io-route piscina and --cache-block serve the same bytes durably; the
+// --io-route piscina|batch and --cache-block serve the same bytes durably; the
 // cache writes back on its own (no FLUSH) and holds writers at its dirty
 // limit (dirtyWaits in /metrics); running out of space is 507 NO_SPACE and exit 8 in the CLI.
 
@@ -59,7 +59,25 @@ t.test('--io-route piscina --cache-block 4K: same bytes, flushed data survives k
   await s3.stop();
   const bad = await run(process.execPath, [path.join(ROOT, 'dist/bin/blockgate.js'), 'serve', '--io-route', 'threads', '--data-dir', dataDir]);
   t.not(bad.code, 0, 'an unknown route is refused');
-  t.match(bad.stderr, /--io-route must be libuv or piscina/);
+  t.match(bad.stderr, /--io-route must be libuv, piscina or batch/);
+});
+
+t.test('--io-route batch (or BLOCKGATE_IO_ROUTE): flushed data survives kill -9, a clean stop writes back the rest', async (t) => {
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'blockgate-route-'));
+  t.teardown(() => fs.rmSync(dataDir, { recursive: true, force: true }));
+  const s = await startServer(t, { dataDir, args: ['--io-route', 'batch'] });
+  t.ok(ioOk(await qemuIo(s, 'demo', '0/0', 'write -P 0x71 4096 300000', 'write -P 0x72 8M 1M', 'flush')));
+  await s.kill();
+  const s2 = await startServer(t, { dataDir, env: { BLOCKGATE_IO_ROUTE: 'batch' } });
+  t.ok(ioOk(await qemuIo(s2, 'demo', '0/0', 'read -P 0x71 4096 300000', 'read -P 0x72 8M 1M')), 'flushed bytes are on the arrays after kill -9');
+  const threads = threadCount(s2.pid);
+  // Never flushed: only the clean stop's write-back, through the route's workers, puts it on the arrays.
+  t.ok(ioOk(await qemuIo(s2, 'demo', '0/0', 'write -P 0x73 16M 2M')));
+  await s2.stop();
+  const s3 = await startServer(t, { dataDir });
+  t.ok(ioOk(await qemuIo(s3, 'demo', '0/0', 'read -P 0x73 16M 2M', 'read -P 0x71 4096 300000')), 'a clean stop waited for the batched write-back');
+  t.ok(threads >= threadCount(s3.pid) + 2, `the batch route's two workers ran (${threads} threads vs ${threadCount(s3.pid)} on libuv)`);
+  await s3.stop();
 });
 
 t.test('write-back runs without a FLUSH; dirty data stays within the dirty limit', async (t) => {

@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import t from 'tap';
 import { BlockStore, type CachePolicy, type VolumeHandle } from '../../cache/index.js';
-import { ArrayFile, PiscinaRoute } from '../../disks/index.js';
+import { ArrayFile, BatchRoute, PiscinaRoute } from '../../disks/index.js';
 import { VolumeLayout } from '../../mapper/index.js';
 import { onDisk, readVol, seededBytes } from '../helpers/cache-store.js';
 
@@ -13,7 +13,7 @@ const M = 1024 * K;
 /** A store over real sparse array files in a temp dir, closed in teardown. */
 async function setup(
   tt: { teardown: (fn: () => unknown) => void },
-  opts: { size?: number; blockSize?: number; dirtyLimit?: number; arrays?: number; arraySize?: number; route?: 'piscina' } = {},
+  opts: { size?: number; blockSize?: number; dirtyLimit?: number; arrays?: number; arraySize?: number; route?: 'piscina' | 'batch' } = {},
 ): Promise<{ store: BlockStore; arrays: ArrayFile[]; dir: string }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'blockgate-cache-'));
   const store = new BlockStore({
@@ -22,7 +22,7 @@ async function setup(
     dirtyLimit: opts.dirtyLimit,
     // Long delay: nothing is written back unless pressure or a flush asks.
     writebackDelayMs: 60_000,
-    route: opts.route === 'piscina' ? new PiscinaRoute(2) : undefined,
+    route: opts.route === 'piscina' ? new PiscinaRoute(2) : opts.route === 'batch' ? new BatchRoute(2) : undefined,
   });
   const arrays: ArrayFile[] = [];
   for (let i = 1; i <= (opts.arrays ?? 1); i++) {
@@ -238,16 +238,45 @@ t.test('concurrent reads of a missing block share one load; read-after-write ord
   }
 });
 
-t.test('the piscina route serves the same semantics', async (t) => {
-  const { store, arrays } = await setup(t, { route: 'piscina' });
-  t.equal(store.stats().route, 'piscina');
+for (const route of ['piscina', 'batch'] as const) {
+  t.test(`the ${route} route serves the same semantics`, async (t) => {
+    const { store, arrays } = await setup(t, { route });
+    t.equal(store.stats().route, route);
+    const v = vol(1, [{ arrayId: 1, offset: 0, length: 4 * M }]);
+    const data = rnd(300 * K, 18);
+    await store.write(v, 1000, data, false);
+    await store.flush(v);
+    t.same(onDisk(arrays[0]!, 1000, data.length), data);
+    await store.invalidate(1, 0, 4 * M);
+    t.same(await readVol(store, v, 1000, data.length), data);
+    // Never written: the allocation map answers zeroes whatever the route.
+    t.same(await readVol(store, v, 2 * M, 64 * K), Buffer.alloc(64 * K), 'a hole reads as zeroes');
+  });
+}
+
+t.test('the batch route: many calls of one loop turn in one batch, each answered on its own', async (t) => {
+  const { store, arrays, dir } = await setup(t, { route: 'batch', blockSize: 4 * K, size: 4 * M });
   const v = vol(1, [{ arrayId: 1, offset: 0, length: 4 * M }]);
-  const data = rnd(300 * K, 18);
-  await store.write(v, 1000, data, false);
+  // 256 scattered 4 KiB writes in one turn, flushed together: one batch of write-backs per turn.
+  const writes = Array.from({ length: 256 }, (_, i) => ({ off: ((i * 37) % 1024) * 4 * K, d: rnd(4 * K, 100 + i) }));
+  await Promise.all(writes.map((w) => store.write(v, w.off, w.d, false)));
   await store.flush(v);
-  t.same(onDisk(arrays[0]!, 1000, data.length), data);
+  t.ok(writes.every((w) => onDisk(arrays[0]!, w.off, 4 * K).equals(w.d)), 'every write is on the array');
   await store.invalidate(1, 0, 4 * M);
-  t.same(await readVol(store, v, 1000, data.length), data);
+  const back = await Promise.all(writes.map((w) => readVol(store, v, w.off, 4 * K)));
+  t.ok(back.every((b, i) => b.equals(writes[i]!.d)), 'and reads back through batched loads');
+  // A closed array fails its calls with the array's own error, and the route keeps serving.
+  const route = new BatchRoute(1);
+  t.teardown(() => route.close());
+  const closed = new ArrayFile(9, 'closed', path.join(dir, 'closed.img'), 1 * M);
+  await closed.open(true);
+  await closed.close();
+  const slot = new Uint8Array(new SharedArrayBuffer(4 * K));
+  await t.rejects(route.writev(closed, [slot], 4 * K, 0), /not open/, 'a call on a closed array is refused');
+  await t.rejects(route.readv(arrays[0]!, [new Uint8Array(4 * K)], 4 * K, 0), /SharedArrayBuffer/, 'ordinary memory is refused');
+  slot.fill(0x5a);
+  await route.writev(arrays[0]!, [slot], 4 * K, 8 * K);
+  t.same(onDisk(arrays[0]!, 8 * K, 4 * K), Buffer.from(slot), 'and the route still serves the next call');
 });
 
 t.test('random operations against a model, tiny cache, both block sizes, all policies on one array', async (t) => {
