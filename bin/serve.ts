@@ -5,7 +5,7 @@ import type { Logger } from 'pino';
 import { BlockStore } from '../cache/index.js';
 import { BlockgateError, badRequest } from '../common/errors.js';
 import { buildApi } from '../control-api/index.js';
-import { PiscinaEngine, makeRoute, type IoRouteName } from '../disks/index.js';
+import { DEFAULT_IO_ROUTE, PiscinaEngine, makeRoute, type IoRouteName } from '../disks/index.js';
 import { DEMO, DataDirLock, configDocument, SAVED_CONFIG, StorageManager, formatAddress, parseAddress, seedDemo, type ConfigDocument } from '../manager/index.js';
 import { isLoopback } from '../common/address.js';
 import { Namespaces, NbdServer, NbdTlsKeys, StatsRegistry } from '../target/index.js';
@@ -159,7 +159,7 @@ async function start(opts: ServeOptions, dataDir: string, lock: DataDirLock, ope
   // Test-only fault injection (docs/faults.md): the manager's failure edges, and the cache's writeback-hold.
   const faults = process.env.BLOCKGATE_FAULTS ? process.env.BLOCKGATE_FAULTS.split(',').filter(Boolean) : undefined;
   const writebackHold = faults?.includes('writeback-hold');
-  const store = new BlockStore({ size: opts.cacheSize, blockSize: opts.cacheBlock, route: makeRoute(opts.ioRoute ?? 'libuv'), writebackDelayMs, writebackHold });
+  const store = new BlockStore({ size: opts.cacheSize, blockSize: opts.cacheBlock, route: makeRoute(opts.ioRoute ?? DEFAULT_IO_ROUTE), writebackDelayMs, writebackHold });
   const tls = new NbdTlsKeys(path.join(dataDir, 'tls'));
   await tls.load();
   // The data path's I/O counters: units record into them, /metrics reads them when scraped.

@@ -214,6 +214,18 @@ export class ArrayFile {
     return !(m.anyPending && m.isPending(position, length)) && m.allData(position, length);
   }
 
+  /**
+   * True when a vectored write of the range can go straight to the file from
+   * another thread (`descriptor`, then `noteWrite`): aligned as writev()
+   * requires and no pad in flight under it. Otherwise go through writev(),
+   * which refuses or waits.
+   */
+  plainWrite(position: number, length: number): boolean {
+    if (position % ALLOC_BLOCK !== 0 || (length % ALLOC_BLOCK !== 0 && position + length !== this.size)) return false;
+    const m = this.alloc;
+    return !(m.anyPending && m.isPending(position, length));
+  }
+
   /** Grows the backing file (never shrinks it). */
   async grow(newSize: number): Promise<void> {
     if (newSize <= this.size) return;

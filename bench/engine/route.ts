@@ -1,12 +1,13 @@
 /**
  * Micro-bench for the cache's miss route: random preadv/pwritev of one cache
  * block into SharedArrayBuffer slots at queue depth 32, through libuv's pool
- * (fs.readv/fs.writev) and through a piscina worker pool, for 4 KiB and
+ * (fs.readv/fs.writev), through a piscina worker pool and through batches
+ * per loop turn to worker threads (the batch route), for 4 KiB and
  * 64 KiB blocks, on a page-cached 256 MiB file. Also measures how much the
  * main thread spends per operation (event-loop utilisation), since that is
  * the budget the NBD codec shares.
  *
- *   node dist/bench/engine/route.js [--seconds 3]
+ *   node dist/bench/engine/route.js [--seconds 3] [--qd 32]
  *
  * Results are kept in docs/engine.md.
  */
@@ -15,12 +16,15 @@ import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Slab } from '../../cache/slab.js';
-import { ArrayFile, LibuvRoute, PiscinaRoute, type IoRoute } from '../../disks/index.js';
+import { ArrayFile, BatchRoute, LibuvRoute, PiscinaRoute, type IoRoute } from '../../disks/index.js';
 
 const FILE_SIZE = 256 * 1024 * 1024;
-const QD = 32;
-const i = process.argv.indexOf('--seconds');
-const seconds = i > 0 ? Number(process.argv[i + 1]) : 3;
+const arg = (name: string, d: number): number => {
+  const i = process.argv.indexOf(name);
+  return i > 0 ? Number(process.argv[i + 1]) : d;
+};
+const QD = arg('--qd', 32);
+const seconds = arg('--seconds', 3);
 
 async function measure(route: IoRoute, a: ArrayFile, blockSize: number, op: 'readv' | 'writev'): Promise<{ ops: number; elu: number }> {
   const slab = new Slab(QD * blockSize, blockSize);
@@ -63,6 +67,8 @@ async function main(): Promise<void> {
     [`libuv (UV_THREADPOOL_SIZE=${process.env.UV_THREADPOOL_SIZE ?? 4})`, () => new LibuvRoute()],
     ['piscina 2 threads', () => new PiscinaRoute(2)],
     ['piscina 4 threads', () => new PiscinaRoute(4)],
+    ['batch 2 threads', () => new BatchRoute(2)],
+    ['batch 1 thread', () => new BatchRoute(1)],
   ];
   console.log(`| route | block | op | ops/s | main-thread busy | main-thread µs/op |`);
   console.log(`| --- | ---: | --- | ---: | ---: | ---: |`);
@@ -80,7 +86,7 @@ async function main(): Promise<void> {
   }
   await a.close();
   fs.rmSync(dir, { recursive: true, force: true });
-  console.log(`${os.cpus().length} CPUs, load ${os.loadavg()[0]!.toFixed(1)}, ${seconds}s per cell`);
+  console.log(`QD ${QD}; ${os.cpus().length} CPUs, load ${os.loadavg()[0]!.toFixed(1)}, ${seconds}s per cell`);
 }
 
 main().catch((e: unknown) => {

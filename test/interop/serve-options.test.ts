@@ -52,14 +52,14 @@ t.test('--io-route piscina --cache-block 4K: same bytes, flushed data survives k
   // on the libuv route runs on the process's own threads only.
   const piscinaThreads = threadCount(s2.pid);
   await s2.stop();
-  const s3 = await startServer(t, { dataDir, args: ['--cache-block', '4K'] });
+  const s3 = await startServer(t, { dataDir, args: ['--cache-block', '4K', '--io-route', 'libuv'] });
   t.ok(ioOk(await qemuIo(s3, 'demo', '0/0', 'read -P 0x6a 1000 300000', 'read -P 0x6b 8M 1M')), 'libuv route: same bytes');
   const libuvThreads = threadCount(s3.pid);
   t.ok(piscinaThreads >= libuvThreads + 4, `piscina's four I/O workers are running (${piscinaThreads} threads, ${libuvThreads} on the libuv route)`);
   await s3.stop();
   const bad = await run(process.execPath, [path.join(ROOT, 'dist/bin/blockgate.js'), 'serve', '--io-route', 'threads', '--data-dir', dataDir]);
   t.not(bad.code, 0, 'an unknown route is refused');
-  t.match(bad.stderr, /--io-route must be libuv, piscina or batch/);
+  t.match(bad.stderr, /--io-route must be batch, libuv or piscina/);
 });
 
 t.test('--io-route batch (or BLOCKGATE_IO_ROUTE): flushed data survives kill -9, a clean stop writes back the rest', async (t) => {
@@ -74,7 +74,7 @@ t.test('--io-route batch (or BLOCKGATE_IO_ROUTE): flushed data survives kill -9,
   // Never flushed: only the clean stop's write-back, through the route's workers, puts it on the arrays.
   t.ok(ioOk(await qemuIo(s2, 'demo', '0/0', 'write -P 0x73 16M 2M')));
   await s2.stop();
-  const s3 = await startServer(t, { dataDir });
+  const s3 = await startServer(t, { dataDir, env: { BLOCKGATE_IO_ROUTE: 'libuv' } });
   t.ok(ioOk(await qemuIo(s3, 'demo', '0/0', 'read -P 0x73 16M 2M', 'read -P 0x71 4096 300000')), 'a clean stop waited for the batched write-back');
   t.ok(threads >= threadCount(s3.pid) + 2, `the batch route's two workers ran (${threads} threads vs ${threadCount(s3.pid)} on libuv)`);
   await s3.stop();

@@ -274,6 +274,7 @@ t.test('the batch route: many calls of one loop turn in one batch, each answered
   const slot = new Uint8Array(new SharedArrayBuffer(4 * K));
   await t.rejects(route.writev(closed, [slot], 4 * K, 0), /not open/, 'a call on a closed array is refused');
   await t.rejects(route.readv(arrays[0]!, [new Uint8Array(4 * K)], 4 * K, 0), /SharedArrayBuffer/, 'ordinary memory is refused');
+  await t.rejects(route.writev(arrays[0]!, [slot.subarray(0, 1000)], 1000, 0), /not aligned/, 'an unaligned write-back is the array\'s to refuse');
   slot.fill(0x5a);
   await route.writev(arrays[0]!, [slot], 4 * K, 8 * K);
   t.same(onDisk(arrays[0]!, 8 * K, 4 * K), Buffer.from(slot), 'and the route still serves the next call');
