@@ -118,15 +118,33 @@ export class BatchRoute implements IoRoute {
   private scheduled = false;
   private readonly inflight = new Map<number, { items: Queued[]; w: number }>();
   private seq = 0;
+  private closing = false;
 
   constructor(threads = 2) {
     for (let i = 0; i < threads; i++) {
-      const w = new Worker(new URL('./io-batch-worker.js', import.meta.url));
-      w.unref();
-      w.on('message', (m: { id: number; res: (string | null)[] }) => this.done(m));
-      this.workers.push(w);
+      this.workers.push(this.spawn(i));
       this.busy.push(0);
     }
+  }
+
+  private spawn(i: number): Worker {
+    const w = new Worker(new URL('./io-batch-worker.js', import.meta.url));
+    w.unref();
+    w.on('message', (m: { id: number; res: (string | null)[] }) => this.done(m));
+    w.on('error', noop);
+    w.on('exit', (code) => this.lost(i, code));
+    return w;
+  }
+
+  /** A worker that dies fails the calls it held (never a hang) and is replaced, unless the route is closing. */
+  private lost(i: number, code: number): void {
+    for (const [id, b] of this.inflight) {
+      if (b.w !== i) continue;
+      this.inflight.delete(id);
+      for (const q of b.items) q.reject(new BlockgateError('IO_ERROR', `the I/O worker exited (code ${code}) with a ${q.task.op} in flight`));
+    }
+    this.busy[i] = 0;
+    if (!this.closing) this.workers[i] = this.spawn(i);
   }
 
   private enqueue(a: ArrayFile, op: IoTask['op'], bufs: Uint8Array[], length: number, position: number): Promise<void> {
@@ -190,9 +208,12 @@ export class BatchRoute implements IoRoute {
   }
 
   async close(): Promise<void> {
+    this.closing = true;
     await Promise.all(this.workers.map((w) => w.terminate()));
   }
 }
+
+function noop(): void {}
 
 export function makeRoute(name: IoRouteName, threads?: number): IoRoute {
   return name === 'piscina' ? new PiscinaRoute(threads) : name === 'batch' ? new BatchRoute(threads) : new LibuvRoute();

@@ -280,6 +280,21 @@ t.test('the batch route: many calls of one loop turn in one batch, each answered
   t.same(onDisk(arrays[0]!, 8 * K, 4 * K), Buffer.from(slot), 'and the route still serves the next call');
 });
 
+t.test('the batch route: a worker that dies fails its calls (no hang) and is replaced', async (t) => {
+  const { arrays } = await setup(t);
+  const route = new BatchRoute(1);
+  t.teardown(() => route.close());
+  const slot = new Uint8Array(new SharedArrayBuffer(64 * K)).fill(0x3c);
+  const worker = (route as unknown as { workers: { terminate(): Promise<number> }[] }).workers[0]!;
+  // The call is queued for the end of this turn; the worker is gone before it answers.
+  const lostCall = route.writev(arrays[0]!, [slot], 64 * K, 0);
+  await new Promise((r) => setImmediate(r));
+  await worker.terminate();
+  await t.rejects(lostCall, /I\/O worker exited/, 'the call in flight fails with IO_ERROR');
+  await route.writev(arrays[0]!, [slot], 64 * K, 0);
+  t.same(onDisk(arrays[0]!, 0, 64 * K), Buffer.from(slot), 'a new worker serves the next call');
+});
+
 t.test('random operations against a model, tiny cache, both block sizes, all policies on one array', async (t) => {
   for (const blockSize of [4 * K, 64 * K]) {
     const { store, arrays } = await setup(t, { size: 16 * blockSize, blockSize, dirtyLimit: 6 * blockSize, arraySize: 4 * M });
