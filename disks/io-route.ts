@@ -23,9 +23,14 @@ export type IoRouteName = 'libuv' | 'piscina' | 'batch';
 /** The route `blockgate serve` uses unless told otherwise (measured: docs/engine.md, "Miss route"). */
 export const DEFAULT_IO_ROUTE: IoRouteName = 'batch';
 
-/** A write the array itself must make (unaligned: refused; a pad in flight under it: waited for). */
+/** A write the array itself makes (an unaligned one it refuses; one over a pad in flight it holds until the pad lands). */
 function viaArray(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void> {
   return new Promise((resolve, reject) => a.writev(bufs, length, position, (err) => (err ? reject(err) : resolve())));
+}
+
+/** A read the array itself makes (holes it fills with zeroes without reading the file). */
+function readViaArray(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void> {
+  return new Promise((resolve, reject) => a.readv(bufs, length, position, (err) => (err ? reject(err) : resolve())));
 }
 
 /** libuv's pool via fs.readv/fs.writev (size it with UV_THREADPOOL_SIZE). */
@@ -33,7 +38,7 @@ export class LibuvRoute implements IoRoute {
   readonly name = 'libuv' as const;
 
   readv(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void> {
-    return new Promise((resolve, reject) => a.readv(bufs, length, position, (err) => (err ? reject(err) : resolve())));
+    return readViaArray(a, bufs, length, position);
   }
 
   writev(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void> {
@@ -83,7 +88,7 @@ export class PiscinaRoute implements IoRoute {
 
   readv(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void> {
     // Holes are the allocation map's to fill with zeroes: only plain data goes to a worker.
-    if (!a.plainRange(position, length)) return new Promise((resolve, reject) => a.readv(bufs, length, position, (err) => (err ? reject(err) : resolve())));
+    if (!a.plainRange(position, length)) return readViaArray(a, bufs, length, position);
     return this.run(a, 'readv', bufs, length, position);
   }
 
@@ -183,7 +188,9 @@ export class BatchRoute implements IoRoute {
   }
 
   private done(m: { id: number; res: (string | null)[] }): void {
-    const b = this.inflight.get(m.id)!;
+    const b = this.inflight.get(m.id);
+    // Already failed by lost() (the worker exited with its answer still in the queue).
+    if (!b) return;
     this.inflight.delete(m.id);
     if (--this.busy[b.w]! === 0) this.workers[b.w]!.unref();
     for (let i = 0; i < b.items.length; i++) {
@@ -198,7 +205,7 @@ export class BatchRoute implements IoRoute {
   }
 
   readv(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void> {
-    if (!a.plainRange(position, length)) return new Promise((resolve, reject) => a.readv(bufs, length, position, (err) => (err ? reject(err) : resolve())));
+    if (!a.plainRange(position, length)) return readViaArray(a, bufs, length, position);
     return this.enqueue(a, 'readv', bufs, length, position);
   }
 
