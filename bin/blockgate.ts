@@ -56,7 +56,7 @@ program
   .option('--no-demo', 'do not create the demo appliance on first start')
   .option('--cache-size <size>', 'RAM block cache size, e.g. 512M or 2G (pinned and dirty data count against it)', process.env.BLOCKGATE_CACHE_SIZE ?? '512M')
   .option('--cache-block <size>', 'cache block size, a power of two from 4K to 1M', '64K')
-  .option('--io-route <route>', 'threads for cache misses and write-back: batch (the default), libuv or piscina', process.env.BLOCKGATE_IO_ROUTE)
+  .option('--io-route <route>', 'threads for cache misses and write-back: libuv (the default), batch or piscina', process.env.BLOCKGATE_IO_ROUTE)
   .option('--check-interval <ms>', 'how often array files are re-checked (deleted, replaced, truncated) and file-system fill measured; 0: only at flush', '2000')
   .option('--overcommit <ratio>', 'thin-provisioning limit saved as setting arrays.overcommit: a new array may be at most RATIO times its file system\'s free space (default 4)')
   .option('--restore [file]', 'rebuild a lost control database from DATA/blockgate.config.json, or from FILE (a `config export`)')
@@ -69,7 +69,7 @@ program
   .option('--io-budget <size>', 'request payloads buffered and replies queued, over all NBD and iSCSI sessions; a session over it stops reading until its replies drain', '64M')
   .option('--bulk-rate <size>', 'bytes per second each bulk job (scrub, copy, snapshot) may move, e.g. 64M (default: unlimited)', process.env.BLOCKGATE_BULK_RATE)
   .action(async (o: { dataDir: string; api: string; nbd: string; iscsi: string; apiToken?: string; logLevel: string; logFormat: string; demo: boolean; cacheSize: string; cacheBlock: string; ioRoute?: string; checkInterval: string; overcommit?: string; restore?: boolean | string; imageRoot: string[]; bulkRate?: string; plaintextDefaultHost?: boolean; handshakeTimeout: string; idleTimeout: string; maxConnections: string; maxConnectionsPerHost: string; ioBudget: string }) => {
-    if (o.ioRoute !== undefined && o.ioRoute !== 'libuv' && o.ioRoute !== 'piscina' && o.ioRoute !== 'batch') throw new Error(`--io-route must be batch, libuv or piscina, not '${o.ioRoute}'`);
+    if (o.ioRoute !== undefined && o.ioRoute !== 'libuv' && o.ioRoute !== 'piscina' && o.ioRoute !== 'batch') throw new Error(`--io-route must be libuv, batch or piscina, not '${o.ioRoute}'`);
     const checkIntervalMs = Number(o.checkInterval);
     if (!Number.isInteger(checkIntervalMs) || checkIntervalMs < 0) throw new Error(`--check-interval must be a whole number of milliseconds, not '${o.checkInterval}'`);
     const overcommit = o.overcommit === undefined ? undefined : Number(o.overcommit);

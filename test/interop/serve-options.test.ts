@@ -59,7 +59,7 @@ t.test('--io-route piscina --cache-block 4K: same bytes, flushed data survives k
   await s3.stop();
   const bad = await run(process.execPath, [path.join(ROOT, 'dist/bin/blockgate.js'), 'serve', '--io-route', 'threads', '--data-dir', dataDir]);
   t.not(bad.code, 0, 'an unknown route is refused');
-  t.match(bad.stderr, /--io-route must be batch, libuv or piscina/);
+  t.match(bad.stderr, /--io-route must be libuv, batch or piscina/);
 });
 
 t.test('--io-route batch (or BLOCKGATE_IO_ROUTE): flushed data survives kill -9, a clean stop writes back the rest', async (t) => {
