@@ -1,6 +1,8 @@
+import path from 'node:path';
 import t from 'tap';
-import { storeOnArray } from '../helpers/cache-store.js';
-import { BlockStore, type CachePolicy } from '../../cache/index.js';
+import { readVol, storeOnArray } from '../helpers/cache-store.js';
+import { BlockStore, OwnershipMap, SnapshotLink, type CachePolicy, type VolumeHandle } from '../../cache/index.js';
+import { VolumeLayout as Layout } from '../../mapper/index.js';
 import { holdGroup } from '../../manager/index.js';
 import { VolumeLayout } from '../../mapper/index.js';
 import { ChangeMap, IoStats, changeMaps, openUnit } from '../../target/core/index.js';
@@ -132,5 +134,44 @@ t.test('a hold waits for modifying requests that started before the volume was t
     t.same(marked(before), [9], `${kind}: the map taken at the instant has its chunk`);
     t.same(marked(after), [], `${kind}: the next map does not`);
   }
+  changeMaps(store).delete(7);
+});
+
+/**
+ * Issue 15's incremental miss, as the ordered writer of interop/backups
+ * meets it: its one write in flight arrives while the group is held, before
+ * the snapshot is linked. Let go after the link, it must copy its region up
+ * first like any later write: if it went straight to the origin, the
+ * snapshot (whose shared regions read the origin) would hold a write the
+ * map taken at the instant does not have, and the incremental would not copy
+ * the chunk the snapshot and the checksum say changed.
+ */
+t.test('a write held by the backup\'s hold copies its region up when let go after the link: the snapshot keeps the point in time', async (t) => {
+  const { store, dir } = await storeOnArray(t);
+  const u = unit('write-back');
+  const io = openUnit(store, u, 'nbd');
+  const then = Buffer.alloc(4096, 1);
+  await io.write(12 * CHUNK, then, false);
+  const before = new ChangeMap(CHUNK, SIZE);
+  changeMaps(store).set(7, before);
+  const snap: VolumeHandle = { id: 8, layout: new Layout([{ arrayId: 1, offset: 8 * M, length: SIZE }]), cachePolicy: 'write-back' };
+  const map = await OwnershipMap.create(path.join(dir, 'own'), 256 * K, SIZE / (256 * K));
+  t.teardown(() => map.close());
+  const after = new ChangeMap(CHUNK, SIZE);
+  let held: Promise<void> | null = null;
+  await holdGroup(store, [u.volume], () => {
+    // The host's write arrives while the group is held (the drain and flush run meanwhile): it waits for the release.
+    held = io.write(12 * CHUNK, Buffer.alloc(4096, 2), false);
+    store.linkSnapshot(new SnapshotLink(snap, u.volume, map, store.cowIo));
+    changeMaps(store).set(7, after);
+  });
+  t.ok(held, 'the write was held, not done at once');
+  await held;
+  t.same(await readVol(store, snap, 12 * CHUNK, 4096), then, 'the snapshot reads the bytes of its instant');
+  t.same(await readVol(store, u.volume, 12 * CHUNK, 4096), Buffer.alloc(4096, 2), 'the origin has the new bytes');
+  t.equal(map.own[(12 * CHUNK) / (256 * K)], 1, 'the region was copied up');
+  t.same(marked(before), [], 'the map taken at the instant does not have the held write');
+  t.same(marked(after), [12], 'the next one does');
+  store.unlinkSnapshot(8);
   changeMaps(store).delete(7);
 });
