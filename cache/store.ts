@@ -146,8 +146,13 @@ export class BlockStore {
 
   write(vol: VolumeHandle, offset: number, src: Buffer, fua: boolean): Promise<void> {
     const gate = this.gates.get(vol.id);
-    const hook = this.writeHooks.get(vol.id);
-    const run = hook ? () => hook(offset, src.length).then(() => this.writeNow(vol, offset, src, fua)) : () => this.writeNow(vol, offset, src, fua);
+    // The hook is looked up when the write runs, not when it arrives: a write held by a gate while a
+    // snapshot was linked (a backup's consistency group) must copy up the snapshot's region first like
+    // any later write, or its bytes land under the snapshot's shared region and the snapshot has them.
+    const run = (): Promise<void> => {
+      const hook = this.writeHooks.get(vol.id);
+      return hook ? hook(offset, src.length).then(() => this.writeNow(vol, offset, src, fua)) : this.writeNow(vol, offset, src, fua);
+    };
     return gate ? this.gated(gate, vol, run) : this.countUngated(vol.id, run());
   }
 
