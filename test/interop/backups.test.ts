@@ -131,20 +131,8 @@ t.test('VM-consistent backups under cross-volume ordered writes; restore into ne
   }
 
   for (const [i, id] of ids.entries()) {
-    let res: any;
-    try {
-      res = await restoreNew(s, id, { suffix: `-r${i}` });
-    } catch (e) {
-      // Known defect (issue 15, open): about one run in three an incremental taken under this load misses a
-      // changed chunk, and the restore's own check against the catalog checksum refuses the chain (nothing is
-      // restored). Kept visible as a todo until the change-tracking race is found; any other failure fails.
-      const msg = (e as Error).message;
-      if (i > 0 && /does not match its catalog checksum/.test(msg)) {
-        t.fail(`incremental backup ${i} restores: ${msg}`, { todo: 'intermittent: an incremental under load misses a changed chunk (issue 15)' });
-        continue;
-      }
-      throw e;
-    }
+    // The restore checks every volume against its catalog checksum: an incremental that missed a changed chunk fails here.
+    const res = await restoreNew(s, id, { suffix: `-r${i}` });
     t.same(
       res.volumes.map((v: any) => v.restoredAs),
       [`v0-r${i}`, `v1-r${i}`, `v2-r${i}`],

@@ -135,6 +135,21 @@ t.test('a hold waits for modifying requests that started before the volume was t
     t.same(marked(after), [], `${kind}: the next map does not`);
   }
   changeMaps(store).delete(7);
+
+  // Compare-and-write has the volume to itself the same way: it compares with the bytes of a write that was on its way.
+  let letGo!: () => void;
+  const onItsWay = new Promise<void>((r) => (letGo = r));
+  store.setWriteHook(7, () => onItsWay);
+  const landing = Buffer.alloc(4096, 7);
+  const req = io.write(30 * CHUNK, landing, false) ?? Promise.resolve();
+  store.setWriteHook(7, null);
+  let compared: { mismatchAt: number } | null = null;
+  const caw = io.compareAndWrite(30 * CHUNK, landing, Buffer.alloc(4096, 8), false).then((r) => (compared = r));
+  for (let i = 0; i < 5 && compared === null; i++) await store.flush(u.volume);
+  letGo();
+  await req;
+  await caw;
+  t.same(compared, { mismatchAt: -1 }, 'compare-and-write waited for the write on its way and compared with its bytes');
 });
 
 /**
