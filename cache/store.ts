@@ -72,6 +72,16 @@ export class BlockStore {
   private readonly arrays = new Map<number, ArrayFile>();
   private readonly gates = new Map<number, Gate>();
   /**
+   * Modifying requests in flight that started while their volume had no gate,
+   * by volume (the common path is not gated: gates exist only while a control
+   * operation needs one). A gate made later waits for them too: a hold that
+   * passed them reached its instant (snapshot linked, change maps swapped,
+   * cutover) with their bytes still on the way; they landed after it, past
+   * the new snapshot's copy-up, and their change marks went to the next
+   * backup's map, so the backup that held their bytes did not copy them.
+   */
+  private readonly ungated = new Map<number, number>();
+  /**
    * Thick volumes: every block stays allocated (trim keeps the space and the
    * bytes, zeroing never makes a hole). Kept here, not on the handles, so a
    * change reaches sessions that opened their unit before it.
@@ -136,9 +146,14 @@ export class BlockStore {
 
   write(vol: VolumeHandle, offset: number, src: Buffer, fua: boolean): Promise<void> {
     const gate = this.gates.get(vol.id);
-    const hook = this.writeHooks.get(vol.id);
-    const run = hook ? () => hook(offset, src.length).then(() => this.writeNow(vol, offset, src, fua)) : () => this.writeNow(vol, offset, src, fua);
-    return gate ? this.gated(gate, vol, run) : run();
+    // The hook is looked up when the write runs, not when it arrives: a write held by a gate while a
+    // snapshot was linked (a backup's consistency group) must copy up the snapshot's region first like
+    // any later write, or its bytes land under the snapshot's shared region and the snapshot has them.
+    const run = (): Promise<void> => {
+      const hook = this.writeHooks.get(vol.id);
+      return hook ? hook(offset, src.length).then(() => this.writeNow(vol, offset, src, fua)) : this.writeNow(vol, offset, src, fua);
+    };
+    return gate ? this.gated(gate, vol, run) : this.countUngated(vol.id, run());
   }
 
   /**
@@ -151,7 +166,8 @@ export class BlockStore {
     if (fua || vol.cachePolicy !== 'write-back' || this.cache.overDirtyLimit || this.gates.has(vol.id) || this.writeHooks.has(vol.id)) {
       return this.write(vol, offset, src, fua);
     }
-    return this.writeBackSegments(vol, offset, src);
+    const p = this.writeBackSegments(vol, offset, src);
+    return p === null ? null : this.countUngated(vol.id, p);
   }
 
   private writeBackSegments(vol: VolumeHandle, offset: number, src: Buffer): Promise<void> | null {
@@ -382,7 +398,7 @@ export class BlockStore {
       if (fua) await Promise.all([...new Set(segs.map((x) => x[0]))].map((a) => a.flush()));
     };
     const gate = this.gates.get(vol.id);
-    return gate ? this.gated(gate, vol, run) : run();
+    return gate ? this.gated(gate, vol, run) : this.countUngated(vol.id, run());
   }
 
   /**
@@ -569,7 +585,7 @@ export class BlockStore {
     const g = this.gates.get(volumeId)!;
     g.held++;
     // Re-checked after each wake: an exclusive() woken by the same drain may have started first.
-    while (g.inflight > 0) await new Promise<void>((r) => g.drained.push(r));
+    while (this.busy(g, volumeId)) await new Promise<void>((r) => g.drained.push(r));
     let released = false;
     return () => {
       if (released) return;
@@ -601,7 +617,7 @@ export class BlockStore {
     }
     g.held++;
     // First in line for the drain, so a quiesce() woken by the same drain sees us in flight.
-    while (g.inflight > 0) await new Promise<void>((r) => g.drained.unshift(r));
+    while (this.busy(g, vol.id)) await new Promise<void>((r) => g.drained.unshift(r));
     g.inflight++;
     const io: ExclusiveAccess = {
       read: (offset, length, dest) => this.readNow(vol, offset, length, dest) ?? Promise.resolve(),
@@ -677,6 +693,29 @@ export class BlockStore {
   setWriteHook(volumeId: number, hook: WriteHook | null): void {
     if (hook) this.writeHooks.set(volumeId, hook);
     else this.writeHooks.delete(volumeId);
+  }
+
+  /** Requests to the volume still in flight, whether they came through its gate or before it existed. */
+  private busy(g: Gate, volumeId: number): boolean {
+    return g.inflight > 0 || this.ungated.has(volumeId);
+  }
+
+  private countUngated(volumeId: number, work: Promise<void>): Promise<void> {
+    this.ungated.set(volumeId, (this.ungated.get(volumeId) ?? 0) + 1);
+    const done = (): void => {
+      const n = this.ungated.get(volumeId)! - 1;
+      if (n > 0) {
+        this.ungated.set(volumeId, n);
+        return;
+      }
+      this.ungated.delete(volumeId);
+      const g = this.gates.get(volumeId);
+      if (g && g.inflight === 0 && g.drained.length > 0) for (const d of g.drained.splice(0)) d();
+    };
+    return work.then(done, (err: unknown) => {
+      done();
+      throw err;
+    });
   }
 
   private async gated<T>(g: Gate, vol: VolumeHandle, op: () => Promise<T>): Promise<T> {

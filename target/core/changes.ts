@@ -3,6 +3,10 @@
  * in time (the last backup). One bit per chunk; marked when a modifying
  * request settles, so a write held by a consistency group and let go after
  * the backup's snapshot lands in the map that was current after the snapshot.
+ * That is exact only because the group's hold drains every modifying request
+ * (the store counts those that came before its gate too) and a held write
+ * copies up into the snapshot when let go: each request's bytes are in the
+ * snapshot of the backup whose map has its mark, never in an earlier one.
  */
 export class ChangeMap {
   readonly bits: Uint8Array;

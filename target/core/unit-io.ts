@@ -9,35 +9,6 @@ import { OP, type IoStats } from './stats.js';
 export const MAX_TRANSFER = 32 * 1024 * 1024;
 export const PREFERRED_BLOCK = 4096;
 
-/**
- * Modifying requests to one volume that went to the store while it was not
- * tracking the volume (store.tracks() false): the store's gate does not know
- * them, so compareAndWrite waits for them here. One per (store, volume),
- * shared by every UnitIO of the volume whatever the host or protocol.
- */
-class VolumeWrites {
-  untracked = 0;
-  private drained: (() => void)[] = [];
-
-  done(): void {
-    if (--this.untracked === 0 && this.drained.length > 0) for (const d of this.drained.splice(0)) d();
-  }
-
-  async drain(): Promise<void> {
-    while (this.untracked > 0) await new Promise<void>((r) => this.drained.push(r));
-  }
-}
-
-const writesByStore = new WeakMap<BlockStore, Map<number, VolumeWrites>>();
-
-function volumeWrites(store: BlockStore, volumeId: number): VolumeWrites {
-  let m = writesByStore.get(store);
-  if (!m) writesByStore.set(store, (m = new Map()));
-  let w = m.get(volumeId);
-  if (!w) m.set(volumeId, (w = new VolumeWrites()));
-  return w;
-}
-
 const outOfRange = (what: string, offset: number, length: number, size: number): BlockgateError =>
   new BlockgateError('OUT_OF_RANGE', `${what} of ${length} bytes at ${offset} is beyond the end of the unit (${size} bytes)`);
 const readOnly = (): BlockgateError => new BlockgateError('READ_ONLY', 'the unit is read-only for this host');
@@ -56,7 +27,6 @@ class StoreUnit implements UnitIO {
   readonly store: BlockStore;
   private readonly vol: VolumeHandle;
   private readonly stats: IoStats;
-  private readonly writes: VolumeWrites;
   private readonly changes: Map<number, ChangeMap>;
 
   constructor(store: BlockStore, unit: Unit, protocol: Protocol) {
@@ -65,7 +35,6 @@ class StoreUnit implements UnitIO {
     // The handle carries this protocol's fence, so the store can refuse what a revoke caught held.
     this.vol = { ...unit.volume, fence: unit.fences[protocol] };
     this.stats = unit.stats;
-    this.writes = volumeWrites(store, unit.volume.id);
     this.changes = changeMaps(store);
   }
 
@@ -106,7 +75,7 @@ class StoreUnit implements UnitIO {
       this.stats.record(OP.read, length, (performance.now() - t0) / 1000, true);
       return null;
     }
-    return this.timed(work, OP.read, length, t0, false);
+    return this.timed(work, OP.read, length, t0);
   }
 
   write(offset: number, src: Buffer, fua: boolean): Promise<void> | null {
@@ -114,7 +83,6 @@ class StoreUnit implements UnitIO {
     if (this.unit.readOnly) return this.refuse(OP.write, readOnly());
     if (!this.vol.layout.inRange(offset, src.length)) return this.refuse(OP.write, outOfRange('write', offset, src.length, this.vol.layout.size));
     const t0 = performance.now();
-    const untracked = !this.store.tracks(this.vol.id);
     let work: Promise<void> | null;
     try {
       work = this.store.writeFast(this.vol, offset, src, fua);
@@ -126,12 +94,12 @@ class StoreUnit implements UnitIO {
       this.stats.record(OP.write, src.length, (performance.now() - t0) / 1000, true);
       return null;
     }
-    return this.timed(work, OP.write, src.length, t0, untracked, offset, src.length);
+    return this.timed(work, OP.write, src.length, t0, offset, src.length);
   }
 
   flush(): Promise<void> {
     const t0 = performance.now();
-    return this.timed(this.call(() => this.store.flush(this.vol)), OP.flush, 0, t0, false);
+    return this.timed(this.call(() => this.store.flush(this.vol)), OP.flush, 0, t0);
   }
 
   trim(offset: number, length: number, fua: boolean): Promise<void> {
@@ -139,8 +107,7 @@ class StoreUnit implements UnitIO {
     if (this.unit.readOnly) return this.refuse(OP.trim, readOnly());
     if (!this.vol.layout.inRange(offset, length)) return this.refuse(OP.trim, outOfRange('trim', offset, length, this.vol.layout.size));
     const t0 = performance.now();
-    const untracked = !this.store.tracks(this.vol.id);
-    return this.timed(this.call(() => this.store.trim(this.vol, offset, length, fua)), OP.trim, 0, t0, untracked, offset, length);
+    return this.timed(this.call(() => this.store.trim(this.vol, offset, length, fua)), OP.trim, 0, t0, offset, length);
   }
 
   zero(offset: number, length: number, req: ZeroRequest): Promise<void> {
@@ -148,15 +115,14 @@ class StoreUnit implements UnitIO {
     if (this.unit.readOnly) return this.refuse(OP.zero, readOnly());
     if (!this.vol.layout.inRange(offset, length)) return this.refuse(OP.zero, outOfRange('zero', offset, length, this.vol.layout.size));
     const t0 = performance.now();
-    const untracked = !this.store.tracks(this.vol.id);
     const opts = { noHole: req.noHole, fast: req.fast, fua: req.fua };
-    return this.timed(this.call(() => this.store.writeZeroes(this.vol, offset, length, opts)), OP.zero, 0, t0, untracked, offset, length);
+    return this.timed(this.call(() => this.store.writeZeroes(this.vol, offset, length, opts)), OP.zero, 0, t0, offset, length);
   }
 
   prefetch(offset: number, length: number): Promise<void> {
     if (!this.vol.layout.inRange(offset, length)) return this.refuse(OP.other, outOfRange('prefetch', offset, length, this.vol.layout.size));
     const t0 = performance.now();
-    return this.timed(this.call(() => this.store.prefetch(this.vol, offset, length)), OP.other, 0, t0, false);
+    return this.timed(this.call(() => this.store.prefetch(this.vol, offset, length)), OP.other, 0, t0);
   }
 
   extents(offset: number, length: number, max: number): AllocationRun[] {
@@ -189,8 +155,6 @@ class StoreUnit implements UnitIO {
     const t0 = performance.now();
     const work = this.store.exclusive(this.vol, async (io) => {
       if (this.vol.fence!.revoked) throw revokedError();
-      // Writes that reached the store before it tracked the volume are not in its gate's count.
-      await this.writes.drain();
       const current = Buffer.allocUnsafe(length);
       await io.read(offset, length, current);
       const mismatchAt = firstDifference(current, expected);
@@ -238,21 +202,22 @@ class StoreUnit implements UnitIO {
   }
 
   /**
-   * Counts `work` in IoStats when it settles; `untracked` counts a modifying
-   * request the store's gate does not see; a modifying request (changedLength
-   * > 0) marks its range in the volume's change map when it settles, failed or not.
+   * Counts `work` in IoStats when it settles; a modifying request
+   * (changedLength > 0) marks its range in the volume's change map when it
+   * settles, failed or not. A hold drains every modifying request (the store
+   * counts those that came before its gate too) and the mark is taken one
+   * step after the store saw the request finish, before the hold can get to
+   * its instant (it still has a flush to do): a request marks the map of the
+   * backup whose snapshot holds its bytes.
    */
-  private timed(work: Promise<void>, op: number, bytes: number, t0: number, untracked: boolean, changedAt = 0, changedLength = 0): Promise<void> {
-    if (untracked) this.writes.untracked++;
+  private timed(work: Promise<void>, op: number, bytes: number, t0: number, changedAt = 0, changedLength = 0): Promise<void> {
     return work.then(
       () => {
         if (changedLength > 0) this.changed(changedAt, changedLength);
-        if (untracked) this.writes.done();
         this.stats.record(op, bytes, (performance.now() - t0) / 1000, true);
       },
       (err: unknown) => {
         if (changedLength > 0) this.changed(changedAt, changedLength);
-        if (untracked) this.writes.done();
         this.stats.record(op, bytes, (performance.now() - t0) / 1000, false);
         throw err;
       },
