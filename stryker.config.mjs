@@ -13,7 +13,9 @@ const MODULES = {
   },
   cache: {
     mutate: ['cache/**/*.ts', '!cache/index.ts'],
-    tests: ['cache', 'cache-change', 'unit-io'],
+    // Only the in-process tests of the store, the cache, the slab and the snapshot
+    // links (each on real array files in a temp dir, a few seconds a file).
+    tests: ['cache', 'cache-pages', 'cache-change', 'slab', 'cow', 'change-map', 'unit-io'],
   },
   allocation: {
     mutate: ['disks/allocation.ts'],
