@@ -16,6 +16,8 @@ const MODULES = {
     // Only the in-process tests of the store, the cache, the slab and the snapshot
     // links (each on real array files in a temp dir, a few seconds a file).
     tests: ['cache', 'cache-pages', 'cache-change', 'slab', 'cow', 'change-map', 'unit-io'],
+    // Loaded by piscina by file name, not imported: the sandbox build must be told.
+    compile: ['disks/io-worker.ts'],
   },
   allocation: {
     mutate: ['disks/allocation.ts'],
@@ -55,7 +57,7 @@ fs.writeFileSync(
   checkerTsconfig,
   JSON.stringify({
     extends: './tsconfig.json',
-    include: [...mod.mutate.filter((g) => !g.startsWith('!')), ...mod.tests.map((t) => `test/unit/${t}.test.ts`)],
+    include: [...mod.mutate.filter((g) => !g.startsWith('!')), ...mod.tests.map((t) => `test/unit/${t}.test.ts`), ...(mod.compile ?? [])],
   }, null, 2) + '\n',
 );
 
