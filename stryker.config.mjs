@@ -15,7 +15,7 @@ const MODULES = {
     mutate: ['cache/**/*.ts', '!cache/index.ts'],
     // Only the in-process tests of the store, the cache, the slab and the snapshot
     // links (each on real array files in a temp dir, a few seconds a file).
-    tests: ['cache', 'cache-pages', 'cache-change', 'slab', 'cow', 'change-map', 'unit-io'],
+    tests: ['cache', 'cache-pages', 'cache-writeback', 'cache-change', 'slab', 'cow', 'change-map', 'unit-io'],
     // Loaded by piscina by file name, not imported: the sandbox build must be told.
     compile: ['disks/io-worker.ts'],
   },

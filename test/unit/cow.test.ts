@@ -125,7 +125,7 @@ t.test('open refuses a map that is not its snapshot\'s, and a missing or truncat
 
 t.test('a map that cannot be written: NO_SPACE for ENOSPC', { skip: fs.existsSync('/dev/full') ? false : 'no /dev/full on this machine' }, async (t) => {
   const e = await OwnershipMap.create('/dev/full', R, 4).then(() => null, (e: unknown) => e as { code: string; message: string });
-  t.same(e && { code: e.code, message: e.message }, { code: 'NO_SPACE', message: 'snapshot ownership map /dev/full: ENOSPC' });
+  t.same(e && { code: e.code, message: e.message }, { code: 'NO_SPACE', message: 'snapshot ownership map /dev/full: ENOSPC' }, 'NO_SPACE, and the errno code only');
 });
 
 /**
