@@ -45,6 +45,15 @@ const MODULES = {
 const name = process.env.BLOCKGATE_MUTATE_MODULE ?? 'mapper';
 const mod = MODULES[name];
 if (!mod) throw new Error(`unknown module ${name}; one of ${Object.keys(MODULES).join(', ')}`);
+// BLOCKGATE_MUTATE_TESTS=a,b narrows a run to some of the module's test files: a
+// surviving mutant runs every file that reaches it, and every cache test reaches
+// the write path, so a run over one part of a module runs the files written for it.
+if (process.env.BLOCKGATE_MUTATE_TESTS) {
+  const only = process.env.BLOCKGATE_MUTATE_TESTS.split(',');
+  const unknown = only.filter((t) => !mod.tests.includes(t));
+  if (unknown.length > 0) throw new Error(`not a test of module ${name}: ${unknown.join(', ')}`);
+  mod.tests = only;
+}
 
 // The TypeScript checker re-checks its whole program for every group of
 // mutants; over the project's tsconfig (260 files) that was ~45 s a mutant on
