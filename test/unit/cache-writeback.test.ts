@@ -42,9 +42,9 @@ class RecordingRoute implements IoRoute {
 const vol = (length: number): VolumeHandle => ({ id: 1, layout: new VolumeLayout([{ arrayId: 1, offset: 0, length }]), cachePolicy: 'write-back' });
 
 /** A 16 MiB cache (nothing written back before the flush) of 64 KiB blocks over one array, its calls recorded. */
-async function setup(t: { teardown: (fn: () => unknown) => void }, arraySize = 16 * M) {
+async function setup(t: { teardown: (fn: () => unknown) => void }, arraySize = 16 * M, blockSize = BS) {
   const route = new RecordingRoute();
-  const { store, a } = await storeOnArray(t, { size: 16 * M, blockSize: BS, arraySize, route });
+  const { store, a } = await storeOnArray(t, { size: 16 * M, blockSize, arraySize, route });
   return { store, a, route, v: vol(arraySize) };
 }
 
@@ -164,4 +164,19 @@ t.test('the dirty span grows to cover every write to the block, never shrinks', 
   t.ok(store.cache.hasDirty(1, BS - 1, 1), 'the whole block counts as dirty');
   t.notOk(store.cache.hasDirty(1, BS, BS), 'not the next block');
   t.equal(store.stats().dirtyBytes, BS, 'one dirty block');
+});
+
+t.test('blocks of more than 32 pages: a page past the first 32 in a later slot is written back, and only it', async (t) => {
+  // 256 KiB blocks: 64 pages, two words of page bits per slot.
+  const big = 256 * K;
+  const { store, a, route, v } = await setup(t, 16 * M, big);
+  const d0 = seededBytes(P, 300);
+  const d1 = seededBytes(P, 301);
+  await store.write(v, 3 * big + 2 * P, d0, false);
+  await store.write(v, 5 * big + 40 * P, d1, false);
+  t.same(store.cache.dirtySpan(1, 5), [40 * P, 41 * P]);
+  await store.flush(v);
+  t.same(byPosition(route.take().filter((c) => c.startsWith('writev'))), [`writev ${3 * big + 2 * P}+${P}/1`, `writev ${5 * big + 40 * P}+${P}/1`], 'each dirty page written back, in its own block');
+  t.same(onDisk(a, 5 * big + 40 * P, P), d1, 'page 40 of block 5 on the array');
+  t.same(onDisk(a, 3 * big + 2 * P, P), d0);
 });
