@@ -16,8 +16,26 @@ function rssAnon(): number {
   return Number(m[1]) * K;
 }
 
+/**
+ * Slabs whose commit a test measured stay referenced to the end of the file:
+ * collected during a later test's measurement, their memory would leave RSS
+ * and hide what that test committed.
+ */
+const alive: Slab[] = [];
+t.test('slot 0 is committed when first taken too', (t) => {
+  // Slots of 16 MiB: one slot's commit is far above the noise of the rest of the test.
+  const slab = new Slab(32 * M, 16 * M);
+  alive.push(slab);
+  const before = rssAnon();
+  t.equal(slab.take(), 0);
+  const grew = rssAnon() - before;
+  t.ok(grew >= 15 * M, `taking slot 0 committed ${(grew / M).toFixed(1)} MiB (want ≥ 15)`);
+  t.end();
+});
+
 t.test('a slot taken for the first time is committed whole; untaken slots are not', (t) => {
   const slab = new Slab(256 * M, 64 * K);
+  alive.push(slab);
   const before = rssAnon();
   const taken: number[] = [];
   for (let i = 0; i < 512; i++) taken.push(slab.take());
@@ -51,3 +69,45 @@ t.test('an exhausted slab answers -1', (t) => {
   t.equal(slab.freeCount, 0);
   t.end();
 });
+
+t.test('slots: lowest first, each its own bytes in 64 MiB shared chunks, one view per slot', (t) => {
+  // 2 full chunks of 1,024 slots and a last one of 3.
+  const slab = new Slab(128 * M + 3 * 64 * K + 100, 64 * K);
+  t.equal(slab.slots, 2 * 1024 + 3, 'whole slots only');
+  t.equal(slab.slotSize, 64 * K);
+  t.equal(slab.freeCount, slab.slots, 'all free at first');
+  t.same([slab.take(), slab.take(), slab.take()], [0, 1, 2], 'low slots first (touched memory stays dense)');
+  t.equal(slab.freeCount, slab.slots - 3);
+  slab.give(1);
+  t.equal(slab.freeCount, slab.slots - 2);
+  t.equal(slab.take(), 1, 'a given-back slot is handed out next');
+  const edges = [0, 1, 1023, 1024, 1025, 2047, 2048, 2050];
+  for (const s of edges) {
+    const v = slab.view(s);
+    t.equal(v.length, 64 * K, `slot ${s} is a slot long`);
+    t.equal(v, slab.view(s), `slot ${s}: the same view every time`);
+    t.ok(v.buffer instanceof SharedArrayBuffer, `slot ${s} is shared memory (worker threads use it in place)`);
+    const c = Math.floor(s / 1024);
+    t.equal(v.byteOffset, (s - c * 1024) * 64 * K, `slot ${s} sits at its place in chunk ${c}`);
+    t.equal(v.buffer.byteLength, c < 2 ? 64 * M : 3 * 64 * K, `chunk ${c} is ${c < 2 ? '64 MiB' : 'the 3 slots left'}`);
+  }
+  t.equal(slab.view(1023).buffer, slab.view(0).buffer, 'slots 0 and 1023 share a chunk');
+  t.not(slab.view(1024).buffer, slab.view(1023).buffer, 'slot 1024 starts the next');
+  // Every slot's bytes are its own: a mark in each reads back unchanged after all are written.
+  for (const s of edges) slab.view(s).fill(s & 255 || 7);
+  t.ok(edges.every((s) => slab.view(s).every((b) => b === (s & 255 || 7))), 'no two slots overlap');
+  t.end();
+});
+
+t.test('a slab smaller than a slot still has one; a bigger slot than 64 MiB gets a chunk each', (t) => {
+  const tiny = new Slab(100, 64 * K);
+  t.equal(tiny.slots, 1);
+  t.equal(tiny.view(0).length, 64 * K);
+  const big = new Slab(3 * 128 * M, 128 * M);
+  t.equal(big.slots, 3);
+  t.not(big.view(0).buffer, big.view(1).buffer, 'one slot per chunk');
+  t.equal(big.view(2).byteOffset, 0);
+  t.equal(big.view(2).buffer.byteLength, 128 * M);
+  t.end();
+});
+
