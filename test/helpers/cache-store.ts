@@ -4,6 +4,12 @@ import path from 'node:path';
 import { BlockStore, type VolumeHandle } from '../../cache/index.js';
 import { ArrayFile, type IoRoute } from '../../disks/index.js';
 
+/** Sizes the cache tests speak in: KiB, MiB, a 4 KiB page, the default 64 KiB cache block. */
+export const K = 1024;
+export const M = 1024 * K;
+export const P = 4 * K;
+export const BS = 64 * K;
+
 export interface StoreOptions {
   size?: number;
   blockSize?: number;

@@ -3,16 +3,11 @@ import t from 'tap';
 import { BlockStore, OwnershipMap, SnapshotLink, type CachePolicy, type VolumeHandle } from '../../cache/index.js';
 import { AllocState, ArrayFile, LibuvRoute, type IoRoute } from '../../disks/index.js';
 import { VolumeLayout } from '../../mapper/index.js';
-import { onDisk, readVol, seededBytes, storeOnArray, type StoreOptions } from '../helpers/cache-store.js';
+import { BS, K, M, P, onDisk, readVol, seededBytes, storeOnArray, type StoreOptions } from '../helpers/cache-store.js';
 
 // Per-page validity of cache blocks: a partial write into a block not in
 // memory reads nothing and fills nothing; reads load only the pages missing;
 // write-back writes only pages that were written.
-
-const K = 1024;
-const M = 1024 * K;
-const P = 4 * K;
-const BS = 64 * K;
 
 /**
  * The real libuv route, whose reads can be held after they have read the

@@ -2,17 +2,12 @@ import t from 'tap';
 import { type VolumeHandle } from '../../cache/index.js';
 import { ArrayFile, LibuvRoute, type IoRoute } from '../../disks/index.js';
 import { VolumeLayout } from '../../mapper/index.js';
-import { onDisk, readVol, seededBytes, storeOnArray } from '../helpers/cache-store.js';
+import { BS, K, M, P, onDisk, readVol, seededBytes, storeOnArray } from '../helpers/cache-store.js';
 
 // The cache's write path and write-back planning, seen at the array: which
 // pages a write-back write reads first (a page it covers only in part), and
 // exactly which pwritev calls a flush makes (one per maximal run of dirty
 // pages, over neighbouring dirty blocks, at most 1 MiB, clipped to the array).
-
-const K = 1024;
-const M = 1024 * K;
-const P = 4 * K;
-const BS = 64 * K;
 
 /** The real libuv route, with every vectored call recorded as `op position+length/buffers`. */
 class RecordingRoute implements IoRoute {
