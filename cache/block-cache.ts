@@ -206,11 +206,11 @@ export class BlockCache {
     this.blockSize = bs;
     this.shift = Math.log2(bs);
     this.arrays = arrays;
-    this.slab = new Slab(opts.size, bs);
+    this.route = opts.route ?? new LibuvRoute();
+    this.slab = new Slab(opts.size, bs, this.route.sharedMemory);
     this.capacity = this.slab.slots * bs;
     // Never reached on its own (resident blocks never outnumber slots); eviction is explicit, below.
     this.lru = new LRUCache<number, Block>({ max: this.slab.slots + 1 });
-    this.route = opts.route ?? new LibuvRoute();
     this.dirtyLimit = Math.max(bs * 4, opts.dirtyLimit ?? Math.floor(this.capacity / 2));
     this.dirtyBackground = Math.min(this.dirtyLimit, opts.dirtyBackground ?? Math.floor(this.dirtyLimit / 2));
     this.delayMs = opts.writebackDelayMs ?? 500;

@@ -1,8 +1,11 @@
 /**
- * Cache memory: fixed-size slots carved from a few large SharedArrayBuffers,
- * allocated once. Shared so worker threads can read and write slots in place;
- * large so the OS commits pages only as slots are first used (RSS tracks what
- * the cache really holds); fixed so the hot path never allocates.
+ * Cache memory: fixed-size slots carved from a few large buffers, allocated
+ * once. SharedArrayBuffers when an I/O route's worker threads read and write
+ * slots in place, plain ArrayBuffers otherwise: V8 copies in and out of
+ * shared memory with relaxed atomics, about twice the cost of memcpy (4 KiB
+ * copy out 760 vs 400 ns; docs/bench/findings.md, session 6). Large so the
+ * OS commits pages only as slots are first used (RSS tracks what the cache
+ * really holds); fixed so the hot path never allocates.
  */
 /** The smallest page size the memory is committed in. */
 const PAGE = 4096;
@@ -10,20 +13,21 @@ const PAGE = 4096;
 export class Slab {
   readonly slotSize: number;
   readonly slots: number;
-  private readonly chunks: SharedArrayBuffer[] = [];
+  private readonly chunks: (ArrayBuffer | SharedArrayBuffer)[] = [];
   private readonly perChunk: number;
   private readonly views: (Buffer | undefined)[];
   private readonly free: number[] = [];
   /** 1 once a slot's pages are committed (see take). */
   private readonly committed: Uint8Array;
 
-  constructor(bytes: number, slotSize: number) {
+  constructor(bytes: number, slotSize: number, shared = true) {
     this.slotSize = slotSize;
     this.slots = Math.max(1, Math.floor(bytes / slotSize));
     // 64 MiB chunks: big enough to be few, small enough to stay under any engine cap.
     this.perChunk = Math.max(1, Math.floor((64 * 1024 * 1024) / slotSize));
     for (let left = this.slots; left > 0; left -= this.perChunk) {
-      this.chunks.push(new SharedArrayBuffer(Math.min(left, this.perChunk) * slotSize));
+      const n = Math.min(left, this.perChunk) * slotSize;
+      this.chunks.push(shared ? new SharedArrayBuffer(n) : new ArrayBuffer(n));
     }
     this.views = new Array<Buffer | undefined>(this.slots);
     this.committed = new Uint8Array(this.slots);
@@ -60,7 +64,7 @@ export class Slab {
     this.free.push(slot);
   }
 
-  /** The slot's bytes (a Buffer over the shared memory, made once per slot). */
+  /** The slot's bytes (a Buffer over the slab's memory, made once per slot). */
   view(slot: number): Buffer {
     let v = this.views[slot];
     if (!v) {

@@ -13,6 +13,8 @@ import type { ArrayFile } from './array-file.js';
  */
 export interface IoRoute {
   readonly name: IoRouteName;
+  /** The buffers it is handed must be SharedArrayBuffer views (another thread touches them). */
+  readonly sharedMemory: boolean;
   readv(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void>;
   writev(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void>;
   close(): Promise<void>;
@@ -36,6 +38,7 @@ function readViaArray(a: ArrayFile, bufs: Uint8Array[], length: number, position
 /** libuv's pool via fs.readv/fs.writev (size it with UV_THREADPOOL_SIZE). */
 export class LibuvRoute implements IoRoute {
   readonly name = 'libuv' as const;
+  readonly sharedMemory = false;
 
   readv(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void> {
     return readViaArray(a, bufs, length, position);
@@ -63,6 +66,7 @@ export interface IoTask {
  */
 export class PiscinaRoute implements IoRoute {
   readonly name = 'piscina' as const;
+  readonly sharedMemory = true;
   private readonly pool: Piscina;
 
   constructor(threads = 4) {
@@ -117,6 +121,7 @@ interface Queued {
  */
 export class BatchRoute implements IoRoute {
   readonly name = 'batch' as const;
+  readonly sharedMemory = true;
   private readonly workers: Worker[] = [];
   private readonly busy: number[] = [];
   private queue: Queued[] = [];

@@ -15,3 +15,5 @@ export { openUnit, MAX_TRANSFER, PREFERRED_BLOCK } from './unit-io.js';
 export { IoStats, StatsRegistry, OP, OP_NAMES, LATENCY_BUCKETS } from './stats.js';
 export { ChangeMap, changeMaps } from './changes.js';
 export { IoBudget, DEFAULT_IO_BUDGET, BUDGET_FLOOR, type BudgetHolder } from './budget.js';
+export { ReplyBatch } from './reply-batch.js';
+export { LARGE_MIN, SMALL_MAX, alignedCopy, largeBuffer, releaseLarge, replyBuffer, smallBuffer } from './buffers.js';

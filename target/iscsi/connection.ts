@@ -7,7 +7,7 @@
  */
 import type { Socket } from 'node:net';
 import type { UnitIO } from '../core/contract.js';
-import type { BudgetHolder, IoBudget } from '../core/index.js';
+import { ReplyBatch, SMALL_MAX, alignedCopy, type BudgetHolder, type IoBudget } from '../core/index.js';
 import type { Nexus, ScsiDevice, ScsiResponse, TaskAttribute } from './scsi/contract.js';
 import { Login, LOGIN_STATUS, type LoginDirectory, type SessionParams, type TargetParams } from './login.js';
 import { decodeLun, targetIqn } from './naming.js';
@@ -163,6 +163,7 @@ export class IscsiConnection implements BudgetHolder {
   private closeReason: CloseReason | null = null;
   private readonly closedPromise: Promise<void>;
   private resolveClosed!: () => void;
+  private readonly replies = new ReplyBatch();
 
   constructor(
     private readonly sock: Socket,
@@ -183,7 +184,7 @@ export class IscsiConnection implements BudgetHolder {
     sock.on('data', (c: Buffer) => {
       if (this.state === State.Closed) return;
       this.lastRx = Date.now();
-      this.reader.feed(c);
+      this.replies.around(sock, () => this.reader.feed(c));
     });
     sock.on('drain', () => {
       this.recharge();
@@ -494,8 +495,14 @@ export class IscsiConnection implements BudgetHolder {
     this.recharge();
     if (write) {
       this.buffered += gather;
-      task.data = Buffer.allocUnsafe(edtl);
-      p.data.copy(task.data, 0);
+      if (imm === edtl) {
+        // All of it came with the command. Socket chunks are fresh memory, never reused: keep the slice, realigned
+        // when small (the cache copies word-wise only between 8-byte-aligned addresses).
+        task.data = (p.data.byteOffset & 7) === 0 || imm > SMALL_MAX ? p.data : alignedCopy(p.data);
+      } else {
+        task.data = Buffer.allocUnsafe(edtl);
+        p.data.copy(task.data, 0);
+      }
       task.filled = imm;
       task.unsolLimit = params.initialR2T ? imm : Math.min(edtl, params.firstBurstLength);
       task.unsolDone = final;
@@ -565,7 +572,7 @@ export class IscsiConnection implements BudgetHolder {
   private execute(t: Task): void {
     t.executing = true;
     const nexus = this.nexus!;
-    let run: Promise<ScsiResponse>;
+    let run: ScsiResponse | Promise<ScsiResponse> | null;
     try {
       run = this.ctx.device.execute({
         nexus,
@@ -578,9 +585,11 @@ export class IscsiConnection implements BudgetHolder {
         taskTag: t.itt,
         attr: t.attr,
       });
-    } catch (e) {
-      run = Promise.reject(e);
+    } catch {
+      run = null;
     }
+    // Completed in memory (or refused at once): answered in this turn, no promise hop.
+    if (!(run instanceof Promise)) return this.finishTask(t, run);
     t.settled = run.then(
       (rsp) => this.finishTask(t, rsp),
       () => this.finishTask(t, null),
@@ -590,6 +599,7 @@ export class IscsiConnection implements BudgetHolder {
   private finishTask(t: Task, rsp: ScsiResponse | null): void {
     this.release(t);
     if (t.aborted || this.state === State.Closed) return;
+    this.replies.hold(this.sock, this.tasks.size > 0);
     this.respond(t, rsp);
     if (this.state === State.FullFeature) this.drainQueue();
   }

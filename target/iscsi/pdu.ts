@@ -234,7 +234,8 @@ export function frame(bhs: Buffer, data: Buffer | null, headerDigest: boolean, d
 
 /** A fresh BHS for a target PDU (final bit set; callers clear it when needed). */
 export function newBhs(opcode: number, itt: number): Buffer {
-  const b = Buffer.alloc(BHS);
+  // From Node's shared pool: Buffer.alloc would make an ArrayBuffer per PDU.
+  const b = Buffer.allocUnsafe(BHS).fill(0);
   b[0] = opcode;
   b[1] = 0x80;
   b.writeUInt32BE(itt >>> 0, 16);

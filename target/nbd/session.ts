@@ -6,7 +6,7 @@
 import type { Socket } from 'node:net';
 import type tls from 'node:tls';
 import type { BlockStore } from '../../cache/index.js';
-import type { BudgetHolder, IoBudget } from '../core/index.js';
+import { ReplyBatch, type BudgetHolder, type IoBudget } from '../core/index.js';
 import { CMD, MAX_PAYLOAD } from './constants.js';
 import type { Namespaces } from '../namespace.js';
 import { FrameReader, Mode } from './framing.js';
@@ -88,11 +88,8 @@ export type CloseReason =
 const FINISH_GRACE_MS = 2_000;
 
 /**
- * Output: the replies to the requests of one socket read are corked and sent
- * together when the read is parsed (one syscall for the batch). A reply that
- * completes later goes out at once when it is the last request in flight (QD1
- * waits for no timer and no later phase of the loop), else it is corked until
- * the end of the loop turn, with the other completions of that turn. Flow control: before each new request the
+ * Output: replies are batched per socket read and per loop turn (ReplyBatch,
+ * shared with iSCSI). Flow control: before each new request the
  * limits are checked; above any of them the rest of the chunk is held and the
  * socket paused, so memory held per connection is bounded by the limits plus
  * one request, whatever the client does.
@@ -107,8 +104,7 @@ export abstract class NbdSession extends FrameReader implements BudgetHolder {
   protected inflight = 0;
   protected inflightBytes = 0;
   private paused = false;
-  /** The socket replies are corked on, if any: STARTTLS swaps `socket` for a TLS one mid-batch, and the raw one must be uncorked. */
-  private corked: Socket | null = null;
+  private readonly replies = new ReplyBatch();
   /** A WRITE payload being gathered (held before the request begins). */
   private filling = 0;
   budgetCharged = 0;
@@ -166,7 +162,7 @@ export abstract class NbdSession extends FrameReader implements BudgetHolder {
     this.closeReason = reason;
     this.held = null;
     // Replies already made (to requests before the one that ended the session) still go out.
-    this.uncork();
+    this.replies.flush();
     this.socket.destroy();
     this.backend.budget?.leave(this);
     this.onClosed(reason);
@@ -208,17 +204,7 @@ export abstract class NbdSession extends FrameReader implements BudgetHolder {
 
   /** Parses one socket read with replies corked, and sends what it produced at once. */
   private batch(buf: Buffer, p: number, n: number): void {
-    if (this.corked) {
-      this.process(buf, p, n);
-      return;
-    }
-    this.corked = this.socket;
-    this.socket.cork();
-    try {
-      this.process(buf, p, n);
-    } finally {
-      this.uncork();
-    }
+    this.replies.around(this.socket, () => this.process(buf, p, n));
   }
 
   /** From the next read on, the socket's bytes arrive in the shared read buffer (no garbage per read). */
@@ -285,7 +271,7 @@ export abstract class NbdSession extends FrameReader implements BudgetHolder {
 
   protected maybeFinishDisconnect(): void {
     if (this.disconnecting && this.inflight === 0 && this.mode !== Mode.Closed) {
-      this.uncork();
+      this.replies.flush();
       this.finish();
     }
   }
@@ -308,27 +294,14 @@ export abstract class NbdSession extends FrameReader implements BudgetHolder {
   /** Queues b in the current cork batch; `written` runs once the socket is done with it. */
   protected send(b: Buffer, written?: (err?: Error | null) => void): void {
     if (this.mode === Mode.Closed) return;
-    if (!this.corked && this.inflight > 1) {
-      this.corked = this.socket;
-      this.socket.cork();
-      setImmediate(this.uncorkNow);
-    }
+    this.replies.hold(this.socket, this.inflight > 1);
     if (!this.socket.write(b, written) || this.socket.writableLength > this.limits.maxQueuedReplyBytes) this.pauseInput();
     this.recharge();
   }
 
-  private readonly uncorkNow = (): void => this.uncork();
-
   /** Sends the replies corked so far now. */
   protected flushReplies(): void {
-    this.uncork();
-  }
-
-  private uncork(): void {
-    const sock = this.corked;
-    if (!sock) return;
-    this.corked = null;
-    sock.uncork();
+    this.replies.flush();
   }
 
   protected pauseInput(): void {

@@ -9,7 +9,7 @@
 import type { Socket } from 'node:net';
 import type { AllocationRun } from '../core/index.js';
 import { CMD, CMD_FLAG, MAX_PAYLOAD, REPLY_FLAG_DONE, REPLY_TYPE, REQUEST_MAGIC } from './constants.js';
-import { LARGE_MIN, SMALL_MAX, alignedCopy, largeBuffer, releaseLarge, replyBuffer, smallBuffer } from './buffers.js';
+import { LARGE_MIN, SMALL_MAX, alignedCopy, largeBuffer, releaseLarge, replyBuffer, smallBuffer } from '../core/index.js';
 import { ERRNO, nbdErrno } from './errno.js';
 import { HandshakeSession, BASE_ALLOCATION_ID, type NegotiatedSession } from './handshake.js';
 import type { CloseReason, ListenerTraits, NbdBackend, NbdLimits } from './session.js';

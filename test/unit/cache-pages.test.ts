@@ -16,6 +16,7 @@ import { BS, K, M, P, onDisk, readVol, seededBytes, storeOnArray, type StoreOpti
  */
 class HoldableRoute implements IoRoute {
   readonly name = 'libuv' as const;
+  readonly sharedMemory = false;
   private readonly inner = new LibuvRoute();
   private gate: Promise<void> | null = null;
   private open: (() => void) | null = null;

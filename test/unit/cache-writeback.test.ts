@@ -12,6 +12,7 @@ import { BS, K, M, P, onDisk, readVol, seededBytes, storeOnArray } from '../help
 /** The real libuv route, with every vectored call recorded as `op position+length/buffers`. */
 class RecordingRoute implements IoRoute {
   readonly name = 'libuv' as const;
+  readonly sharedMemory = false;
   private readonly inner = new LibuvRoute();
   readonly calls: string[] = [];
 

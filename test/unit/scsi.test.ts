@@ -58,7 +58,7 @@ async function rig(t: { teardown: (fn: () => unknown) => void; same: (...a: any[
     const c = Buffer.alloc(16);
     Buffer.from(cdb).copy(c);
     const data = opts.data ?? null;
-    return dev.execute({
+    return Promise.resolve(dev.execute({
       nexus: nx,
       lun: opts.lun ?? 0,
       cdb: c,
@@ -68,7 +68,7 @@ async function rig(t: { teardown: (fn: () => unknown) => void; same: (...a: any[
       data,
       taskTag: 1,
       attr: 'simple',
-    });
+    }));
   };
   /** Logs a nexus in and takes its power-on unit attention. */
   const login = async (nx: Nexus): Promise<void> => {

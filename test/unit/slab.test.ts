@@ -92,6 +92,10 @@ t.test('slots: lowest first, each its own bytes in 64 MiB shared chunks, one vie
     t.equal(v.buffer.byteLength, c < 2 ? 64 * M : 3 * 64 * K, `chunk ${c} is ${c < 2 ? '64 MiB' : 'the 3 slots left'}`);
   }
   t.equal(slab.view(1023).buffer, slab.view(0).buffer, 'slots 0 and 1023 share a chunk');
+  // Without worker threads (the libuv route) the memory is plain: copies in and out are memcpy, not atomics.
+  const plain = new Slab(128 * M + 64 * K, 64 * K, false);
+  t.ok(plain.view(0).buffer instanceof ArrayBuffer && !(plain.view(0).buffer instanceof SharedArrayBuffer), 'plain memory when not shared');
+  t.equal(plain.view(2048).buffer.byteLength, 64 * K, 'in the same chunks');
   t.not(slab.view(1024).buffer, slab.view(1023).buffer, 'slot 1024 starts the next');
   // Every slot's bytes are its own: a mark in each reads back unchanged after all are written.
   for (const s of edges) slab.view(s).fill(s & 255 || 7);

@@ -78,7 +78,8 @@ export interface ScsiContext {
  * share it, whichever target number or LUN they see it at.
  */
 export interface ScsiDevice {
-  execute(cmd: ScsiCommand): Promise<ScsiResponse>;
+  /** Answers at once (no promise) when the command completed in memory: a cache hit, a write-back write. */
+  execute(cmd: ScsiCommand): ScsiResponse | Promise<ScsiResponse>;
   /** Task management, after the transport has dropped the affected tasks. */
   lunReset(nexus: Nexus, lun: number): void;
   targetReset(nexus: Nexus, cold: boolean): void;

@@ -149,6 +149,13 @@ function reportSupportedOpcodes(req: Req): ScsiResponse {
 const checkCondition = (sense: Sense, descriptor: boolean, transferLength?: number): ScsiResponse =>
   transferLength === undefined ? { status: 0x02, sense: encodeSense(sense, descriptor) } : { status: 0x02, sense: encodeSense(sense, descriptor), transferLength };
 
+/** The one place a command's error becomes its status and sense. */
+function failed(e: unknown, cmd: ScsiCommand, lu: LuState): ScsiResponse {
+  if (e instanceof ReservationConflict) return { status: 0x18 };
+  const tl = e instanceof CheckCondition ? e.transferLength : undefined;
+  return checkCondition(senseForError(e, cmd.write), lu.dsense, tl);
+}
+
 export class ScsiCommandSet implements ScsiDevice {
   private readonly lus = new Map<number, LuState>();
   /** Live nexuses, for namespace changes and resets. */
@@ -165,7 +172,7 @@ export class ScsiCommandSet implements ScsiDevice {
     return lu;
   }
 
-  async execute(cmd: ScsiCommand): Promise<ScsiResponse> {
+  execute(cmd: ScsiCommand): ScsiResponse | Promise<ScsiResponse> {
     const cdb = cmd.cdb;
     const op = cdb[0]!;
     const io = this.ctx.luns(cmd.nexus).get(cmd.lun);
@@ -193,11 +200,10 @@ export class ScsiCommandSet implements ScsiDevice {
       if (conflicts(lu, cmd.nexus.id, def.access, def.r2ok === true)) return { status: 0x18 };
       const size = io.size();
       const req: Req = { cmd, cdb, nexus: cmd.nexus, io, lu, blocks: Math.floor(size / BLOCK), ctx: this.ctx };
-      return await def.run(req);
+      const r = def.run(req);
+      return r instanceof Promise ? r.catch((e: unknown) => failed(e, cmd, lu)) : r;
     } catch (e) {
-      if (e instanceof ReservationConflict) return { status: 0x18 };
-      const tl = e instanceof CheckCondition ? e.transferLength : undefined;
-      return checkCondition(senseForError(e, cmd.write), lu.dsense, tl);
+      return failed(e, cmd, lu);
     }
   }
 

@@ -3,6 +3,7 @@
  * is touched; UnitIO then works in bytes (LBA × 512).
  */
 import type { AllocationRun } from '../../core/contract.js';
+import { SMALL_MAX, smallBuffer } from '../../core/index.js';
 import type { ScsiResponse } from './contract.js';
 import { BLOCK, capsOf, type Req } from './lu.js';
 import { CheckCondition, KEY, SENSE, Sense, badCdb, badParam, fail } from './sense.js';
@@ -81,20 +82,23 @@ function needData(req: Req, bytes: number): Buffer {
 
 // ---- READ / WRITE -------------------------------------------------------------
 
-export async function read(req: Req): Promise<ScsiResponse> {
+// READ and WRITE answer without a promise when the cache completes them in memory.
+export function read(req: Req): ScsiResponse | Promise<ScsiResponse> {
   const { cdb, io } = req;
   if (cdb[0] !== 0x08 && cdb[1]! & 0xe0) throw badCdb(1, 7); // RDPROTECT: no protection information
   const [lba, n] = lbaLen(cdb);
   checkRange(req, lba, n);
   if (n === 0) return GOOD;
   if (n > maxTransferBlocks(io)) throw badCdb(lenByte(cdb[0]!));
-  const data = Buffer.allocUnsafe(n * BLOCK);
-  const p = io.read(lba * BLOCK, n * BLOCK, data);
-  if (p) await p;
-  return { status: 0, data };
+  const bytes = n * BLOCK;
+  // 8-byte aligned either way: the cache copies word-wise only between aligned addresses.
+  const data = bytes <= SMALL_MAX ? smallBuffer(bytes) : Buffer.allocUnsafe(bytes);
+  const done: ScsiResponse = { status: 0, data };
+  const p = io.read(lba * BLOCK, bytes, data);
+  return p ? p.then(() => done) : done;
 }
 
-export async function write(req: Req): Promise<ScsiResponse> {
+export function write(req: Req): ScsiResponse | Promise<ScsiResponse> {
   const { cdb, io } = req;
   if (cdb[0] !== 0x0a && cdb[1]! & 0xe0) throw badCdb(1, 7); // WRPROTECT
   const [lba, n] = lbaLen(cdb);
@@ -104,11 +108,9 @@ export async function write(req: Req): Promise<ScsiResponse> {
   if (n > maxTransferBlocks(io)) throw badCdb(lenByte(cdb[0]!));
   const data = writeData(req, n * BLOCK);
   const fua = cdb[0] !== 0x0a && (cdb[1]! & 0x08) !== 0;
-  if (data.length > 0) {
-    const p = io.write(lba * BLOCK, data, fua);
-    if (p) await p;
-  }
-  return req.cmd.expectedLength === n * BLOCK ? GOOD : { status: 0, transferLength: n * BLOCK };
+  const done: ScsiResponse = req.cmd.expectedLength === n * BLOCK ? GOOD : { status: 0, transferLength: n * BLOCK };
+  const p = data.length > 0 ? io.write(lba * BLOCK, data, fua) : null;
+  return p ? p.then(() => done) : done;
 }
 
 /** WRITE AND VERIFY: the write is read back from the same cache, so verifying is the write itself. */

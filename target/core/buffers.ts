@@ -1,5 +1,5 @@
 /**
- * Buffers for the NBD data path, so requests stop churning the GC
+ * Buffers for the data path (NBD and iSCSI), so requests stop churning the GC
  * (docs/bench/findings.md, "Data path measurements").
  *
  * - Small replies (≤ SMALL_MAX) are carved one after another from 1 MiB
