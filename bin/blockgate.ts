@@ -56,7 +56,7 @@ program
   .option('--no-demo', 'do not create the demo appliance on first start')
   .option('--cache-size <size>', 'RAM block cache size, e.g. 512M or 2G (pinned and dirty data count against it)', process.env.BLOCKGATE_CACHE_SIZE ?? '512M')
   .option('--cache-block <size>', 'cache block size, a power of two from 4K to 1M', '64K')
-  .option('--io-route <route>', 'threads for cache misses and write-back: libuv (the default), batch or piscina', process.env.BLOCKGATE_IO_ROUTE)
+  .option('--io-route <route>', 'threads for cache misses and write-back: batch (the default), libuv or piscina', process.env.BLOCKGATE_IO_ROUTE)
   .option('--check-interval <ms>', 'how often array files are re-checked (deleted, replaced, truncated) and file-system fill measured; 0: only at flush', '2000')
   .option('--overcommit <ratio>', 'thin-provisioning limit saved as setting arrays.overcommit: a new array may be at most RATIO times its file system\'s free space (default 4)')
   .option('--restore [file]', 'rebuild a lost control database from DATA/blockgate.config.json, or from FILE (a `config export`)')

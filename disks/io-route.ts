@@ -23,7 +23,7 @@ export interface IoRoute {
 export type IoRouteName = 'libuv' | 'piscina' | 'batch';
 
 /** The route `blockgate serve` uses unless told otherwise (measured: docs/engine.md, "Miss route"). */
-export const DEFAULT_IO_ROUTE: IoRouteName = 'libuv';
+export const DEFAULT_IO_ROUTE: IoRouteName = 'batch';
 
 /** A write the array itself makes (an unaligned one it refuses; one over a pad in flight it holds until the pad lands). */
 function viaArray(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void> {
