@@ -714,10 +714,26 @@ export class BlockCache {
 
   // ---- write-back ---------------------------------------------------------
 
+  /**
+   * Over the background mark, write-back starts once the writes of this turn
+   * are in: started from markDirty, a run would leave with the first block of
+   * a large write alone (1 MiB writes went back as 64 KiB pwritevs), and its
+   * neighbours would wait for it. The microtask runs before any I/O callback.
+   */
   private kick(): void {
-    if (this.dirtyBytes >= this.dirtyBackground) this.pump();
-    else if (!this.timer) this.arm(this.delayMs);
+    if (this.dirtyBytes >= this.dirtyBackground) {
+      if (!this.pumpQueued) {
+        this.pumpQueued = true;
+        queueMicrotask(this.pumpQueuedNow);
+      }
+    } else if (!this.timer) this.arm(this.delayMs);
   }
+
+  private pumpQueued = false;
+  private readonly pumpQueuedNow = (): void => {
+    this.pumpQueued = false;
+    this.pump();
+  };
 
   private arm(ms: number): void {
     if (this.timer) return;

@@ -14,6 +14,8 @@ export interface StoreOptions {
   size?: number;
   blockSize?: number;
   dirtyLimit?: number;
+  /** Dirty bytes above which write-back starts at once (default: half the dirty limit). */
+  dirtyBackground?: number;
   arraySize?: number;
   route?: IoRoute;
 }
@@ -29,6 +31,7 @@ export async function storeOnArray(tt: { teardown: (fn: () => unknown) => void }
     size: opts.size ?? 4 * 1024 * 1024,
     blockSize: opts.blockSize ?? 64 * 1024,
     dirtyLimit: opts.dirtyLimit,
+    dirtyBackground: opts.dirtyBackground,
     writebackDelayMs: 60_000,
     route: opts.route,
   });

@@ -89,6 +89,28 @@ t.test('a flush writes each maximal run of dirty pages with one pwritev, across 
   t.notOk(store.cache.hasDirty(1, 0, 2 * M));
 });
 
+t.test('write-back under pressure waits for the whole write: a 1 MiB write over 16 blocks is one pwritev, not 16', async (t) => {
+  // Background write-back from the first dirty byte on: every write starts write-back at once.
+  const route = new RecordingRoute();
+  const { store, a } = await storeOnArray(t, { size: 16 * M, arraySize: 16 * M, route, dirtyBackground: 0 });
+  const v = vol(16 * M);
+  const d = seededBytes(M, 42);
+  await store.write(v, 2 * M, d, false);
+  await store.flush(v);
+  t.same(
+    route.take().filter((c) => c.startsWith('writev')),
+    [`writev ${2 * M}+${M}/16`],
+    'the blocks one write dirtied leave in one run (a run started at the first block went alone: 64 KiB pwritevs)',
+  );
+  t.same(onDisk(a, 2 * M, M), d);
+  // Two writes in the same turn, neighbours: planned together as well.
+  const e = seededBytes(2 * BS, 43);
+  await Promise.all([store.write(v, 8 * M, e.subarray(0, BS), false), store.write(v, 8 * M + BS, e.subarray(BS), false)]);
+  await store.flush(v);
+  t.same(route.take().filter((c) => c.startsWith('writev')), [`writev ${8 * M}+${2 * BS}/2`], 'two writes of one turn, one run');
+  t.same(onDisk(a, 8 * M, 2 * BS), e);
+});
+
 t.test('the last block of an array that ends inside it, and inside a page, is read and written up to the end only', async (t) => {
   const size = 2 * BS + 3 * P - 100;
   const { store, a, route, v } = await setup(t, size);
