@@ -973,6 +973,8 @@ export class IscsiConnection implements BudgetHolder {
       t.aborted = true;
       if (!t.settled) this.release(t);
     }
+    // Responses already made (to commands before the PDU that ended the connection) still go out.
+    this.replies.flush();
     this.sock.destroy();
     this.ctx.budget?.leave(this);
     this.finishClose(reason);
