@@ -7,6 +7,9 @@
  */
 import { REQUEST_HEADER_SIZE } from './constants.js';
 
+/** Payload left to gather above which the socket reads into the payload itself. */
+const DIRECT_MIN = 64 * 1024;
+
 export const enum Mode {
   Header,
   Fill,
@@ -66,7 +69,10 @@ export abstract class FrameReader {
           return;
         case Mode.Fill: {
           const k = Math.min(this.fillBuf.length - this.filled, n - p);
-          chunk.copy(this.fillBuf, this.filled, p, p + k);
+          // Read straight into the payload (directRead): the bytes are in place already.
+          if (chunk.buffer !== this.fillBuf.buffer || chunk.byteOffset + p !== this.fillBuf.byteOffset + this.filled) {
+            chunk.copy(this.fillBuf, this.filled, p, p + k);
+          }
           this.filled += k;
           p += k;
           if (this.filled === this.fillBuf.length) {
@@ -148,6 +154,17 @@ export abstract class FrameReader {
   protected expectHeader(size: number): void {
     this.mode = Mode.Header;
     this.headerSize = size;
+  }
+
+  /**
+   * Where the socket's next read should land instead of the shared buffer:
+   * the rest of a payload being gathered, when large (one copy fewer per
+   * byte; docs/bench/findings.md, session 6). Null: the shared buffer.
+   */
+  protected directRead(): Buffer | null {
+    if (this.mode !== Mode.Fill || !this.borrowedChunks) return null;
+    const left = this.fillBuf.length - this.filled;
+    return left >= DIRECT_MIN ? this.fillBuf.subarray(this.filled) : null;
   }
 
   protected fill(length: number, then: (buf: Buffer) => void, buf: Buffer = Buffer.allocUnsafe(length)): void {

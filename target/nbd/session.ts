@@ -209,8 +209,10 @@ export abstract class NbdSession extends FrameReader implements BudgetHolder {
 
   /** From the next read on, the socket's bytes arrive in the shared read buffer (no garbage per read). */
   protected readShared(): void {
-    if (readIntoSharedBuffer(this.socket, this.onLent)) this.borrowedChunks = true;
+    if (readIntoSharedBuffer(this.socket, this.onLent, this.nextRead)) this.borrowedChunks = true;
   }
+
+  private readonly nextRead = (): Buffer | null => this.directRead();
 
   private readonly onLent = (buf: Buffer, n: number): void => this.batch(buf, 0, n);
 

@@ -21,6 +21,8 @@ const SHARED_SIZE = 1024 * 1024;
 interface Switches {
   buffer: symbol;
   callback: symbol;
+  /** Asked after each read for the buffer the next read goes into (absent in some Node: then always the shared one). */
+  next: symbol | undefined;
 }
 
 let switches: Switches | null | undefined;
@@ -33,8 +35,9 @@ function findSwitches(): Switches | null {
     const syms = Object.getOwnPropertySymbols(probe);
     const buffer = syms.find((s) => s.description === 'kBuffer');
     const callback = syms.find((s) => s.description === 'kBufferCb');
+    const next = syms.find((s) => s.description === 'kBufferGen');
     probe.destroy();
-    return buffer && callback ? { buffer, callback } : null;
+    return buffer && callback ? { buffer, callback, next } : null;
   } catch {
     return null;
   }
@@ -49,8 +52,13 @@ interface StreamHandle {
  * shared buffer (its first n bytes) and no 'data' events are emitted.
  * pause()/resume() keep working. Returns false (nothing changed) when the
  * socket cannot do this: TLS, no handle, or a Node without the switches.
+ *
+ * `direct`, asked after every read, may name a buffer of the caller's for
+ * the next read instead (the rest of a large payload, which the kernel then
+ * copies straight into place): `onChunk` gets that buffer, and the read is
+ * never longer than it.
  */
-export function readIntoSharedBuffer(socket: net.Socket, onChunk: (buf: Buffer, n: number) => void): boolean {
+export function readIntoSharedBuffer(socket: net.Socket, onChunk: (buf: Buffer, n: number) => void, direct?: () => Buffer | null): boolean {
   if (switches === undefined) switches = findSwitches();
   const handle = (socket as unknown as { _handle?: StreamHandle | null })._handle;
   if (!switches || !handle || typeof handle.useUserBuffer !== 'function' || 'encrypted' in socket) return false;
@@ -62,6 +70,8 @@ export function readIntoSharedBuffer(socket: net.Socket, onChunk: (buf: Buffer, 
     // Flow control pauses through socket.pause(), which stops the handle itself.
     return true;
   };
+  const sharedBuf = shared;
+  if (direct && switches.next) s[switches.next] = (): Buffer => direct() ?? sharedBuf;
   handle.useUserBuffer(shared);
   return true;
 }

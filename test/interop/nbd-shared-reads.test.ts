@@ -59,3 +59,45 @@ t.test('writes waiting on a load keep their payload while other reads reuse the 
   t.equal(wrong, 0, 'every MiB reads back exactly what was written');
   for (const x of [a, b, c]) x.destroy();
 });
+
+t.test('large payloads read straight into place arrive whole, however the client splits them', async (t) => {
+  // A 1 MiB + 3 KiB payload is gathered by reading the socket into the payload itself once 64 KiB or more is
+  // left (target/nbd/framing.ts directRead): sent in uneven pieces with pauses, so the server sees reads that end
+  // mid-payload on both paths, and with the next request's header in the same write as the payload's last bytes
+  // (a read into the payload must stop at its end). Another connection's writes run through the shared buffer
+  // meanwhile. Each byte's value depends on its position, so a piece landing at the wrong offset shows.
+  const a = await WireClient.connect(sock).then((c) => c.open('0/0', { structured: false }));
+  const b = await WireClient.connect(sock).then((c) => c.open('0/0', { structured: false }));
+  const at = 2 * MiB + 4 * KiB;
+  const big = Buffer.alloc(MiB + 3 * KiB);
+  for (let i = 0; i < big.length; i += 4) big.writeUInt32LE((i * 2654435761) >>> 0, i);
+  const small = Buffer.alloc(4 * KiB, 0x5c);
+  const header = (offset: number, length: number, cookie: number): Buffer => {
+    const h = Buffer.alloc(28);
+    h.writeUInt32BE(0x25609513, 0);
+    h.writeUInt16BE(CMD.WRITE, 6);
+    h.writeUInt32BE(cookie, 12);
+    h.writeUInt32BE(offset, 20);
+    h.writeUInt32BE(length, 24);
+    return h;
+  };
+  const pause = (): Promise<void> => new Promise((r) => setTimeout(r, 15));
+  const cuts = [1, 70 * KiB, 70 * KiB + 1, 200 * KiB, 200 * KiB + 3, 900 * KiB, big.length - 5];
+  a.sock.write(header(at, big.length, 1));
+  let from = 0;
+  for (const cut of cuts) {
+    a.sock.write(big.subarray(from, cut));
+    from = cut;
+    b.send(CMD.WRITE, 12 * MiB + cut, small.length, 0, small);
+    await pause();
+  }
+  // The payload's last bytes and the next request, in one write.
+  a.sock.write(Buffer.concat([big.subarray(from), header(at + big.length, small.length, 2), small]));
+  for (let i = 0; i < 2; i++) t.equal((await a.reply()).error, 0, `write ${i + 1} acknowledged`);
+  for (let i = 0; i < cuts.length; i++) t.equal((await b.reply()).error, 0);
+  const back = await a.request(CMD.READ, at, big.length + small.length);
+  t.equal(back.error, 0);
+  t.ok(back.data!.subarray(0, big.length).equals(big), 'the large payload reads back exactly');
+  t.ok(back.data!.subarray(big.length).equals(small), 'and the request right behind it');
+  for (const x of [a, b]) x.destroy();
+});
