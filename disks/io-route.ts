@@ -60,16 +60,49 @@ export interface IoTask {
 }
 
 /**
+ * A route whose worker threads make the vectored calls on the slots' own
+ * memory. Holes and writes the array must make itself (unaligned, or over a
+ * pad in flight) stay with the array; plain ranges go to `submit`.
+ */
+abstract class WorkerRoute implements IoRoute {
+  abstract readonly name: IoRouteName;
+  readonly sharedMemory = true;
+
+  /** One vectored call on plain bytes, made by a worker thread. */
+  protected abstract submit(a: ArrayFile, op: IoTask['op'], bufs: Uint8Array[], length: number, position: number): Promise<void>;
+  abstract close(): Promise<void>;
+
+  readv(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void> {
+    // Holes are the allocation map's to fill with zeroes: only plain data goes to a worker.
+    if (!a.plainRange(position, length)) return readViaArray(a, bufs, length, position);
+    return this.shared(bufs) ?? this.submit(a, 'readv', bufs, length, position);
+  }
+
+  writev(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void> {
+    if (!a.plainWrite(position, length)) return viaArray(a, bufs, length, position);
+    return this.shared(bufs) ?? this.submit(a, 'writev', bufs, length, position);
+  }
+
+  /** A view of ordinary memory would cross to the worker as a copy (a read would land in the copy): refused. */
+  private shared(bufs: Uint8Array[]): Promise<void> | null {
+    for (const b of bufs) {
+      if (!(b.buffer instanceof SharedArrayBuffer)) return Promise.reject(new BlockgateError('INTERNAL', `the ${this.name} route needs SharedArrayBuffer-backed buffers`));
+    }
+    return null;
+  }
+}
+
+/**
  * piscina workers doing the vectored call synchronously in their own thread.
  * The slot views cross postMessage as SharedArrayBuffer views: no bytes are
  * copied, the worker writes the very memory the cache serves from.
  */
-export class PiscinaRoute implements IoRoute {
+export class PiscinaRoute extends WorkerRoute {
   readonly name = 'piscina' as const;
-  readonly sharedMemory = true;
   private readonly pool: Piscina;
 
   constructor(threads = 4) {
+    super();
     this.pool = new Piscina({
       filename: new URL('./io-worker.js', import.meta.url).href,
       minThreads: threads,
@@ -80,25 +113,11 @@ export class PiscinaRoute implements IoRoute {
     });
   }
 
-  private async run(a: ArrayFile, op: IoTask['op'], bufs: Uint8Array[], length: number, position: number): Promise<void> {
-    for (const b of bufs) {
-      if (!(b.buffer instanceof SharedArrayBuffer)) throw new BlockgateError('INTERNAL', 'piscina route needs SharedArrayBuffer-backed buffers');
-    }
+  protected async submit(a: ArrayFile, op: IoTask['op'], bufs: Uint8Array[], length: number, position: number): Promise<void> {
     const task: IoTask = { op, fd: a.descriptor, bufs, length, position };
     const r = (await this.pool.run(task)) as string | null;
     if (r !== null) throw a.ioError(op, r);
     if (op === 'writev') a.noteWrite(position, length);
-  }
-
-  readv(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void> {
-    // Holes are the allocation map's to fill with zeroes: only plain data goes to a worker.
-    if (!a.plainRange(position, length)) return readViaArray(a, bufs, length, position);
-    return this.run(a, 'readv', bufs, length, position);
-  }
-
-  writev(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void> {
-    if (!a.plainWrite(position, length)) return viaArray(a, bufs, length, position);
-    return this.run(a, 'writev', bufs, length, position);
   }
 
   async close(): Promise<void> {
@@ -119,9 +138,8 @@ interface Queued {
  * the whole batch at once. libuv's pool costs the event loop a thread wake-up
  * and a callback per call; this costs one message each way per batch.
  */
-export class BatchRoute implements IoRoute {
+export class BatchRoute extends WorkerRoute {
   readonly name = 'batch' as const;
-  readonly sharedMemory = true;
   private readonly workers: Worker[] = [];
   private readonly busy: number[] = [];
   private queue: Queued[] = [];
@@ -131,6 +149,7 @@ export class BatchRoute implements IoRoute {
   private closing = false;
 
   constructor(threads = 2) {
+    super();
     for (let i = 0; i < threads; i++) {
       this.workers.push(this.spawn(i));
       this.busy.push(0);
@@ -157,10 +176,8 @@ export class BatchRoute implements IoRoute {
     if (!this.closing) this.workers[i] = this.spawn(i);
   }
 
-  private enqueue(a: ArrayFile, op: IoTask['op'], bufs: Uint8Array[], length: number, position: number): Promise<void> {
+  protected submit(a: ArrayFile, op: IoTask['op'], bufs: Uint8Array[], length: number, position: number): Promise<void> {
     return new Promise<void>((resolve, reject) => {
-      // A view of ordinary memory would cross to the worker as a copy: a read would land in the copy.
-      for (const b of bufs) if (!(b.buffer instanceof SharedArrayBuffer)) throw new BlockgateError('INTERNAL', 'the batch route needs SharedArrayBuffer-backed buffers');
       this.queue.push({ a, task: { op, fd: a.descriptor, bufs, length, position }, resolve, reject });
       if (!this.scheduled) {
         this.scheduled = true;
@@ -207,16 +224,6 @@ export class BatchRoute implements IoRoute {
         q.resolve();
       }
     }
-  }
-
-  readv(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void> {
-    if (!a.plainRange(position, length)) return readViaArray(a, bufs, length, position);
-    return this.enqueue(a, 'readv', bufs, length, position);
-  }
-
-  writev(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void> {
-    if (!a.plainWrite(position, length)) return viaArray(a, bufs, length, position);
-    return this.enqueue(a, 'writev', bufs, length, position);
   }
 
   async close(): Promise<void> {
