@@ -69,6 +69,8 @@ export interface Results {
     /** Environment blockgate ran with beyond the runner's own (absent in older results). */
     blockgateEnv?: Record<string, string>;
     baseEnv?: Record<string, string>;
+    /** False: `bench/matrix.ts` ran the policy volumes, nbdkit-memory and TCP on fewer lanes (absent: older results ran every lane). */
+    everyLane?: boolean;
   };
   machine: Record<string, string | number>;
   versions: Record<string, string>;
@@ -332,6 +334,13 @@ export function renderMarkdown(r: Results): string {
     `Ratios are IOPS over ${r.config.baseline} on the same workload, scenario and transport (for 1 MiB rows IOPS and MiB/s ratios are equal);`,
     `iSCSI lanes are over ${ISCSI_BASELINE} and driven by \`qemu-img bench\` over libiscsi (no latency percentiles; 4k "random" is a 257-block stride).`,
     'Latency is fio\'s completion latency over reads and writes together. Transports: ' + r.config.transports.join(', ') + '.',
+    ...(r.config.everyLane === false
+      ? [
+          'Lanes (`bench/matrix.ts`): blockgate-wt and blockgate-none run on the unix lane of the pre-filled and fresh',
+          'scenarios, nbdkit-memory on the pre-filled unix lane, and TCP runs the QD1/QD32 4k shapes, both 1 MiB streams and',
+          'the 4-connection mix; every other cell runs everywhere (`--every-lane` runs them all).',
+        ]
+      : []),
     `blockgate environment: ${Object.entries(r.config.blockgateEnv ?? {}).map(([k, x]) => `${k}=${x}`).join(' ') || 'defaults (UV_THREADPOOL_SIZE unset = 4)'}${
       Object.keys(r.config.baseEnv ?? {}).length > 0 ? `; blockgate-base also ${Object.entries(r.config.baseEnv!).map(([k, x]) => `${k}=${x}`).join(' ')}` : ''
     }.`,

@@ -14,9 +14,10 @@ import { summariseProfile, type CpuProfile } from './profile.js';
 import { ProcessRegistry } from './procs.js';
 import { buildCells, cellKey, evaluateTargets, renderMarkdown, renderSvg, type Lane, type ProfileResult, type Results } from './report.js';
 import { selectScenarios, workloadsFor, type Scenario } from './scenarios.js';
-import { fillIscsi, iscsiRunnable, runIscsiWorkload } from './qemu-bench.js';
+import { fillIscsi, runIscsiWorkload } from './qemu-bench.js';
 import { BASELINE, DEFAULT_SERVERS, ISCSI_SERVERS, SERVERS, startBlockgate, startServer, type ServerName, type Target, type Transport } from './servers.js';
 import { rotation, type RunStats } from './stats.js';
+import { laneServers, laneWorkloads as laneWorkloadsOf } from './matrix.js';
 import { PROFILE_IDS, QUICK_FRESH_IDS, QUICK_IDS, QUICK_SERVERS, selectWorkloads, type Workload } from './workloads.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -36,6 +37,10 @@ interface Options {
   scenarios: Scenario[];
   /** Workloads per scenario id when not all of the scenario's kinds (quick mode's short fresh pass). */
   scenarioWorkloads: Map<string, Workload[]>;
+  /** Every server on every lane (`matrix.ts` otherwise drops the cells that repeat another lane). */
+  everyLane: boolean;
+  /** Workloads named with --workloads: every lane runs them. */
+  explicitWorkloads: boolean;
   baseBuild: string | undefined;
   sizeBytes: number;
   outDir: string;
@@ -56,6 +61,9 @@ const USAGE = `usage: node dist/bench/run.js [options]
   --iscsi              add the iSCSI lane (blockgate-iscsi vs tgt, driven by qemu-img bench over libiscsi)
   --scenarios LIST     filled,fresh,beyond-cache (see bench/scenarios.ts)
   --servers LIST       ${SERVERS.join(',')} (${BASELINE} is always included: ratios need it)
+  --every-lane         every server on every scenario and transport, every workload on TCP (bench/matrix.ts
+                       otherwise runs write-through/none on unix filled+fresh, nbdkit-memory on unix filled,
+                       and TCP on the QD1/QD32, 1 MiB and 4-connection shapes)
   --base-build DIR     a checkout whose dist/ the blockgate-base server runs (A/B of two builds in one run)
   --workloads LIST     workload ids (see bench/workloads.ts)
   --size MiB           export size (default 256)
@@ -85,6 +93,7 @@ function parseOptions(argv: string[]): Options {
     args: argv,
     options: {
       quick: { type: 'boolean', default: false },
+      'every-lane': { type: 'boolean', default: false },
       iscsi: { type: 'boolean', default: false },
       profile: { type: 'boolean', default: false },
       'profile-only': { type: 'boolean', default: false },
@@ -144,6 +153,8 @@ function parseOptions(argv: string[]): Options {
     workloads,
     scenarios,
     scenarioWorkloads,
+    everyLane: values['every-lane']!,
+    explicitWorkloads: values.workloads !== undefined,
     baseBuild: values['base-build'] ? path.resolve(values['base-build']) : undefined,
     sizeBytes: Math.round(num(values.size, 256)) * MiB,
     outDir: path.resolve(ROOT, values.out ?? (quick ? 'bench/out' : 'docs/bench')),
@@ -170,20 +181,17 @@ interface Ctx {
   opts: Options;
 }
 
-/** The iSCSI lane has its own servers; the NBD lanes run every other selected server. */
-function serversFor(opts: Options, transport: Transport): ServerName[] {
-  return opts.servers.filter((s) => ISCSI_SERVERS.includes(s) === (transport === 'iscsi'));
+function serversFor(opts: Options, sc: Scenario, transport: Transport): ServerName[] {
+  return laneServers(opts.servers, sc.id, transport, { everyLane: opts.everyLane });
 }
 
-/** The workloads a lane runs: the iSCSI driver has no mixed or multi-connection shapes. */
 function laneWorkloads(opts: Options, sc: Scenario, transport: Transport): Workload[] {
-  const ws = opts.scenarioWorkloads.get(sc.id)!;
-  return transport === 'iscsi' ? ws.filter(iscsiRunnable) : ws;
+  return laneWorkloadsOf(opts.scenarioWorkloads.get(sc.id)!, transport, { everyLane: opts.everyLane, explicit: opts.explicitWorkloads });
 }
 
 async function startAll(ctx: Ctx, sc: Scenario, transport: Transport): Promise<Target[]> {
   const targets: Target[] = [];
-  for (const s of serversFor(ctx.opts, transport)) {
+  for (const s of serversFor(ctx.opts, sc, transport)) {
     const t = await startServer(s, transport, {
       reg: ctx.reg,
       workDir: ctx.workDir,
@@ -373,7 +381,7 @@ async function main(): Promise<void> {
   try {
     if (opts.profileOnly) log(`profile only, merged into ${path.relative(ROOT, opts.outDir)}/results.json; scratch ${workDir}`);
     else {
-      const cells = opts.scenarios.reduce((n, sc) => n + opts.transports.reduce((m, tr) => m + laneWorkloads(opts, sc, tr).length * serversFor(opts, tr).length, 0), 0) * opts.rounds;
+      const cells = opts.scenarios.reduce((n, sc) => n + opts.transports.reduce((m, tr) => m + laneWorkloads(opts, sc, tr).length * serversFor(opts, sc, tr).length, 0), 0) * opts.rounds;
       log(`${opts.quick ? 'quick' : 'full'} run: ${opts.scenarios.map((sc) => sc.id).join('+')} × ${opts.servers.length} servers × ${opts.transports.join('+')} × ${opts.rounds} round(s) = ${cells} cells of ${opts.timing.runtimeS}+${opts.timing.rampS} s; scratch ${workDir}`);
       log(`load average at start: ${load()} on ${os.cpus().length} CPUs`);
     }
@@ -405,6 +413,7 @@ async function main(): Promise<void> {
       workDirFs: filesystemOf(os.tmpdir()),
       blockgateEnv: opts.blockgateEnv,
       baseEnv: opts.baseEnv,
+      everyLane: opts.everyLane,
     },
     machine: { ...machineInfo(), loadavg1Start: round2(loadStart), loadavg1End: round2(os.loadavg()[0]!) },
     versions: versions(ROOT),

@@ -16,6 +16,7 @@ import {
 } from '../../bench/stats.js';
 import { selectWorkloads, type Workload } from '../../bench/workloads.js';
 import { iscsiRunnable, parseQemuBench } from '../../bench/qemu-bench.js';
+import { laneServers, laneWorkloads, TCP_IDS } from '../../bench/matrix.js';
 
 const MiB = 1024 * 1024;
 
@@ -363,4 +364,25 @@ t.test('a native binding is split by the JavaScript frame that called it', async
       ['writeBuffer [native, from handleWriteReq node:internal/stream_base_commons]', 1],
     ],
   );
+});
+
+t.test('the full matrix keeps every judged cell and drops lanes that repeat another', async (t) => {
+  const all: ServerName[] = ['blockgate', 'blockgate-wt', 'blockgate-none', 'nbdkit-file', 'nbdkit-memory', 'qemu-nbd', 'blockgate-iscsi', 'tgt'];
+  const trim = { everyLane: false };
+  t.same(laneServers(all, 'filled', 'unix', trim), ['blockgate', 'blockgate-wt', 'blockgate-none', 'nbdkit-file', 'nbdkit-memory', 'qemu-nbd']);
+  t.same(laneServers(all, 'fresh', 'unix', trim), ['blockgate', 'blockgate-wt', 'blockgate-none', 'nbdkit-file', 'qemu-nbd']);
+  t.same(laneServers(all, 'beyond-cache', 'unix', trim), ['blockgate', 'nbdkit-file', 'qemu-nbd']);
+  t.same(laneServers(all, 'filled', 'tcp', trim), ['blockgate', 'nbdkit-file', 'qemu-nbd']);
+  t.same(laneServers(all, 'fresh', 'iscsi', trim), ['blockgate-iscsi', 'tgt']);
+  t.same(laneServers(all, 'beyond-cache', 'tcp', { everyLane: true }), ['blockgate', 'blockgate-wt', 'blockgate-none', 'nbdkit-file', 'nbdkit-memory', 'qemu-nbd']);
+
+  const ws = selectWorkloads(null);
+  const ids = (x: Workload[]): string[] => x.map((w) => w.id);
+  t.equal(laneWorkloads(ws, 'unix', { everyLane: false, explicit: false }).length, ws.length);
+  t.same(ids(laneWorkloads(ws, 'tcp', { everyLane: false, explicit: false })).sort(), [...TCP_IDS].sort());
+  t.equal(laneWorkloads(ws, 'tcp', { everyLane: true, explicit: false }).length, ws.length);
+  t.equal(laneWorkloads(ws, 'tcp', { everyLane: false, explicit: true }).length, ws.length);
+  t.ok(laneWorkloads(ws, 'iscsi', { everyLane: false, explicit: false }).every(iscsiRunnable));
+  // Every TCP id names a real workload: a typo would silently drop a row.
+  t.same(ids(selectWorkloads([...TCP_IDS])), [...TCP_IDS]);
 });
