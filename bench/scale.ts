@@ -104,9 +104,10 @@ async function hostWithUnit(b: Blockgate, name: string, array: string, size = VO
 }
 
 /** fio over several NBD URIs at once, one job (one connection) each; aggregate IOPS. */
-async function fio(uris: string[], qd: number, rw = 'randrw', size = VOL - MiB): Promise<number> {
+/** With `spread`, job i works on [i × size, (i + 1) × size) of its export (many connections to one export, each its own share). */
+async function fio(uris: string[], qd: number, rw = 'randrw', size = VOL - MiB, spread = false): Promise<number> {
   const jobFile = path.join(work, `scale-${uris.length}.fio`);
-  const sections = uris.map((u, i) => `[j${i}]\nuri=${u}\n`).join('');
+  const sections = uris.map((u, i) => `[j${i}]\nuri=${u}\n${spread ? `offset=${i * size}\n` : ''}`).join('');
   fs.writeFileSync(
     jobFile,
     `[global]\nioengine=nbd\nrw=${rw}\nrwmixread=50\nbs=4k\niodepth=${qd}\nsize=${size}\nnorandommap=1\ntime_based=1\nruntime=${RUNTIME_S}\nramp_time=0.5\ngroup_reporting=1\n${sections}`,
@@ -205,12 +206,17 @@ async function sessions(): Promise<void> {
     rows.push(line);
     log(line);
   }
-  await reg.stop(nbdkit.proc);
 
   // The hosts share one 63 MiB working set (each its own 1/n of it), so every row fits the 256 MiB cache and the
   // rows differ in sessions and units only: 16 hosts over 63 MiB each measured the cache's eviction instead.
   rows.push('', '## Aggregate IOPS by hosts (each host its own volume at unit 0/0, one connection each, QD2, 63 MiB shared out among them)', '');
-  rows.push('| hosts | blockgate IOPS | IOPS per host | RSS after mapping | load |', '|---:|---:|---:|---:|---|');
+  rows.push(
+    'nbdkit-file serves one export, so its column is the same client shape on one export: n connections, each its own',
+    '1/n of the working set. Where both fall together, the client (n fio jobs on the same two CPUs) is what falls.',
+    '',
+    '| hosts | blockgate IOPS | IOPS per host | nbdkit-file, n connections | ratio | RSS after mapping | load |',
+    '|---:|---:|---:|---:|---:|---:|---|',
+  );
   const socks = [sock0];
   // RSS per unit from the mapping alone (before each step's fio fills cache memory): the largest step.
   let rssUnits = { n: 0, bytes: 0 };
@@ -225,10 +231,12 @@ async function sessions(): Promise<void> {
     if (names.length > rssUnits.n) rssUnits = { n: names.length, bytes: rss - rssBefore };
     const share = Math.max(4096, Math.floor((VOL - MiB) / n / 4096) * 4096);
     const iops = await fio(socks.slice(0, n).map((s) => uriUnix(s, '0/0')), 2, 'randrw', share);
-    const line = `| ${n} | ${Math.round(iops)} | ${Math.round(iops / n)} | ${mib(rss)} | ${loadavg()} |`;
+    const nk = await fio(Array(n).fill(nbdkit.uri), 2, 'randrw', share, true);
+    const line = `| ${n} | ${Math.round(iops)} | ${Math.round(iops / n)} | ${Math.round(nk)} | ${(iops / nk).toFixed(2)}× | ${mib(rss)} | ${loadavg()} |`;
     rows.push(line);
     log(line);
   }
+  await reg.stop(nbdkit.proc);
 
   // ---- 2. RSS per idle session and per mapped unit -------------------------
   const before = rssOf(b.proc.pid);

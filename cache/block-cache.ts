@@ -37,6 +37,11 @@ export interface CacheOptions {
   maxPinnedFraction?: number | undefined;
   /** Slot I/O route (libuv pool by default; see docs/engine.md). */
   route?: IoRoute | undefined;
+  /**
+   * Write-back writes this long or longer go around the cache for the blocks
+   * they cover whole (`writeAround`). Default 256 KiB; Infinity: never.
+   */
+  writeAroundMin?: number | undefined;
 }
 
 export interface CacheStats {
@@ -68,6 +73,8 @@ export interface CacheStats {
 
 export const DEFAULT_CACHE_SIZE = 512 * 1024 * 1024;
 export const DEFAULT_BLOCK_SIZE = 64 * 1024;
+/** Why 256 KiB: docs/bench/findings.md, session 7 ("Large writes around the cache"). */
+export const DEFAULT_WRITE_AROUND_MIN = 256 * 1024;
 
 /** Cache keys: array id in the high bits, block index in the low 32 (2^21 arrays, 2^32 blocks each). */
 const KEY_MUL = 2 ** 32;
@@ -163,6 +170,7 @@ export class BlockCache {
   private readonly concurrency: number;
   private readonly maxPinned: number;
   private readonly maxRun: number;
+  readonly writeAroundMin: number;
   /**
    * One bit per 4 KiB page of every slot, set while the page holds bytes the
    * array does not have yet: write-back writes exactly these pages, so bytes
@@ -218,6 +226,7 @@ export class BlockCache {
     this.concurrency = opts.writebackConcurrency ?? 8;
     this.maxPinned = Math.floor(this.capacity * (opts.maxPinnedFraction ?? 0.5));
     this.maxRun = Math.max(1, (1 << 20) >> this.shift);
+    this.writeAroundMin = opts.writeAroundMin ?? DEFAULT_WRITE_AROUND_MIN;
     this.pagesPerBlock = bs >> PAGE_SHIFT;
     this.pageWords = Math.ceil(this.pagesPerBlock / 32);
     this.pageBits = new Uint32Array(this.slab.slots * this.pageWords);
@@ -647,6 +656,71 @@ export class BlockCache {
     }
     if (pending === null) return null;
     return pending.length === 1 ? pending[0]! : Promise.all(pending).then(noop);
+  }
+
+  /**
+   * A large write-back write: the blocks it covers whole go straight to the
+   * array and leave the cache (their bytes are all superseded, dirty or not),
+   * the partial blocks at either end go into the cache as any write-back
+   * write. The payload is then copied once, into the page cache, instead of
+   * into slots on the event loop and from there to the page cache, and a
+   * stream of large writes does not push everything else out of the cache.
+   * Resolves when the array has the whole-block bytes (not synced: FLUSH
+   * syncs, as for any write-back write). A block being loaded, written back
+   * or changed is waited for first, so no older bytes land after these; a
+   * pinned block keeps the range in the cache (a job is reading it there).
+   */
+  async writeAround(a: ArrayFile, pos: number, src: Buffer, sOff: number, len: number): Promise<void> {
+    const bs = this.blockSize;
+    const end = pos + len;
+    const w0 = Math.ceil(pos / bs) * bs;
+    const w1 = Math.floor(end / bs) * bs;
+    if (w1 <= w0) return this.write(a, pos, src, sOff, len, 'back') ?? undefined;
+    const parts: Promise<void>[] = [];
+    const edge = (s: number, e: number): void => {
+      const p = s < e ? this.write(a, s, src, sOff + s - pos, e - s, 'back') : null;
+      if (p) parts.push(p);
+    };
+    edge(pos, w0);
+    edge(w1, end);
+    for (;;) {
+      const r = this.clearForAround(a, w0 / bs, w1 / bs);
+      if (r === null) break;
+      if (r === 'pinned') {
+        edge(w0, w1);
+        await Promise.all(parts);
+        return;
+      }
+      await r.catch(noop);
+    }
+    // Blocks born from here on may load the array before these bytes land: directWrite refreshes them.
+    parts.push(this.directWrite(a, w0, src, sOff + w0 - pos, w1 - w0, this.seq));
+    await Promise.all(parts);
+  }
+
+  /**
+   * Drops the resident blocks [i0, i1) of the array, all at once, when none
+   * is busy: else what to wait for first, or 'pinned'.
+   */
+  private clearForAround(a: ArrayFile, i0: number, i1: number): Promise<void> | 'pinned' | null {
+    const base = a.id * KEY_MUL;
+    for (let i = i0; i < i1; i++) {
+      const changing = this.changing.size > 0 ? this.changing.get(base + i) : undefined;
+      if (changing !== undefined) return changing;
+      const b = this.peek(base + i);
+      if (b === undefined) continue;
+      const busy = b.loading ?? b.writing;
+      if (busy) return busy;
+      if (b.pins > 0) return 'pinned';
+    }
+    for (let i = i0; i < i1; i++) {
+      const b = this.peek(base + i);
+      if (b !== undefined) {
+        this.counters.invalidations++;
+        this.drop(b);
+      }
+    }
+    return null;
   }
 
   /**

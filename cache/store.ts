@@ -158,12 +158,20 @@ export class BlockStore {
 
   /**
    * Like write(), but returns null when the write is complete at once: a
-   * write-back write with no FUA, no quiesce or write hook on the volume,
-   * room under the dirty limit, and every block it touches idle in memory.
+   * write-back write shorter than the write-around size, with no FUA, no
+   * quiesce or write hook on the volume, room under the dirty limit, and
+   * every block it touches idle in memory.
    * `src` is not referenced after null or after the promise settles.
    */
   writeFast(vol: VolumeHandle, offset: number, src: Buffer, fua: boolean): Promise<void> | null {
-    if (fua || vol.cachePolicy !== 'write-back' || this.cache.overDirtyLimit || this.gates.has(vol.id) || this.writeHooks.has(vol.id)) {
+    if (
+      fua ||
+      vol.cachePolicy !== 'write-back' ||
+      src.length >= this.cache.writeAroundMin ||
+      this.cache.overDirtyLimit ||
+      this.gates.has(vol.id) ||
+      this.writeHooks.has(vol.id)
+    ) {
       return this.write(vol, offset, src, fua);
     }
     const p = this.writeBackSegments(vol, offset, src);
@@ -244,7 +252,9 @@ export class BlockStore {
   }
 
   /**
-   * write-back: into the cache, acknowledged once in memory. write-through,
+   * write-back: into the cache, acknowledged once in memory; a large write
+   * goes around it (`BlockCache.writeAround`), acknowledged once the array has
+   * it. write-through,
    * none, and FUA on any policy: cached copies updated first (so a write-back
    * of older bytes cannot land after ours), then the array written, and with
    * FUA synced, before the acknowledgement.
@@ -252,6 +262,11 @@ export class BlockStore {
   private async writeNow(vol: VolumeHandle, offset: number, src: Buffer, fua: boolean): Promise<void> {
     const policy = vol.cachePolicy;
     if (policy === 'write-back' && !fua) {
+      if (src.length >= this.cache.writeAroundMin) {
+        // Adds no dirty bytes beyond its partial end blocks: it does not wait for dirty room.
+        await Promise.all(vol.layout.translate(offset, src.length).map((g) => this.cache.writeAround(this.getArray(g.arrayId), g.arrayOffset, src, g.requestOffset, g.length)));
+        return;
+      }
       if (this.cache.overDirtyLimit) await this.cache.waitDirtyRoom();
       const p = this.writeBackSegments(vol, offset, src);
       if (p) await p;

@@ -18,6 +18,8 @@ export interface StoreOptions {
   dirtyBackground?: number;
   arraySize?: number;
   route?: IoRoute;
+  /** Write-back writes at least this long go around the cache (default: the cache's own, 256 KiB). */
+  writeAroundMin?: number;
 }
 
 /**
@@ -34,6 +36,7 @@ export async function storeOnArray(tt: { teardown: (fn: () => unknown) => void }
     dirtyBackground: opts.dirtyBackground,
     writebackDelayMs: 60_000,
     route: opts.route,
+    writeAroundMin: opts.writeAroundMin,
   });
   const a = new ArrayFile(1, 'a1', path.join(dir, 'a1.img'), opts.arraySize ?? 16 * 1024 * 1024);
   await a.open(true);
