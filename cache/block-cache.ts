@@ -73,6 +73,17 @@ export interface CacheStats {
 
 export const DEFAULT_CACHE_SIZE = 512 * 1024 * 1024;
 export const DEFAULT_BLOCK_SIZE = 64 * 1024;
+/**
+ * Reads and writes that do not go through a slot (policy none, write-through
+ * and FUA writes, no slot free) of up to this many bytes go through a worker
+ * route via staging memory: the route costs the event loop 3–4 µs a call
+ * where libuv's pool costs 12–17 (docs/engine.md, "Miss route"), and the
+ * copy in or out of the staging slot well under a microsecond per 4 KiB.
+ * Larger ones keep libuv's pool and no copy.
+ */
+const STAGE_SIZE = 64 * 1024;
+/** Staging slots (4 MiB, committed as used); with all in use, calls take libuv's pool. */
+const STAGE_SLOTS = 64;
 /** Why 256 KiB: docs/bench/findings.md, session 7 ("Large writes around the cache"). */
 export const DEFAULT_WRITE_AROUND_MIN = 256 * 1024;
 
@@ -149,6 +160,8 @@ export class BlockCache {
   readonly capacity: number;
   private readonly shift: number;
   private readonly slab: Slab;
+  /** Staging memory for slotless I/O through a worker route; null on a route of libuv's pool. */
+  private readonly staging: Slab | null;
   private readonly lru: LRUCache<number, Block>;
   private readonly held = new Map<number, Block>();
   /**
@@ -216,6 +229,7 @@ export class BlockCache {
     this.arrays = arrays;
     this.route = opts.route ?? new LibuvRoute();
     this.slab = new Slab(opts.size, bs, this.route.sharedMemory);
+    this.staging = this.route.sharedMemory ? new Slab(STAGE_SLOTS * STAGE_SIZE, STAGE_SIZE, true) : null;
     this.capacity = this.slab.slots * bs;
     // Never reached on its own (resident blocks never outnumber slots); eviction is explicit, below.
     this.lru = new LRUCache<number, Block>({ max: this.slab.slots + 1 });
@@ -522,10 +536,7 @@ export class BlockCache {
         blocks.push(b);
       }
     }
-    if (blocks.length === 0) {
-      this.counters.bypassReads++;
-      return a.read(dest, dOff + s - pos, e - s, s);
-    }
+    if (blocks.length === 0) return this.readStraight(a, dest, dOff + s - pos, e - s, s);
     const cachedEnd = Math.min(e, (i0 + blocks.length) * bs);
     const loaded = this.load(a, blocks, () => {
       // Copy out while the load's completion still owns the slots.
@@ -538,8 +549,46 @@ export class BlockCache {
     });
     if (cachedEnd === e) return loaded;
     // No slot for the rest (everything else dirty, pinned or busy): read it straight through.
+    return Promise.all([loaded, this.readStraight(a, dest, dOff + cachedEnd - pos, e - cachedEnd, cachedEnd)]).then(noop);
+  }
+
+  /** Array bytes [pos, pos+len) into dest, no slot kept: staged through a worker route when small and plain (STAGE_SIZE). */
+  private readStraight(a: ArrayFile, dest: Buffer, dOff: number, len: number, pos: number): Promise<void> {
     this.counters.bypassReads++;
-    return Promise.all([loaded, a.read(dest, dOff + cachedEnd - pos, e - cachedEnd, cachedEnd)]).then(noop);
+    const st = this.staging;
+    // Holes and a failed array are the array's to answer; so is anything large.
+    if (st === null || len > STAGE_SIZE || a.fault !== null || !a.plainRange(pos, len)) return a.read(dest, dOff, len, pos);
+    const slot = st.take();
+    if (slot < 0) return a.read(dest, dOff, len, pos);
+    const v = st.view(slot);
+    return this.route.readv(a, [len === STAGE_SIZE ? v : v.subarray(0, len)], len, pos).then(
+      () => {
+        v.copy(dest, dOff, 0, len);
+        st.give(slot);
+      },
+      (err: unknown) => {
+        st.give(slot);
+        throw err;
+      },
+    );
+  }
+
+  /** src bytes onto the array at pos, no slot involved: staged through a worker route when small and aligned (STAGE_SIZE). */
+  private writeStraight(a: ArrayFile, src: Buffer, sOff: number, len: number, pos: number): Promise<void> {
+    const st = this.staging;
+    // Unaligned writes are padded by the array, and over a pad in flight they wait: the array's to make.
+    if (st === null || len > STAGE_SIZE || a.fault !== null || !a.plainWrite(pos, len)) return a.write(src, sOff, len, pos);
+    const slot = st.take();
+    if (slot < 0) return a.write(src, sOff, len, pos);
+    const v = st.view(slot);
+    src.copy(v, 0, sOff, sOff + len);
+    return this.route.writev(a, [len === STAGE_SIZE ? v : v.subarray(0, len)], len, pos).then(
+      () => st.give(slot),
+      (err: unknown) => {
+        st.give(slot);
+        throw err;
+      },
+    );
   }
 
   // ---- writes -----------------------------------------------------------
@@ -733,7 +782,7 @@ export class BlockCache {
    */
   async directWrite(a: ArrayFile, pos: number, src: Buffer, sOff: number, len: number, since = this.seq): Promise<void> {
     this.counters.bypassWrites++;
-    await a.write(src, sOff, len, pos);
+    await this.writeStraight(a, src, sOff, len, pos);
     if (this.seq === since) return;
     const bs = this.blockSize;
     const end = pos + len;
