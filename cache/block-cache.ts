@@ -65,6 +65,8 @@ export interface CacheStats {
   /** Pieces served straight between the array and the request (policy none, or no free slot). */
   bypassReads: number;
   bypassWrites: number;
+  /** Misses answered with zeroes from the allocation map (never-written ranges). */
+  holeReads: number;
   invalidations: number;
   /** Times a writer waited because dirty bytes were at the limit. */
   dirtyWaits: number;
@@ -214,6 +216,7 @@ export class BlockCache {
     loads: 0,
     bypassReads: 0,
     bypassWrites: 0,
+    holeReads: 0,
     invalidations: 0,
     dirtyWaits: 0,
   };
@@ -480,7 +483,8 @@ export class BlockCache {
         const busy = this.changing.get(base + idx);
         if (busy !== undefined) {
           if (missFrom >= 0) {
-            (pending ??= []).push(this.readMisses(a, missFrom, idx, pos, end, dest, dOff, cacheable));
+            const m = this.readMisses(a, missFrom, idx, pos, end, dest, dOff, cacheable);
+            if (m) (pending ??= []).push(m);
             missFrom = -1;
           }
           const s = start > pos ? start : pos;
@@ -496,7 +500,8 @@ export class BlockCache {
         continue;
       }
       if (missFrom >= 0) {
-        (pending ??= []).push(this.readMisses(a, missFrom, idx, pos, end, dest, dOff, cacheable));
+        const m = this.readMisses(a, missFrom, idx, pos, end, dest, dOff, cacheable);
+        if (m) (pending ??= []).push(m);
         missFrom = -1;
       }
       const s = start > pos ? start : pos;
@@ -517,17 +522,27 @@ export class BlockCache {
       b.buf.copy(dest, dOff + s - pos, s - start, e - start);
       this.counters.hits++;
     }
-    if (missFrom >= 0) (pending ??= []).push(this.readMisses(a, missFrom, idx, pos, end, dest, dOff, cacheable));
+    if (missFrom >= 0) {
+      const m = this.readMisses(a, missFrom, idx, pos, end, dest, dOff, cacheable);
+      if (m) (pending ??= []).push(m);
+    }
     if (pending === null) return null;
     return pending.length === 1 ? pending[0]! : Promise.all(pending).then(noop);
   }
 
-  /** Blocks [i0, i1) are not in memory; deliver their part of [pos, end). */
-  private readMisses(a: ArrayFile, i0: number, i1: number, pos: number, end: number, dest: Buffer, dOff: number, cacheable: boolean): Promise<void> {
+  /** Blocks [i0, i1) are not in memory; deliver their part of [pos, end) (null: delivered already). */
+  private readMisses(a: ArrayFile, i0: number, i1: number, pos: number, end: number, dest: Buffer, dOff: number, cacheable: boolean): Promise<void> | null {
     const bs = this.blockSize;
-    this.counters.misses += i1 - i0;
     const s = Math.max(pos, i0 * bs);
     const e = Math.min(end, i1 * bs);
+    if (a.holeRange(s, e - s)) {
+      // Never written: zeroes from the map, with no slot taken, no read and nothing cached (a fresh
+      // volume's reads would otherwise fill the cache with zero blocks, each slot's pages touched).
+      this.counters.holeReads++;
+      dest.fill(0, dOff + s - pos, dOff + e - pos);
+      return null;
+    }
+    this.counters.misses += i1 - i0;
     const blocks: Block[] = [];
     if (cacheable) {
       for (let i = i0; i < i1; i++) {

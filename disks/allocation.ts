@@ -374,6 +374,16 @@ export class AllocationMap {
 
   /** True when every block of [offset, offset+length) holds DATA. */
   allData(offset: number, length: number): boolean {
+    return this.every(offset, length, true);
+  }
+
+  /** True when no block of [offset, offset+length) holds DATA (it all reads as zeroes). */
+  noData(offset: number, length: number): boolean {
+    return this.every(offset, length, false);
+  }
+
+  /** Whether every block of the range holds DATA (`data`), or none does. */
+  private every(offset: number, length: number, data: boolean): boolean {
     if (length === 0) return true;
     const endBlock = Math.floor((offset + length - 1) / ALLOC_BLOCK) + 1;
     for (let b = Math.floor(offset / ALLOC_BLOCK); b < endBlock; ) {
@@ -382,9 +392,9 @@ export class AllocationMap {
       const stop = Math.min(base + LEAF, endBlock);
       const l = this.leafAt(leaf);
       if (!l) {
-        if (this.defaultOf(leaf) !== AllocState.Data) return false;
+        if ((this.defaultOf(leaf) === AllocState.Data) !== data) return false;
       } else {
-        for (let i = b - base, e = stop - base; i < e; i++) if (l[i] !== AllocState.Data) return false;
+        for (let i = b - base, e = stop - base; i < e; i++) if ((l[i] === AllocState.Data) !== data) return false;
       }
       b = stop;
     }

@@ -215,6 +215,16 @@ export class ArrayFile {
   }
 
   /**
+   * True when the range was never written (or was zeroed): it reads as
+   * zeroes without touching the file. False for a failed array (its map
+   * cannot be trusted) and while a pad is in flight under the range.
+   */
+  holeRange(position: number, length: number): boolean {
+    const m = this.alloc;
+    return this.fault === null && !(m.anyPending && m.isPending(position, length)) && m.noData(position, length);
+  }
+
+  /**
    * True when a vectored write of the range can go straight to the file from
    * another thread (`descriptor`, then `noteWrite`): aligned as writev()
    * requires and no pad in flight under it. Otherwise go through writev(),

@@ -114,3 +114,32 @@ t.test('FUA on a write-back volume goes through the workers too, and the bytes a
   t.same(onDisk(a, 6 * M, 2 * P), d);
   t.same(await readVol(store, v, 6 * M, 2 * P), d);
 });
+
+t.test('a never-written range reads as zeroes from the map: no slot, no read, nothing cached', async (t) => {
+  const { store, a, route } = await setup(t);
+  const v = vol('write-back');
+  const before = store.stats();
+  t.same(await readVol(store, v, 8 * M + 100, 3 * BS), Buffer.alloc(3 * BS), 'zeroes');
+  const after = store.stats();
+  t.equal(after.cachedBytes, before.cachedBytes, 'no block taken');
+  t.equal(after.misses, before.misses, 'no miss counted');
+  t.equal(after.holeReads - before.holeReads, 1, 'one hole read');
+  t.equal(route.reads, 0, 'the file was not read');
+  // A range partly written is read as ever: the written part from the array, into the cache.
+  const d = seededBytes(P, 40);
+  await a.write(d, 0, P, 9 * M + P);
+  const got = await readVol(store, v, 9 * M, 2 * P);
+  t.same(got, Buffer.concat([Buffer.alloc(P), d]));
+  t.ok(store.stats().cachedBytes > after.cachedBytes, 'that block is cached');
+  // Written back, evicted, read again: data, not zeroes (the map learned it).
+  const e = seededBytes(P, 41);
+  await store.write(v, 12 * M, e, false);
+  await store.flush(v);
+  await store.invalidate(1, 12 * M, BS);
+  t.same(await readVol(store, v, 12 * M, P), e, 'a written-back block reads its bytes after it left the cache');
+  // A failed array answers nothing, not even zeroes for its holes.
+  t.ok(a.holeRange(14 * M, P));
+  a.fail('io-error', 'test: the disk under the array failed');
+  t.notOk(a.holeRange(14 * M, P), 'its map is not trusted for holes');
+  await t.rejects(readVol(store, v, 14 * M, P), 'a failed array does not read as zeroes');
+});

@@ -140,10 +140,12 @@ t.test('sub-block writes at odd offsets (read-modify-write) land exactly', async
 });
 
 t.test('eviction is bounded by bytes and only takes clean blocks', async (t) => {
-  const { store } = await setup(t, { size: 1 * M, blockSize: 64 * K });
+  const { store, arrays } = await setup(t, { size: 1 * M, blockSize: 64 * K });
   const v = vol(1, [{ arrayId: 1, offset: 0, length: 16 * M }]);
   const dirty = rnd(128 * K, 9);
   await store.write(v, 0, dirty, false);
+  // Data under the range read (never-written ranges read as zeroes without taking a slot).
+  await arrays[0]!.write(rnd(7 * M, 19), 0, 7 * M, M);
   for (let off = M; off < 8 * M; off += 64 * K) await readVol(store, v, off, 64 * K);
   const s = store.stats();
   t.ok(s.cachedBytes <= s.capacityBytes, `cached ${s.cachedBytes} <= capacity ${s.capacityBytes}`);
@@ -153,13 +155,16 @@ t.test('eviction is bounded by bytes and only takes clean blocks', async (t) => 
 });
 
 t.test('pinned ranges are never evicted, and pinning is bounded', async (t) => {
-  const { store } = await setup(t, { size: 1 * M, blockSize: 64 * K });
+  const { store, arrays } = await setup(t, { size: 1 * M, blockSize: 64 * K });
   const v = vol(1, [{ arrayId: 1, offset: 0, length: 16 * M }]);
   const data = rnd(256 * K, 10);
   await store.write(v, 2 * M, data, true);
   await store.pin(1, 2 * M, 256 * K);
   t.equal(store.stats().pinnedBytes, 256 * K);
+  await arrays[0]!.write(rnd(8 * M, 20), 0, 8 * M, 4 * M);
+  const thrash = store.stats().evictions;
   for (let off = 4 * M; off < 12 * M; off += 64 * K) await readVol(store, v, off, 64 * K);
+  t.ok(store.stats().evictions - thrash >= 100, 'the reads pushed the unpinned blocks out');
   const before = store.stats();
   t.same(await readVol(store, v, 2 * M, data.length), data);
   const after = store.stats();
