@@ -296,9 +296,10 @@ t.test('a write-through write whose cache step waited: a page load that started 
   const { store, a } = await setup(t, { route });
   const back = vol(1, 0, 4 * M);
   const thru = vol(2, 0, 4 * M, 'write-through');
-  // Block 1: page 0 dirty in memory, page 6 only on the array.
+  // Block 1: page 0 dirty in memory, page 6 only on the array; block 0 written on the array (a hole would not load).
   await store.write(back, BS, bytes(P, 60), false);
   const old6 = await seedPage(a, 16 + 6, 61);
+  await seedPage(a, 0, 59);
   // Block 0 loading (held): the write's cache step must wait for it.
   route.hold();
   const loading0 = readVol(store, back, 0, P);

@@ -103,22 +103,26 @@ t.test('a read-only unit refuses every change, and reads', async (t) => {
 });
 
 t.test('cache hits and in-memory write-back writes complete at once (null), and are counted', async (t) => {
-  const { store } = await setup(t);
+  const { store, array } = await setup(t);
   const u = unit('h', 'write-back');
   const io = openUnit(store, u, 'nbd');
+  const hole = Buffer.alloc(4096, 0xff);
+  t.equal(io.read(8192, 4096, hole), null, 'a never-written range is done at once');
+  t.same(hole, fill(4096, 0), 'as zeroes');
+  await array.write(fill(4096, 3), 0, 4096, 1 * M);
   const first = io.read(0, 4096, Buffer.alloc(4096));
   t.not(first, null, 'a miss goes to the array');
   await first;
   const dest = Buffer.alloc(4096, 0xff);
   t.equal(io.read(0, 4096, dest), null, 'a hit is done at once');
-  t.same(dest, fill(4096, 0), 'with the bytes in place');
+  t.same(dest, fill(4096, 3), 'with the bytes in place');
   t.equal(io.write(0, fill(4096, 5), false), null, 'a write-back write to a cached block is done at once');
   const fua = io.write(0, fill(4096, 6), true);
   t.not(fua, null, 'FUA is not');
   await fua;
   await io.flush();
-  t.equal(u.stats.ops[OP.read], 2, 'reads counted');
-  t.equal(u.stats.bytes[OP.read], 8192);
+  t.equal(u.stats.ops[OP.read], 3, 'reads counted');
+  t.equal(u.stats.bytes[OP.read], 12288);
   t.equal(u.stats.ops[OP.write], 2, 'writes counted');
   t.equal(u.stats.ops[OP.flush], 1, 'flush counted');
   await code(io.read(SIZE, 1, Buffer.alloc(1)));
