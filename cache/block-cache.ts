@@ -39,7 +39,9 @@ export interface CacheOptions {
   route?: IoRoute | undefined;
   /**
    * Write-back writes this long or longer go around the cache for the blocks
-   * they cover whole (`writeAround`). Default 256 KiB; Infinity: never.
+   * they cover whole (`writeAround`), and reads of runs of blocks not in
+   * memory this long or longer go straight to the array. Default 256 KiB;
+   * Infinity: never.
    */
   writeAroundMin?: number | undefined;
 }
@@ -543,6 +545,9 @@ export class BlockCache {
       return null;
     }
     this.counters.misses += i1 - i0;
+    // A large read of blocks not in memory (a stream) goes around the cache like a large write: straight into
+    // dest, no slots taken (on fresh memory each costs its pages' first touch), nothing else evicted.
+    if (e - s >= this.writeAroundMin) return this.readStraight(a, dest, dOff + s - pos, e - s, s);
     const blocks: Block[] = [];
     if (cacheable) {
       for (let i = i0; i < i1; i++) {

@@ -201,3 +201,25 @@ t.test('a volume of several extents: each array range goes around on its own', a
   t.same(onDisk(a, 8 * M + at, first), d.subarray(0, first));
   t.same(onDisk(a, 2 * M, d.length - first), d.subarray(first));
 });
+
+t.test('a large read of blocks not in memory goes around the cache; resident blocks still serve their part', async (t) => {
+  const { store, a, route, v } = await setup(t);
+  const old = seededBytes(2 * M, 20);
+  await a.write(old, 0, old.length, 0);
+  const before = store.stats();
+  t.same(await readVol(store, v, 100, M), old.subarray(100, 100 + M), 'the bytes');
+  const after = store.stats();
+  t.equal(after.cachedBytes, before.cachedBytes, 'no block kept');
+  t.equal(after.loads, before.loads, 'no slot loaded');
+  // A small read caches its block; a large read over it takes that block from memory, the rest around.
+  t.same(await readVol(store, v, M + 2 * BS, P), old.subarray(M + 2 * BS, M + 2 * BS + P));
+  const d = seededBytes(P, 21);
+  await store.write(v, M + 2 * BS, d, false);
+  const model = Buffer.from(old);
+  d.copy(model, M + 2 * BS);
+  t.same(await readVol(store, v, M, M), model.subarray(M, 2 * M), 'the dirty resident block is read from memory, not the array');
+  // Below the size, misses are cached as ever.
+  const c0 = store.stats().cachedBytes;
+  await readVol(store, v, 0, 256 * 1024 - P);
+  t.ok(store.stats().cachedBytes > c0, 'a smaller read fills the cache');
+});
