@@ -531,11 +531,16 @@ export class BlockStore {
   /** Prefetch (NBD CACHE, SCSI PRE-FETCH): reads the range's data blocks through, 1 MiB at a time, so the next read is served warm. */
   async prefetch(vol: VolumeHandle, offset: number, length: number): Promise<void> {
     const CHUNK = 1024 * 1024;
+    // Reads as large as the cache's write-around size would go around it and leave nothing warm:
+    // each chunk is read in pieces below that size, at once.
+    const piece = Math.max(4096, Math.min(CHUNK, Math.floor(this.cache.writeAroundMin / 2)));
     const scratch = Buffer.allocUnsafe(Math.min(CHUNK, length));
     for (let pos = offset; pos < offset + length; pos += CHUNK) {
       const n = Math.min(CHUNK, offset + length - pos);
       if (!this.allData(vol, pos, n) && this.allocationRuns(vol, pos, n, 2).every((e) => e.state !== 'data')) continue;
-      await this.read(vol, pos, n, scratch.subarray(0, n));
+      const parts: Promise<void>[] = [];
+      for (let at = 0; at < n; at += piece) parts.push(this.read(vol, pos + at, Math.min(piece, n - at), scratch.subarray(at, Math.min(n, at + piece))));
+      await Promise.all(parts);
     }
   }
 
