@@ -581,9 +581,14 @@ export class BlockCache {
     const slot = st.take();
     if (slot < 0) return a.read(dest, dOff, len, pos);
     const v = st.view(slot);
-    return this.route.readv(a, [len === STAGE_SIZE ? v : v.subarray(0, len)], len, pos).then(
+    return this.staged(st, slot, this.route.readv(a, [len === STAGE_SIZE ? v : v.subarray(0, len)], len, pos), () => v.copy(dest, dOff, 0, len));
+  }
+
+  /** The staging slot goes back once the call is over, whatever its outcome (after `then` on success). */
+  private staged(st: Slab, slot: number, call: Promise<void>, then?: () => void): Promise<void> {
+    return call.then(
       () => {
-        v.copy(dest, dOff, 0, len);
+        then?.();
         st.give(slot);
       },
       (err: unknown) => {
@@ -602,13 +607,7 @@ export class BlockCache {
     if (slot < 0) return a.write(src, sOff, len, pos);
     const v = st.view(slot);
     src.copy(v, 0, sOff, sOff + len);
-    return this.route.writev(a, [len === STAGE_SIZE ? v : v.subarray(0, len)], len, pos).then(
-      () => st.give(slot),
-      (err: unknown) => {
-        st.give(slot);
-        throw err;
-      },
-    );
+    return this.staged(st, slot, this.route.writev(a, [len === STAGE_SIZE ? v : v.subarray(0, len)], len, pos));
   }
 
   // ---- writes -----------------------------------------------------------
