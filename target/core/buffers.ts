@@ -63,6 +63,13 @@ export function releaseLarge(b: Buffer): void {
   pooledBytes += n;
 }
 
+/** A socket write callback that gives a largeBuffer() back once written (not on error: it may still be queued). */
+export function releaseWhenWritten(b: Buffer): (err?: Error | null) => void {
+  return (err) => {
+    if (!err) releaseLarge(b);
+  };
+}
+
 /** Any size: arena for small, free list for large, plain allocation between. */
 export function replyBuffer(n: number): Buffer {
   if (n <= SMALL_MAX) return smallBuffer(n);

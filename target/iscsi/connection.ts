@@ -7,7 +7,7 @@
  */
 import type { Socket } from 'node:net';
 import type { UnitIO } from '../core/contract.js';
-import { ReplyBatch, SMALL_MAX, alignedCopy, type BudgetHolder, type IoBudget } from '../core/index.js';
+import { LARGE_MIN, ReplyBatch, SMALL_MAX, alignedCopy, largeBuffer, releaseLarge, releaseWhenWritten, type BudgetHolder, type IoBudget } from '../core/index.js';
 import type { Nexus, ScsiDevice, ScsiResponse, TaskAttribute } from './scsi/contract.js';
 import { Login, LOGIN_STATUS, type LoginDirectory, type SessionParams, type TargetParams } from './login.js';
 import { decodeLun, targetIqn } from './naming.js';
@@ -88,6 +88,8 @@ interface Task {
   attr: TaskAttribute;
   cmdSN: number;
   data: Buffer | null;
+  /** The pooled buffer (largeBuffer) `data` lives in, given back once the device is done with the task. */
+  own: Buffer | null;
   /** Bytes of write data received, from offset 0 (data sequences are in order). */
   filled: number;
   /** Unsolicited data (immediate + Data-Out without R2T) may reach this offset. */
@@ -214,9 +216,11 @@ export class IscsiConnection implements BudgetHolder {
 
   // ---- output ---------------------------------------------------------------
 
-  private send(bhs: Buffer, data: Buffer | null = null): void {
+  /** `written`: called once the socket has written the whole PDU (not when the connection is closed first). */
+  private send(bhs: Buffer, data: Buffer | null = null, written?: (err?: Error | null) => void): void {
     if (this.state === State.Closed) return;
-    for (const b of frame(bhs, data, this.hd, this.dd)) this.sock.write(b);
+    const parts = frame(bhs, data, this.hd, this.dd);
+    for (let i = 0; i < parts.length; i++) this.sock.write(parts[i]!, i === parts.length - 1 ? written : undefined);
     // A peer that does not read cannot make us queue without bound: stop reading until it drains.
     if (this.sock.writableLength > this.ctx.limits.maxQueuedBytes) this.sock.pause();
     this.recharge();
@@ -474,6 +478,7 @@ export class IscsiConnection implements BudgetHolder {
       attr: ATTRS[flags & 7]!,
       cmdSN: b.readUInt32BE(24),
       data: null,
+      own: null,
       filled: 0,
       unsolLimit: 0,
       unsolDone: true,
@@ -499,9 +504,12 @@ export class IscsiConnection implements BudgetHolder {
         // All of it came with the command. Socket chunks are fresh memory, never reused: keep the slice, realigned
         // when small (the cache copies word-wise only between 8-byte-aligned addresses).
         task.data = (p.data.byteOffset & 7) === 0 || imm > SMALL_MAX ? p.data : alignedCopy(p.data);
+        task.own = p.own ?? null;
       } else {
-        task.data = Buffer.allocUnsafe(edtl);
+        // A large burst's buffer comes from the pool: fresh memory costs a fault per page on its first touch.
+        task.data = edtl >= LARGE_MIN ? (task.own = largeBuffer(edtl)) : Buffer.allocUnsafe(edtl);
         p.data.copy(task.data, 0);
+        if (p.own) releaseLarge(p.own);
       }
       task.filled = imm;
       task.unsolLimit = params.initialR2T ? imm : Math.min(edtl, params.firstBurstLength);
@@ -550,6 +558,7 @@ export class IscsiConnection implements BudgetHolder {
     if (ttt === NO_TAG) {
       if (t.unsolDone || dataSN !== t.unsolDataSN || offset + len > t.unsolLimit) return this.reject(p, REJECT.INVALID_FIELD);
       p.data.copy(t.data!, offset);
+      if (p.own) releaseLarge(p.own);
       t.filled += len;
       t.unsolDataSN++;
       if (final) {
@@ -561,6 +570,7 @@ export class IscsiConnection implements BudgetHolder {
       if (!r || dataSN !== r.nextDataSN || offset !== r.offset + r.received || r.received + len > r.length) return this.reject(p, REJECT.INVALID_FIELD);
       if (final !== (r.received + len === r.length)) return this.reject(p, REJECT.PROTOCOL);
       p.data.copy(t.data!, offset);
+      if (p.own) releaseLarge(p.own);
       t.filled += len;
       r.received += len;
       r.nextDataSN++;
@@ -598,6 +608,11 @@ export class IscsiConnection implements BudgetHolder {
 
   private finishTask(t: Task, rsp: ScsiResponse | null): void {
     this.release(t);
+    if (t.own) {
+      // The device is done with the write data (the store keeps no reference once it settles).
+      releaseLarge(t.own);
+      t.own = null;
+    }
     if (t.aborted || this.state === State.Closed) return;
     this.replies.hold(this.sock, this.tasks.size > 0);
     this.respond(t, rsp);
@@ -661,7 +676,7 @@ export class IscsiConnection implements BudgetHolder {
       }
       b.writeUInt32BE(dataSN++, 36);
       b.writeUInt32BE(off, 40);
-      this.send(b, data!.subarray(off, off + seg));
+      this.send(b, data!.subarray(off, off + seg), last && rsp.recycle ? releaseWhenWritten(data!) : undefined);
       off += seg;
     }
     if (!collapse) {

@@ -4,6 +4,7 @@
  * data digest. The reader parses in place from socket chunks and keeps only
  * the remainder of a PDU split across chunks.
  */
+import { LARGE_MIN, largeBuffer } from '../core/index.js';
 import { crc32c } from './crc32c.js';
 
 export const OP = {
@@ -51,6 +52,12 @@ export interface Pdu {
   ahs: Buffer;
   /** The data segment without padding (a view; the caller may keep it). */
   data: Buffer;
+  /**
+   * The pooled buffer (largeBuffer) `data` was gathered into when it spanned
+   * socket reads and is large: whoever is done with `data` last may give it
+   * back (releaseLarge). Left alone, the GC takes it.
+   */
+  own?: Buffer | undefined;
   opcode: number;
   immediate: boolean;
   /** The data digest was negotiated and did not match. */
@@ -130,7 +137,7 @@ export class PduReader {
         if (this.dataHave === this.dataNeed) {
           const d = this.data;
           this.data = null;
-          this.finish(this.pendingHeader!, d);
+          this.finish(this.pendingHeader!, d, d.length >= LARGE_MIN ? d : undefined);
         }
       }
     }
@@ -171,8 +178,9 @@ export class PduReader {
       this.finish(h, chunk.subarray(pos, pos + need));
       return pos + need;
     }
-    // A header read in place stays valid: socket chunks are fresh memory, never reused.
-    this.data = Buffer.allocUnsafe(need);
+    // A header read in place stays valid: socket chunks are fresh memory, never reused. A large segment (a
+    // Data-Out burst) is gathered into a pooled buffer: fresh memory costs a fault per page on its first touch.
+    this.data = need >= LARGE_MIN ? largeBuffer(need) : Buffer.allocUnsafe(need);
     this.dataNeed = need;
     this.dataHave = 0;
     const take = chunk.length - pos;
@@ -181,7 +189,7 @@ export class PduReader {
     return pos + take;
   }
 
-  private finish(h: Buffer, seg: Buffer | null): void {
+  private finish(h: Buffer, seg: Buffer | null, own?: Buffer): void {
     let bad = false;
     let data: Buffer = EMPTY;
     if (seg !== null) {
@@ -197,6 +205,7 @@ export class PduReader {
       opcode: h[0]! & 0x3f,
       immediate: (h[0]! & 0x40) !== 0,
       dataDigestBad: bad,
+      own,
     });
   }
 }

@@ -9,7 +9,7 @@
 import type { Socket } from 'node:net';
 import type { AllocationRun } from '../core/index.js';
 import { CMD, CMD_FLAG, MAX_PAYLOAD, REPLY_FLAG_DONE, REPLY_TYPE, REQUEST_MAGIC } from './constants.js';
-import { LARGE_MIN, SMALL_MAX, alignedCopy, largeBuffer, releaseLarge, replyBuffer, smallBuffer } from '../core/index.js';
+import { LARGE_MIN, SMALL_MAX, alignedCopy, largeBuffer, releaseLarge, releaseWhenWritten, replyBuffer, smallBuffer } from '../core/index.js';
 import { ERRNO, nbdErrno } from './errno.js';
 import { HandshakeSession, BASE_ALLOCATION_ID, type NegotiatedSession } from './handshake.js';
 import type { CloseReason, ListenerTraits, NbdBackend, NbdLimits } from './session.js';
@@ -266,7 +266,7 @@ export class NbdConnection extends HandshakeSession {
       return this.replyError(cookieHi, cookieLo, nbdErrno(err), errMessage(err));
     }
     if (length === 0 && this.structured) return this.send(buf.subarray(0, 20));
-    if (whole.length >= LARGE_MIN) return this.send(buf, recycleOnWrite(whole));
+    if (whole.length >= LARGE_MIN) return this.send(buf, releaseWhenWritten(whole));
     this.send(buf);
   }
 
@@ -366,13 +366,6 @@ export class NbdConnection extends HandshakeSession {
     msg.copy(b, 26);
     this.send(b);
   }
-}
-
-/** Returns a large reply buffer to the pool once the socket has written it (not on error: it may still be queued). */
-function recycleOnWrite(buf: Buffer): (err?: Error | null) => void {
-  return (err) => {
-    if (!err) releaseLarge(buf);
-  };
 }
 
 function errMessage(err: unknown): string {

@@ -4,6 +4,7 @@ import { Login, LOGIN_STATUS, DEFAULT_TARGET_PARAMS, type LoginDirectory, type L
 import { chapResponse } from '../../target/iscsi/chap.js';
 import { decodeLun, parseTargetIqn, targetIqn, isValidIqn } from '../../target/iscsi/naming.js';
 import { PduReader, frame, parseKeys, snLess, type Pdu } from '../../target/iscsi/pdu.js';
+import { LARGE_MIN, releaseLarge } from '../../target/core/index.js';
 import { prng } from '../helpers/prng.js';
 
 t.test('CRC32C matches the RFC 3720 B.4 vectors', async (t) => {
@@ -250,4 +251,29 @@ t.test('login CHAP: one-way and mutual, wrong responses refused', async (t) => {
     LOGIN_STATUS.AUTH_FAILED,
     'a reflected challenge is refused',
   );
+});
+
+t.test('PduReader gathers a large segment spanning reads into a pooled buffer, and reuses it once given back', async (t) => {
+  const seg = 256 * 1024;
+  const got: Pdu[] = [];
+  const r = new PduReader(seg, (p) => got.push(p), () => t.fail('framing'));
+  const bhs = Buffer.alloc(48);
+  bhs[0] = 0x05;
+  const send = (fill: number): void => {
+    const wire = Buffer.concat(frame(bhs, Buffer.alloc(seg, fill), false, false));
+    for (let at = 0; at < wire.length; at += 65536) r.feed(wire.subarray(at, at + 65536));
+  };
+  send(1);
+  t.equal(got.length, 1);
+  const own = got[0]!.own;
+  t.ok(own && own.length >= LARGE_MIN, 'gathered into a pooled buffer');
+  t.equal(got[0]!.data.buffer, own!.buffer, 'data is a view of it');
+  releaseLarge(own!);
+  send(2);
+  t.equal(got[1]!.own, own, 'the next gathered segment reuses it');
+  t.equal(got[1]!.data[0], 2);
+  // A segment that arrives in one read stays in place: nothing to give back.
+  const whole = Buffer.concat(frame(bhs, Buffer.alloc(seg, 3), false, false));
+  r.feed(whole);
+  t.equal(got[2]!.own, undefined, 'in place, not pooled');
 });

@@ -1,14 +1,5 @@
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { pino } from 'pino';
 import t from 'tap';
-import { BlockStore } from '../../cache/index.js';
-import { SimpleEngine } from '../../disks/index.js';
-import { StorageManager } from '../../manager/index.js';
-import { Namespaces, NbdServer, openUnit } from '../../target/index.js';
-import { IscsiServer } from '../../target/iscsi/index.js';
-import { ScsiCommandSet } from '../../target/iscsi/scsi/index.js';
+import { inProcessAppliance } from '../helpers/iscsi-appliance.js';
 import { IscsiSession, senseCode } from '../helpers/iscsi-session.js';
 import { reportLuns, tur } from '../helpers/iscsi-wire.js';
 import { RawNbd } from '../helpers/nbd-client.js';
@@ -26,33 +17,7 @@ const IQN = 'iqn.2026-01.test:revoke';
 const lunsOf = (d: Buffer): number[] => Array.from({ length: d.readUInt32BE(0) / 8 }, (_, i) => d.readUInt16BE(8 + i * 8) & 0x3fff);
 
 t.test('revoke(host, unit) ends only that LUN for iSCSI sessions, until it is published again', async (t) => {
-  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'blockgate-revoke-'));
-  const namespaces = new Namespaces();
-  const store = new BlockStore();
-  const nbd = new NbdServer({ namespaces, store });
-  let mgr: StorageManager | null = null;
-  const iscsi = new IscsiServer({
-    namespaces,
-    unitIO: (u) => openUnit(store, u, 'iscsi'),
-    device: (ctx) => new ScsiCommandSet(ctx),
-    reservations: { load: (id) => mgr!.iscsi.reservations.load(id), save: (id, s) => mgr!.iscsi.reservations.save(id, s) },
-    setCachePolicy: (id, p) => mgr!.iscsi.setCachePolicy(id, p),
-    initiators: { initiator: (name) => mgr?.iscsi.initiator(name) ?? null },
-  });
-  const engine = new SimpleEngine((id) => store.getArray(id));
-  const m = await StorageManager.open({ namespaces, store, frontends: [nbd, iscsi], engine }, { dataDir, log: pino({ level: 'silent' }) });
-  mgr = m;
-  await m.start();
-  const port = await iscsi.listen('127.0.0.1', 0);
-  t.teardown(async () => {
-    await m.stop();
-    await iscsi.close();
-    await nbd.close();
-    await store.close();
-    for (const a of store.listArrays()) await a.close();
-    m.close();
-    fs.rmSync(dataDir, { recursive: true, force: true });
-  });
+  const { m, namespaces, iscsi, port } = await inProcessAppliance(t, 'revoke');
 
   m.createFarm('f');
   await m.createArray('a0', 64 * MiB);

@@ -3,7 +3,7 @@
  * is touched; UnitIO then works in bytes (LBA × 512).
  */
 import type { AllocationRun } from '../../core/contract.js';
-import { SMALL_MAX, smallBuffer } from '../../core/index.js';
+import { LARGE_MIN, SMALL_MAX, replyBuffer, smallBuffer } from '../../core/index.js';
 import type { ScsiResponse } from './contract.js';
 import { BLOCK, capsOf, type Req } from './lu.js';
 import { CheckCondition, KEY, SENSE, Sense, badCdb, badParam, fail } from './sense.js';
@@ -91,9 +91,9 @@ export function read(req: Req): ScsiResponse | Promise<ScsiResponse> {
   if (n === 0) return GOOD;
   if (n > maxTransferBlocks(io)) throw badCdb(lenByte(cdb[0]!));
   const bytes = n * BLOCK;
-  // 8-byte aligned either way: the cache copies word-wise only between aligned addresses.
-  const data = bytes <= SMALL_MAX ? smallBuffer(bytes) : Buffer.allocUnsafe(bytes);
-  const done: ScsiResponse = { status: 0, data };
+  // 8-byte aligned either way (the cache copies word-wise only between aligned addresses); a large one pooled.
+  const data = replyBuffer(bytes);
+  const done: ScsiResponse = bytes >= LARGE_MIN ? { status: 0, data, recycle: true } : { status: 0, data };
   const p = io.read(lba * BLOCK, bytes, data);
   return p ? p.then(() => done) : done;
 }

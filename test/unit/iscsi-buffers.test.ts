@@ -1,0 +1,85 @@
+import t from 'tap';
+import { LARGE_MIN, largeBuffer, releaseLarge } from '../../target/core/index.js';
+import { inProcessAppliance } from '../helpers/iscsi-appliance.js';
+import { IscsiWire, read10, tur, write10 } from '../helpers/iscsi-wire.js';
+
+// Large iSCSI transfers take their buffers from the data path's pool and give
+// them back, as NBD's do: a fresh 1 MiB buffer per command costs a fault per
+// page on first touch (on this VM ~14 µs each — 1 MiB writes ran at 331 MiB/s
+// and reads at 768–1,472 MiB/s against tgt's 556 and 1,604). The pool is
+// process-wide, so the appliance runs in this process and the test looks at
+// what the pool hands out after each transfer.
+
+const MiB = 1024 * 1024;
+const SEG = 256 * 1024;
+const IQN = 'iqn.2026-01.test:buffers';
+
+t.test('1 MiB writes and reads over iSCSI recycle their buffers', async (t) => {
+  const { m, port } = await inProcessAppliance(t, 'iscsi-buffers');
+  m.createFarm('f');
+  await m.createArray('a0', 64 * MiB);
+  await m.createHost({ name: 'h', farm: 'f' });
+  m.iscsi.addInitiator('h', IQN);
+  m.createVolume({ name: 'v0', size: 16 * MiB, farm: 'f', configure: true });
+  m.bind({ volume: 'v0', host: 'h', target: 0, lun: 0, map: true });
+
+  const w = await IscsiWire.connect(`127.0.0.1:${port}`);
+  t.teardown(() => w.close());
+  const login = await w.login(IQN, 'iqn.2026-11.io.blockgate:h.t0', {
+    MaxRecvDataSegmentLength: String(SEG),
+    MaxBurstLength: String(MiB),
+    FirstBurstLength: String(SEG),
+    MaxOutstandingR2T: '1',
+  });
+  t.equal(login.bhs[36], 0, 'logged in');
+  // Power-on unit attention first.
+  for (let i = 0; i < 3; i++) {
+    w.command(tur(), { edtl: 0 });
+    await w.recvReply();
+  }
+
+  const data = Buffer.alloc(MiB);
+  for (let i = 0; i < data.length; i += 4) data.writeUInt32LE((i * 2654435761) >>> 0, i);
+
+  // Immediate data up to FirstBurstLength, then an R2T for the rest, answered in MaxRecvDataSegmentLength Data-Outs:
+  // each of those segments spans socket reads and is gathered into a pooled buffer.
+  const itt = w.command(write10(0, MiB / 512), { write: true, edtl: MiB, immediate: data.subarray(0, SEG), final: true });
+  let rsp = await w.recvReply();
+  t.equal(rsp!.opcode, 0x31, 'R2T for the rest');
+  const r2t = rsp!;
+  for (let off = 0, sn = 0; off < r2t.word44; off += SEG, sn++) {
+    w.dataOut(itt, r2t.ttt, sn, r2t.offset + off, data.subarray(r2t.offset + off, r2t.offset + off + SEG), off + SEG === r2t.word44);
+  }
+  rsp = await w.recvReply();
+  t.equal(rsp!.opcode, 0x21, 'SCSI response');
+  t.equal(rsp!.bhs[3], 0, 'write GOOD');
+
+  // The command's buffer came back once the store was done with it, holding what was written.
+  const writeBuf = largeBuffer(MiB);
+  t.ok(writeBuf.equals(data), 'the write buffer went back to the pool');
+  const segBuf = largeBuffer(SEG);
+  t.ok(segBuf.equals(data.subarray(MiB - SEG)), 'the last gathered Data-Out segment went back to the pool');
+  releaseLarge(segBuf);
+
+  // Zeroed and given back: the read takes it, fills it from the cache, sends it, and gives it back again.
+  writeBuf.fill(0);
+  releaseLarge(writeBuf);
+  w.command(read10(0, MiB / 512), { read: true, edtl: MiB });
+  const got = Buffer.alloc(MiB);
+  for (;;) {
+    const p = await w.recvReply();
+    if (!p) throw new Error('connection closed');
+    if (p.opcode === 0x25) p.data.copy(got, p.offset);
+    if (p.opcode === 0x21 || (p.opcode === 0x25 && p.flags & 0x01)) break;
+  }
+  t.ok(got.equals(data), 'read back what was written');
+  let readBuf = largeBuffer(MiB);
+  for (let i = 0; i < 50 && !readBuf.equals(data); i++) {
+    // The socket's write callback may run just after the client has the bytes.
+    releaseLarge(readBuf);
+    await new Promise((r) => setTimeout(r, 10));
+    readBuf = largeBuffer(MiB);
+  }
+  t.ok(readBuf.equals(data), 'the read reply buffer went back to the pool once sent');
+  t.ok(LARGE_MIN <= SEG, 'segments of this size are pooled');
+});
