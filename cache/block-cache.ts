@@ -19,7 +19,7 @@ export interface CacheOptions {
   size: number;
   /** Cache block size, a power of two between 4 KiB and 1 MiB. */
   blockSize?: number | undefined;
-  /** Dirty bytes above which writers wait for write-back. Default size/2. */
+  /** Dirty bytes at which write-back writes go to the array instead of the cache. Default size/2. */
   dirtyLimit?: number | undefined;
   /** Dirty bytes above which write-back runs flat out. Default dirtyLimit/2. */
   dirtyBackground?: number | undefined;
@@ -29,8 +29,8 @@ export interface CacheOptions {
   writebackConcurrency?: number | undefined;
   /**
    * Test hook (fault point `writeback-hold`, docs/faults.md): background
-   * write-back starts only while a writer waits at the dirty limit, so a test
-   * sees the wait on any machine. Explicit flushes are not held.
+   * write-back (by age or pressure) does not run, so a test reaches the dirty
+   * limit on any machine. Explicit flushes are not held.
    */
   writebackHold?: boolean | undefined;
   /** Share of the cache pinned ranges may take. Default 0.5. */
@@ -70,8 +70,8 @@ export interface CacheStats {
   /** Misses answered with zeroes from the allocation map (never-written ranges). */
   holeReads: number;
   invalidations: number;
-  /** Times a writer waited because dirty bytes were at the limit. */
-  dirtyWaits: number;
+  /** Write-back writes made straight to the array because dirty bytes were at the limit. */
+  dirtyBypasses: number;
   route: string;
 }
 
@@ -204,8 +204,6 @@ export class BlockCache {
   private seq = 0;
   private active = 0;
   private timer: NodeJS.Timeout | null = null;
-  private dirtyWaiters: (() => void)[] = [];
-  private writebackError: Error | null = null;
   private dirtyBytes = 0;
   private pinnedBytes = 0;
   private readonly counters = {
@@ -220,7 +218,7 @@ export class BlockCache {
     bypassWrites: 0,
     holeReads: 0,
     invalidations: 0,
-    dirtyWaits: 0,
+    dirtyBypasses: 0,
   };
 
   constructor(arrays: (id: number) => ArrayFile, opts: CacheOptions) {
@@ -323,7 +321,6 @@ export class BlockCache {
       this.clearPages(b);
       this.dirty.delete(b.key);
       this.dirtyBytes -= this.blockSize;
-      this.wakeDirtyWaiters();
     }
     if (b.pins > 0) {
       b.pins = 0;
@@ -617,30 +614,13 @@ export class BlockCache {
     return this.seq;
   }
 
-  /** True when write-back writers must wait (call waitDirtyRoom first). */
+  /** True when a write-back write must go to the array now (noteDirtyBypass) instead of adding dirty bytes. */
   get overDirtyLimit(): boolean {
     return this.dirtyBytes >= this.dirtyLimit;
   }
 
-  async waitDirtyRoom(): Promise<void> {
-    this.writebackError = null;
-    while (this.dirtyBytes >= this.dirtyLimit) {
-      this.counters.dirtyWaits++;
-      // Queued before the pump so a held write-back (writebackHold) sees a writer waiting.
-      const room = new Promise<void>((r) => this.dirtyWaiters.push(r));
-      this.pump();
-      await room;
-      const failed = this.writebackError as Error | null;
-      if (failed) {
-        // A full backing file system stays NO_SPACE (ENOSPC to hosts): they may free space and retry.
-        const code = failed instanceof BlockgateError && failed.code === 'NO_SPACE' ? 'NO_SPACE' : 'IO_ERROR';
-        throw new BlockgateError(code, `write-back is failing, cache is full of dirty data: ${failed.message}`);
-      }
-    }
-  }
-
-  private wakeDirtyWaiters(): void {
-    if (this.dirtyWaiters.length > 0 && this.dirtyBytes < this.dirtyLimit) for (const w of this.dirtyWaiters.splice(0)) w();
+  noteDirtyBypass(): void {
+    this.counters.dirtyBypasses++;
   }
 
   /**
@@ -890,7 +870,7 @@ export class BlockCache {
   /** Starts write-backs up to the concurrency bound: all of them under pressure, else only aged ones. */
   private pump(): void {
     if (this.active >= this.concurrency || this.dirty.size === 0) return;
-    if (this.holdWriteback && this.dirtyWaiters.length === 0) return;
+    if (this.holdWriteback) return;
     const now = Date.now();
     for (const b of this.dirty.values()) {
       if (this.active >= this.concurrency) return;
@@ -971,14 +951,10 @@ export class BlockCache {
           }
           this.settle(b);
         }
-        this.wakeDirtyWaiters();
       },
       (err: unknown) => {
         this.counters.writebackErrors++;
-        this.writebackError = err instanceof Error ? err : new Error(String(err));
         for (const b of run) b.writing = null;
-        // Writers waiting for room must hear about it rather than wait forever.
-        for (const w of this.dirtyWaiters.splice(0)) w();
         throw err;
       },
     );

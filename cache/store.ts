@@ -253,8 +253,9 @@ export class BlockStore {
 
   /**
    * write-back: into the cache, acknowledged once in memory; a large write
-   * goes around it (`BlockCache.writeAround`), acknowledged once the array has
-   * it. write-through,
+   * goes around it (`BlockCache.writeAround`), and a write at the dirty limit
+   * is made like a write-through one without the sync, both acknowledged once
+   * the array has them. write-through,
    * none, and FUA on any policy: cached copies updated first (so a write-back
    * of older bytes cannot land after ours), then the array written, and with
    * FUA synced, before the acknowledgement.
@@ -267,10 +268,16 @@ export class BlockStore {
         await Promise.all(vol.layout.translate(offset, src.length).map((g) => this.cache.writeAround(this.getArray(g.arrayId), g.arrayOffset, src, g.requestOffset, g.length)));
         return;
       }
-      if (this.cache.overDirtyLimit) await this.cache.waitDirtyRoom();
-      const p = this.writeBackSegments(vol, offset, src);
-      if (p) await p;
-      return;
+      if (!this.cache.overDirtyLimit) {
+        const p = this.writeBackSegments(vol, offset, src);
+        if (p) await p;
+        return;
+      }
+      // At the dirty limit the write does not wait for write-back to make room: it is made as a write-through
+      // write without the sync (cached copies first, then the array), so dirty bytes stay bounded and the writer
+      // pays one array write instead of a place in line behind the write-backs. The page cache below takes it
+      // as it takes the peers' writes; FLUSH syncs the arrays as for any write-back write.
+      this.cache.noteDirtyBypass();
     }
     const mode: WriteMode = policy === 'none' ? 'none' : 'through';
     const segs = vol.layout.translate(offset, src.length);

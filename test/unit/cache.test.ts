@@ -13,7 +13,7 @@ const M = 1024 * K;
 /** A store over real sparse array files in a temp dir, closed in teardown. */
 async function setup(
   tt: { teardown: (fn: () => unknown) => void },
-  opts: { size?: number; blockSize?: number; dirtyLimit?: number; arrays?: number; arraySize?: number; route?: 'piscina' | 'batch' } = {},
+  opts: { size?: number; blockSize?: number; dirtyLimit?: number; arrays?: number; arraySize?: number; route?: 'piscina' | 'batch'; hold?: boolean } = {},
 ): Promise<{ store: BlockStore; arrays: ArrayFile[]; dir: string }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'blockgate-cache-'));
   const store = new BlockStore({
@@ -23,6 +23,7 @@ async function setup(
     // Long delay: nothing is written back unless pressure or a flush asks.
     writebackDelayMs: 60_000,
     route: opts.route === 'piscina' ? new PiscinaRoute(2) : opts.route === 'batch' ? new BatchRoute(2) : undefined,
+    writebackHold: opts.hold,
   });
   const arrays: ArrayFile[] = [];
   for (let i = 1; i <= (opts.arrays ?? 1); i++) {
@@ -175,8 +176,9 @@ t.test('pinned ranges are never evicted, and pinning is bounded', async (t) => {
   t.equal(store.stats().pinnedBytes, 0);
 });
 
-t.test('dirty data is bounded: writers wait for write-back above the limit', async (t) => {
-  const { store, arrays } = await setup(t, { size: 2 * M, blockSize: 64 * K, dirtyLimit: 256 * K });
+t.test('dirty data is bounded: a write-back write at the dirty limit goes to the array at once', async (t) => {
+  // Background write-back held (fault point writeback-hold): only the writes themselves can put bytes on the array.
+  const { store, arrays } = await setup(t, { size: 2 * M, blockSize: 64 * K, dirtyLimit: 256 * K, hold: true });
   const v = vol(1, [{ arrayId: 1, offset: 0, length: 16 * M }]);
   const data = rnd(4 * M, 11);
   let maxDirty = 0;
@@ -186,10 +188,21 @@ t.test('dirty data is bounded: writers wait for write-back above the limit', asy
     maxDirty = Math.max(maxDirty, store.stats().dirtyBytes);
   }
   await Promise.all(writes);
-  t.ok(maxDirty <= 256 * K + 64 * K, `dirty bytes stayed near the limit (max ${maxDirty})`);
-  t.ok(store.stats().dirtyWaits > 0, 'writers waited');
+  const st = store.stats();
+  t.equal(maxDirty, 256 * K, 'dirty bytes reached the limit and never passed it');
+  t.equal(st.dirtyBypasses, 60, 'every write past the limit went to the array');
+  t.equal(st.writebacks, 0, 'nothing was written back (held)');
+  t.same(onDisk(arrays[0]!, 256 * K, data.length - 256 * K), data.subarray(256 * K), 'the writes past the limit are on the array before any FLUSH');
+  t.same(await readVol(store, v, 0, data.length), data, 'everything reads back');
+  // Into a block that is dirty at the limit: the cached copy and the array both take it, and write-back keeps it.
+  const patch = rnd(4 * K, 12);
+  await store.write(v, 8 * K, patch, false);
+  t.equal(store.stats().dirtyBypasses, 61);
+  t.same(onDisk(arrays[0]!, 8 * K, 4 * K), patch, 'the array has the write into the dirty block');
+  t.same(await readVol(store, v, 8 * K, 4 * K), patch, 'and so does the cache');
+  data.set(patch, 8 * K);
   await store.flush(v);
-  t.same(onDisk(arrays[0]!, 0, data.length), data);
+  t.same(onDisk(arrays[0]!, 0, data.length), data, 'after FLUSH the dirty rest is there too, the patch not undone');
 });
 
 t.test('flush writes back only what the flushed volume needs, then syncs', async (t) => {

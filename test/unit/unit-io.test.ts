@@ -230,8 +230,8 @@ t.test('compareAndWrite waits while a control operation holds the volume', async
   t.same(await readAll(io, 0, 512), fill(512, 2));
 });
 
-t.test('compareAndWrite waits for a write that is waiting for dirty room (in flight, not yet in the cache)', async (t) => {
-  // Dirty limit of two cache blocks: four dirty blocks put writers over it.
+t.test('compareAndWrite waits for a write made at the dirty limit (in flight to the array, not in the cache)', async (t) => {
+  // Dirty limit of two cache blocks: four dirty blocks put writers over it, and the next write goes to the array.
   const { store } = await setup(t, 128 * K);
   const a = openUnit(store, unit('a', 'write-back'), 'nbd');
   const b = openUnit(store, unit('b', 'write-back'), 'nbd');
@@ -239,7 +239,7 @@ t.test('compareAndWrite waits for a write that is waiting for dirty room (in fli
   await b.write(1 * M, fill(192 * K, 0x55), false);
   t.ok(store.cache.overDirtyLimit, 'over the dirty limit');
   const before = b.write(0, fill(64 * K, 0xbb), false);
-  t.not(before, null, 'the write waits for room');
+  t.not(before, null, 'the write is in flight to the array');
   const r = await a.compareAndWrite(0, fill(64 * K, 0xaa), fill(64 * K, 0xcc), false);
   await before;
   t.equal(r.mismatchAt, 0, 'the compare saw the earlier write');
