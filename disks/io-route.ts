@@ -138,7 +138,7 @@ interface Queued {
  * the whole batch at once. libuv's pool costs the event loop a thread wake-up
  * and a callback per call; this costs one message each way per batch.
  *
- * A batch crosses as plain numbers (BATCH_* layout below): each shared memory
+ * A batch crosses as plain numbers (layout in io-batch-worker.ts): each shared memory
  * the slot views live in is sent to every worker once, and a view is then
  * (memory, offset, length). Structured-cloning the views themselves cost the
  * loop a SharedArrayBuffer handle per buffer per message (postMessage was the
