@@ -199,6 +199,12 @@ export class BlockCache {
   private readonly validBits: Uint32Array;
   private readonly pageWords: number;
   private readonly pagesPerBlock: number;
+  /**
+   * Where a run load (loadRun) reads the array bytes of pages already valid
+   * between the ones it needs, and drops them: one read for the run instead of
+   * one per gap. Concurrent loads share it; nobody reads it.
+   */
+  private readonly scratch: Buffer;
 
   private gen = 0;
   private seq = 0;
@@ -248,6 +254,7 @@ export class BlockCache {
     this.pageWords = Math.ceil(this.pagesPerBlock / 32);
     this.pageBits = new Uint32Array(this.slab.slots * this.pageWords);
     this.validBits = new Uint32Array(this.slab.slots * this.pageWords);
+    this.scratch = this.route.sharedMemory ? Buffer.from(new SharedArrayBuffer(bs)) : Buffer.allocUnsafeSlow(bs);
   }
 
   stats(): CacheStats {
@@ -390,16 +397,85 @@ export class BlockCache {
     const p = (reads.length === 1 ? reads[0]! : Promise.all(reads)).then(
       () => this.landed(b, p0, p1, skip0, skip1),
       (err: unknown) => {
-        b.loading = null;
-        b.stale = false;
-        // The block's other pages are still good (some may be dirty): keep it, these pages stay invalid.
-        if (b.doomed) this.drop(b);
-        else this.settle(b);
+        this.pagesFailed(b);
         throw err;
       },
     );
     b.loading = p.then(noop, noop);
     return p;
+  }
+
+  /**
+   * Loads, with one vectored read, the invalid pages that array bytes [s, e)
+   * touch in `run`: neighbouring resident blocks, each idle (not loading) and
+   * partly valid. Pages already valid between the first and the last invalid
+   * one are read into scratch and dropped, never over the slot (a dirty one
+   * is newer than the array). A large read over blocks that 4 KiB writes left
+   * partly valid is then one read, not one per block and gap.
+   */
+  private loadRun(a: ArrayFile, run: Block[], s: number, e: number): Promise<void> {
+    const bs = this.blockSize;
+    const scratch = this.scratch;
+    const bufs: Uint8Array[] = [];
+    let from = -1;
+    let to = -1;
+    let gap = 0;
+    for (const b of run) {
+      const origin = b.index * bs;
+      const p1 = ((Math.min(e, origin + bs) - origin - 1) >>> PAGE_SHIFT) + 1;
+      for (let p = (Math.max(s, origin) - origin) >>> PAGE_SHIFT; p < p1; ) {
+        const valid = this.pageValid(b, p);
+        let q = p + 1;
+        while (q < p1 && this.pageValid(b, q) === valid) q++;
+        if (valid) {
+          if (from >= 0) gap += (q - p) << PAGE_SHIFT;
+        } else {
+          if (from < 0) from = origin + (p << PAGE_SHIFT);
+          for (; gap > 0; gap -= scratch.length) bufs.push(gap >= scratch.length ? scratch : scratch.subarray(0, gap));
+          gap = 0;
+          bufs.push(b.buf.subarray(p << PAGE_SHIFT, q << PAGE_SHIFT));
+          to = origin + (q << PAGE_SHIFT);
+        }
+        p = q;
+      }
+    }
+    if (to > a.size) {
+      // The array ends inside the last page read.
+      const last = bufs[bufs.length - 1]!;
+      bufs[bufs.length - 1] = last.subarray(0, last.byteLength - (to - a.size));
+      to = a.size;
+    }
+    this.counters.loads++;
+    this.counters.misses += run.length;
+    // Bytes a direct write lands while this read is in flight may be older on the array than in it (see directWrite).
+    const born = ++this.seq;
+    for (const b of run) {
+      this.hold(b);
+      b.born = born;
+    }
+    const p = this.route.readv(a, bufs, to - from, from).then(
+      () => {
+        for (const b of run) {
+          const origin = b.index * bs;
+          this.landed(b, (Math.max(s, origin) - origin) >>> PAGE_SHIFT, ((Math.min(e, origin + bs) - origin - 1) >>> PAGE_SHIFT) + 1, -1, -1);
+        }
+      },
+      (err: unknown) => {
+        for (const b of run) this.pagesFailed(b);
+        throw err;
+      },
+    );
+    const shared = p.then(noop, noop);
+    for (const b of run) b.loading = shared;
+    return p;
+  }
+
+  /** A load of some pages of resident block b failed: its other pages are still good (some may be dirty), so it stays; these stay invalid. */
+  private pagesFailed(b: Block): void {
+    b.loading = null;
+    b.stale = false;
+    if (b.doomed) this.drop(b);
+    else this.settle(b);
   }
 
   /** A load of pages [p0, p1) minus [skip0, skip1) landed in b. */
@@ -477,24 +553,17 @@ export class BlockCache {
     let idx = Math.floor(pos / bs);
     let pending: Promise<void>[] | null = null;
     let missFrom = -1;
+    // Neighbouring resident blocks partly valid over the span, gathered for one load of their missing pages (loadRun).
+    let part: Block[] | null = null;
+    let partFrom = 0;
     for (let start = idx * bs; start < end; idx++, start += bs) {
-      if (this.changing.size > 0) {
-        const busy = this.changing.get(base + idx);
-        if (busy !== undefined) {
-          if (missFrom >= 0) {
-            const m = this.readMisses(a, missFrom, idx, pos, end, dest, dOff, cacheable);
-            if (m) (pending ??= []).push(m);
-            missFrom = -1;
-          }
-          const s = start > pos ? start : pos;
-          const e = start + bs < end ? start + bs : end;
-          const retry = (): Promise<void> | undefined => this.read(a, s, e - s, dest, dOff + s - pos, cacheable) ?? undefined;
-          (pending ??= []).push(busy.then(retry));
-          continue;
+      const busy = this.changing.size > 0 ? this.changing.get(base + idx) : undefined;
+      const b = busy === undefined ? this.lookup(base + idx) : undefined;
+      if (b === undefined && busy === undefined) {
+        if (part !== null) {
+          (pending ??= []).push(this.readRun(a, part, partFrom, start, pos, dest, dOff, cacheable));
+          part = null;
         }
-      }
-      const b = this.lookup(base + idx);
-      if (b === undefined) {
         if (missFrom < 0) missFrom = idx;
         continue;
       }
@@ -505,28 +574,44 @@ export class BlockCache {
       }
       const s = start > pos ? start : pos;
       const e = start + bs < end ? start + bs : end;
-      if (b.loading) {
-        // In-flight miss: share its read, then serve from memory.
-        const retry = (): Promise<void> | undefined => this.read(a, s, e - s, dest, dOff + s - pos, cacheable) ?? undefined;
-        (pending ??= []).push(b.loading.then(retry));
+      if (b !== undefined && !b.loading && !b.full && !this.spanValid(b, s - start, e - start)) {
+        if (part !== null && part.length === this.maxRun) {
+          (pending ??= []).push(this.readRun(a, part, partFrom, start, pos, dest, dOff, cacheable));
+          part = null;
+        }
+        if (part === null) {
+          part = [];
+          partFrom = s;
+        }
+        part.push(b);
         continue;
       }
-      if (!b.full && !this.spanValid(b, s - start, e - start)) {
-        // Resident but partly valid: load only the pages missing, then serve from memory.
+      if (part !== null) {
+        (pending ??= []).push(this.readRun(a, part, partFrom, start, pos, dest, dOff, cacheable));
+        part = null;
+      }
+      // A block being changed, or loading (an in-flight miss: share its read), is read again once that is over.
+      const wait = busy ?? b!.loading;
+      if (wait) {
         const retry = (): Promise<void> | undefined => this.read(a, s, e - s, dest, dOff + s - pos, cacheable) ?? undefined;
-        const pf = (s - start) >>> PAGE_SHIFT;
-        (pending ??= []).push(this.loadPages(a, b, pf, ((e - start - 1) >>> PAGE_SHIFT) + 1, -1, -1).then(retry));
+        (pending ??= []).push(wait.then(retry));
         continue;
       }
-      b.buf.copy(dest, dOff + s - pos, s - start, e - start);
+      b!.buf.copy(dest, dOff + s - pos, s - start, e - start);
       this.counters.hits++;
     }
     if (missFrom >= 0) {
       const m = this.readMisses(a, missFrom, idx, pos, end, dest, dOff, cacheable);
       if (m) (pending ??= []).push(m);
     }
+    if (part !== null) (pending ??= []).push(this.readRun(a, part, partFrom, end, pos, dest, dOff, cacheable));
     if (pending === null) return null;
     return pending.length === 1 ? pending[0]! : Promise.all(pending).then(noop);
+  }
+
+  /** Loads the missing pages of `run` over array bytes [s, e) (loadRun), then delivers them from memory. */
+  private readRun(a: ArrayFile, run: Block[], s: number, e: number, pos: number, dest: Buffer, dOff: number, cacheable: boolean): Promise<void> {
+    return this.loadRun(a, run, s, e).then(() => this.read(a, s, e - s, dest, dOff + s - pos, cacheable) ?? undefined);
   }
 
   /** Blocks [i0, i1) are not in memory; deliver their part of [pos, end) (null: delivered already). */

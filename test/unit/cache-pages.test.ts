@@ -1,7 +1,7 @@
 import path from 'node:path';
 import t from 'tap';
 import { BlockStore, OwnershipMap, SnapshotLink, type CachePolicy, type VolumeHandle } from '../../cache/index.js';
-import { AllocState, ArrayFile, LibuvRoute, type IoRoute } from '../../disks/index.js';
+import { AllocState, ArrayFile, BatchRoute, LibuvRoute, type IoRoute } from '../../disks/index.js';
 import { VolumeLayout } from '../../mapper/index.js';
 import { BS, K, M, P, onDisk, readVol, seededBytes, storeOnArray, type StoreOptions } from '../helpers/cache-store.js';
 
@@ -316,6 +316,93 @@ t.test('a write-through write whose cache step waited: a page load that started 
   t.same(onDisk(a, BS + 6 * P, P), expect, 'the array has the write');
   t.same(await readVol(store, back, BS + 6 * P, P), expect, 'and the cache does not keep the bytes loaded before it');
 });
+
+/** A real route that keeps every array read it was asked for: [position, length, buffers]. */
+class CountingRoute implements IoRoute {
+  readonly reads: [number, number, number][] = [];
+  constructor(private readonly inner: IoRoute) {}
+  get name(): IoRoute['name'] {
+    return this.inner.name;
+  }
+  get sharedMemory(): boolean {
+    return this.inner.sharedMemory;
+  }
+  readv(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void> {
+    this.reads.push([position, length, bufs.length]);
+    return this.inner.readv(a, bufs, length, position);
+  }
+  writev(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void> {
+    return this.inner.writev(a, bufs, length, position);
+  }
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
+
+for (const [label, make] of [
+  ['libuv', () => new LibuvRoute()],
+  ['batch (shared memory)', () => new BatchRoute(2)],
+] as const) {
+  t.test(`a large read over blocks 4 KiB writes left partly valid is one array read per run of them (${label} route)`, async (t) => {
+    const route = new CountingRoute(make());
+    const { store, a } = await setup(t, { size: 8 * M, route });
+    const v = vol(1, 0, 8 * M);
+    // 2 MiB of data on the array; then 4 KiB write-back writes over it, as a random-write workload leaves them.
+    const span = 2 * M;
+    const expect = Buffer.alloc(2 * span);
+    bytes(span, 70).copy(expect);
+    await a.write(Buffer.from(expect), 0, span, 0);
+    let seed = 71;
+    const put = async (at: number): Promise<void> => {
+      const w = bytes(P, seed++);
+      await store.write(v, at, w, false);
+      w.copy(expect, at);
+    };
+    for (let blk = 0; blk < span / BS; blk++) for (const page of [1, 2, 7, 12]) await put(blk * BS + page * P);
+    // Block 3 valid everywhere but its first page, block 4 only on its last page: 30 valid pages between the
+    // two they miss, more than one block of scratch.
+    for (let page = 1; page < 16; page++) if (![2, 7, 12].includes(page)) await put(3 * BS + page * P);
+    for (let page = 0; page < 15; page++) if (![1, 2, 7, 12].includes(page)) await put(4 * BS + page * P);
+    // Block 9 whole in memory; block 20 not in memory at all.
+    await readVol(store, v, 9 * BS, BS);
+    await store.flush(v);
+    store.cache.forget(1, 20 * BS, BS);
+    route.reads.length = 0;
+
+    t.same(await readVol(store, v, 0, M), expect.subarray(0, M), 'the first MiB reads right: written pages from memory, the rest from the array');
+    t.same(
+      route.reads.map(([pos, len]) => [pos, len]),
+      [
+        [0, 9 * BS],
+        [10 * BS, 6 * BS],
+      ],
+      'one read for blocks 0-8 and one for 10-15 (block 9 is whole), each from its first missing page to its last',
+    );
+    route.reads.length = 0;
+    t.same(await readVol(store, v, 0, M), expect.subarray(0, M), 'again');
+    t.equal(route.reads.length, 0, 'and then whole in memory');
+
+    t.same(await readVol(store, v, M, M), expect.subarray(M, 2 * M), 'the second MiB reads right');
+    t.same(
+      route.reads.map(([pos, len]) => [pos, len]),
+      [
+        [M, 4 * BS],
+        [20 * BS, BS],
+        [21 * BS, 11 * BS],
+      ],
+      'the block not in memory is loaded on its own between the runs around it',
+    );
+
+    // A run is at most 1 MiB: 32 partly valid blocks take two reads.
+    for (let blk = 32; blk < 64; blk++) await put(blk * BS + 5 * P);
+    route.reads.length = 0;
+    t.same(await readVol(store, v, 2 * M, 2 * M), expect.subarray(2 * M, 4 * M), 'a 2 MiB read of holes and written pages');
+    t.equal(route.reads.length, 2, 'two reads of 1 MiB runs');
+
+    await store.flush(v);
+    t.same(onDisk(a, 0, 2 * span), expect, 'write-back put exactly the written pages on the array');
+  });
+}
 
 t.test('zero-length reads and writes at any offset do nothing (an NBD WRITE of length 0 once spun the write path forever)', async (t) => {
   const { store, a } = await setup(t);
