@@ -254,13 +254,38 @@ export class ArrayFile {
       return m.waitPending(position, length).then(() => this.read(buf, bufOffset, length, position));
     }
     if (m.allData(position, length)) return this.readRaw(buf, bufOffset, length, position);
-    const parts: Promise<void>[] = [];
-    m.runs(position, length, (off, len, st) => {
-      const at = bufOffset + (off - position);
-      if (st === AllocState.Data) parts.push(this.readRaw(buf, at, len, off));
-      else buf.fill(0, at, at + len);
+    if (m.noData(position, length)) {
+      buf.fill(0, bufOffset, bufOffset + length);
+      return Promise.resolve();
+    }
+    const holes = this.holeSpans(position, length);
+    const view = buf.subarray(bufOffset, bufOffset + length);
+    return this.readRaw(buf, bufOffset, length, position).then(() => zeroSpans([view], holes));
+  }
+
+  /**
+   * Where a range holding some data but not only data reads as zeroes,
+   * taken now: [start, length] pairs relative to `position`, or null when
+   * the range cannot be read in one call from the file this way (a failed
+   * array, a pad in flight, or no data at all). Such a range is read with
+   * one call for all of it, and these spans zeroed once the bytes are in
+   * (zeroSpans): one read instead of one per data run (a volume written with
+   * scattered 4 KiB writes has a data run per write). A write landing in a
+   * span during the read may be read and zeroed: concurrent, so either
+   * answer is allowed; the cache handles its own loads' races (directWrite).
+   */
+  mixedRange(position: number, length: number): number[] | null {
+    const m = this.alloc;
+    if (this.fault !== null || (m.anyPending && m.isPending(position, length)) || m.noData(position, length)) return null;
+    return this.holeSpans(position, length);
+  }
+
+  private holeSpans(position: number, length: number): number[] {
+    const spans: number[] = [];
+    this.alloc.runs(position, length, (off, len, st) => {
+      if (st !== AllocState.Data) spans.push(off - position, len);
     });
-    return Promise.all(parts).then(() => undefined);
+    return spans;
   }
 
   /**
@@ -376,16 +401,22 @@ export class ArrayFile {
       m.waitPending(position, length).then(() => this.readv(bufs, length, position, cb), cb);
       return;
     }
+    let holes: number[] | null = null;
     if (!m.allData(position, length)) {
-      const parts: Promise<void>[] = [];
-      eachPiece(bufs, position, (buf, at, len) => parts.push(this.read(buf, 0, len, at)));
-      Promise.all(parts).then(() => cb(null), cb);
-      return;
+      if (m.noData(position, length)) {
+        for (const b of bufs) new Uint8Array(b.buffer, b.byteOffset, b.byteLength).fill(0);
+        return cb(null);
+      }
+      holes = this.holeSpans(position, length);
     }
+    const done = holes === null ? cb : (err: Error | null): void => {
+      if (err === null) zeroSpans(bufs, holes);
+      cb(err);
+    };
     fs.readv(this.fd, bufs, position, (err, n) => {
-      if (err) return cb(this.ioError('read', err));
-      if (n < length) return this.finishShort(bufs, n, position, cb, false);
-      cb(null);
+      if (err) return done(this.ioError('read', err));
+      if (n < length) return this.finishShort(bufs, n, position, done, false);
+      done(null);
     });
   }
 
@@ -503,6 +534,25 @@ export class ArrayFile {
     await h.sync().catch(() => undefined);
     await h.close();
     await this.alloc?.close();
+  }
+}
+
+/** Zeroes spans ([start, length] pairs, from mixedRange) of the bytes that bufs hold end to end. */
+export function zeroSpans(bufs: readonly NodeJS.ArrayBufferView[], spans: readonly number[]): void {
+  let i = 0;
+  let base = 0;
+  for (const b of bufs) {
+    const end = base + b.byteLength;
+    for (; i < spans.length; i += 2) {
+      const s = spans[i]!;
+      const e = s + spans[i + 1]!;
+      if (s >= end) break;
+      const u = new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+      u.fill(0, Math.max(s, base) - base, Math.min(e, end) - base);
+      // A span running on into the next buffer is visited again there.
+      if (e > end) break;
+    }
+    base = end;
   }
 }
 

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import t from 'tap';
-import { ArrayFile } from '../../disks/index.js';
+import { ArrayFile, BatchRoute } from '../../disks/index.js';
 import { ALLOC_BLOCK } from '../../disks/allocation.js';
 
 // The allocation map under the array: what reads return, padding of partial
@@ -102,4 +102,57 @@ t.test('an array from before allocation tracking keeps its data readable', async
   t.teardown(() => a.close());
   t.equal(a.alloc.census().data, MiB / ALLOC_BLOCK);
   t.ok((await read(a, 0, 4096)).every((x) => x === 0x42));
+});
+
+t.test('a range of data and holes is one file read, its holes zeroed even over stale file bytes', async (t) => {
+  const { a, file } = await fresh(t);
+  // Stale bytes all over the file, below the map; then four 4 KiB writes of ours.
+  const fd = fs.openSync(file, 'r+');
+  fs.writeSync(fd, Buffer.alloc(MiB, 0x66), 0, MiB, 0);
+  fs.closeSync(fd);
+  const expect = Buffer.alloc(MiB);
+  for (const [page, byte] of [[1, 0x11], [5, 0x55], [6, 0x56], [100, 0x64]] as const) {
+    const d = Buffer.alloc(ALLOC_BLOCK, byte);
+    await a.write(d, 0, d.length, page * ALLOC_BLOCK);
+    d.copy(expect, page * ALLOC_BLOCK);
+  }
+  // Every read call the event loop makes on the file, counted.
+  const calls = { read: 0, readv: 0 };
+  const realRead = fs.read;
+  const realReadv = fs.readv;
+  (fs as { read: unknown }).read = (...args: unknown[]) => {
+    calls.read++;
+    return (realRead as (...x: unknown[]) => unknown)(...args);
+  };
+  (fs as { readv: unknown }).readv = (...args: unknown[]) => {
+    calls.readv++;
+    return (realReadv as (...x: unknown[]) => unknown)(...args);
+  };
+  t.teardown(() => {
+    fs.read = realRead;
+    fs.readv = realReadv;
+  });
+  // Buffers of odd sizes, so hole spans cross from one into the next.
+  const split = (mem: Buffer): Uint8Array[] => [mem.subarray(0, 100 * 1024), mem.subarray(100 * 1024, 400 * 1024 + 512), mem.subarray(400 * 1024 + 512)];
+
+  t.ok((await read(a, 0, MiB)).equals(expect), 'read(): data where written, zeroes elsewhere');
+  t.same(calls, { read: 1, readv: 0 }, 'read(): one call');
+
+  calls.read = 0;
+  const plain = Buffer.alloc(MiB, 0xff);
+  await new Promise<void>((resolve, reject) => a.readv(split(plain), MiB, 0, (err) => (err ? reject(err) : resolve())));
+  t.ok(plain.equals(expect), 'readv(): the same, over three buffers');
+  t.same(calls, { read: 0, readv: 1 }, 'readv(): one call');
+
+  calls.readv = 0;
+  const route = new BatchRoute(1);
+  t.teardown(() => route.close());
+  const shared = Buffer.from(new SharedArrayBuffer(MiB)).fill(0xff);
+  await route.readv(a, split(shared), MiB, 0);
+  t.ok(shared.equals(expect), 'the batch route: the same');
+  t.same(calls, { read: 0, readv: 0 }, 'the batch route: the worker read it, the event loop made no call');
+
+  // Nothing written at all: zeroes, and no call.
+  t.ok((await read(a, 2 * MiB, MiB)).equals(Buffer.alloc(MiB)), 'a range with no data');
+  t.same(calls, { read: 0, readv: 0 }, 'no call for a range of holes');
 });
