@@ -1015,7 +1015,7 @@ export class BlockCache {
         bufs.push(blk.buf.subarray(inBlock, inBlock + n));
         at += n;
       }
-      writes.push(this.route.writev(a, bufs, end - pos, pos, true));
+      writes.push(this.route.writev(a, bufs, end - pos, pos));
       bytes += end - pos;
     }
     const snaps = run.map((b) => b.dirtyGen);

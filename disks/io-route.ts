@@ -16,12 +16,7 @@ export interface IoRoute {
   /** The buffers it is handed must be SharedArrayBuffer views (another thread touches them). */
   readonly sharedMemory: boolean;
   readv(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void>;
-  /**
-   * `background`: nobody waits on this write but write-back itself (a route
-   * with threads of its own keeps such writes out of the way of the reads and
-   * writes a host waits on).
-   */
-  writev(a: ArrayFile, bufs: Uint8Array[], length: number, position: number, background?: boolean): Promise<void>;
+  writev(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -74,7 +69,7 @@ abstract class WorkerRoute implements IoRoute {
   readonly sharedMemory = true;
 
   /** One vectored call on plain bytes, made by a worker thread. */
-  protected abstract submit(a: ArrayFile, op: IoTask['op'], bufs: Uint8Array[], length: number, position: number, background: boolean): Promise<void>;
+  protected abstract submit(a: ArrayFile, op: IoTask['op'], bufs: Uint8Array[], length: number, position: number): Promise<void>;
   abstract close(): Promise<void>;
 
   readv(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void> {
@@ -83,14 +78,14 @@ abstract class WorkerRoute implements IoRoute {
       // else (all holes, a pad in flight, a failed array) is the array's to answer.
       const holes = a.mixedRange(position, length);
       if (holes === null) return readViaArray(a, bufs, length, position);
-      return (this.shared(bufs) ?? this.submit(a, 'readv', bufs, length, position, false)).then(() => zeroSpans(bufs, holes));
+      return (this.shared(bufs) ?? this.submit(a, 'readv', bufs, length, position)).then(() => zeroSpans(bufs, holes));
     }
-    return this.shared(bufs) ?? this.submit(a, 'readv', bufs, length, position, false);
+    return this.shared(bufs) ?? this.submit(a, 'readv', bufs, length, position);
   }
 
-  writev(a: ArrayFile, bufs: Uint8Array[], length: number, position: number, background = false): Promise<void> {
+  writev(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void> {
     if (!a.plainWrite(position, length)) return viaArray(a, bufs, length, position);
-    return this.shared(bufs) ?? this.submit(a, 'writev', bufs, length, position, background);
+    return this.shared(bufs) ?? this.submit(a, 'writev', bufs, length, position);
   }
 
   /** A view of ordinary memory would cross to the worker as a copy (a read would land in the copy): refused. */
@@ -159,12 +154,8 @@ export class BatchRoute extends WorkerRoute {
   private readonly workers: Worker[] = [];
   private readonly busy: number[] = [];
   private queue: Queued[] = [];
-  /** This turn's write-back writes (background). */
-  private later: Queued[] = [];
   private scheduled = false;
-  private readonly inflight = new Map<number, { items: Queued[]; w: number; background: boolean }>();
-  /** Write-back batches in flight per worker. */
-  private readonly writingBack: number[] = [];
+  private readonly inflight = new Map<number, { items: Queued[]; w: number }>();
   private seq = 0;
   private closing = false;
   /** Shared memories the workers know, by the number a batch names them with. */
@@ -176,7 +167,6 @@ export class BatchRoute extends WorkerRoute {
     for (let i = 0; i < threads; i++) {
       this.workers.push(this.spawn(i));
       this.busy.push(0);
-      this.writingBack.push(0);
     }
   }
 
@@ -211,13 +201,12 @@ export class BatchRoute extends WorkerRoute {
       for (const q of b.items) q.reject(new BlockgateError('IO_ERROR', `the I/O worker exited (code ${code}) with a ${q.task.op} in flight`));
     }
     this.busy[i] = 0;
-    this.writingBack[i] = 0;
     if (!this.closing) this.workers[i] = this.spawn(i);
   }
 
-  protected submit(a: ArrayFile, op: IoTask['op'], bufs: Uint8Array[], length: number, position: number, background: boolean): Promise<void> {
+  protected submit(a: ArrayFile, op: IoTask['op'], bufs: Uint8Array[], length: number, position: number): Promise<void> {
     return new Promise<void>((resolve, reject) => {
-      (background ? this.later : this.queue).push({ a, task: { op, fd: a.descriptor, bufs, length, position }, resolve, reject });
+      this.queue.push({ a, task: { op, fd: a.descriptor, bufs, length, position }, resolve, reject });
       if (!this.scheduled) {
         this.scheduled = true;
         queueMicrotask(this.flush);
@@ -225,46 +214,24 @@ export class BatchRoute extends WorkerRoute {
     });
   }
 
-  /**
-   * The turn's calls a host waits on in one message, and its write-back
-   * writes in another. Split across workers (measured: bench/engine/route.ts)
-   * the batches shrink and the loop pays 3-5x more per call; but a read batched
-   * with write-back, or queued behind it, waits for all of it (a fresh volume's
-   * write-back is hundreds of page writes into holes): write-back goes to one
-   * worker and the host's calls to a worker without write-back when there is one.
-   */
   private readonly flush = (): void => {
     this.scheduled = false;
-    if (this.queue.length > 0) {
-      const items = this.queue;
-      this.queue = [];
-      this.send(items, this.pick(false), false);
-    }
-    if (this.later.length > 0) {
-      const items = this.later;
-      this.later = [];
-      this.send(items, this.pick(true), true);
-    }
+    const items = this.queue;
+    this.queue = [];
+    // The whole turn's calls in one message to the least busy worker. Split across workers
+    // (measured: bench/engine/route.ts) the batches shrink and the loop pays 3-5x more per call.
+    this.send(items, this.idlest());
   };
 
-  /** Write-back: worker 0. The host's calls: the least busy worker without write-back in flight, else the least busy. */
-  private pick(background: boolean): number {
-    if (background) return 0;
-    let w = -1;
-    for (let i = 0; i < this.workers.length; i++) {
-      if (this.writingBack[i]! > 0) continue;
-      if (w < 0 || this.busy[i]! < this.busy[w]!) w = i;
-    }
-    if (w >= 0) return w;
-    w = 0;
+  private idlest(): number {
+    let w = 0;
     for (let i = 1; i < this.workers.length; i++) if (this.busy[i]! < this.busy[w]!) w = i;
     return w;
   }
 
-  private send(items: Queued[], w: number, background: boolean): void {
+  private send(items: Queued[], w: number): void {
     const id = ++this.seq;
-    this.inflight.set(id, { items, w, background });
-    if (background) this.writingBack[w]!++;
+    this.inflight.set(id, { items, w });
     // A batch in flight keeps the process alive (shutdown awaits its writes).
     if (this.busy[w]!++ === 0) this.workers[w]!.ref();
     const t: number[] = [];
@@ -281,7 +248,6 @@ export class BatchRoute extends WorkerRoute {
     // Already failed by lost() (the worker exited with its answer still in the queue).
     if (!b) return;
     this.inflight.delete(m.id);
-    if (b.background) this.writingBack[b.w]!--;
     if (--this.busy[b.w]! === 0) this.workers[b.w]!.unref();
     for (let i = 0; i < b.items.length; i++) {
       const q = b.items[i]!;
