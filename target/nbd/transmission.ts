@@ -296,31 +296,39 @@ export class NbdConnection extends HandshakeSession {
       io.countHoleRead(length);
       return this.send(b);
     }
-    const data = Buffer.allocUnsafe(length);
+    // Pooled when large (as startRead's): a fresh 1 MiB buffer per read was ~1 GB/s of new memory at 1 MiB QD8,
+    // and V8 answered it with back-to-back full collections (docs/bench/findings.md, session 9).
+    const data = replyBuffer(length);
+    const pooled = length >= LARGE_MIN;
     this.begin(length);
     (io.read(offset, length, data) ?? Promise.resolve()).then(
       () => {
         let at = 0;
-        runs.forEach((r, i) => {
-          const flag = i === runs.length - 1 ? REPLY_FLAG_DONE : 0;
+        const last = runs.length - 1;
+        for (let i = 0; i <= last; i++) {
+          const r = runs[i]!;
+          const flag = i === last ? REPLY_FLAG_DONE : 0;
+          // Writes complete in order: once the last chunk is written, so is every data chunk before it.
+          const done = i === last && pooled ? releaseWhenWritten(data) : undefined;
           if (r.state !== 'data') {
-            const b = Buffer.allocUnsafe(32);
+            const b = smallBuffer(32);
             writeChunkHeader(b, 0, flag, REPLY_TYPE.OFFSET_HOLE, cookieHi, cookieLo, 12);
             writeOffset(b, 20, offset + at);
             b.writeUInt32BE(r.length, 28);
-            this.send(b);
+            this.send(b, done);
           } else {
-            const b = Buffer.allocUnsafe(28);
+            const b = smallBuffer(28);
             writeChunkHeader(b, 0, flag, REPLY_TYPE.OFFSET_DATA, cookieHi, cookieLo, 8 + r.length);
             writeOffset(b, 20, offset + at);
             this.send(b);
-            this.send(data.subarray(at, at + r.length));
+            this.send(data.subarray(at, at + r.length), done);
           }
           at += r.length;
-        });
+        }
         this.end(length);
       },
       (err: unknown) => {
+        if (pooled) releaseLarge(data);
         this.replyError(cookieHi, cookieLo, nbdErrno(err), errMessage(err));
         this.end(length);
       },
