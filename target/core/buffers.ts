@@ -32,6 +32,21 @@ export function smallBuffer(n: number): Buffer {
   return b;
 }
 
+/**
+ * Gives back b at once if it is the arena's most recent carve (a write
+ * payload copy the store took synchronously, before anything else was
+ * carved): the next carve reuses its bytes. Anything else is left to the GC
+ * with its arena. A fresh volume's 4 KiB writes carved ~1 GB of arenas a
+ * run, and V8 runs a full collection for every 64 MiB of new memory of that
+ * kind (docs/bench/findings.md, session 9). The caller guarantees nobody
+ * holds b's bytes.
+ */
+export function releaseSmall(b: Buffer): void {
+  if (b.buffer !== arena.buffer) return;
+  const start = b.byteOffset - arena.byteOffset;
+  if (start + ((b.length + 7) & ~7) === arenaPos) arenaPos = start;
+}
+
 /** An 8-byte-aligned copy of src (≤ SMALL_MAX bytes) from the arena. */
 export function alignedCopy(src: Buffer): Buffer {
   const b = smallBuffer(src.length);

@@ -9,7 +9,7 @@
 import type { Socket } from 'node:net';
 import type { AllocationRun } from '../core/index.js';
 import { CMD, CMD_FLAG, MAX_PAYLOAD, REPLY_FLAG_DONE, REPLY_TYPE, REQUEST_MAGIC } from './constants.js';
-import { LARGE_MIN, SMALL_MAX, alignedCopy, largeBuffer, releaseLarge, releaseWhenWritten, replyBuffer, smallBuffer } from '../core/index.js';
+import { LARGE_MIN, SMALL_MAX, alignedCopy, largeBuffer, releaseLarge, releaseSmall, releaseWhenWritten, replyBuffer, smallBuffer } from '../core/index.js';
 import { ERRNO, nbdErrno } from './errno.js';
 import { HandshakeSession, BASE_ALLOCATION_ID, type NegotiatedSession } from './handshake.js';
 import type { CloseReason, ListenerTraits, NbdBackend, NbdLimits } from './session.js';
@@ -199,7 +199,8 @@ export class NbdConnection extends HandshakeSession {
     const work = this.io!.write(offset, payload, (flags & CMD_FLAG.FUA) !== 0);
     const bytes = payload.length;
     if (work === null) {
-      // Complete in memory (write-back): reply now, no promise hop.
+      // Complete in memory (write-back): reply now, no promise hop; an arena copy of the payload is free again.
+      if (!pooled) releaseSmall(payload);
       return this.writeDone(cookieHi, cookieLo, payload, pooled, null);
     }
     this.begin(bytes);
