@@ -391,8 +391,8 @@ export class ArrayFile {
 
   /**
    * Reads `length` bytes at `position` into several buffers in order (a run
-   * of cache slots): one preadv when the range is all data, else the data
-   * runs are read and the rest zero-filled, as read() does.
+   * of cache slots): one preadv, the range's holes zeroed after when it has
+   * some (mixedRange); a range of holes only is zero-filled without a read.
    */
   readv(bufs: readonly NodeJS.ArrayBufferView[], length: number, position: number, cb: (err: Error | null) => void): void {
     if (this.fault) return cb(this.faultError());
@@ -553,15 +553,6 @@ export function zeroSpans(bufs: readonly NodeJS.ArrayBufferView[], spans: readon
       if (e > end) break;
     }
     base = end;
-  }
-}
-
-/** Visits each buffer of a vectored transfer with the file position it covers. */
-function eachPiece(bufs: readonly NodeJS.ArrayBufferView[], position: number, visit: (buf: Buffer, at: number, len: number) => void): void {
-  let at = position;
-  for (const b of bufs) {
-    visit(Buffer.from(b.buffer, b.byteOffset, b.byteLength), at, b.byteLength);
-    at += b.byteLength;
   }
 }
 

@@ -13,16 +13,21 @@ import { CMD, WireClient } from '../helpers/nbd-wire.js';
 
 const MiB = 1024 * 1024;
 
-t.test('a 1 MiB structured read over data and holes recycles its buffer', async (t) => {
-  const { m } = await inProcessAppliance(t, 'nbd-buffers');
+/** An in-process appliance with one host and a thin 16 MiB unit at 0/0; a raw NBD client on the host's socket. */
+async function hostWithUnit(t: Parameters<typeof inProcessAppliance>[0], prefix: string): Promise<WireClient> {
+  const { m } = await inProcessAppliance(t, prefix);
   m.createFarm('f');
   await m.createArray('a0', 64 * MiB);
   await m.createHost({ name: 'h', farm: 'f' });
   m.createVolume({ name: 'v0', size: 16 * MiB, farm: 'f', configure: true });
   m.bind({ volume: 'v0', host: 'h', target: 0, lun: 0, map: true });
-
   const c = await WireClient.connect({ path: m.hostSocketPath('h') });
   t.teardown(() => c.destroy());
+  return c;
+}
+
+t.test('a 1 MiB structured read over data and holes recycles its buffer', async (t) => {
+  const c = await hostWithUnit(t, 'nbd-buffers');
   await c.open('0/0');
   // Data at pages 1, 2 and 200 of the first MiB; the rest never written.
   const expect = Buffer.alloc(MiB);
@@ -49,14 +54,7 @@ t.test('a 1 MiB structured read over data and holes recycles its buffer', async 
 });
 
 t.test('a small write the store takes at once gives its payload copy back to the arena', async (t) => {
-  const { m } = await inProcessAppliance(t, 'nbd-arena');
-  m.createFarm('f');
-  await m.createArray('a0', 64 * MiB);
-  await m.createHost({ name: 'h', farm: 'f' });
-  m.createVolume({ name: 'v0', size: 16 * MiB, farm: 'f', configure: true });
-  m.bind({ volume: 'v0', host: 'h', target: 0, lun: 0, map: true });
-  const c = await WireClient.connect({ path: m.hostSocketPath('h') });
-  t.teardown(() => c.destroy());
+  const c = await hostWithUnit(t, 'nbd-arena');
   await c.open('0/0', { structured: false });
   const d = Buffer.alloc(4096, 0x3c);
   // Warm the blocks so every write below completes in memory, at once.
