@@ -7,7 +7,7 @@
  */
 import type { Socket } from 'node:net';
 import type { UnitIO } from '../core/contract.js';
-import { LARGE_MIN, ReplyBatch, SMALL_MAX, alignedCopy, largeBuffer, releaseLarge, releaseWhenWritten, type BudgetHolder, type IoBudget } from '../core/index.js';
+import { LARGE_MIN, ReplyBatch, SMALL_MAX, alignedCopy, largeBuffer, releaseLarge, releaseSmall, releaseWhenWritten, type BudgetHolder, type IoBudget } from '../core/index.js';
 import type { Nexus, ScsiDevice, ScsiResponse, TaskAttribute } from './scsi/contract.js';
 import { Login, LOGIN_STATUS, type LoginDirectory, type SessionParams, type TargetParams } from './login.js';
 import { decodeLun, targetIqn } from './naming.js';
@@ -612,6 +612,9 @@ export class IscsiConnection implements BudgetHolder {
       // The device is done with the write data (the store keeps no reference once it settles).
       releaseLarge(t.own);
       t.own = null;
+    } else if (t.write && t.data) {
+      // A realigned small payload, if nothing was carved after it, goes back to the arena (releaseSmall).
+      releaseSmall(t.data);
     }
     if (t.aborted || this.state === State.Closed) return;
     this.replies.hold(this.sock, this.tasks.size > 0);

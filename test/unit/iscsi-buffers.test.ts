@@ -1,5 +1,5 @@
 import t from 'tap';
-import { LARGE_MIN, largeBuffer, releaseLarge } from '../../target/core/index.js';
+import { LARGE_MIN, largeBuffer, releaseLarge, smallBuffer } from '../../target/core/index.js';
 import { inProcessAppliance } from '../helpers/iscsi-appliance.js';
 import { IscsiWire, read10, tur, write10 } from '../helpers/iscsi-wire.js';
 
@@ -14,17 +14,22 @@ const MiB = 1024 * 1024;
 const SEG = 256 * 1024;
 const IQN = 'iqn.2026-01.test:buffers';
 
-t.test('1 MiB writes and reads over iSCSI recycle their buffers', async (t) => {
-  const { m, port } = await inProcessAppliance(t, 'iscsi-buffers');
+/** An in-process appliance whose host (initiator IQN) has a thin 16 MiB unit at 0/0; a raw iSCSI connection to it, not logged in. */
+async function hostWithUnit(t: Parameters<typeof inProcessAppliance>[0], prefix: string): Promise<IscsiWire> {
+  const { m, port } = await inProcessAppliance(t, prefix);
   m.createFarm('f');
   await m.createArray('a0', 64 * MiB);
   await m.createHost({ name: 'h', farm: 'f' });
   m.iscsi.addInitiator('h', IQN);
   m.createVolume({ name: 'v0', size: 16 * MiB, farm: 'f', configure: true });
   m.bind({ volume: 'v0', host: 'h', target: 0, lun: 0, map: true });
-
   const w = await IscsiWire.connect(`127.0.0.1:${port}`);
   t.teardown(() => w.close());
+  return w;
+}
+
+t.test('1 MiB writes and reads over iSCSI recycle their buffers', async (t) => {
+  const w = await hostWithUnit(t, 'iscsi-buffers');
   const login = await w.login(IQN, 'iqn.2026-11.io.blockgate:h.t0', {
     MaxRecvDataSegmentLength: String(SEG),
     MaxBurstLength: String(MiB),
@@ -82,4 +87,32 @@ t.test('1 MiB writes and reads over iSCSI recycle their buffers', async (t) => {
   }
   t.ok(readBuf.equals(data), 'the read reply buffer went back to the pool once sent');
   t.ok(LARGE_MIN <= SEG, 'segments of this size are pooled');
+});
+
+t.test('a 4 KiB write whose immediate data was realigned gives the copy back to the arena', async (t) => {
+  const w = await hostWithUnit(t, 'iscsi-arena');
+  // A header digest puts the data 52 bytes into the PDU: not 8-byte aligned, so the target realigns it.
+  const login = await w.login(IQN, 'iqn.2026-11.io.blockgate:h.t0', { HeaderDigest: 'CRC32C' });
+  t.equal(login.bhs[36], 0, 'logged in');
+  for (let i = 0; i < 3; i++) {
+    w.command(tur(), { edtl: 0 });
+    await w.recvReply();
+  }
+  const d = Buffer.alloc(4096, 0x77);
+  const write = async (lba: number): Promise<void> => {
+    w.command(write10(lba, 8), { write: true, edtl: 4096, immediate: d, final: true });
+    const rsp = await w.recvReply();
+    if (rsp!.opcode !== 0x21 || rsp!.bhs[3] !== 0) throw new Error('write failed');
+  };
+  // Warm the blocks so every write below completes in memory, at once.
+  for (let i = 0; i < 40; i++) await write(i * 8);
+  let moved = -1;
+  for (let round = 0; round < 3 && moved < 0; round++) {
+    const before = smallBuffer(8);
+    for (let i = 0; i < 40; i++) await write(i * 8);
+    const after = smallBuffer(8);
+    if (after.buffer === before.buffer) moved = after.byteOffset - before.byteOffset;
+  }
+  t.ok(moved >= 0, 'measured within one arena');
+  t.ok(moved < 40 * 64, `the arena moved ${moved} bytes for 40 writes`);
 });
