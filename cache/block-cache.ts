@@ -422,8 +422,8 @@ export class BlockCache {
     let gap = 0;
     for (const b of run) {
       const origin = b.index * bs;
-      const p1 = ((Math.min(e, origin + bs) - origin - 1) >>> PAGE_SHIFT) + 1;
-      for (let p = (Math.max(s, origin) - origin) >>> PAGE_SHIFT; p < p1; ) {
+      const p1 = this.endPage(b, e);
+      for (let p = this.firstPage(b, s); p < p1; ) {
         const valid = this.pageValid(b, p);
         let q = p + 1;
         while (q < p1 && this.pageValid(b, q) === valid) q++;
@@ -455,10 +455,7 @@ export class BlockCache {
     }
     const p = this.route.readv(a, bufs, to - from, from).then(
       () => {
-        for (const b of run) {
-          const origin = b.index * bs;
-          this.landed(b, (Math.max(s, origin) - origin) >>> PAGE_SHIFT, ((Math.min(e, origin + bs) - origin - 1) >>> PAGE_SHIFT) + 1, -1, -1);
-        }
+        for (const b of run) this.landed(b, this.firstPage(b, s), this.endPage(b, e), -1, -1);
       },
       (err: unknown) => {
         for (const b of run) this.pagesFailed(b);
@@ -468,6 +465,17 @@ export class BlockCache {
     const shared = p.then(noop, noop);
     for (const b of run) b.loading = shared;
     return p;
+  }
+
+  /** The first page of b that array bytes from s on touch (s before b's end). */
+  private firstPage(b: Block, s: number): number {
+    return (Math.max(s, b.index * this.blockSize) - b.index * this.blockSize) >>> PAGE_SHIFT;
+  }
+
+  /** One past the last page of b that array bytes before e touch (e after b's start). */
+  private endPage(b: Block, e: number): number {
+    const origin = b.index * this.blockSize;
+    return ((Math.min(e, origin + this.blockSize) - origin - 1) >>> PAGE_SHIFT) + 1;
   }
 
   /** A load of some pages of resident block b failed: its other pages are still good (some may be dirty), so it stays; these stay invalid. */
@@ -559,11 +567,14 @@ export class BlockCache {
     for (let start = idx * bs; start < end; idx++, start += bs) {
       const busy = this.changing.size > 0 ? this.changing.get(base + idx) : undefined;
       const b = busy === undefined ? this.lookup(base + idx) : undefined;
+      const s = start > pos ? start : pos;
+      const e = start + bs < end ? start + bs : end;
+      const partly = b !== undefined && !b.loading && !b.full && !this.spanValid(b, s - start, e - start);
+      if (part !== null && (!partly || part.length === this.maxRun)) {
+        (pending ??= []).push(this.readRun(a, part, partFrom, start, pos, dest, dOff, cacheable));
+        part = null;
+      }
       if (b === undefined && busy === undefined) {
-        if (part !== null) {
-          (pending ??= []).push(this.readRun(a, part, partFrom, start, pos, dest, dOff, cacheable));
-          part = null;
-        }
         if (missFrom < 0) missFrom = idx;
         continue;
       }
@@ -572,23 +583,13 @@ export class BlockCache {
         if (m) (pending ??= []).push(m);
         missFrom = -1;
       }
-      const s = start > pos ? start : pos;
-      const e = start + bs < end ? start + bs : end;
-      if (b !== undefined && !b.loading && !b.full && !this.spanValid(b, s - start, e - start)) {
-        if (part !== null && part.length === this.maxRun) {
-          (pending ??= []).push(this.readRun(a, part, partFrom, start, pos, dest, dOff, cacheable));
-          part = null;
-        }
+      if (partly) {
         if (part === null) {
           part = [];
           partFrom = s;
         }
         part.push(b);
         continue;
-      }
-      if (part !== null) {
-        (pending ??= []).push(this.readRun(a, part, partFrom, start, pos, dest, dOff, cacheable));
-        part = null;
       }
       // A block being changed, or loading (an in-flight miss: share its read), is read again once that is over.
       const wait = busy ?? b!.loading;

@@ -5,6 +5,7 @@ import { pino } from 'pino';
 import { BlockStore } from '../../cache/index.js';
 import { SimpleEngine } from '../../disks/index.js';
 import { StorageManager } from '../../manager/index.js';
+import { largeBuffer, releaseLarge } from '../../target/core/index.js';
 import { Namespaces, NbdServer, openUnit } from '../../target/index.js';
 import { IscsiServer } from '../../target/iscsi/index.js';
 import { ScsiCommandSet } from '../../target/iscsi/scsi/index.js';
@@ -53,4 +54,20 @@ export async function inProcessAppliance(t: { teardown: (fn: () => unknown) => v
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
   return { m, namespaces, nbd, iscsi, port };
+}
+
+/**
+ * The next buffer of `size` the data path's pool hands out, once it holds
+ * `expect` (a reply buffer goes back when the socket's write callback runs,
+ * which may be just after the client has the bytes); gives up after ~0.5 s
+ * and returns whatever the pool hands out then.
+ */
+export async function pooledOnceSent(size: number, expect: Buffer): Promise<Buffer> {
+  let b = largeBuffer(size);
+  for (let i = 0; i < 50 && !b.equals(expect); i++) {
+    releaseLarge(b);
+    await new Promise((r) => setTimeout(r, 10));
+    b = largeBuffer(size);
+  }
+  return b;
 }
