@@ -94,6 +94,12 @@ export const DEFAULT_BLOCK_SIZE = 64 * 1024;
 const STAGE_SIZE = 64 * 1024;
 /** Staging slots (4 MiB, committed as used); with all in use, calls take libuv's pool. */
 const STAGE_SLOTS = 64;
+/**
+ * Never-used cache memory a worker commits ahead of the slots taken (Slab):
+ * 16 MiB is ~50 ms of that thread's faults at ~12 µs a page here, several
+ * times what a fresh volume's random writes take in that time.
+ */
+const COMMIT_AHEAD = 16 * 1024 * 1024;
 /** Why 256 KiB: docs/bench/findings.md, session 7 ("Large writes around the cache"). */
 export const DEFAULT_WRITE_AROUND_MIN = 256 * 1024;
 
@@ -248,7 +254,7 @@ export class BlockCache {
     this.shift = Math.log2(bs);
     this.arrays = arrays;
     this.route = opts.route ?? new LibuvRoute();
-    this.slab = new Slab(opts.size, bs, this.route.sharedMemory);
+    this.slab = new Slab(opts.size, bs, this.route.sharedMemory, COMMIT_AHEAD);
     this.staging = this.route.sharedMemory ? new Slab(STAGE_SLOTS * STAGE_SIZE, STAGE_SIZE, true) : null;
     this.capacity = this.slab.slots * bs;
     // Never reached on its own (resident blocks never outnumber slots); eviction is explicit, below.
@@ -1347,6 +1353,7 @@ export class BlockCache {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
     await this.writeBack(null);
+    await this.slab.close();
     await this.route.close();
   }
 }

@@ -115,3 +115,35 @@ t.test('a slab smaller than a slot still has one; a bigger slot than 64 MiB gets
   t.end();
 });
 
+
+t.test('commit-ahead: a worker commits the never-used slots after a fresh one taken, up to the window, and changes no byte', async (t) => {
+  // 256 MiB of 64 KiB slots, 16 MiB ahead.
+  const slab = new Slab(256 * M, 64 * K, true, 16 * M);
+  alive.push(slab);
+  t.teardown(() => slab.close());
+  const before = rssAnon();
+  const s0 = slab.take();
+  // The slot taken is committed at once, the window after it by the worker in the background.
+  let grew = 0;
+  for (let i = 0; i < 200 && grew < 15 * M; i++) {
+    await new Promise((r) => setTimeout(r, 10));
+    grew = rssAnon() - before;
+  }
+  t.ok(grew >= 15 * M, `one take: the worker committed ${(grew / M).toFixed(1)} MiB ahead (want ≥ 15)`);
+  t.ok(grew < 40 * M, `and no further than the window (${(grew / M).toFixed(1)} MiB)`);
+  // The slots it committed read as zero when taken, and a slot written while the worker goes through keeps its bytes.
+  const next = slab.take();
+  t.equal(next, s0 + 1);
+  slab.view(next).fill(0x5a);
+  for (let i = 0; i < 300; i++) slab.take();
+  t.ok(slab.view(next).every((b) => b === 0x5a), 'a taken slot keeps what was written into it');
+  t.ok(slab.view(s0 + 2).every((b) => b === 0), 'a committed-ahead slot reads as zero');
+  // Plain (unshared) memory has no worker to commit it: nothing ahead (the shared slab's worker stopped first).
+  await slab.close();
+  const plain = new Slab(64 * M, 64 * K, false, 16 * M);
+  alive.push(plain);
+  const b2 = rssAnon();
+  plain.take();
+  await new Promise((r) => setTimeout(r, 200));
+  t.ok(rssAnon() - b2 < 8 * M, 'unshared: only the slot taken is committed');
+});
