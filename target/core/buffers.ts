@@ -85,8 +85,12 @@ export function releaseWhenWritten(b: Buffer): (err?: Error | null) => void {
   };
 }
 
-/** Any size: arena for small, free list for large, plain allocation between. */
-export function replyBuffer(n: number): Buffer {
+/**
+ * Any size, for a reply or for a payload gathered from the socket: arena for
+ * small, free list for large (the holder gives those back: n ≥ LARGE_MIN),
+ * plain allocation between.
+ */
+export function dataBuffer(n: number): Buffer {
   if (n <= SMALL_MAX) return smallBuffer(n);
   if (n >= LARGE_MIN) return largeBuffer(n);
   return Buffer.allocUnsafe(n);

@@ -16,4 +16,4 @@ export { IoStats, StatsRegistry, OP, OP_NAMES, LATENCY_BUCKETS } from './stats.j
 export { ChangeMap, changeMaps } from './changes.js';
 export { IoBudget, DEFAULT_IO_BUDGET, BUDGET_FLOOR, type BudgetHolder } from './budget.js';
 export { ReplyBatch } from './reply-batch.js';
-export { LARGE_MIN, SMALL_MAX, alignedCopy, largeBuffer, releaseLarge, releaseSmall, releaseWhenWritten, replyBuffer, smallBuffer } from './buffers.js';
+export { LARGE_MIN, SMALL_MAX, alignedCopy, largeBuffer, releaseLarge, releaseSmall, releaseWhenWritten, dataBuffer, smallBuffer } from './buffers.js';

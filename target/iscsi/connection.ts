@@ -7,7 +7,7 @@
  */
 import type { Socket } from 'node:net';
 import type { UnitIO } from '../core/contract.js';
-import { LARGE_MIN, ReplyBatch, SMALL_MAX, alignedCopy, largeBuffer, releaseLarge, releaseSmall, releaseWhenWritten, type BudgetHolder, type IoBudget } from '../core/index.js';
+import { LARGE_MIN, ReplyBatch, SMALL_MAX, alignedCopy, dataBuffer, releaseLarge, releaseSmall, releaseWhenWritten, type BudgetHolder, type IoBudget } from '../core/index.js';
 import type { Nexus, ScsiDevice, ScsiResponse, TaskAttribute } from './scsi/contract.js';
 import { Login, LOGIN_STATUS, type LoginDirectory, type SessionParams, type TargetParams } from './login.js';
 import { decodeLun, targetIqn } from './naming.js';
@@ -506,8 +506,10 @@ export class IscsiConnection implements BudgetHolder {
         task.data = (p.data.byteOffset & 7) === 0 || imm > SMALL_MAX ? p.data : alignedCopy(p.data);
         task.own = p.own ?? null;
       } else {
-        // A large burst's buffer comes from the pool: fresh memory costs a fault per page on its first touch.
-        task.data = edtl >= LARGE_MIN ? (task.own = largeBuffer(edtl)) : Buffer.allocUnsafe(edtl);
+        // A large burst's buffer comes from the pool (fresh memory costs a fault per page on its first touch), a
+        // small one from the arena.
+        task.data = dataBuffer(edtl);
+        if (edtl >= LARGE_MIN) task.own = task.data;
         p.data.copy(task.data, 0);
         if (p.own) releaseLarge(p.own);
       }

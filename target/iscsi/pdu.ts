@@ -4,7 +4,7 @@
  * data digest. The reader parses in place from socket chunks and keeps only
  * the remainder of a PDU split across chunks.
  */
-import { LARGE_MIN, largeBuffer } from '../core/index.js';
+import { LARGE_MIN, dataBuffer } from '../core/index.js';
 import { crc32c } from './crc32c.js';
 
 export const OP = {
@@ -179,8 +179,9 @@ export class PduReader {
       return pos + need;
     }
     // A header read in place stays valid: socket chunks are fresh memory, never reused. A large segment (a
-    // Data-Out burst) is gathered into a pooled buffer: fresh memory costs a fault per page on its first touch.
-    this.data = need >= LARGE_MIN ? largeBuffer(need) : Buffer.allocUnsafe(need);
+    // Data-Out burst) is gathered into a pooled buffer (fresh memory costs a fault per page on its first touch),
+    // a small one into the arena (a new buffer per 4 KiB write is garbage).
+    this.data = dataBuffer(need);
     this.dataNeed = need;
     this.dataHave = 0;
     const take = chunk.length - pos;

@@ -9,7 +9,7 @@
 import type { Socket } from 'node:net';
 import type { AllocationRun } from '../core/index.js';
 import { CMD, CMD_FLAG, MAX_PAYLOAD, REPLY_FLAG_DONE, REPLY_TYPE, REQUEST_MAGIC } from './constants.js';
-import { LARGE_MIN, SMALL_MAX, alignedCopy, largeBuffer, releaseLarge, releaseSmall, releaseWhenWritten, replyBuffer, smallBuffer } from '../core/index.js';
+import { LARGE_MIN, SMALL_MAX, alignedCopy, largeBuffer, releaseLarge, releaseSmall, releaseWhenWritten, dataBuffer, smallBuffer } from '../core/index.js';
 import { ERRNO, nbdErrno } from './errno.js';
 import { HandshakeSession, BASE_ALLOCATION_ID, type NegotiatedSession } from './handshake.js';
 import type { CloseReason, ListenerTraits, NbdBackend, NbdLimits } from './session.js';
@@ -94,12 +94,11 @@ export class NbdConnection extends HandshakeSession {
         return p + length;
       }
       // A payload spanning chunks (every large write) is gathered into a recycled buffer.
+      // Small ones into the arena (startWrite gives the copy back when the store takes it at once): a fresh
+      // buffer per 4 KiB write was 5 % of the loop's busy time at QD1, and garbage.
       this.gathering(length);
-      if (length >= LARGE_MIN) {
-        this.fill(length, (payload) => this.gathered(flags, cookieHi, cookieLo, offset, payload, true), largeBuffer(length));
-      } else {
-        this.fill(length, (payload) => this.gathered(flags, cookieHi, cookieLo, offset, payload, false));
-      }
+      const pooled = length >= LARGE_MIN;
+      this.fill(length, (payload) => this.gathered(flags, cookieHi, cookieLo, offset, payload, pooled), dataBuffer(length));
       return p;
     }
     this.dispatch(type, flags, cookieHi, cookieLo, offset, length);
@@ -230,7 +229,7 @@ export class NbdConnection extends HandshakeSession {
     // The data must start 8-byte aligned: V8 copies out of the cache's SharedArrayBuffer
     // word by word only between aligned addresses (byte by byte otherwise, ~3x slower).
     const pad = this.structured ? 4 : 0;
-    const whole = replyBuffer(pad + hdr + length);
+    const whole = dataBuffer(pad + hdr + length);
     const buf = pad === 0 ? whole : whole.subarray(pad);
     if (this.structured) {
       writeChunkHeader(buf, 0, REPLY_FLAG_DONE, length === 0 ? REPLY_TYPE.NONE : REPLY_TYPE.OFFSET_DATA, cookieHi, cookieLo, length === 0 ? 0 : 8 + length);
@@ -299,7 +298,7 @@ export class NbdConnection extends HandshakeSession {
     }
     // Pooled when large (as startRead's): a fresh 1 MiB buffer per read was ~1 GB/s of new memory at 1 MiB QD8,
     // and V8 answered it with back-to-back full collections (docs/bench/findings.md, session 9).
-    const data = replyBuffer(length);
+    const data = dataBuffer(length);
     const pooled = length >= LARGE_MIN;
     this.begin(length);
     (io.read(offset, length, data) ?? Promise.resolve()).then(

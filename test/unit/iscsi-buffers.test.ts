@@ -110,3 +110,51 @@ t.test('a 4 KiB write whose immediate data was realigned gives the copy back to 
   t.ok(moved >= 0, 'measured within one arena');
   t.ok(moved < 40 * 64, `the arena moved ${moved} bytes for 40 writes`);
 });
+
+t.test('4 KiB writes whose data spans socket reads, or comes after an R2T, take no new buffer', async (t) => {
+  const w = await hostWithUnit(t, 'iscsi-gather');
+  const login = await w.login(IQN, 'iqn.2026-11.io.blockgate:h.t0', {});
+  t.equal(login.bhs[36], 0, 'logged in');
+  for (let i = 0; i < 3; i++) {
+    w.command(tur(), { edtl: 0 });
+    await w.recvReply();
+  }
+  const d = Buffer.alloc(4096, 0x42);
+  const ok = (rsp: Awaited<ReturnType<IscsiWire['recvReply']>>): boolean => rsp!.opcode === 0x21 && rsp!.bhs[3] === 0;
+  for (let i = 0; i < 40; i++) {
+    w.command(write10(i * 8, 8), { write: true, edtl: 4096, immediate: d, final: true });
+    t.ok(ok(await w.recvReply()));
+  }
+  // Payload-sized buffers made while the writes run (the client's own PDUs are 4,144 bytes; arena refills 1 MiB).
+  let made = 0;
+  const { allocUnsafe, allocUnsafeSlow } = Buffer;
+  const count = (n: number): void => void (made += n === 4096 ? 1 : 0);
+  Buffer.allocUnsafe = (n: number) => (count(n), allocUnsafe(n));
+  Buffer.allocUnsafeSlow = (n: number) => (count(n), allocUnsafeSlow(n));
+  const restore = (): void => {
+    Buffer.allocUnsafe = allocUnsafe;
+    Buffer.allocUnsafeSlow = allocUnsafeSlow;
+  };
+  t.teardown(restore);
+  // Immediate data split: the first 100 bytes of each PDU, then the rest a moment later.
+  const whole = w.write.bind(w);
+  w.write = (b: Buffer) => {
+    whole(b.subarray(0, 100));
+    setTimeout(() => whole(b.subarray(100)), 2);
+  };
+  for (let i = 0; i < 20; i++) {
+    w.command(write10(i * 8, 8), { write: true, edtl: 4096, immediate: d, final: true });
+    t.ok(ok(await w.recvReply()), `split write ${i}`);
+  }
+  w.write = whole;
+  // No immediate data: the target asks for it with an R2T.
+  for (let i = 0; i < 20; i++) {
+    const itt = w.command(write10(i * 8, 8), { write: true, edtl: 4096, final: true });
+    const r2t = (await w.recvReply())!;
+    t.equal(r2t.opcode, 0x31, 'R2T');
+    w.dataOut(itt, r2t.ttt, 0, 0, d, true);
+    t.ok(ok(await w.recvReply()), `write ${i} after its R2T`);
+  }
+  restore();
+  t.equal(made, 0, 'no buffer made per write');
+});

@@ -68,3 +68,39 @@ t.test('a small write the store takes at once gives its payload copy back to the
   const back = (await c.request(CMD.READ, 0, 40 * 4096)).data!;
   t.ok(back.equals(Buffer.concat(Array(40).fill(d))), 'and the data is what was written');
 });
+
+t.test('a small payload that arrives after its header is gathered into the arena, not a new buffer, and given back', async (t) => {
+  const c = await hostWithUnit(t, 'nbd-gather');
+  await c.open('0/0', { structured: false });
+  const d = Buffer.alloc(4096, 0x6e);
+  for (let i = 0; i < 40; i++) t.equal((await c.request(CMD.WRITE, i * 4096, 4096, 0, d)).error, 0);
+  // Header and payload in separate segments, the payload after a pause: the server reads them apart.
+  const gatheredWrite = async (i: number): Promise<number> => {
+    c.send(CMD.WRITE, i * 4096, 4096, 0);
+    await new Promise((r) => setTimeout(r, 2));
+    c.sock.write(d);
+    return (await c.reply()).error;
+  };
+  // Buffers made for data the size of a payload or smaller (arena refills are 1 MiB) while the writes run.
+  let made = 0;
+  const { allocUnsafe, allocUnsafeSlow } = Buffer;
+  Buffer.allocUnsafe = (n: number) => ((made += n > 0 && n <= 64 * 1024 ? 1 : 0), allocUnsafe(n));
+  Buffer.allocUnsafeSlow = (n: number) => ((made += n > 0 && n <= 64 * 1024 ? 1 : 0), allocUnsafeSlow(n));
+  t.teardown(() => {
+    Buffer.allocUnsafe = allocUnsafe;
+    Buffer.allocUnsafeSlow = allocUnsafeSlow;
+  });
+  let moved = -1;
+  for (let round = 0; round < 3 && moved < 0; round++) {
+    const before = smallBuffer(8);
+    for (let i = 0; i < 40; i++) t.equal(await gatheredWrite(i), 0);
+    const after = smallBuffer(8);
+    if (after.buffer === before.buffer) moved = after.byteOffset - before.byteOffset;
+  }
+  Buffer.allocUnsafe = allocUnsafe;
+  Buffer.allocUnsafeSlow = allocUnsafeSlow;
+  t.equal(made, 0, 'no buffer made per gathered payload');
+  t.ok(moved >= 0 && moved < 40 * 64, `the arena moved ${moved} bytes for 40 gathered writes: the replies, not the payloads`);
+  const back = (await c.request(CMD.READ, 0, 40 * 4096)).data!;
+  t.ok(back.equals(Buffer.concat(Array(40).fill(d))), 'and the data is what was written');
+});

@@ -3,7 +3,7 @@
  * is touched; UnitIO then works in bytes (LBA × 512).
  */
 import type { AllocationRun } from '../../core/contract.js';
-import { LARGE_MIN, SMALL_MAX, replyBuffer, smallBuffer } from '../../core/index.js';
+import { LARGE_MIN, SMALL_MAX, dataBuffer, smallBuffer } from '../../core/index.js';
 import type { ScsiResponse } from './contract.js';
 import { BLOCK, capsOf, type Req } from './lu.js';
 import { CheckCondition, KEY, SENSE, Sense, badCdb, badParam, fail } from './sense.js';
@@ -92,7 +92,7 @@ export function read(req: Req): ScsiResponse | Promise<ScsiResponse> {
   if (n > maxTransferBlocks(io)) throw badCdb(lenByte(cdb[0]!));
   const bytes = n * BLOCK;
   // 8-byte aligned either way (the cache copies word-wise only between aligned addresses); a large one pooled.
-  const data = replyBuffer(bytes);
+  const data = dataBuffer(bytes);
   const done: ScsiResponse = bytes >= LARGE_MIN ? { status: 0, data, recycle: true } : { status: 0, data };
   const p = io.read(lba * BLOCK, bytes, data);
   return p ? p.then(() => done) : done;
