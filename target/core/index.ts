@@ -3,6 +3,7 @@ export type {
   AllocationState,
   CompareAndWriteResult,
   Frontend,
+  HeldRead,
   HostEndpoints,
   NamespaceChange,
   Protocol,
