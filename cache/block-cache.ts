@@ -162,6 +162,9 @@ class Block {
   }
 }
 
+/** A block a send from the cache holds (holdSpan); opaque outside the cache. */
+export type HeldBlock = Block;
+
 /**
  * The RAM block cache, keyed by physical location (array, block), so every
  * volume, host and connection mapping the same array bytes sees one copy.
@@ -181,9 +184,6 @@ class Block {
  * back, so a write-back's bytes never change under it, a load never
  * overwrites newer data, and a read after an acknowledged write sees it.
  */
-/** A block a send from the cache holds (holdSpan); opaque outside the cache. */
-export type HeldBlock = Block;
-
 export class BlockCache {
   readonly blockSize: number;
   readonly capacity: number;
@@ -747,7 +747,6 @@ export class BlockCache {
       b.readers++;
       this.hold(b);
       held.push(b);
-      this.counters.hits++;
       const v = b.buf.subarray(s - start, e - start);
       const last = views.length > 0 ? views[views.length - 1]! : null;
       if (last !== null && last.buffer === v.buffer && last.byteOffset + last.length === v.byteOffset) {
@@ -756,6 +755,7 @@ export class BlockCache {
         views.push(v);
       }
     }
+    this.counters.hits += Math.ceil(end / bs) - Math.floor(pos / bs);
     return true;
   }
 

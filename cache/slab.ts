@@ -73,7 +73,8 @@ export class Slab {
       // The slot is ours alone and still all zero: a write per page commits it without changing a byte.
       const v = this.view(s);
       for (let o = 0; o < v.length; o += PAGE) v[o] = 0;
-      if (s + this.aheadSlots > this.asked) this.askAhead(s);
+      // Asked again once half the window is used: a message per half window, not per slot.
+      if (this.aheadSlots > 0 && this.asked - s <= this.aheadSlots >> 1) this.askAhead(s);
     }
     return s;
   }
@@ -81,7 +82,7 @@ export class Slab {
   /**
    * Never-used slots are handed out lowest first (freed ones are reused
    * before them), so the next fresh slots are the ones after s: the
-   * committer faults them in, a step at a time, up to the window past s.
+   * committer faults them in, a step at a time, up to a window past s.
    */
   private askAhead(s: number): void {
     if (this.asked <= s) this.asked = s + 1;
