@@ -143,8 +143,6 @@ class Block {
   dirtyGen = 0;
   cleanGen = 0;
   pins = 0;
-  /** Sends in flight from the slot itself (holdSpan): out of eviction's reach, and its slot not reused until 0. */
-  readers = 0;
   inLru = false;
   gone = false;
   /** Forgotten while loading: drop the whole block when the load lands. */
@@ -161,9 +159,6 @@ class Block {
     this.born = born;
   }
 }
-
-/** A block a send from the cache holds (holdSpan); opaque outside the cache. */
-export type HeldBlock = Block;
 
 /**
  * The RAM block cache, keyed by physical location (array, block), so every
@@ -347,7 +342,7 @@ export class BlockCache {
 
   /** Puts an idle clean unpinned block back where eviction can take it. */
   private settle(b: Block): void {
-    if (b.gone || b.inLru || b.dirty || b.loading || b.writing || b.pins > 0 || b.readers > 0) return;
+    if (b.gone || b.inLru || b.dirty || b.loading || b.writing || b.pins > 0) return;
     this.held.delete(b.key);
     this.lru.set(b.key, b);
     b.inLru = true;
@@ -364,8 +359,7 @@ export class BlockCache {
       this.pinnedBytes -= this.blockSize;
     }
     b.gone = true;
-    // A send still reading the slot gives it back when done (releaseHeld).
-    if (b.readers === 0) this.slab.give(b.slot);
+    this.slab.give(b.slot);
   }
 
   // ---- loads ------------------------------------------------------------
@@ -722,50 +716,6 @@ export class BlockCache {
     const v = st.view(slot);
     src.copy(v, 0, sOff, sOff + len);
     return this.staged(st, slot, this.route.writev(a, [len === STAGE_SIZE ? v : v.subarray(0, len)], len, pos));
-  }
-
-  /**
-   * The bytes [pos, pos+len) of the array as views of the slots holding
-   * them, for a reply sent straight from the cache: true when every block is
-   * in memory, not loading or being changed, and valid over the span; false
-   * otherwise (the caller copies with read() instead). Each block viewed is
-   * pushed onto `held` and stays out of eviction's reach, its slot never
-   * reused even if the block is dropped, until releaseHeld(held) — also
-   * after false. Views of slots that sit next to each other in memory are
-   * merged.
-   */
-  holdSpan(a: ArrayFile, pos: number, len: number, views: Buffer[], held: HeldBlock[]): boolean {
-    const bs = this.blockSize;
-    const end = pos + len;
-    const base = a.id * KEY_MUL;
-    for (let idx = Math.floor(pos / bs), start = idx * bs; start < end; idx++, start += bs) {
-      if (this.changing.size > 0 && this.changing.has(base + idx)) return false;
-      const b = this.lookup(base + idx);
-      const s = start > pos ? start : pos;
-      const e = start + bs < end ? start + bs : end;
-      if (b === undefined || b.loading || !(b.full || this.spanValid(b, s - start, e - start))) return false;
-      b.readers++;
-      this.hold(b);
-      held.push(b);
-      const v = b.buf.subarray(s - start, e - start);
-      const last = views.length > 0 ? views[views.length - 1]! : null;
-      if (last !== null && last.buffer === v.buffer && last.byteOffset + last.length === v.byteOffset) {
-        views[views.length - 1] = Buffer.from(last.buffer, last.byteOffset, last.length + v.length);
-      } else {
-        views.push(v);
-      }
-    }
-    this.counters.hits += Math.ceil(end / bs) - Math.floor(pos / bs);
-    return true;
-  }
-
-  /** Lets go of blocks holdSpan() held: idle ones become evictable again, dropped ones give their slot back. */
-  releaseHeld(held: readonly HeldBlock[]): void {
-    for (const b of held) {
-      if (--b.readers > 0) continue;
-      if (b.gone) this.slab.give(b.slot);
-      else this.settle(b);
-    }
   }
 
   // ---- writes -----------------------------------------------------------

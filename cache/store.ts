@@ -1,7 +1,7 @@
 import { BlockgateError } from '../common/errors.js';
 import { ALLOC_BLOCK, AllocState, type ArrayFile } from '../disks/index.js';
 import type { VolumeLayout } from '../mapper/index.js';
-import { BlockCache, DEFAULT_CACHE_SIZE, type CacheOptions, type CacheStats, type HeldBlock, type WriteMode } from './block-cache.js';
+import { BlockCache, DEFAULT_CACHE_SIZE, type CacheOptions, type CacheStats, type WriteMode } from './block-cache.js';
 import type { CowIo, SnapshotLink } from './cow.js';
 
 export type CachePolicy = 'none' | 'write-through' | 'write-back';
@@ -19,13 +19,6 @@ export interface VolumeHandle {
 }
 
 /** Runs before a write lands (copy-on-write snapshots copy the old bytes out here). */
-/** Bytes a read is answered with straight from the cache's memory (BlockStore.holdRead). */
-export interface HeldRead {
-  readonly views: readonly Buffer[];
-  /** Once the bytes are sent or the send failed: the cache may reuse the memory. */
-  release(): void;
-}
-
 export type WriteHook = (offset: number, length: number) => Promise<void>;
 
 /**
@@ -137,35 +130,6 @@ export class BlockStore {
 
   read(vol: VolumeHandle, offset: number, length: number, dest: Buffer): Promise<void> {
     return this.readFast(vol, offset, length, dest) ?? Promise.resolve();
-  }
-
-  /**
-   * A read answered with views of the cache's memory instead of a copy into
-   * the caller's buffer, when every block of the range is in memory; null
-   * otherwise, and for volumes that are not cached, are held by a gate or
-   * read through a snapshot link (the caller reads with read()). The views
-   * stay valid until release() — the caller calls it once the socket is
-   * done with them, written or failed. A write landing while they are being
-   * sent may show in them, as it may for any request racing it.
-   */
-  holdRead(vol: VolumeHandle, offset: number, length: number): HeldRead | null {
-    if (vol.cachePolicy === 'none' || length <= 0 || !vol.layout.inRange(offset, length)) return null;
-    if ((this.gates.size > 0 && this.gates.has(vol.id)) || (this.links.size > 0 && this.links.has(vol.id))) return null;
-    const views: Buffer[] = [];
-    const held: HeldBlock[] = [];
-    let ok = true;
-    try {
-      vol.layout.forEachSegment(offset, length, (arrayId, arrayOffset, len) => {
-        if (ok) ok = this.cache.holdSpan(this.getArray(arrayId), arrayOffset, len, views, held);
-      });
-    } catch {
-      ok = false;
-    }
-    if (!ok) {
-      this.cache.releaseHeld(held);
-      return null;
-    }
-    return { views, release: () => this.cache.releaseHeld(held) };
   }
 
   /**

@@ -9,7 +9,7 @@
  * would need a real write), SHUTTING_DOWN. Each frontend maps them in its one
  * error map (NBD errno, SCSI sense).
  */
-import type { AllocationRun, HeldRead } from '../../cache/index.js';
+import type { AllocationRun } from '../../cache/index.js';
 import type { Unit } from '../namespace.js';
 
 export type Protocol = 'nbd' | 'iscsi';
@@ -19,7 +19,7 @@ export type Protocol = 'nbd' | 'iscsi';
  * say, and one run of it (offset: byte offset inside the unit). Defined by the
  * store, which computes them.
  */
-export type { AllocationState, AllocationRun, HeldRead } from '../../cache/index.js';
+export type { AllocationState, AllocationRun } from '../../cache/index.js';
 
 export interface ZeroRequest {
   /** Keep the space allocated (NBD NO_HOLE; SCSI WRITE SAME without UNMAP). */
@@ -58,12 +58,6 @@ export interface UnitIO {
   size(): number;
   caps(): UnitCapabilities;
   read(offset: number, length: number, dest: Buffer): Promise<void> | null;
-  /**
-   * A read answered with views of the cache's memory, no copy, when every
-   * byte of the range is in memory (else null: use read()). The caller sends
-   * the views and calls release() once the socket is done with them.
-   */
-  readHeld(offset: number, length: number): HeldRead | null;
   write(offset: number, src: Buffer, fua: boolean): Promise<void> | null;
   /** Every write completed before the call is on stable storage when this resolves. */
   flush(): Promise<void>;

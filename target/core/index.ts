@@ -3,7 +3,6 @@ export type {
   AllocationState,
   CompareAndWriteResult,
   Frontend,
-  HeldRead,
   HostEndpoints,
   NamespaceChange,
   Protocol,

@@ -1,7 +1,7 @@
 import { revokedError, type BlockStore, type VolumeHandle } from '../../cache/index.js';
 import { BlockgateError } from '../../common/errors.js';
 import type { Unit } from '../namespace.js';
-import type { AllocationRun, CompareAndWriteResult, HeldRead, Protocol, UnitCapabilities, UnitIO, ZeroRequest } from './contract.js';
+import type { AllocationRun, CompareAndWriteResult, Protocol, UnitCapabilities, UnitIO, ZeroRequest } from './contract.js';
 import { changeMaps, type ChangeMap } from './changes.js';
 import { OP, type IoStats } from './stats.js';
 
@@ -76,14 +76,6 @@ class StoreUnit implements UnitIO {
       return null;
     }
     return this.timed(work, OP.read, length, t0);
-  }
-
-  readHeld(offset: number, length: number): HeldRead | null {
-    // Out of range: null, and the read() that follows refuses it.
-    const t0 = performance.now();
-    const held = this.store.holdRead(this.vol, offset, length);
-    if (held !== null) this.stats.record(OP.read, length, (performance.now() - t0) / 1000, true);
-    return held;
   }
 
   write(offset: number, src: Buffer, fua: boolean): Promise<void> | null {

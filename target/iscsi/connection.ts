@@ -68,24 +68,6 @@ const ATTRS: TaskAttribute[] = ['untagged', 'simple', 'ordered', 'head-of-queue'
 /** SAM status codes the transport itself uses. */
 const STATUS_GOOD = 0x00;
 const STATUS_TASK_SET_FULL = 0x28;
-const CLOSED_ERROR = new Error('the connection is closed');
-
-/** Bytes [off, off+len) of the buffers laid end to end, as pieces of them (no copy). */
-function slices(views: readonly Buffer[], off: number, len: number): Buffer[] {
-  const out: Buffer[] = [];
-  for (const v of views) {
-    if (len === 0) break;
-    if (off >= v.length) {
-      off -= v.length;
-      continue;
-    }
-    const n = Math.min(v.length - off, len);
-    out.push(off === 0 && n === v.length ? v : v.subarray(off, off + n));
-    len -= n;
-    off = 0;
-  }
-  return out;
-}
 
 interface R2TState {
   offset: number;
@@ -234,12 +216,9 @@ export class IscsiConnection implements BudgetHolder {
 
   // ---- output ---------------------------------------------------------------
 
-  /** `written`: called once the socket has written the whole PDU, or with an error when it never will. */
-  private send(bhs: Buffer, data: Buffer | readonly Buffer[] | null = null, written?: (err?: Error | null) => void): void {
-    if (this.state === State.Closed) {
-      written?.(CLOSED_ERROR);
-      return;
-    }
+  /** `written`: called once the socket has written the whole PDU (not when the connection is closed first). */
+  private send(bhs: Buffer, data: Buffer | null = null, written?: (err?: Error | null) => void): void {
+    if (this.state === State.Closed) return;
     const parts = frame(bhs, data, this.hd, this.dd);
     for (let i = 0; i < parts.length; i++) this.sock.write(parts[i]!, i === parts.length - 1 ? written : undefined);
     // A peer that does not read cannot make us queue without bound: stop reading until it drains.
@@ -639,10 +618,7 @@ export class IscsiConnection implements BudgetHolder {
       // A realigned small payload, if nothing was carved after it, goes back to the arena (releaseSmall).
       releaseSmall(t.data);
     }
-    if (t.aborted || this.state === State.Closed) {
-      rsp?.held?.release();
-      return;
-    }
+    if (t.aborted || this.state === State.Closed) return;
     this.replies.hold(this.sock, this.tasks.size > 0);
     this.respond(t, rsp);
     if (this.state === State.FullFeature) this.drainQueue();
@@ -671,7 +647,6 @@ export class IscsiConnection implements BudgetHolder {
       return;
     }
     const data = t.read && rsp.data ? rsp.data : null;
-    const held = rsp.held ?? null;
     // Residuals compare what the CDB asked to move with what the initiator expected.
     const spdtl = rsp.transferLength ?? (rsp.data ? rsp.data.length : t.write ? t.edtl : 0);
     let residualFlag = 0;
@@ -683,7 +658,7 @@ export class IscsiConnection implements BudgetHolder {
       residualFlag = 0x02;
       residual = t.edtl - spdtl;
     }
-    const sendLen = data ? Math.min(data.length, t.edtl) : held && t.read ? Math.min(rsp.transferLength!, t.edtl) : 0;
+    const sendLen = data ? Math.min(data.length, t.edtl) : 0;
     const collapse = sendLen > 0 && rsp.status === STATUS_GOOD && !rsp.sense;
     this.sock.cork();
     let dataSN = 0;
@@ -706,11 +681,9 @@ export class IscsiConnection implements BudgetHolder {
       }
       b.writeUInt32BE(dataSN++, 36);
       b.writeUInt32BE(off, 40);
-      if (held) this.send(b, slices(held.views, off, seg), last ? () => held.release() : undefined);
-      else this.send(b, data!.subarray(off, off + seg), last && rsp.recycle ? releaseWhenWritten(data!) : undefined);
+      this.send(b, data!.subarray(off, off + seg), last && rsp.recycle ? releaseWhenWritten(data!) : undefined);
       off += seg;
     }
-    if (held && sendLen === 0) held.release();
     if (!collapse) {
       const b = newBhs(OP.SCSI_RSP, t.itt);
       b[1] = 0x80 | residualFlag;

@@ -214,16 +214,12 @@ export class PduReader {
 const EMPTY = Buffer.alloc(0);
 
 /**
- * Frames an outgoing PDU: returns the header (BHS + header digest), the
- * data (one buffer, or pieces of the cache's memory for a read sent from
- * it) and the padding and data digest to send after it, so large Data-In
- * payloads go to the socket without being copied.
+ * Frames an outgoing PDU: returns the header (BHS + header digest) and, when
+ * there is data, the padding and data digest to send after the data itself,
+ * so large Data-In payloads go to the socket without being copied.
  */
-export function frame(bhs: Buffer, data: Buffer | readonly Buffer[] | null, headerDigest: boolean, dataDigest: boolean): Buffer[] {
-  const pieces = data === null ? null : Buffer.isBuffer(data) ? null : (data as readonly Buffer[]);
-  let dsl = 0;
-  if (pieces !== null) for (const p of pieces) dsl += p.length;
-  else if (data !== null) dsl = (data as Buffer).length;
+export function frame(bhs: Buffer, data: Buffer | null, headerDigest: boolean, dataDigest: boolean): Buffer[] {
+  const dsl = data ? data.length : 0;
   bhs[4] = 0;
   bhs[5] = (dsl >>> 16) & 0xff;
   bhs[6] = (dsl >>> 8) & 0xff;
@@ -234,19 +230,16 @@ export function frame(bhs: Buffer, data: Buffer | readonly Buffer[] | null, head
     bhs.copy(head, 0, 0, BHS);
     head.writeUInt32LE(crc32c(bhs, 0, BHS), BHS);
   }
-  if (data === null || dsl === 0) return [head];
-  const out = pieces !== null ? [head, ...pieces] : [head, data as Buffer];
+  if (!data || dsl === 0) return [head];
   const padLen = pad4(dsl) - dsl;
   const tailLen = padLen + (dataDigest ? 4 : 0);
-  if (tailLen === 0) return out;
+  if (tailLen === 0) return [head, data];
   const tail = Buffer.alloc(tailLen);
   if (dataDigest) {
-    let crc = 0;
-    for (let i = 1; i < out.length; i++) crc = crc32c(out[i]!, 0, out[i]!.length, crc);
-    tail.writeUInt32LE(padLen ? crc32c(tail, 0, padLen, crc) : crc, padLen);
+    const crc = padLen ? crc32c(tail, 0, padLen, crc32c(data)) : crc32c(data);
+    tail.writeUInt32LE(crc, padLen);
   }
-  out.push(tail);
-  return out;
+  return [head, data, tail];
 }
 
 /** A fresh BHS for a target PDU (final bit set; callers clear it when needed). */

@@ -86,7 +86,6 @@ export type CloseReason =
   | 'connection-limit';
 
 const FINISH_GRACE_MS = 2_000;
-const CLOSED_ERROR = new Error('the session is closed');
 
 /**
  * Output: replies are batched per socket read and per loop turn (ReplyBatch,
@@ -296,11 +295,7 @@ export abstract class NbdSession extends FrameReader implements BudgetHolder {
 
   /** Queues b in the current cork batch; `written` runs once the socket is done with it. */
   protected send(b: Buffer, written?: (err?: Error | null) => void): void {
-    if (this.mode === Mode.Closed) {
-      // Never written: a sender holding memory for this write (a held read) must hear of it.
-      written?.(CLOSED_ERROR);
-      return;
-    }
+    if (this.mode === Mode.Closed) return;
     this.replies.hold(this.socket, this.inflight > 1);
     if (!this.socket.write(b, written) || this.socket.writableLength > this.limits.maxQueuedReplyBytes) this.pauseInput();
     this.recharge();

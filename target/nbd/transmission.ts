@@ -7,7 +7,7 @@
  * of these: docs/bench/findings.md, "Data path measurements".
  */
 import type { Socket } from 'node:net';
-import type { AllocationRun, HeldRead } from '../core/index.js';
+import type { AllocationRun } from '../core/index.js';
 import { CMD, CMD_FLAG, MAX_PAYLOAD, REPLY_FLAG_DONE, REPLY_TYPE, REQUEST_MAGIC } from './constants.js';
 import { LARGE_MIN, SMALL_MAX, alignedCopy, largeBuffer, releaseLarge, releaseSmall, releaseWhenWritten, dataBuffer, smallBuffer } from '../core/index.js';
 import { ERRNO, nbdErrno } from './errno.js';
@@ -225,11 +225,6 @@ export class NbdConnection extends HandshakeSession {
   private startRead(cookieHi: number, cookieLo: number, offset: number, length: number): void {
     // Header and data share one buffer: one socket write. Small replies are carved
     // from an arena, large ones recycled once the socket has sent them.
-    if (length >= LARGE_MIN) {
-      // Large reads wholly in memory go out from the cache's own memory: the copy out of it was most of their cost.
-      const held = this.io!.readHeld(offset, length);
-      if (held !== null) return this.sendHeld(cookieHi, cookieLo, offset, length, held);
-    }
     const hdr = this.structured ? 28 : 16;
     // The data must start 8-byte aligned: V8 copies out of the cache's SharedArrayBuffer
     // word by word only between aligned addresses (byte by byte otherwise, ~3x slower).
@@ -259,23 +254,6 @@ export class NbdConnection extends HandshakeSession {
         this.end(length);
       },
     );
-  }
-
-  /** A READ's reply from the cache's memory: header, then the views; the cache gets them back once sent. */
-  private sendHeld(cookieHi: number, cookieLo: number, offset: number, length: number, held: HeldRead): void {
-    let h: Buffer;
-    if (this.structured) {
-      h = smallBuffer(28);
-      writeChunkHeader(h, 0, REPLY_FLAG_DONE, REPLY_TYPE.OFFSET_DATA, cookieHi, cookieLo, 8 + length);
-      writeOffset(h, 20, offset);
-    } else {
-      h = smallBuffer(SIMPLE_REPLY_SIZE);
-      writeSimpleReply(h, 0, 0, cookieHi, cookieLo);
-    }
-    this.send(h);
-    const views = held.views;
-    for (let i = 0; i < views.length - 1; i++) this.send(views[i]!);
-    this.send(views[views.length - 1]!, () => held.release());
   }
 
   /**

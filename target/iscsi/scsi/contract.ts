@@ -5,7 +5,7 @@
  * layer owns CDB parsing, sense data, unit attentions, reservations and mode
  * pages, and reaches the data only through target/core's UnitIO.
  */
-import type { HeldRead, UnitIO } from '../../core/contract.js';
+import type { UnitIO } from '../../core/contract.js';
 
 /** The I_T nexus a command arrived on (SPC: initiator port + target port). */
 export interface Nexus {
@@ -45,12 +45,6 @@ export interface ScsiResponse {
   data?: Buffer;
   /** `data` is a largeBuffer() the transport gives back once the socket has written it. */
   recycle?: boolean;
-  /**
-   * Data-In sent from the cache's own memory (a large read wholly in it),
-   * `transferLength` bytes, instead of `data`; the transport releases it
-   * once written, or when the response is never sent.
-   */
-  held?: HeldRead;
   /** Sense data with CHECK CONDITION: fixed format (18 bytes), or descriptor format when the Control page's D_SENSE is set. */
   sense?: Buffer;
   /**

@@ -91,11 +91,6 @@ export function read(req: Req): ScsiResponse | Promise<ScsiResponse> {
   if (n === 0) return GOOD;
   if (n > maxTransferBlocks(io)) throw badCdb(lenByte(cdb[0]!));
   const bytes = n * BLOCK;
-  if (bytes >= LARGE_MIN) {
-    // Wholly in memory: sent from the cache's own memory, no copy (the copy out of it was most of a large hit's cost).
-    const held = io.readHeld(lba * BLOCK, bytes);
-    if (held !== null) return { status: 0, held, transferLength: bytes };
-  }
   // 8-byte aligned either way (the cache copies word-wise only between aligned addresses); a large one pooled.
   const data = dataBuffer(bytes);
   const done: ScsiResponse = bytes >= LARGE_MIN ? { status: 0, data, recycle: true } : { status: 0, data };
