@@ -5,7 +5,7 @@ import { pino } from 'pino';
 import { BlockStore } from '../../cache/index.js';
 import { SimpleEngine } from '../../disks/index.js';
 import { StorageManager } from '../../manager/index.js';
-import { largeBuffer, releaseLarge } from '../../target/core/index.js';
+import { largeBuffer, releaseLarge, smallBuffer } from '../../target/core/index.js';
 import { Namespaces, NbdServer, openUnit } from '../../target/index.js';
 import { IscsiServer } from '../../target/iscsi/index.js';
 import { ScsiCommandSet } from '../../target/iscsi/scsi/index.js';
@@ -70,4 +70,37 @@ export async function pooledOnceSent(size: number, expect: Buffer): Promise<Buff
     b = largeBuffer(size);
   }
   return b;
+}
+
+/**
+ * How far the data path's small-buffer arena moves while `run` runs; a fresh
+ * arena between the two marks makes the distance meaningless, so that round is
+ * run again (up to three). -1 when every round crossed an arena.
+ */
+export async function arenaMoved(run: () => Promise<void>): Promise<number> {
+  for (let round = 0; round < 3; round++) {
+    const before = smallBuffer(8);
+    await run();
+    const after = smallBuffer(8);
+    if (after.buffer === before.buffer) return after.byteOffset - before.byteOffset;
+  }
+  return -1;
+}
+
+/**
+ * Counts the Buffer.allocUnsafe / allocUnsafeSlow calls `counts(size)` picks
+ * while `run` runs (the appliance is in this process), restoring both after.
+ */
+export async function buffersMade(counts: (size: number) => boolean, run: () => Promise<void>): Promise<number> {
+  let made = 0;
+  const { allocUnsafe, allocUnsafeSlow } = Buffer;
+  Buffer.allocUnsafe = (n: number) => ((made += counts(n) ? 1 : 0), allocUnsafe(n));
+  Buffer.allocUnsafeSlow = (n: number) => ((made += counts(n) ? 1 : 0), allocUnsafeSlow(n));
+  try {
+    await run();
+  } finally {
+    Buffer.allocUnsafe = allocUnsafe;
+    Buffer.allocUnsafeSlow = allocUnsafeSlow;
+  }
+  return made;
 }

@@ -1,6 +1,6 @@
 import t from 'tap';
-import { LARGE_MIN, largeBuffer, releaseLarge, smallBuffer } from '../../target/core/index.js';
-import { inProcessAppliance, pooledOnceSent } from '../helpers/iscsi-appliance.js';
+import { LARGE_MIN, largeBuffer, releaseLarge } from '../../target/core/index.js';
+import { arenaMoved, buffersMade, inProcessAppliance, pooledOnceSent } from '../helpers/iscsi-appliance.js';
 import { IscsiWire, read10, tur, write10 } from '../helpers/iscsi-wire.js';
 
 // Large iSCSI transfers take their buffers from the data path's pool and give
@@ -100,13 +100,9 @@ t.test('a 4 KiB write whose immediate data was realigned gives the copy back to 
   };
   // Warm the blocks so every write below completes in memory, at once.
   for (let i = 0; i < 40; i++) await write(i * 8);
-  let moved = -1;
-  for (let round = 0; round < 3 && moved < 0; round++) {
-    const before = smallBuffer(8);
+  const moved = await arenaMoved(async () => {
     for (let i = 0; i < 40; i++) await write(i * 8);
-    const after = smallBuffer(8);
-    if (after.buffer === before.buffer) moved = after.byteOffset - before.byteOffset;
-  }
+  });
   t.ok(moved >= 0, 'measured within one arena');
   t.ok(moved < 40 * 64, `the arena moved ${moved} bytes for 40 writes`);
 });
@@ -126,35 +122,29 @@ t.test('4 KiB writes whose data spans socket reads, or comes after an R2T, take 
     t.ok(ok(await w.recvReply()));
   }
   // Payload-sized buffers made while the writes run (the client's own PDUs are 4,144 bytes; arena refills 1 MiB).
-  let made = 0;
-  const { allocUnsafe, allocUnsafeSlow } = Buffer;
-  const count = (n: number): void => void (made += n === 4096 ? 1 : 0);
-  Buffer.allocUnsafe = (n: number) => (count(n), allocUnsafe(n));
-  Buffer.allocUnsafeSlow = (n: number) => (count(n), allocUnsafeSlow(n));
-  const restore = (): void => {
-    Buffer.allocUnsafe = allocUnsafe;
-    Buffer.allocUnsafeSlow = allocUnsafeSlow;
-  };
-  t.teardown(restore);
-  // Immediate data split: the first 100 bytes of each PDU, then the rest a moment later.
-  const whole = w.write.bind(w);
-  w.write = (b: Buffer) => {
-    whole(b.subarray(0, 100));
-    setTimeout(() => whole(b.subarray(100)), 2);
-  };
-  for (let i = 0; i < 20; i++) {
-    w.command(write10(i * 8, 8), { write: true, edtl: 4096, immediate: d, final: true });
-    t.ok(ok(await w.recvReply()), `split write ${i}`);
-  }
-  w.write = whole;
-  // No immediate data: the target asks for it with an R2T.
-  for (let i = 0; i < 20; i++) {
-    const itt = w.command(write10(i * 8, 8), { write: true, edtl: 4096, final: true });
-    const r2t = (await w.recvReply())!;
-    t.equal(r2t.opcode, 0x31, 'R2T');
-    w.dataOut(itt, r2t.ttt, 0, 0, d, true);
-    t.ok(ok(await w.recvReply()), `write ${i} after its R2T`);
-  }
-  restore();
+  const made = await buffersMade(
+    (n) => n === 4096,
+    async () => {
+      // Immediate data split: the first 100 bytes of each PDU, then the rest a moment later.
+      const whole = w.write.bind(w);
+      w.write = (b: Buffer) => {
+        whole(b.subarray(0, 100));
+        setTimeout(() => whole(b.subarray(100)), 2);
+      };
+      for (let i = 0; i < 20; i++) {
+        w.command(write10(i * 8, 8), { write: true, edtl: 4096, immediate: d, final: true });
+        t.ok(ok(await w.recvReply()), `split write ${i}`);
+      }
+      w.write = whole;
+      // No immediate data: the target asks for it with an R2T.
+      for (let i = 0; i < 20; i++) {
+        const itt = w.command(write10(i * 8, 8), { write: true, edtl: 4096, final: true });
+        const r2t = (await w.recvReply())!;
+        t.equal(r2t.opcode, 0x31, 'R2T');
+        w.dataOut(itt, r2t.ttt, 0, 0, d, true);
+        t.ok(ok(await w.recvReply()), `write ${i} after its R2T`);
+      }
+    },
+  );
   t.equal(made, 0, 'no buffer made per write');
 });

@@ -1,6 +1,6 @@
 import t from 'tap';
-import { releaseLarge, smallBuffer } from '../../target/core/index.js';
-import { inProcessAppliance, pooledOnceSent } from '../helpers/iscsi-appliance.js';
+import { releaseLarge } from '../../target/core/index.js';
+import { arenaMoved, buffersMade, inProcessAppliance, pooledOnceSent } from '../helpers/iscsi-appliance.js';
 import { CMD, WireClient } from '../helpers/nbd-wire.js';
 
 // A structured NBD read over data and holes (OFFSET_DATA and OFFSET_HOLE
@@ -54,15 +54,10 @@ t.test('a small write the store takes at once gives its payload copy back to the
   // Warm the blocks so every write below completes in memory, at once.
   for (let i = 0; i < 40; i++) t.equal((await c.request(CMD.WRITE, i * 4096, 4096, 0, d)).error, 0);
 
-  // How far the arena moves over 40 writes (each 4 KiB payload copy plus a 16-byte reply); a fresh arena between
-  // the two marks makes the distance meaningless, so that round is measured again.
-  let moved = -1;
-  for (let round = 0; round < 3 && moved < 0; round++) {
-    const before = smallBuffer(8);
+  // How far the arena moves over 40 writes (each 4 KiB payload copy plus a 16-byte reply).
+  const moved = await arenaMoved(async () => {
     for (let i = 0; i < 40; i++) await c.request(CMD.WRITE, i * 4096, 4096, 0, d);
-    const after = smallBuffer(8);
-    if (after.buffer === before.buffer) moved = after.byteOffset - before.byteOffset;
-  }
+  });
   t.ok(moved >= 0, 'measured within one arena');
   t.ok(moved < 40 * 64, `the arena moved ${moved} bytes for 40 writes: the replies, not the payloads`);
   const back = (await c.request(CMD.READ, 0, 40 * 4096)).data!;
@@ -82,23 +77,15 @@ t.test('a small payload that arrives after its header is gathered into the arena
     return (await c.reply()).error;
   };
   // Buffers made for data the size of a payload or smaller (arena refills are 1 MiB) while the writes run.
-  let made = 0;
-  const { allocUnsafe, allocUnsafeSlow } = Buffer;
-  Buffer.allocUnsafe = (n: number) => ((made += n > 0 && n <= 64 * 1024 ? 1 : 0), allocUnsafe(n));
-  Buffer.allocUnsafeSlow = (n: number) => ((made += n > 0 && n <= 64 * 1024 ? 1 : 0), allocUnsafeSlow(n));
-  t.teardown(() => {
-    Buffer.allocUnsafe = allocUnsafe;
-    Buffer.allocUnsafeSlow = allocUnsafeSlow;
-  });
   let moved = -1;
-  for (let round = 0; round < 3 && moved < 0; round++) {
-    const before = smallBuffer(8);
-    for (let i = 0; i < 40; i++) t.equal(await gatheredWrite(i), 0);
-    const after = smallBuffer(8);
-    if (after.buffer === before.buffer) moved = after.byteOffset - before.byteOffset;
-  }
-  Buffer.allocUnsafe = allocUnsafe;
-  Buffer.allocUnsafeSlow = allocUnsafeSlow;
+  const made = await buffersMade(
+    (n) => n > 0 && n <= 64 * 1024,
+    async () => {
+      moved = await arenaMoved(async () => {
+        for (let i = 0; i < 40; i++) t.equal(await gatheredWrite(i), 0);
+      });
+    },
+  );
   t.equal(made, 0, 'no buffer made per gathered payload');
   t.ok(moved >= 0 && moved < 40 * 64, `the arena moved ${moved} bytes for 40 gathered writes: the replies, not the payloads`);
   const back = (await c.request(CMD.READ, 0, 40 * 4096)).data!;
