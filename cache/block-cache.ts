@@ -19,12 +19,9 @@ export interface CacheOptions {
   size: number;
   /** Cache block size, a power of two between 4 KiB and 1 MiB. */
   blockSize?: number | undefined;
-  /** Bytes of dirty blocks (slots held until written back) at which write-back writes go to the array instead of the cache. Default size/2. */
+  /** Dirty bytes at which write-back writes go to the array instead of the cache. Default size/2. */
   dirtyLimit?: number | undefined;
-  /**
-   * Bytes of dirty pages above which write-back runs flat out (it also does
-   * when dirty blocks near dirtyLimit). Default dirtyLimit/2.
-   */
+  /** Dirty bytes above which write-back runs flat out. Default dirtyLimit/2. */
   dirtyBackground?: number | undefined;
   /** Age after which a dirty block is written back even without pressure. */
   writebackDelayMs?: number | undefined;
@@ -53,10 +50,7 @@ export interface CacheStats {
   capacityBytes: number;
   blockSize: number;
   cachedBytes: number;
-  /** Bytes of the blocks holding dirty pages (the slots write-back must free). */
   dirtyBytes: number;
-  /** Bytes of the dirty pages themselves (what write-back has to write). */
-  dirtyPageBytes: number;
   pinnedBytes: number;
   /** Block lookups served from memory. */
   hits: number;
@@ -127,8 +121,6 @@ class Block {
   /** Set while the slot is being written back; never rejects. */
   writing: Promise<void> | null = null;
   dirty = false;
-  /** Dirty pages (set bits of the block's words in the cache's page bitmap). */
-  dirtyPages = 0;
   /** Hull of the dirty bytes inside the block (which 4 KiB pages are dirty is in the cache's page bitmap). */
   lo = 0;
   hi = 0;
@@ -225,9 +217,6 @@ export class BlockCache {
   private active = 0;
   private timer: NodeJS.Timeout | null = null;
   private dirtyBytes = 0;
-  private dirtyPageBytes = 0;
-  /** Dirty block bytes at which write-back runs flat out whatever the dirty pages (see underPressure). */
-  private readonly slotPressure: number;
   private pinnedBytes = 0;
   private readonly counters = {
     hits: 0,
@@ -261,7 +250,6 @@ export class BlockCache {
     this.lru = new LRUCache<number, Block>({ max: this.slab.slots + 1 });
     this.dirtyLimit = Math.max(bs * 4, opts.dirtyLimit ?? Math.floor(this.capacity / 2));
     this.dirtyBackground = Math.min(this.dirtyLimit, opts.dirtyBackground ?? Math.floor(this.dirtyLimit / 2));
-    this.slotPressure = Math.max(this.dirtyBackground, this.dirtyLimit - (this.dirtyLimit >> 3));
     this.delayMs = opts.writebackDelayMs ?? 500;
     this.holdWriteback = opts.writebackHold === true;
     this.concurrency = opts.writebackConcurrency ?? 8;
@@ -281,7 +269,6 @@ export class BlockCache {
       blockSize: this.blockSize,
       cachedBytes: (this.lru.size + this.held.size) * this.blockSize,
       dirtyBytes: this.dirtyBytes,
-      dirtyPageBytes: this.dirtyPageBytes,
       pinnedBytes: this.pinnedBytes,
       ...this.counters,
       route: this.route.name,
@@ -342,7 +329,12 @@ export class BlockCache {
     if (b.inLru) this.lru.delete(b.key);
     else this.held.delete(b.key);
     b.inLru = false;
-    if (b.dirty) this.clean(b);
+    if (b.dirty) {
+      b.dirty = false;
+      this.clearPages(b);
+      this.dirty.delete(b.key);
+      this.dirtyBytes -= this.blockSize;
+    }
     if (b.pins > 0) {
       b.pins = 0;
       this.pinnedBytes -= this.blockSize;
@@ -908,17 +900,7 @@ export class BlockCache {
     const bits = this.pageBits;
     const first = lo >>> PAGE_SHIFT;
     const last = (hi - 1) >>> PAGE_SHIFT;
-    let added = 0;
-    for (let p = first; p <= last; p++) {
-      const w = bits[o + (p >>> 5)]!;
-      const m = 1 << (p & 31);
-      if ((w & m) === 0) {
-        bits[o + (p >>> 5)] = w | m;
-        added++;
-      }
-    }
-    b.dirtyPages += added;
-    this.dirtyPageBytes += added << PAGE_SHIFT;
+    for (let p = first; p <= last; p++) bits[o + (p >>> 5)]! |= 1 << (p & 31);
     if (!b.full) this.setValid(b, first, last + 1);
     if (!b.dirty) {
       b.dirty = true;
@@ -935,15 +917,9 @@ export class BlockCache {
     }
   }
 
-  /** b's pages are all on the array (or forgotten): it no longer counts as dirty. */
-  private clean(b: Block): void {
-    b.dirty = false;
+  private clearPages(b: Block): void {
     const o = b.slot * this.pageWords;
     this.pageBits.fill(0, o, o + this.pageWords);
-    this.dirtyPageBytes -= b.dirtyPages << PAGE_SHIFT;
-    b.dirtyPages = 0;
-    this.dirty.delete(b.key);
-    this.dirtyBytes -= this.blockSize;
   }
 
   private pageDirty(b: Block, p: number): boolean {
@@ -959,24 +935,12 @@ export class BlockCache {
    * neighbours would wait for it. The microtask runs before any I/O callback.
    */
   private kick(): void {
-    if (this.underPressure()) {
+    if (this.dirtyBytes >= this.dirtyBackground) {
       if (!this.pumpQueued) {
         this.pumpQueued = true;
         queueMicrotask(this.pumpQueuedNow);
       }
     } else if (!this.timer) this.arm(this.delayMs);
-  }
-
-  /**
-   * Write-back runs flat out once the dirty pages pass the background mark,
-   * or once dirty blocks come near the dirty limit (where writes would go
-   * to the array unbuffered). Counted in blocks alone, 4 KiB random writes
-   * over a few thousand blocks kept the mark passed with a page or two dirty
-   * per block, and write-back sent each write back on its own (fresh 4k
-   * write QD32: 181k block write-backs for 500k writes).
-   */
-  private underPressure(): boolean {
-    return this.dirtyPageBytes >= this.dirtyBackground || this.dirtyBytes >= this.slotPressure;
   }
 
   private pumpQueued = false;
@@ -1002,7 +966,7 @@ export class BlockCache {
     const now = Date.now();
     for (const b of this.dirty.values()) {
       if (this.active >= this.concurrency) return;
-      if (!this.underPressure() && now - b.dirtySince < this.delayMs) {
+      if (this.dirtyBytes < this.dirtyBackground && now - b.dirtySince < this.delayMs) {
         this.arm(b.dirtySince + this.delayMs - now);
         return;
       }
@@ -1071,7 +1035,12 @@ export class BlockCache {
           const b = run[i]!;
           b.writing = null;
           b.cleanGen = snaps[i]!;
-          if (!b.gone && b.dirty && b.dirtyGen === snaps[i]) this.clean(b);
+          if (!b.gone && b.dirty && b.dirtyGen === snaps[i]) {
+            b.dirty = false;
+            this.clearPages(b);
+            this.dirty.delete(b.key);
+            this.dirtyBytes -= bs;
+          }
           this.settle(b);
         }
       },
