@@ -572,7 +572,16 @@ export class BlockCache {
     let partFrom = 0;
     for (let start = idx * bs; start < end; idx++, start += bs) {
       const busy = this.changing.size > 0 ? this.changing.get(base + idx) : undefined;
-      const b = busy === undefined ? this.lookup(base + idx) : undefined;
+      let b = busy === undefined ? this.lookup(base + idx) : undefined;
+      if (missFrom >= 0 && (b !== undefined || busy !== undefined)) {
+        // The misses before this block take their slots first, and one may be this block's own (it is clean
+        // and idle, so eviction may take it): a block evicted here is a miss too, never used through its old
+        // slot, which a miss's load is filling by then.
+        const m = this.readMisses(a, missFrom, idx, pos, end, dest, dOff, cacheable);
+        if (m) (pending ??= []).push(m);
+        missFrom = -1;
+        if (b !== undefined && b.gone) b = undefined;
+      }
       const s = start > pos ? start : pos;
       const e = start + bs < end ? start + bs : end;
       const partly = b !== undefined && !b.loading && !b.full && !this.spanValid(b, s - start, e - start);
@@ -584,17 +593,12 @@ export class BlockCache {
         if (missFrom < 0) missFrom = idx;
         continue;
       }
-      if (missFrom >= 0) {
-        const m = this.readMisses(a, missFrom, idx, pos, end, dest, dOff, cacheable);
-        if (m) (pending ??= []).push(m);
-        missFrom = -1;
-      }
       if (partly) {
         if (part === null) {
           part = [];
           partFrom = s;
         }
-        part.push(b);
+        part.push(b!);
         continue;
       }
       // A block being changed, or loading (an in-flight miss: share its read), is read again once that is over.

@@ -52,6 +52,41 @@ class HoldableRoute implements IoRoute {
   }
 }
 
+/**
+ * The real libuv route, landing reads in the order they were asked for (each
+ * reads into scratch, then waits for the one before it to land): what a
+ * single busy I/O thread does, and the order that shows a load landing in a
+ * slot that was handed on while the read was in flight.
+ */
+class InOrderRoute implements IoRoute {
+  readonly name = 'libuv' as const;
+  readonly sharedMemory = false;
+  private readonly inner = new LibuvRoute();
+  private last: Promise<void> = Promise.resolve();
+
+  async readv(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void> {
+    const before = this.last;
+    let landed!: () => void;
+    this.last = new Promise((r) => (landed = r));
+    const scratch = bufs.map((b) => Buffer.alloc(b.byteLength));
+    try {
+      await this.inner.readv(a, scratch, length, position);
+      await before;
+      bufs.forEach((b, i) => Buffer.from(b.buffer, b.byteOffset, b.byteLength).set(scratch[i]!));
+    } finally {
+      landed();
+    }
+  }
+
+  writev(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void> {
+    return this.inner.writev(a, bufs, length, position);
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
+
 const setup = (tt: { teardown: (fn: () => unknown) => void }, opts: StoreOptions = {}): ReturnType<typeof storeOnArray> => storeOnArray(tt, { blockSize: BS, ...opts });
 
 const vol = (id: number, offset: number, length: number, cachePolicy: CachePolicy = 'write-back'): VolumeHandle => ({
@@ -188,6 +223,34 @@ t.test('partly valid dirty blocks under eviction: recycled slots never serve or 
     if (!onDisk(a, i * BS, BS).equals(expect)) t.fail(`block ${i} wrong on the array`);
   }
   t.pass('every block reads and lands exactly');
+});
+
+t.test('a read whose misses take the slot of a partly valid block it has looked at loads that block again, never into the slot', async (t) => {
+  // Sixteen 16 KiB slots: ten hold dirty blocks, six clean ones are all eviction can take. A read of six blocks
+  // not in memory and then a partly valid one evicts the six clean blocks for its misses, the partly valid one
+  // last; its missing pages must not then be loaded into the slot it lost (a miss's slot by then).
+  const bs = 16 * K;
+  const { store, a } = await setup(t, { blockSize: bs, size: 16 * bs, dirtyLimit: 16 * bs, dirtyBackground: 16 * bs, route: new InOrderRoute() });
+  const v = vol(1, 0, 4 * M);
+  const on = bytes(64 * bs, 40);
+  await a.write(on, 0, on.length, 0);
+  const expect = Buffer.from(on);
+  const put = async (block: number, seed: number): Promise<void> => {
+    const d = bytes(P, seed);
+    await store.write(v, block * bs, d, false);
+    d.copy(expect, block * bs);
+  };
+  await put(7, 41); // block 7: page 0 valid, the rest on the array
+  await store.flush(v);
+  for (let i = 0; i < 5; i++) await readVol(store, v, (20 + i) * bs, P); // clean and whole
+  for (let i = 0; i < 10; i++) await put(40 + i, 50 + i); // dirty, held
+  t.equal(store.stats().cachedBytes, 16 * bs, 'every slot taken');
+
+  t.same(await readVol(store, v, bs, 7 * bs), expect.subarray(bs, 8 * bs), 'the read sees the array and the write');
+  // Last first: each read of an evicted block takes the oldest clean slot, and the block that took the lost slot is the newest.
+  for (let block = 7; block >= 1; block--) {
+    t.same(await readVol(store, v, block * bs, bs), expect.subarray(block * bs, (block + 1) * bs), `block ${block} reads back as written`);
+  }
 });
 
 t.test('invalidate over partly valid blocks', async (t) => {
