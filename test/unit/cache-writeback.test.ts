@@ -199,3 +199,35 @@ t.test('blocks of more than 32 pages: a page past the first 32 in a later slot i
   t.same(onDisk(a, 5 * big + 40 * P, P), d1, 'page 40 of block 5 on the array');
   t.same(onDisk(a, 3 * big + 2 * P, P), d0);
 });
+
+t.test('the background mark counts dirty pages: scattered 4 KiB writes wait for the delay until their pages, or their blocks near the limit, press', async (t) => {
+  // Background mark 1 MiB of dirty pages (256 pages); dirty limit 8 MiB of blocks (128), so blocks press from 112 on.
+  const route = new RecordingRoute();
+  const { store } = await storeOnArray(t, { size: 16 * M, arraySize: 16 * M, route, dirtyLimit: 8 * M, dirtyBackground: M });
+  const v = vol(16 * M);
+  const settleTurns = async (): Promise<void> => {
+    for (let i = 0; i < 5; i++) await new Promise((r) => setTimeout(r, 5));
+  };
+  const writes = (): string[] => route.take().filter((c) => c.startsWith('writev'));
+  // One page in each of 100 blocks: 6.25 MiB of blocks, 400 KiB of pages.
+  for (let b = 0; b < 100; b++) await store.write(v, b * BS + (b % 16) * P, seededBytes(P, 500 + b), false);
+  await settleTurns();
+  t.same(writes(), [], 'nothing written back: 400 KiB of dirty pages is under the 1 MiB mark (counted in blocks it was 6.25 MiB, over it)');
+  t.equal(store.stats().dirtyBytes, 100 * BS, 'the blocks still count against the dirty limit');
+  t.equal(store.stats().dirtyPageBytes, 100 * P);
+  // A rewrite of a dirty page adds no dirty page.
+  await store.write(v, 0, seededBytes(P, 600), false);
+  t.equal(store.stats().dirtyPageBytes, 100 * P, 'a dirty page written again is counted once');
+  // Twelve more blocks with a page each: 112 blocks, 7/8 of the limit: write-back starts although pages are few.
+  for (let b = 100; b < 112; b++) await store.write(v, b * BS, seededBytes(P, 500 + b), false);
+  await settleTurns();
+  t.ok(writes().length > 0, 'blocks near the dirty limit start write-back');
+  await store.flush(v);
+  t.equal(store.stats().dirtyPageBytes, 0, 'no dirty page left after the flush');
+  t.equal(store.stats().dirtyBytes, 0);
+  // Pages alone: 300 pages in 20 blocks (15 each) pass the 1 MiB mark with few blocks dirty.
+  route.take();
+  for (let b = 200; b < 220; b++) await store.write(v, b * BS, seededBytes(15 * P, 700 + b), false);
+  await settleTurns();
+  t.ok(writes().length > 0, '300 dirty pages in 20 blocks start write-back');
+});
