@@ -19,12 +19,13 @@ export interface CacheOptions {
   size: number;
   /** Cache block size, a power of two between 4 KiB and 1 MiB. */
   blockSize?: number | undefined;
-  /** Bytes of dirty blocks (slots held until written back) at which write-back writes go to the array instead of the cache. Default size/2. */
-  dirtyLimit?: number | undefined;
   /**
-   * Bytes of dirty pages above which write-back runs flat out (it also does
-   * when dirty blocks near dirtyLimit). Default dirtyLimit/2.
+   * Dirty bytes (pages not yet on the array) at which write-back writes go
+   * to the array instead of the cache. Default size/2. Slots holding dirty
+   * pages are bounded too, to 3/4 of the cache (see DIRTY_SLOT_SHARE).
    */
+  dirtyLimit?: number | undefined;
+  /** Dirty bytes above which write-back runs flat out. Default dirtyLimit/2. */
   dirtyBackground?: number | undefined;
   /** Age after which a dirty block is written back even without pressure. */
   writebackDelayMs?: number | undefined;
@@ -53,10 +54,10 @@ export interface CacheStats {
   capacityBytes: number;
   blockSize: number;
   cachedBytes: number;
-  /** Bytes of the blocks holding dirty pages (the slots write-back must free). */
+  /** Bytes of dirty pages: written to the cache, not yet to the array. */
   dirtyBytes: number;
-  /** Bytes of the dirty pages themselves (what write-back has to write). */
-  dirtyPageBytes: number;
+  /** Bytes of the blocks holding them (slots eviction cannot take until written back). */
+  dirtyBlockBytes: number;
   pinnedBytes: number;
   /** Block lookups served from memory. */
   hits: number;
@@ -100,6 +101,11 @@ const STAGE_SLOTS = 64;
  * times what a fresh volume's random writes take in that time.
  */
 const COMMIT_AHEAD = 16 * 1024 * 1024;
+/**
+ * Share of the cache's slots that blocks holding dirty pages may take: the
+ * rest stays evictable, so reads and new blocks always find room.
+ */
+const DIRTY_SLOT_SHARE = 0.75;
 /** Why 256 KiB: docs/bench/findings.md, session 7 ("Large writes around the cache"). */
 export const DEFAULT_WRITE_AROUND_MIN = 256 * 1024;
 
@@ -224,8 +230,12 @@ export class BlockCache {
   private seq = 0;
   private active = 0;
   private timer: NodeJS.Timeout | null = null;
+  /** Dirty pages, in bytes. */
   private dirtyBytes = 0;
-  private dirtyPageBytes = 0;
+  /** Slots holding dirty pages, in bytes. */
+  private dirtyBlockBytes = 0;
+  /** Dirty block bytes at which writes go to the array (slots for clean blocks must remain). */
+  private readonly maxDirtyBlocks: number;
   /** Dirty block bytes at which write-back runs flat out whatever the dirty pages (see underPressure). */
   private readonly slotPressure: number;
   private pinnedBytes = 0;
@@ -261,7 +271,8 @@ export class BlockCache {
     this.lru = new LRUCache<number, Block>({ max: this.slab.slots + 1 });
     this.dirtyLimit = Math.max(bs * 4, opts.dirtyLimit ?? Math.floor(this.capacity / 2));
     this.dirtyBackground = Math.min(this.dirtyLimit, opts.dirtyBackground ?? Math.floor(this.dirtyLimit / 2));
-    this.slotPressure = Math.max(this.dirtyBackground, this.dirtyLimit - (this.dirtyLimit >> 3));
+    this.maxDirtyBlocks = Math.max(bs * 4, Math.floor(this.capacity * DIRTY_SLOT_SHARE));
+    this.slotPressure = this.maxDirtyBlocks - Math.floor(this.maxDirtyBlocks / 8);
     this.delayMs = opts.writebackDelayMs ?? 500;
     this.holdWriteback = opts.writebackHold === true;
     this.concurrency = opts.writebackConcurrency ?? 8;
@@ -281,7 +292,7 @@ export class BlockCache {
       blockSize: this.blockSize,
       cachedBytes: (this.lru.size + this.held.size) * this.blockSize,
       dirtyBytes: this.dirtyBytes,
-      dirtyPageBytes: this.dirtyPageBytes,
+      dirtyBlockBytes: this.dirtyBlockBytes,
       pinnedBytes: this.pinnedBytes,
       ...this.counters,
       route: this.route.name,
@@ -720,7 +731,7 @@ export class BlockCache {
 
   /** True when a write-back write must go to the array now (noteDirtyBypass) instead of adding dirty bytes. */
   get overDirtyLimit(): boolean {
-    return this.dirtyBytes >= this.dirtyLimit;
+    return this.dirtyBytes >= this.dirtyLimit || this.dirtyBlockBytes >= this.maxDirtyBlocks;
   }
 
   noteDirtyBypass(): void {
@@ -922,14 +933,14 @@ export class BlockCache {
       }
     }
     b.dirtyPages += added;
-    this.dirtyPageBytes += added << PAGE_SHIFT;
+    this.dirtyBytes += added << PAGE_SHIFT;
     if (!b.full) this.setValid(b, first, last + 1);
     if (!b.dirty) {
       b.dirty = true;
       b.lo = lo;
       b.hi = hi;
       b.dirtySince = Date.now();
-      this.dirtyBytes += this.blockSize;
+      this.dirtyBlockBytes += this.blockSize;
       this.dirty.set(b.key, b);
       this.hold(b);
       this.kick();
@@ -944,10 +955,10 @@ export class BlockCache {
     b.dirty = false;
     const o = b.slot * this.pageWords;
     this.pageBits.fill(0, o, o + this.pageWords);
-    this.dirtyPageBytes -= b.dirtyPages << PAGE_SHIFT;
+    this.dirtyBytes -= b.dirtyPages << PAGE_SHIFT;
     b.dirtyPages = 0;
     this.dirty.delete(b.key);
-    this.dirtyBytes -= this.blockSize;
+    this.dirtyBlockBytes -= this.blockSize;
   }
 
   private pageDirty(b: Block, p: number): boolean {
@@ -973,14 +984,15 @@ export class BlockCache {
 
   /**
    * Write-back runs flat out once the dirty pages pass the background mark,
-   * or once dirty blocks come near the dirty limit (where writes would go
-   * to the array unbuffered). Counted in blocks alone, 4 KiB random writes
-   * over a few thousand blocks kept the mark passed with a page or two dirty
-   * per block, and write-back sent each write back on its own (fresh 4k
-   * write QD32: 181k block write-backs for 500k writes).
+   * or once the slots holding them near their bound (where writes would go
+   * to the array unbuffered). Dirty data used to be counted in blocks: 4 KiB
+   * random writes over a few thousand blocks kept the mark passed with a
+   * page or two dirty per block, write-back sent each write back on its own
+   * (fresh 4k write QD32: 181k block write-backs for 500k writes), and a
+   * 256 MiB volume written at random filled the limit with 1/16 of it dirty.
    */
   private underPressure(): boolean {
-    return this.dirtyPageBytes >= this.dirtyBackground || this.dirtyBytes >= this.slotPressure;
+    return this.dirtyBytes >= this.dirtyBackground || this.dirtyBlockBytes >= this.slotPressure;
   }
 
   private pumpQueued = false;

@@ -113,7 +113,8 @@ t.test('an aligned partial write into a block not in memory reads nothing; a rea
   t.equal(store.cache.write(a, P, w, 0, w.length, 'back'), null, 'done at once: no load');
   const mid = store.stats();
   t.equal(mid.loads - before.loads, 0, 'no array read for the write');
-  t.equal(mid.dirtyBytes, BS);
+  t.equal(mid.dirtyBytes, 2 * P, 'two dirty pages');
+  t.equal(mid.dirtyBlockBytes, BS, 'in one block');
 
   // Bytes inside the written pages are served from memory without a load.
   t.same(await readVol(store, v, P + 100, 2 * P - 200), w.subarray(100, 2 * P - 100));

@@ -182,7 +182,8 @@ t.test('the dirty span grows to cover every write to the block, never shrinks', 
   t.ok(store.cache.hasDirty(1, 0, 1));
   t.ok(store.cache.hasDirty(1, BS - 1, 1), 'the whole block counts as dirty');
   t.notOk(store.cache.hasDirty(1, BS, BS), 'not the next block');
-  t.equal(store.stats().dirtyBytes, BS, 'one dirty block');
+  t.equal(store.stats().dirtyBlockBytes, BS, 'one dirty block');
+  t.equal(store.stats().dirtyBytes, 2 * P, 'its pages 0 and 1 dirty');
 });
 
 t.test('blocks of more than 32 pages: a page past the first 32 in a later slot is written back, and only it', async (t) => {
@@ -200,8 +201,9 @@ t.test('blocks of more than 32 pages: a page past the first 32 in a later slot i
   t.same(onDisk(a, 3 * big + 2 * P, P), d0);
 });
 
-t.test('the background mark counts dirty pages: scattered 4 KiB writes wait for the delay until their pages, or their blocks near the limit, press', async (t) => {
-  // Background mark 1 MiB of dirty pages (256 pages); dirty limit 8 MiB of blocks (128), so blocks press from 112 on.
+t.test('dirty data is counted in pages: scattered 4 KiB writes wait for the delay until their pages, or their slots near their bound, press', async (t) => {
+  // 256 slots of 64 KiB; background mark 1 MiB of dirty pages (256 pages); blocks holding dirty pages
+  // bounded to 3/4 of the slots (192), pressing from 7/8 of that (168).
   const route = new RecordingRoute();
   const { store } = await storeOnArray(t, { size: 16 * M, arraySize: 16 * M, route, dirtyLimit: 8 * M, dirtyBackground: M });
   const v = vol(16 * M);
@@ -213,18 +215,17 @@ t.test('the background mark counts dirty pages: scattered 4 KiB writes wait for 
   for (let b = 0; b < 100; b++) await store.write(v, b * BS + (b % 16) * P, seededBytes(P, 500 + b), false);
   await settleTurns();
   t.same(writes(), [], 'nothing written back: 400 KiB of dirty pages is under the 1 MiB mark (counted in blocks it was 6.25 MiB, over it)');
-  t.equal(store.stats().dirtyBytes, 100 * BS, 'the blocks still count against the dirty limit');
-  t.equal(store.stats().dirtyPageBytes, 100 * P);
-  // A rewrite of a dirty page adds no dirty page.
+  t.equal(store.stats().dirtyBytes, 100 * P, 'dirty bytes are the pages');
+  t.equal(store.stats().dirtyBlockBytes, 100 * BS, 'in 100 blocks');
   await store.write(v, 0, seededBytes(P, 600), false);
-  t.equal(store.stats().dirtyPageBytes, 100 * P, 'a dirty page written again is counted once');
-  // Twelve more blocks with a page each: 112 blocks, 7/8 of the limit: write-back starts although pages are few.
-  for (let b = 100; b < 112; b++) await store.write(v, b * BS, seededBytes(P, 500 + b), false);
+  t.equal(store.stats().dirtyBytes, 100 * P, 'a dirty page written again is counted once');
+  // 68 more blocks with a page each: 168 blocks hold dirty pages, write-back starts although pages are few.
+  for (let b = 100; b < 168; b++) await store.write(v, b * BS, seededBytes(P, 500 + b), false);
   await settleTurns();
-  t.ok(writes().length > 0, 'blocks near the dirty limit start write-back');
+  t.ok(writes().length > 0, 'slots near their bound start write-back');
   await store.flush(v);
-  t.equal(store.stats().dirtyPageBytes, 0, 'no dirty page left after the flush');
-  t.equal(store.stats().dirtyBytes, 0);
+  t.equal(store.stats().dirtyBytes, 0, 'no dirty page left after the flush');
+  t.equal(store.stats().dirtyBlockBytes, 0);
   // Pages alone: 300 pages in 20 blocks (15 each) pass the 1 MiB mark with few blocks dirty.
   route.take();
   for (let b = 200; b < 220; b++) await store.write(v, b * BS, seededBytes(15 * P, 700 + b), false);

@@ -205,6 +205,23 @@ t.test('dirty data is bounded: a write-back write at the dirty limit goes to the
   t.same(onDisk(arrays[0]!, 0, data.length), data, 'after FLUSH the dirty rest is there too, the patch not undone');
 });
 
+t.test('blocks holding dirty pages take at most 3/4 of the slots: past that a write goes to the array, whatever the dirty pages', async (t) => {
+  // 32 slots, 24 of them for dirty blocks; a page in each block stays far under the 1 MiB page limit.
+  const { store, arrays } = await setup(t, { size: 2 * M, blockSize: 64 * K, dirtyLimit: M, hold: true });
+  const v = vol(1, [{ arrayId: 1, offset: 0, length: 16 * M }]);
+  const pages: Buffer[] = [];
+  for (let b = 0; b < 30; b++) {
+    pages.push(rnd(4 * K, 100 + b));
+    await store.write(v, b * 64 * K, pages[b]!, false);
+  }
+  const st = store.stats();
+  t.equal(st.dirtyBlockBytes, 24 * 64 * K, 'dirty blocks stopped at 3/4 of the slots');
+  t.equal(st.dirtyBytes, 24 * 4 * K, 'holding a page each');
+  t.equal(st.dirtyBypasses, 6, 'the other six writes went to the array');
+  for (let b = 24; b < 30; b++) t.same(onDisk(arrays[0]!, b * 64 * K, 4 * K), pages[b], `block ${b}'s page is on the array before any FLUSH`);
+  for (let b = 0; b < 30; b++) t.same(await readVol(store, v, b * 64 * K, 4 * K), pages[b], `block ${b} reads back`);
+});
+
 t.test('flush writes back only what the flushed volume needs, then syncs', async (t) => {
   const { store, arrays } = await setup(t, { arrays: 2 });
   const v1 = vol(1, [{ arrayId: 1, offset: 0, length: M }]);
