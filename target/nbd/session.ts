@@ -293,11 +293,19 @@ export abstract class NbdSession extends FrameReader implements BudgetHolder {
 
   // ---- output batching and flow control ----------------------------------
 
-  /** Queues b in the current cork batch; `written` runs once the socket is done with it. */
+  /**
+   * Queues b in the current cork batch; `written` runs once the socket is
+   * done with it. Reading pauses only past maxQueuedReplyBytes, not at the
+   * socket's own 16 KiB high-water mark (write() returning false): paused
+   * there, a pipelining client's next requests waited until every queued
+   * reply had gone, so 1 MiB reads ran with the pipe empty between batches.
+   * Past the limit, write() has returned false too, so 'drain' resumes us.
+   */
   protected send(b: Buffer, written?: (err?: Error | null) => void): void {
     if (this.mode === Mode.Closed) return;
     this.replies.hold(this.socket, this.inflight > 1);
-    if (!this.socket.write(b, written) || this.socket.writableLength > this.limits.maxQueuedReplyBytes) this.pauseInput();
+    this.socket.write(b, written);
+    if (this.socket.writableLength > this.limits.maxQueuedReplyBytes) this.pauseInput();
     this.recharge();
   }
 

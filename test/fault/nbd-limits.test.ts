@@ -43,6 +43,32 @@ t.test('pipelined reads whose replies are never read: RSS stays bounded', async 
   t.equal(s.exitCode, null, 'server alive');
 });
 
+t.test('replies a client has not read yet do not stop its session reading requests, below maxQueuedReplyBytes', async (t) => {
+  // Reading used to pause whenever the socket held more than Node's 16 KiB high-water mark of replies, until
+  // they had all gone: a pipelining client's next requests then waited for its last replies to drain (1 MiB
+  // reads at QD8 ran with the pipe empty between batches). Only the 16 MiB of maxQueuedReplyBytes may pause it.
+  const s = await startServer(t);
+  const sock = { path: s.socket('demo') };
+  const a = await (await WireClient.connect(sock)).open('0/0');
+  a.sock.pause();
+  a.sock.removeAllListeners('data');
+  // 2 MiB of replies: more than the socket's kernel buffer holds, far less than 16 MiB.
+  a.sock.write(pipelinedReads(32, 64 * 1024));
+  await new Promise((r) => setTimeout(r, 300));
+  const data = Buffer.alloc(4096, 0x6b);
+  a.send(CMD.WRITE, 1024 * 1024, data.length, 0, data);
+  const b = await (await WireClient.connect(sock)).open('0/0', { structured: false });
+  let seen = false;
+  for (let i = 0; i < 50 && !seen; i++) {
+    const r = await b.request(CMD.READ, 1024 * 1024, data.length);
+    seen = r.error === 0 && r.data!.equals(data);
+    if (!seen) await new Promise((r) => setTimeout(r, 100));
+  }
+  t.ok(seen, 'the write sent behind 2 MiB of unread replies was read and applied');
+  a.destroy();
+  b.destroy();
+});
+
 t.test('a write whose payload never comes holds one request, and its connection can be dropped', async (t) => {
   const s = await startServer(t);
   const w = await (await WireClient.connect({ path: s.socket('demo') })).open('0/0');
