@@ -297,9 +297,10 @@ export abstract class NbdSession extends FrameReader implements BudgetHolder {
    * Queues b in the current cork batch; `written` runs once the socket is
    * done with it. Reading pauses only past maxQueuedReplyBytes, not at the
    * socket's own 16 KiB high-water mark (write() returning false): paused
-   * there, a pipelining client's next requests waited until every queued
-   * reply had gone, so 1 MiB reads ran with the pipe empty between batches.
-   * Past the limit, write() has returned false too, so 'drain' resumes us.
+   * there, a pipelining client's next requests waited in the kernel until
+   * every queued reply had gone, however far under the limit (no speed
+   * change measured: docs/bench/findings.md, session 11). Past the limit,
+   * write() has returned false too, so 'drain' resumes us.
    */
   protected send(b: Buffer, written?: (err?: Error | null) => void): void {
     if (this.mode === Mode.Closed) return;
