@@ -45,8 +45,8 @@ t.test('pipelined reads whose replies are never read: RSS stays bounded', async 
 
 t.test('replies a client has not read yet do not stop its session reading requests, below maxQueuedReplyBytes', async (t) => {
   // Reading used to pause whenever the socket held more than Node's 16 KiB high-water mark of replies, until
-  // they had all gone: a pipelining client's next requests then waited for its last replies to drain (1 MiB
-  // reads at QD8 ran with the pipe empty between batches). Only the 16 MiB of maxQueuedReplyBytes may pause it.
+  // they had all gone: a pipelining client's next requests then waited for its last replies to drain, however
+  // far under the limit. Only the 16 MiB of maxQueuedReplyBytes may pause it.
   const s = await startServer(t);
   const sock = { path: s.socket('demo') };
   const a = await (await WireClient.connect(sock)).open('0/0');
