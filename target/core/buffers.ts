@@ -1,11 +1,17 @@
+import { BlockgateError } from '../../common/errors.js';
+
 /**
  * Buffers for the data path (NBD and iSCSI), so requests stop churning the GC
- * (docs/bench/findings.md, "Data path measurements").
+ * (docs/bench/findings.md, "Data path measurements"; session 12).
  *
- * - Small replies (≤ SMALL_MAX) are carved one after another from 1 MiB
- *   arenas. An arena is never rewound: when it is used up a fresh one is
- *   taken and the old one is freed by the GC once the last reply carved from
- *   it is gone. Nothing has to be handed back, so nothing can be reused early.
+ * - Small buffers (≤ SMALL_MAX: replies, 4 KiB payloads) are carved one after
+ *   another from 1 MiB arenas. An arena counts its carves; a carve given back
+ *   (releaseSmall) once nothing touches it any more uncounts itself, and an
+ *   arena whose carves are all back is used again instead of a new one. A
+ *   carve never given back only keeps its arena from being reused: the GC
+ *   frees it with the last carve. Fresh arenas for every 1 MiB of cached
+ *   4 KiB reads were 0.5 GB/s of new external memory, and V8 answered with a
+ *   full collection 16 times a second (22 % of the loop's time).
  * - Large buffers (1 MiB writes and reads) come from a per-size free list,
  *   bounded in total bytes; the caller gives a buffer back only when nothing
  *   (socket, store) can touch it any more.
@@ -17,34 +23,61 @@ export const SMALL_MAX = 64 * 1024 + 64;
 export const LARGE_MIN = 128 * 1024;
 /** Bytes kept in free lists across the process. */
 const POOL_MAX_BYTES = 32 * 1024 * 1024;
+/** Arenas whose carves are all back, kept for reuse. */
+const SPARE_ARENAS = 8;
 
-let arena = Buffer.allocUnsafeSlow(ARENA_SIZE);
+class Arena {
+  readonly buf = Buffer.allocUnsafeSlow(ARENA_SIZE);
+  /** Carves not given back yet. */
+  carves = 0;
+}
+
+/** Which arena a carve lies in (weak: an arena nobody uses any more is the GC's). */
+const arenaOf = new WeakMap<ArrayBufferLike, Arena>();
+const spare: Arena[] = [];
+
+function newArena(): Arena {
+  const a = new Arena();
+  arenaOf.set(a.buf.buffer, a);
+  return a;
+}
+
+let arena = newArena();
 let arenaPos = 0;
 
 /** A buffer of n ≤ SMALL_MAX bytes from the current arena (8-byte aligned). */
 export function smallBuffer(n: number): Buffer {
   if (arenaPos + n > ARENA_SIZE) {
-    arena = Buffer.allocUnsafeSlow(ARENA_SIZE);
+    arena = spare.pop() ?? newArena();
     arenaPos = 0;
   }
-  const b = arena.subarray(arenaPos, arenaPos + n);
+  const b = arena.buf.subarray(arenaPos, arenaPos + n);
+  arena.carves++;
   arenaPos = (arenaPos + n + 7) & ~7;
   return b;
 }
 
 /**
- * Gives back b at once if it is the arena's most recent carve (a write
- * payload copy the store took synchronously, before anything else was
- * carved): the next carve reuses its bytes. Anything else is left to the GC
- * with its arena. A fresh volume's 4 KiB writes carved ~1 GB of arenas a
- * run, and V8 runs a full collection for every 64 MiB of new memory of that
- * kind (docs/bench/findings.md, session 9). The caller guarantees nobody
- * holds b's bytes.
+ * Gives back a carve of smallBuffer() (or a view of one starting where it
+ * does), at most once per carve; anything else is ignored. The caller
+ * guarantees nothing reads or writes its bytes any more (not the socket,
+ * not the store). The current arena's most recent carve is reused by the
+ * next one at once (a write payload the store took synchronously); an arena
+ * whose carves are all back is reused whole.
  */
 export function releaseSmall(b: Buffer): void {
-  if (b.buffer !== arena.buffer) return;
-  const start = b.byteOffset - arena.byteOffset;
-  if (start + ((b.length + 7) & ~7) === arenaPos) arenaPos = start;
+  const a = arenaOf.get(b.buffer);
+  if (a === undefined) return;
+  // More carves back than were taken: one was given back twice, and its bytes may be someone else's by now.
+  if (a.carves === 0) throw new BlockgateError('INTERNAL', 'an arena carve was given back twice');
+  a.carves--;
+  if (a === arena) {
+    const start = b.byteOffset - a.buf.byteOffset;
+    if (a.carves === 0) arenaPos = 0;
+    else if (start + ((b.length + 7) & ~7) === arenaPos) arenaPos = start;
+  } else if (a.carves === 0 && spare.length < SPARE_ARENAS) {
+    spare.push(a);
+  }
 }
 
 /** An 8-byte-aligned copy of src (≤ SMALL_MAX bytes) from the arena. */

@@ -189,6 +189,7 @@ export class IscsiConnection implements BudgetHolder {
       this.replies.around(sock, () => this.reader.feed(c));
     });
     sock.on('drain', () => {
+      this.replies.settle(sock);
       this.recharge();
       if (this.state !== State.Closed) sock.resume();
     });
@@ -223,6 +224,7 @@ export class IscsiConnection implements BudgetHolder {
     for (let i = 0; i < parts.length; i++) this.sock.write(parts[i]!, i === parts.length - 1 ? written : undefined);
     // A peer that does not read cannot make us queue without bound: stop reading until it drains.
     if (this.sock.writableLength > this.ctx.limits.maxQueuedBytes) this.sock.pause();
+    else this.replies.settle(this.sock);
     this.recharge();
   }
 
@@ -614,8 +616,9 @@ export class IscsiConnection implements BudgetHolder {
       // The device is done with the write data (the store keeps no reference once it settles).
       releaseLarge(t.own);
       t.own = null;
-    } else if (t.write && t.data) {
-      // A realigned small payload, if nothing was carved after it, goes back to the arena (releaseSmall).
+    } else if (t.write && t.data && rsp !== null && rsp.status === STATUS_GOOD) {
+      // A small payload carved from the arena goes back to it (releaseSmall). Not after a failure: the first
+      // failing part settles the write while others may still be reading the payload.
       releaseSmall(t.data);
     }
     if (t.aborted || this.state === State.Closed) return;
@@ -681,9 +684,11 @@ export class IscsiConnection implements BudgetHolder {
       }
       b.writeUInt32BE(dataSN++, 36);
       b.writeUInt32BE(off, 40);
-      this.send(b, data!.subarray(off, off + seg), last && rsp.recycle ? releaseWhenWritten(data!) : undefined);
+      this.send(b, data!.subarray(off, off + seg), last && rsp.recycle && data!.length >= LARGE_MIN ? releaseWhenWritten(data!) : undefined);
       off += seg;
     }
+    // Counted once every segment has been handed to the socket (ReplyBatch.settle gives it back when sent).
+    if (sendLen > 0 && rsp.recycle && data!.length <= SMALL_MAX) this.replies.carved(data!);
     if (!collapse) {
       const b = newBhs(OP.SCSI_RSP, t.itt);
       b[1] = 0x80 | residualFlag;
@@ -996,6 +1001,7 @@ export class IscsiConnection implements BudgetHolder {
     // Responses already made (to commands before the PDU that ended the connection) still go out.
     this.replies.flush();
     this.sock.destroy();
+    this.replies.drop();
     this.ctx.budget?.leave(this);
     this.finishClose(reason);
   }

@@ -192,14 +192,15 @@ export class NbdConnection extends HandshakeSession {
    */
   private startWrite(flags: number, cookieHi: number, cookieLo: number, offset: number, payload: Buffer, pooled = false): void {
     if ((flags & ~CMD_FLAG.FUA) !== 0) {
+      // Nobody has seen the payload: it goes back at once.
       if (pooled) releaseLarge(payload);
+      else releaseSmall(payload);
       return this.replyError(cookieHi, cookieLo, ERRNO.EINVAL, 'unsupported flags on WRITE');
     }
     const work = this.io!.write(offset, payload, (flags & CMD_FLAG.FUA) !== 0);
     const bytes = payload.length;
     if (work === null) {
-      // Complete in memory (write-back): reply now, no promise hop; an arena copy of the payload is free again.
-      if (!pooled) releaseSmall(payload);
+      // Complete in memory (write-back): reply now, no promise hop.
       return this.writeDone(cookieHi, cookieLo, payload, pooled, null);
     }
     this.begin(bytes);
@@ -218,6 +219,8 @@ export class NbdConnection extends HandshakeSession {
   /** A WRITE's completion, at once or after the unit's promise: recycle the payload, reply. */
   private writeDone(cookieHi: number, cookieLo: number, payload: Buffer, pooled: boolean, err: unknown): void {
     if (pooled) releaseLarge(payload);
+    // A failed write may still have parts in flight reading the payload (the first failure settles it): kept then.
+    else if (err === null) releaseSmall(payload);
     if (err === null) this.replyOk(cookieHi, cookieLo);
     else this.replyError(cookieHi, cookieLo, nbdErrno(err, true), errMessage(err));
   }
@@ -267,6 +270,7 @@ export class NbdConnection extends HandshakeSession {
     }
     if (length === 0 && this.structured) return this.send(buf.subarray(0, 20));
     if (whole.length >= LARGE_MIN) return this.send(buf, releaseWhenWritten(whole));
+    if (whole.length <= SMALL_MAX) return this.sendCarved(buf, whole);
     this.send(buf);
   }
 
@@ -315,16 +319,19 @@ export class NbdConnection extends HandshakeSession {
             writeChunkHeader(b, 0, flag, REPLY_TYPE.OFFSET_HOLE, cookieHi, cookieLo, 12);
             writeOffset(b, 20, offset + at);
             b.writeUInt32BE(r.length, 28);
+            this.carved(b);
             this.send(b, done);
           } else {
             const b = smallBuffer(28);
             writeChunkHeader(b, 0, flag, REPLY_TYPE.OFFSET_DATA, cookieHi, cookieLo, 8 + r.length);
             writeOffset(b, 20, offset + at);
-            this.send(b);
+            this.sendCarved(b, b);
             this.send(data.subarray(at, at + r.length), done);
           }
           at += r.length;
         }
+        // Only now: a carve counted while its bytes were not yet handed to the socket could go back too early.
+        if (length <= SMALL_MAX) this.carved(data);
         this.end(length);
       },
       (err: unknown) => {
@@ -356,7 +363,7 @@ export class NbdConnection extends HandshakeSession {
   private replyOk(cookieHi: number, cookieLo: number): void {
     const b = smallBuffer(SIMPLE_REPLY_SIZE);
     writeSimpleReply(b, 0, 0, cookieHi, cookieLo);
-    this.send(b);
+    this.sendCarved(b, b);
   }
 
   private replyError(cookieHi: number, cookieLo: number, errno: number, message: string): void {

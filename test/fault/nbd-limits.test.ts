@@ -69,6 +69,53 @@ t.test('replies a client has not read yet do not stop its session reading reques
   b.destroy();
 });
 
+t.test('replies a client has not read yet keep their bytes while other sessions reuse reply memory', async (t) => {
+  // Small replies are carved from arenas that are reused once every reply in them has gone to the kernel
+  // (ReplyBatch.settle). Replies queued behind a client that does not read must keep their bytes while
+  // another session carves and gives back megabytes of its own.
+  const s = await startServer(t);
+  const sock = { path: s.socket('demo') };
+  const blocks = 1024;
+  const block = (i: number): Buffer => {
+    const b = Buffer.alloc(4096);
+    for (let p = 0; p < 4096; p += 4) b.writeUInt32BE((i * 0x9e3779b1 + p) >>> 0, p);
+    return b;
+  };
+  const w = await (await WireClient.connect(sock)).open('0/0', { structured: false });
+  for (let i = 0; i < blocks; i++) w.send(CMD.WRITE, i * 4096, 4096, 0, block(i));
+  for (let i = 0; i < blocks; i++) t.equal((await w.reply()).error, 0);
+  w.destroy();
+  const a = await (await WireClient.connect(sock)).open('0/0', { structured: false });
+  a.sock.pause();
+  const lengths = new Map<bigint, number>();
+  const order: bigint[] = [];
+  // 4 MiB of replies: far more than the socket's kernel buffer, so most wait in the server.
+  for (let i = 0; i < blocks; i++) {
+    const c = a.send(CMD.READ, i * 4096, 4096);
+    lengths.set(c, 4096);
+    order.push(c);
+  }
+  await new Promise((r) => setTimeout(r, 200));
+  const b = await (await WireClient.connect(sock)).open('0/0', { structured: false });
+  const other = Buffer.alloc(4096, 0xee);
+  for (let round = 0; round < 64; round++) {
+    const mine = new Map<bigint, number>();
+    for (let k = 0; k < 32; k++) mine.set(b.send(CMD.READ, 64 * MiB + k * 4096, 4096), 4096);
+    for (let k = 0; k < 32; k++) b.send(CMD.WRITE, 64 * MiB + k * 4096, 4096, 0, other);
+    for (let k = 0; k < 64; k++) t.equal((await b.reply(mine)).error, 0);
+  }
+  b.destroy();
+  a.sock.resume();
+  let bad = 0;
+  for (let i = 0; i < blocks; i++) {
+    const r = await a.reply(lengths);
+    const at = order.indexOf(r.cookie);
+    if (r.error !== 0 || !r.data!.equals(block(at))) bad++;
+  }
+  t.equal(bad, 0, 'every queued reply carries its own block');
+  a.destroy();
+});
+
 t.test('a write whose payload never comes holds one request, and its connection can be dropped', async (t) => {
   const s = await startServer(t);
   const w = await (await WireClient.connect({ path: s.socket('demo') })).open('0/0');

@@ -148,3 +148,37 @@ t.test('4 KiB writes whose data spans socket reads, or comes after an R2T, take 
   );
   t.equal(made, 0, 'no buffer made per write');
 });
+
+t.test('4 KiB reads served from memory reuse their Data-In memory once it is sent, not a new arena per MiB', async (t) => {
+  const w = await hostWithUnit(t, 'iscsi-reuse');
+  const login = await w.login(IQN, 'iqn.2026-11.io.blockgate:h.t0', {});
+  t.equal(login.bhs[36], 0, 'logged in');
+  for (let i = 0; i < 3; i++) {
+    w.command(tur(), { edtl: 0 });
+    await w.recvReply();
+  }
+  const blocks = 64;
+  const d = (i: number): Buffer => Buffer.alloc(4096, i + 1);
+  for (let i = 0; i < blocks; i++) {
+    w.command(write10(i * 8, 8), { write: true, edtl: 4096, immediate: d(i), final: true });
+    const rsp = await w.recvReply();
+    t.equal(rsp!.bhs[3], 0, 'write GOOD');
+  }
+  let bad = 0;
+  // 8 MiB of Data-In, 32 commands in flight at a time.
+  const made = await buffersMade(
+    (n) => n === MiB,
+    async () => {
+      for (let round = 0; round < 64; round++) {
+        const block = new Map<number, number>();
+        for (let k = 0; k < 32; k++) block.set(w.command(read10(((round + k) % blocks) * 8, 8), { read: true, edtl: 4096 }), (round + k) % blocks);
+        for (let k = 0; k < 32; k++) {
+          const p = await w.recvReply();
+          if (!p || p.opcode !== 0x25 || !(p.flags & 0x01) || !p.data.equals(d(block.get(p.bhs.readUInt32BE(16))!))) bad++;
+        }
+      }
+    },
+  );
+  t.equal(bad, 0, 'every Data-In holds its block, with its status');
+  t.ok(made <= 2, `${made} arenas made for 8 MiB of Data-In`);
+});

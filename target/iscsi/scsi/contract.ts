@@ -43,7 +43,7 @@ export interface ScsiResponse {
   status: number;
   /** Data-In; the transport sends min(data.length, expectedLength) and computes residuals. */
   data?: Buffer;
-  /** `data` is a largeBuffer() the transport gives back once the socket has written it. */
+  /** `data` is a largeBuffer() or a smallBuffer() carve of its own, which the transport gives back once the socket has written it. */
   recycle?: boolean;
   /** Sense data with CHECK CONDITION: fixed format (18 bytes), or descriptor format when the Control page's D_SENSE is set. */
   sense?: Buffer;

@@ -93,7 +93,7 @@ export function read(req: Req): ScsiResponse | Promise<ScsiResponse> {
   const bytes = n * BLOCK;
   // 8-byte aligned either way (the cache copies word-wise only between aligned addresses); a large one pooled.
   const data = dataBuffer(bytes);
-  const done: ScsiResponse = bytes >= LARGE_MIN ? { status: 0, data, recycle: true } : { status: 0, data };
+  const done: ScsiResponse = bytes >= LARGE_MIN || bytes <= SMALL_MAX ? { status: 0, data, recycle: true } : { status: 0, data };
   const p = io.read(lba * BLOCK, bytes, data);
   return p ? p.then(() => done) : done;
 }
