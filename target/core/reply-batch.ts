@@ -12,8 +12,9 @@ import { releaseSmall } from './buffers.js';
 export class ReplyBatch {
   /** The socket replies are corked on, if any (NBD's STARTTLS swaps sockets mid-batch: the raw one must be uncorked). */
   private corked: Socket | null = null;
-  /** Arena carves (smallBuffer) sent or about to be: given back once the socket has nothing queued. */
+  /** Arena carves (smallBuffer) of replies handed to the socket, oldest first from `head`: given back as their writes complete. */
   private carves: Buffer[] = [];
+  private head = 0;
 
   /** Runs `parse` (one socket read) with replies corked, then sends what it produced. */
   around(sock: Socket, parse: () => void): void {
@@ -44,33 +45,34 @@ export class ReplyBatch {
     if (!sock) return;
     this.corked = null;
     sock.uncork();
-    this.settle(sock);
   };
 
   /**
-   * `carve` (a smallBuffer() a reply lies in) goes back to its arena once the
-   * socket is done with it (settle). Not for TLS sockets: their writes may
-   * hold the plaintext past what writableLength shows.
+   * Counts `carve` (a smallBuffer() a reply lies in) to be given back to its
+   * arena by `sent`, which must be the write callback of the one socket write
+   * that hands over its last bytes, made next. Writes complete in order, so
+   * the n-th `sent` call is the n-th carve's. Not for TLS sockets: their
+   * writes may hold the plaintext longer.
    */
   carved(carve: Buffer): void {
     this.carves.push(carve);
   }
 
-  /**
-   * After bytes were handed to sock: with nothing queued (not corked, nothing
-   * buffered, no write under way; Node counts a write until the kernel has
-   * all of it), every reply sent so far is in the kernel and its carve can go
-   * back. Otherwise they wait for a later call (the next send, flush or drain).
-   */
-  settle(sock: Socket): void {
-    if (this.carves.length === 0 || sock.writableLength !== 0) return;
+  /** The write callback of a carved reply: the socket is done with its bytes (kept on error: the GC's then). */
+  readonly sent = (err?: Error | null): void => {
     const c = this.carves;
-    for (let i = 0; i < c.length; i++) releaseSmall(c[i]!);
-    c.length = 0;
-  }
+    if (this.head >= c.length) return;
+    const b = c[this.head++]!;
+    if (this.head === c.length) {
+      c.length = 0;
+      this.head = 0;
+    }
+    if (!err) releaseSmall(b);
+  };
 
   /** The socket is being destroyed with writes perhaps under way: its carves are left to the GC. */
   drop(): void {
     this.carves = [];
+    this.head = 0;
   }
 }

@@ -189,7 +189,6 @@ export class IscsiConnection implements BudgetHolder {
       this.replies.around(sock, () => this.reader.feed(c));
     });
     sock.on('drain', () => {
-      this.replies.settle(sock);
       this.recharge();
       if (this.state !== State.Closed) sock.resume();
     });
@@ -224,7 +223,6 @@ export class IscsiConnection implements BudgetHolder {
     for (let i = 0; i < parts.length; i++) this.sock.write(parts[i]!, i === parts.length - 1 ? written : undefined);
     // A peer that does not read cannot make us queue without bound: stop reading until it drains.
     if (this.sock.writableLength > this.ctx.limits.maxQueuedBytes) this.sock.pause();
-    else this.replies.settle(this.sock);
     this.recharge();
   }
 
@@ -684,11 +682,19 @@ export class IscsiConnection implements BudgetHolder {
       }
       b.writeUInt32BE(dataSN++, 36);
       b.writeUInt32BE(off, 40);
-      this.send(b, data!.subarray(off, off + seg), last && rsp.recycle && data!.length >= LARGE_MIN ? releaseWhenWritten(data!) : undefined);
+      let written: ((err?: Error | null) => void) | undefined;
+      if (last && rsp.recycle) {
+        // The buffer goes back once its last segment is written: a large one to the pool, a small one to its arena.
+        if (data!.length >= LARGE_MIN) written = releaseWhenWritten(data!);
+        else if (this.state !== State.Closed) {
+          // Counted only for a write that is made (send() drops PDUs once closed): each `sent` call is one carve's.
+          this.replies.carved(data!);
+          written = this.replies.sent;
+        }
+      }
+      this.send(b, data!.subarray(off, off + seg), written);
       off += seg;
     }
-    // Counted once every segment has been handed to the socket (ReplyBatch.settle gives it back when sent).
-    if (sendLen > 0 && rsp.recycle && data!.length <= SMALL_MAX) this.replies.carved(data!);
     if (!collapse) {
       const b = newBhs(OP.SCSI_RSP, t.itt);
       b[1] = 0x80 | residualFlag;

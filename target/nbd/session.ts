@@ -136,7 +136,6 @@ export abstract class NbdSession extends FrameReader implements BudgetHolder {
     error: () => this.close('socket-error'),
     close: () => this.close(this.closeReason ?? 'client-disconnect'),
     drain: () => {
-      this.replies.settle(this.socket);
       this.recharge();
       this.maybeResume();
     },
@@ -309,25 +308,18 @@ export abstract class NbdSession extends FrameReader implements BudgetHolder {
     this.replies.hold(this.socket, this.inflight > 1);
     this.socket.write(b, written);
     if (this.socket.writableLength > this.limits.maxQueuedReplyBytes) this.pauseInput();
-    else this.replies.settle(this.socket);
     this.recharge();
   }
 
-  /** send(b), b lying in `carve`, a smallBuffer() that goes back to its arena once the socket is done with it. */
-  protected sendCarved(b: Buffer, carve: Buffer): void {
-    this.carved(carve);
-    this.send(b);
-  }
-
   /**
-   * `carve` goes back to its arena once the socket has nothing queued
-   * (ReplyBatch.settle): counted before a send (sendCarved) or after every
-   * send of its bytes, never between two (the first one's settle would give
-   * it back with bytes still to hand over). Under TLS, or once closed, it is
-   * left to the GC.
+   * send(b), whose last bytes lie in `carve`, a smallBuffer() given back to
+   * its arena once the socket has written them (ReplyBatch.sent). Under TLS,
+   * or once closed, it is left to the GC.
    */
-  protected carved(carve: Buffer): void {
-    if (this.mode !== Mode.Closed && !('encrypted' in this.socket)) this.replies.carved(carve);
+  protected sendCarved(b: Buffer, carve: Buffer): void {
+    if (this.mode === Mode.Closed || 'encrypted' in this.socket) return this.send(b);
+    this.replies.carved(carve);
+    this.send(b, this.replies.sent);
   }
 
   /** Sends the replies corked so far now. */

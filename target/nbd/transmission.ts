@@ -309,29 +309,35 @@ export class NbdConnection extends HandshakeSession {
       () => {
         let at = 0;
         const last = runs.length - 1;
+        // A small data buffer goes back to its arena with the write of its last data chunk (sendCarved).
+        const small = length <= SMALL_MAX;
+        let lastData = -1;
+        for (let i = 0; i <= last; i++) if (runs[i]!.state === 'data') lastData = i;
+        if (small && lastData < 0) releaseSmall(data);
         for (let i = 0; i <= last; i++) {
           const r = runs[i]!;
           const flag = i === last ? REPLY_FLAG_DONE : 0;
           // Writes complete in order: once the last chunk is written, so is every data chunk before it.
           const done = i === last && pooled ? releaseWhenWritten(data) : undefined;
           if (r.state !== 'data') {
-            const b = smallBuffer(32);
+            // The write that gives the large buffer back cannot give a carve back too: this header is not one.
+            const b = done ? Buffer.allocUnsafe(32) : smallBuffer(32);
             writeChunkHeader(b, 0, flag, REPLY_TYPE.OFFSET_HOLE, cookieHi, cookieLo, 12);
             writeOffset(b, 20, offset + at);
             b.writeUInt32BE(r.length, 28);
-            this.carved(b);
-            this.send(b, done);
+            if (done) this.send(b, done);
+            else this.sendCarved(b, b);
           } else {
             const b = smallBuffer(28);
             writeChunkHeader(b, 0, flag, REPLY_TYPE.OFFSET_DATA, cookieHi, cookieLo, 8 + r.length);
             writeOffset(b, 20, offset + at);
             this.sendCarved(b, b);
-            this.send(data.subarray(at, at + r.length), done);
+            const chunk = data.subarray(at, at + r.length);
+            if (small && i === lastData) this.sendCarved(chunk, data);
+            else this.send(chunk, done);
           }
           at += r.length;
         }
-        // Only now: a carve counted while its bytes were not yet handed to the socket could go back too early.
-        if (length <= SMALL_MAX) this.carved(data);
         this.end(length);
       },
       (err: unknown) => {
