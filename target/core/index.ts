@@ -17,3 +17,4 @@ export { ChangeMap, changeMaps } from './changes.js';
 export { IoBudget, DEFAULT_IO_BUDGET, BUDGET_FLOOR, type BudgetHolder } from './budget.js';
 export { ReplyBatch } from './reply-batch.js';
 export { LARGE_MIN, SMALL_MAX, alignedCopy, largeBuffer, releaseLarge, releaseSmall, releaseWhenWritten, dataBuffer, smallBuffer } from './buffers.js';
+export { readIntoSharedBuffer } from './socket-reads.js';

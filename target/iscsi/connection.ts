@@ -7,7 +7,7 @@
  */
 import type { Socket } from 'node:net';
 import type { UnitIO } from '../core/contract.js';
-import { LARGE_MIN, ReplyBatch, SMALL_MAX, alignedCopy, dataBuffer, releaseLarge, releaseSmall, releaseWhenWritten, type BudgetHolder, type IoBudget } from '../core/index.js';
+import { LARGE_MIN, ReplyBatch, SMALL_MAX, dataBuffer, readIntoSharedBuffer, releaseLarge, releaseSmall, releaseWhenWritten, type BudgetHolder, type IoBudget } from '../core/index.js';
 import type { Nexus, ScsiDevice, ScsiResponse, TaskAttribute } from './scsi/contract.js';
 import { Login, LOGIN_STATUS, type LoginDirectory, type SessionParams, type TargetParams } from './login.js';
 import { decodeLun, targetIqn } from './naming.js';
@@ -183,11 +183,16 @@ export class IscsiConnection implements BudgetHolder {
     const tick = Math.max(10, Math.min(ctx.limits.nopIntervalMs, ctx.limits.loginTimeoutMs, ctx.limits.nopTimeoutMs) / 2);
     this.timer = setInterval(() => this.onTimer(), tick);
     this.timer.unref();
-    sock.on('data', (c: Buffer) => {
+    const onChunk = (c: Buffer): void => {
       if (this.state === State.Closed) return;
       this.lastRx = Date.now();
       this.replies.around(sock, () => this.reader.feed(c));
-    });
+    };
+    // Reads into the shared buffer: a fresh 64 KiB chunk per read was ~40,000 new buffers a second under 1 MiB
+    // writes, and once they outlived the young generation V8 ran full collections back to back
+    // (docs/bench/findings.md, session 12).
+    if (readIntoSharedBuffer(sock, (buf, n) => onChunk(buf.subarray(0, n)))) this.reader.borrowed = true;
+    else sock.on('data', onChunk);
     sock.on('drain', () => {
       this.recharge();
       if (this.state !== State.Closed) sock.resume();
@@ -317,7 +322,7 @@ export class IscsiConnection implements BudgetHolder {
       this.drainQueue();
     } else if (snLess(this.expCmdSN, sn) && !snLess(this.maxCmdSN, sn) && !this.queued.has(sn)) {
       // Ahead of a gap: keep it (copied: the reader reuses its header buffer) until the gap fills.
-      this.queued.set(sn, { ...p, bhs: Buffer.from(p.bhs), ahs: Buffer.from(p.ahs), data: Buffer.from(p.data) });
+      this.queued.set(sn, { ...p, bhs: Buffer.from(p.bhs), ahs: Buffer.from(p.ahs), data: Buffer.from(p.data), transient: false });
     }
     // Outside the window (or a duplicate): silently ignored, as RFC 7143 §4.2.2.1 says.
   }
@@ -501,10 +506,16 @@ export class IscsiConnection implements BudgetHolder {
     if (write) {
       this.buffered += gather;
       if (imm === edtl) {
-        // All of it came with the command. Socket chunks are fresh memory, never reused: keep the slice, realigned
-        // when small (the cache copies word-wise only between 8-byte-aligned addresses).
-        task.data = (p.data.byteOffset & 7) === 0 || imm > SMALL_MAX ? p.data : alignedCopy(p.data);
-        task.own = p.own ?? null;
+        // All of it came with the command. Kept as it is unless it lies in the shared read buffer, or is small and
+        // not 8-byte aligned (the cache copies word-wise only between aligned addresses): copied then.
+        if (p.transient || (imm <= SMALL_MAX && (p.data.byteOffset & 7) !== 0)) {
+          task.data = dataBuffer(imm);
+          p.data.copy(task.data, 0);
+          if (imm >= LARGE_MIN) task.own = task.data;
+        } else {
+          task.data = p.data;
+          task.own = p.own ?? null;
+        }
       } else {
         // A large burst's buffer comes from the pool (fresh memory costs a fault per page on its first touch), a
         // small one from the arena.

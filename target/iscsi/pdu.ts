@@ -50,8 +50,10 @@ export interface Pdu {
   /** The 48-byte BHS. A view that is only valid during the callback: copy what you keep. */
   bhs: Buffer;
   ahs: Buffer;
-  /** The data segment without padding (a view; the caller may keep it). */
+  /** The data segment without padding (a view; the caller may keep it unless `transient`). */
   data: Buffer;
+  /** `data` lies in the shared socket read buffer, reused after the callback: copy it to keep it. */
+  transient: boolean;
   /**
    * The pooled buffer (largeBuffer) `data` was gathered into when it spanned
    * socket reads and is large: whoever is done with `data` last may give it
@@ -76,6 +78,12 @@ export class PduReader {
   dataDigest = false;
   /** Largest data segment accepted (our MaxRecvDataSegmentLength). */
   maxData: number;
+  /**
+   * Chunks are lent (the shared socket read buffer, core/socket-reads.ts):
+   * nothing of one may be kept past feed(), so a header whose data spans
+   * reads is copied, and data taken in place is marked transient.
+   */
+  borrowed = false;
   private readonly hdr = Buffer.alloc(BHS + MAX_AHS + 4);
   private hdrHave = 0;
   private hdrNeed = BHS;
@@ -137,7 +145,7 @@ export class PduReader {
         if (this.dataHave === this.dataNeed) {
           const d = this.data;
           this.data = null;
-          this.finish(this.pendingHeader!, d, d.length >= LARGE_MIN ? d : undefined);
+          this.finish(this.pendingHeader!, d, false, d.length >= LARGE_MIN ? d : undefined);
         }
       }
     }
@@ -170,15 +178,20 @@ export class PduReader {
   private takeData(chunk: Buffer, pos: number): number {
     const h = this.pendingHeader!;
     if (this.dsl === 0) {
-      this.finish(h, null);
+      this.finish(h, null, false);
       return pos;
     }
     const need = pad4(this.dsl) + (this.dataDigest ? 4 : 0);
     if (chunk.length - pos >= need) {
-      this.finish(h, chunk.subarray(pos, pos + need));
+      this.finish(h, chunk.subarray(pos, pos + need), this.borrowed);
       return pos + need;
     }
-    // A header read in place stays valid: socket chunks are fresh memory, never reused. A large segment (a
+    if (this.borrowed && h.buffer !== this.hdr.buffer) {
+      // Read in place from a lent chunk, the header must outlive it.
+      h.copy(this.hdr, 0);
+      this.pendingHeader = this.hdr.subarray(0, h.length);
+    }
+    // A header read in place from Node's own chunks stays valid (fresh memory, never reused). A large segment (a
     // Data-Out burst) is gathered into a pooled buffer (fresh memory costs a fault per page on its first touch),
     // a small one into the arena (a new buffer per 4 KiB write is garbage).
     this.data = dataBuffer(need);
@@ -190,7 +203,7 @@ export class PduReader {
     return pos + take;
   }
 
-  private finish(h: Buffer, seg: Buffer | null, own?: Buffer): void {
+  private finish(h: Buffer, seg: Buffer | null, transient: boolean, own?: Buffer): void {
     let bad = false;
     let data: Buffer = EMPTY;
     if (seg !== null) {
@@ -203,6 +216,7 @@ export class PduReader {
       bhs: h.subarray(0, BHS),
       ahs: h.subarray(BHS, BHS + this.ahsLen),
       data,
+      transient,
       opcode: h[0]! & 0x3f,
       immediate: (h[0]! & 0x40) !== 0,
       dataDigestBad: bad,

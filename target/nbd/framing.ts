@@ -41,7 +41,7 @@ export abstract class FrameReader {
   /** Headers are subject to the limits (transmission). */
   protected flowControlled = false;
   /**
-   * Chunks are lent (the shared socket read buffer, socket-reads.ts): they
+   * Chunks are lent (the shared socket read buffer, core/socket-reads.ts): they
    * are overwritten after process() returns, so whatever is kept is copied.
    */
   protected borrowedChunks = false;

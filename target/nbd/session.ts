@@ -6,11 +6,10 @@
 import type { Socket } from 'node:net';
 import type tls from 'node:tls';
 import type { BlockStore } from '../../cache/index.js';
-import { ReplyBatch, type BudgetHolder, type IoBudget } from '../core/index.js';
+import { ReplyBatch, readIntoSharedBuffer, type BudgetHolder, type IoBudget } from '../core/index.js';
 import { CMD, MAX_PAYLOAD } from './constants.js';
 import type { Namespaces } from '../namespace.js';
 import { FrameReader, Mode } from './framing.js';
-import { readIntoSharedBuffer } from './socket-reads.js';
 
 export interface NbdLimits {
   /** Options a client may send before it must have chosen an export. */

@@ -3,7 +3,7 @@ import { startServer } from '../helpers/server.js';
 import { CMD, WireClient } from '../helpers/nbd-wire.js';
 
 // Sessions read the socket into one buffer shared by every connection
-// (target/nbd/socket-reads.ts): a write that cannot finish at once must have
+// (target/core/socket-reads.ts): a write that cannot finish at once must have
 // its own copy of the payload, or the next socket read (this connection's or
 // another's) overwrites its bytes before they reach the cache. A tiny cache
 // makes such writes common: a partial write to a written block that is not

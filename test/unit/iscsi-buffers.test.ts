@@ -182,3 +182,47 @@ t.test('4 KiB reads served from memory reuse their Data-In memory once it is sen
   t.equal(bad, 0, 'every Data-In holds its block, with its status');
   t.ok(made <= 2, `${made} arenas made for 8 MiB of Data-In`);
 });
+
+t.test('sub-page writes whose immediate data came in the shared read buffer keep their bytes while their pages load', async (t) => {
+  // Socket reads land in one shared buffer, overwritten by the next read. A 512-byte write into a page that is
+  // on the array but not in the cache waits for the page to load, then copies its data: the data must be the
+  // write's own copy by then, not a view of the read buffer.
+  const w = await hostWithUnit(t, 'iscsi-lent');
+  const login = await w.login(IQN, 'iqn.2026-11.io.blockgate:h.t0', { MaxBurstLength: String(MiB), FirstBurstLength: String(SEG), MaxRecvDataSegmentLength: String(SEG) });
+  t.equal(login.bhs[36], 0, 'logged in');
+  for (let i = 0; i < 3; i++) {
+    w.command(tur(), { edtl: 0 });
+    await w.recvReply();
+  }
+  // 1 MiB of 0x11 written around the cache (large writes go straight to the array).
+  const base = Buffer.alloc(MiB, 0x11);
+  const itt = w.command(write10(0, MiB / 512), { write: true, edtl: MiB, immediate: base.subarray(0, SEG), final: true });
+  const r2t = (await w.recvReply())!;
+  t.equal(r2t.opcode, 0x31, 'R2T for the rest');
+  for (let off = 0, sn = 0; off < r2t.word44; off += SEG, sn++) {
+    w.dataOut(itt, r2t.ttt, sn, r2t.offset + off, base.subarray(r2t.offset + off, r2t.offset + off + SEG), off + SEG === r2t.word44);
+  }
+  t.equal((await w.recvReply())!.bhs[3], 0, 'large write GOOD');
+  const pages = 48;
+  const sector = (k: number): Buffer => Buffer.alloc(512, 0x40 + k);
+  // One sector into each of 48 pages, then 4 KiB writes elsewhere right behind them: more socket reads while the
+  // pages load.
+  for (let k = 0; k < pages; k++) w.command(write10(k * 8 + 1, 1), { write: true, edtl: 512, immediate: sector(k), final: true });
+  await new Promise((r) => setImmediate(r));
+  for (let k = 0; k < pages; k++) w.command(write10(4096 + k * 8, 8), { write: true, edtl: 4096, immediate: Buffer.alloc(4096, 0xee), final: true });
+  let good = 0;
+  for (let k = 0; k < 2 * pages; k++) {
+    const r = await w.recvReply();
+    if (r && r.opcode === 0x21 && r.bhs[3] === 0) good++;
+  }
+  t.equal(good, 2 * pages, 'every write GOOD');
+  let bad = 0;
+  for (let k = 0; k < pages; k++) {
+    w.command(read10(k * 8, 8), { read: true, edtl: 4096 });
+    const p = (await w.recvReply())!;
+    const want = Buffer.alloc(4096, 0x11);
+    sector(k).copy(want, 512);
+    if (p.opcode !== 0x25 || !p.data.equals(want)) bad++;
+  }
+  t.equal(bad, 0, 'each page holds its sector and the bytes around it');
+});

@@ -95,6 +95,57 @@ t.test('PduReader parses a PDU split at every byte, with and without digests', a
   t.equal(n, 1, 'one byte per chunk');
 });
 
+t.test('PduReader over lent chunks: a header whose data spans reads is kept, in-place data is marked transient', async (t) => {
+  // With the shared socket read buffer, each chunk is overwritten by the next read: the reader must copy what
+  // it keeps across feed() calls, and say which data segments a caller must copy to keep.
+  for (const [hd, dd] of [
+    [false, false],
+    [true, true],
+  ] as const) {
+    for (const [dsl, ahs] of [
+      [0, 0],
+      [301, 1],
+      [4096, 0],
+    ] as const) {
+      const wire = samplePdu(hd, dd, dsl, ahs);
+      const two = Buffer.concat([wire, wire]);
+      const want = Buffer.from(Array.from({ length: dsl }, (_, i) => (i * 7) & 0xff)).toString('hex');
+      for (let cut = 0; cut <= two.length; cut += cut < 200 ? 1 : 97) {
+        const got: { itt: number; data: string; transient: boolean }[] = [];
+        const r = new PduReader(
+          1 << 20,
+          (p: Pdu) => got.push({ itt: p.bhs.readUInt32BE(16), data: p.data.toString('hex'), transient: p.transient }),
+          (e) => t.fail(`framing error ${e}`),
+        );
+        r.headerDigest = hd;
+        r.dataDigest = dd;
+        r.borrowed = true;
+        const lent = Buffer.alloc(two.length);
+        for (const part of [two.subarray(0, cut), two.subarray(cut)]) {
+          part.copy(lent, 0);
+          r.feed(lent.subarray(0, part.length));
+          lent.fill(0xa5);
+        }
+        const bad = got.filter((g) => g.itt !== 0x1234 || g.data !== want);
+        if (got.length !== 2 || bad.length > 0) {
+          t.fail(`split at ${cut} (hd=${hd} dsl=${dsl}): ${got.length} PDUs, ${bad.length} wrong`);
+          return;
+        }
+        // A data segment inside the chunk that ends its header is a view of it; one that starts a chunk later or
+        // spans chunks is gathered into the reader's own memory.
+        const segStart = 48 + ahs * 4 + (hd ? 4 : 0);
+        const inOne = (pdu: number): boolean => cut < pdu + segStart || cut >= pdu + wire.length;
+        const expect = [inOne(0), inOne(wire.length)].map((whole) => dsl > 0 && whole);
+        if (got[0]!.transient !== expect[0] || got[1]!.transient !== expect[1]) {
+          t.fail(`split at ${cut} (dsl=${dsl}): transient ${got[0]!.transient},${got[1]!.transient}, expected ${expect}`);
+          return;
+        }
+      }
+      t.pass(`hd=${hd} dd=${dd} dsl=${dsl} ahs=${ahs}: every split, chunks overwritten after each feed`);
+    }
+  }
+});
+
 t.test('PduReader refuses bad header digests and oversize segments, flags bad data digests', async (t) => {
   const wire = samplePdu(true, true, 100, 0);
   const errs: string[] = [];
