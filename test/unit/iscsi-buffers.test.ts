@@ -47,15 +47,26 @@ t.test('1 MiB writes and reads over iSCSI recycle their buffers', async (t) => {
   for (let i = 0; i < data.length; i += 4) data.writeUInt32LE((i * 2654435761) >>> 0, i);
 
   // Immediate data up to FirstBurstLength, then an R2T for the rest, answered in MaxRecvDataSegmentLength Data-Outs:
-  // each of those segments spans socket reads and is gathered into a pooled buffer.
+  // each of those segments is sent in two parts a moment apart, so it spans socket reads (one read can hold a whole
+  // segment) and is gathered into a pooled buffer.
   const itt = w.command(write10(0, MiB / 512), { write: true, edtl: MiB, immediate: data.subarray(0, SEG), final: true });
   let rsp = await w.recvReply();
   t.equal(rsp!.opcode, 0x31, 'R2T for the rest');
   const r2t = rsp!;
+  const whole = w.write.bind(w);
+  let inOrder = Promise.resolve();
+  w.write = (b: Buffer) => {
+    inOrder = inOrder.then(async () => {
+      whole(b.subarray(0, 1000));
+      await new Promise((r) => setTimeout(r, 5));
+      whole(b.subarray(1000));
+    });
+  };
   for (let off = 0, sn = 0; off < r2t.word44; off += SEG, sn++) {
     w.dataOut(itt, r2t.ttt, sn, r2t.offset + off, data.subarray(r2t.offset + off, r2t.offset + off + SEG), off + SEG === r2t.word44);
   }
   rsp = await w.recvReply();
+  w.write = whole;
   t.equal(rsp!.opcode, 0x21, 'SCSI response');
   t.equal(rsp!.bhs[3], 0, 'write GOOD');
 
