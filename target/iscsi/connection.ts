@@ -522,7 +522,7 @@ export class IscsiConnection implements BudgetHolder {
         task.data = dataBuffer(edtl);
         if (edtl >= LARGE_MIN) task.own = task.data;
         p.data.copy(task.data, 0);
-        if (p.own) releaseLarge(p.own);
+        this.copied(p);
       }
       task.filled = imm;
       task.unsolLimit = params.initialR2T ? imm : Math.min(edtl, params.firstBurstLength);
@@ -571,7 +571,7 @@ export class IscsiConnection implements BudgetHolder {
     if (ttt === NO_TAG) {
       if (t.unsolDone || dataSN !== t.unsolDataSN || offset + len > t.unsolLimit) return this.reject(p, REJECT.INVALID_FIELD);
       p.data.copy(t.data!, offset);
-      if (p.own) releaseLarge(p.own);
+      this.copied(p);
       t.filled += len;
       t.unsolDataSN++;
       if (final) {
@@ -583,13 +583,22 @@ export class IscsiConnection implements BudgetHolder {
       if (!r || dataSN !== r.nextDataSN || offset !== r.offset + r.received || r.received + len > r.length) return this.reject(p, REJECT.INVALID_FIELD);
       if (final !== (r.received + len === r.length)) return this.reject(p, REJECT.PROTOCOL);
       p.data.copy(t.data!, offset);
-      if (p.own) releaseLarge(p.own);
+      this.copied(p);
       t.filled += len;
       r.received += len;
       r.nextDataSN++;
       if (final) t.r2ts.delete(ttt);
     }
     this.advance(t);
+  }
+
+  /**
+   * p's data has been copied where it goes: the buffer the reader gathered it into goes back (the pool's when
+   * large, the arena's when small; a view of a socket chunk is nobody's to give back).
+   */
+  private copied(p: Pdu): void {
+    if (p.own) releaseLarge(p.own);
+    else if (!p.transient) releaseSmall(p.data);
   }
 
   private execute(t: Task): void {
