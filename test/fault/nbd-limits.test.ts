@@ -70,9 +70,9 @@ t.test('replies a client has not read yet do not stop its session reading reques
 });
 
 t.test('replies a client has not read yet keep their bytes while other sessions reuse reply memory', async (t) => {
-  // Small replies are carved from arenas that are reused once every reply in them has gone to the kernel
-  // (ReplyBatch.settle). Replies queued behind a client that does not read must keep their bytes while
-  // another session carves and gives back megabytes of its own.
+  // Small replies are carved from arenas that are reused once every carve in them is given back, a reply's by
+  // the write callback of its own socket write (ReplyBatch.sent). Replies queued behind a client that does not
+  // read must keep their bytes while another session carves and gives back megabytes of its own.
   const s = await startServer(t);
   const sock = { path: s.socket('demo') };
   const blocks = 1024;

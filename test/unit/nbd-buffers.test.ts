@@ -101,7 +101,7 @@ t.test('4 KiB reads served from memory reuse their reply memory once it is sent,
   const d = (i: number): Buffer => Buffer.alloc(4096, i + 1);
   for (let i = 0; i < blocks; i++) t.equal((await c.request(CMD.WRITE, i * 4096, 4096, 0, d(i))).error, 0);
   let bad = 0;
-  // 8 MiB of read replies, 32 in flight at a time.
+  // 8 MiB of read replies, 64 in flight at a time.
   const made = await buffersMade(
     (n) => n === MiB,
     async () => {
