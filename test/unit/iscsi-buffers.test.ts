@@ -1,4 +1,4 @@
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { LARGE_MIN, largeBuffer, releaseLarge } from '../../target/core/index.js';
 import { arenaMoved, buffersMade, inProcessAppliance, pooledOnceSent } from '../helpers/iscsi-appliance.js';
 import { IscsiWire, read10, tur, write10 } from '../helpers/iscsi-wire.js';
@@ -28,20 +28,25 @@ async function hostWithUnit(t: Parameters<typeof inProcessAppliance>[0], prefix:
   return w;
 }
 
+/** hostWithUnit, logged in with `keys`, past the power-on unit attention. */
+async function loggedIn(t: Test, prefix: string, keys: Record<string, string>): Promise<IscsiWire> {
+  const w = await hostWithUnit(t, prefix);
+  const login = await w.login(IQN, 'iqn.2026-11.io.blockgate:h.t0', keys);
+  t.equal(login.bhs[36], 0, 'logged in');
+  for (let i = 0; i < 3; i++) {
+    w.command(tur(), { edtl: 0 });
+    await w.recvReply();
+  }
+  return w;
+}
+
 t.test('1 MiB writes and reads over iSCSI recycle their buffers', async (t) => {
-  const w = await hostWithUnit(t, 'iscsi-buffers');
-  const login = await w.login(IQN, 'iqn.2026-11.io.blockgate:h.t0', {
+  const w = await loggedIn(t, 'iscsi-buffers', {
     MaxRecvDataSegmentLength: String(SEG),
     MaxBurstLength: String(MiB),
     FirstBurstLength: String(SEG),
     MaxOutstandingR2T: '1',
   });
-  t.equal(login.bhs[36], 0, 'logged in');
-  // Power-on unit attention first.
-  for (let i = 0; i < 3; i++) {
-    w.command(tur(), { edtl: 0 });
-    await w.recvReply();
-  }
 
   const data = Buffer.alloc(MiB);
   for (let i = 0; i < data.length; i += 4) data.writeUInt32LE((i * 2654435761) >>> 0, i);
@@ -95,14 +100,8 @@ t.test('1 MiB writes and reads over iSCSI recycle their buffers', async (t) => {
 });
 
 t.test('a 4 KiB write whose immediate data was realigned gives the copy back to the arena', async (t) => {
-  const w = await hostWithUnit(t, 'iscsi-arena');
   // A header digest puts the data 52 bytes into the PDU: not 8-byte aligned, so the target realigns it.
-  const login = await w.login(IQN, 'iqn.2026-11.io.blockgate:h.t0', { HeaderDigest: 'CRC32C' });
-  t.equal(login.bhs[36], 0, 'logged in');
-  for (let i = 0; i < 3; i++) {
-    w.command(tur(), { edtl: 0 });
-    await w.recvReply();
-  }
+  const w = await loggedIn(t, 'iscsi-arena', { HeaderDigest: 'CRC32C' });
   const d = Buffer.alloc(4096, 0x77);
   const write = async (lba: number): Promise<void> => {
     w.command(write10(lba, 8), { write: true, edtl: 4096, immediate: d, final: true });
@@ -119,13 +118,7 @@ t.test('a 4 KiB write whose immediate data was realigned gives the copy back to 
 });
 
 t.test('4 KiB writes whose data spans socket reads, or comes after an R2T, take no new buffer', async (t) => {
-  const w = await hostWithUnit(t, 'iscsi-gather');
-  const login = await w.login(IQN, 'iqn.2026-11.io.blockgate:h.t0', {});
-  t.equal(login.bhs[36], 0, 'logged in');
-  for (let i = 0; i < 3; i++) {
-    w.command(tur(), { edtl: 0 });
-    await w.recvReply();
-  }
+  const w = await loggedIn(t, 'iscsi-gather', {});
   const d = Buffer.alloc(4096, 0x42);
   const ok = (rsp: Awaited<ReturnType<IscsiWire['recvReply']>>): boolean => rsp!.opcode === 0x21 && rsp!.bhs[3] === 0;
   for (let i = 0; i < 40; i++) {
@@ -161,13 +154,7 @@ t.test('4 KiB writes whose data spans socket reads, or comes after an R2T, take 
 });
 
 t.test('4 KiB reads served from memory reuse their Data-In memory once it is sent, not a new arena per MiB', async (t) => {
-  const w = await hostWithUnit(t, 'iscsi-reuse');
-  const login = await w.login(IQN, 'iqn.2026-11.io.blockgate:h.t0', {});
-  t.equal(login.bhs[36], 0, 'logged in');
-  for (let i = 0; i < 3; i++) {
-    w.command(tur(), { edtl: 0 });
-    await w.recvReply();
-  }
+  const w = await loggedIn(t, 'iscsi-reuse', {});
   const blocks = 64;
   const d = (i: number): Buffer => Buffer.alloc(4096, i + 1);
   for (let i = 0; i < blocks; i++) {
@@ -198,13 +185,7 @@ t.test('sub-page writes whose immediate data came in the shared read buffer keep
   // Socket reads land in one shared buffer, overwritten by the next read. A 512-byte write into a page that is
   // on the array but not in the cache waits for the page to load, then copies its data: the data must be the
   // write's own copy by then, not a view of the read buffer.
-  const w = await hostWithUnit(t, 'iscsi-lent');
-  const login = await w.login(IQN, 'iqn.2026-11.io.blockgate:h.t0', { MaxBurstLength: String(MiB), FirstBurstLength: String(SEG), MaxRecvDataSegmentLength: String(SEG) });
-  t.equal(login.bhs[36], 0, 'logged in');
-  for (let i = 0; i < 3; i++) {
-    w.command(tur(), { edtl: 0 });
-    await w.recvReply();
-  }
+  const w = await loggedIn(t, 'iscsi-lent', { MaxBurstLength: String(MiB), FirstBurstLength: String(SEG), MaxRecvDataSegmentLength: String(SEG) });
   // 1 MiB of 0x11 written around the cache (large writes go straight to the array).
   const base = Buffer.alloc(MiB, 0x11);
   const itt = w.command(write10(0, MiB / 512), { write: true, edtl: MiB, immediate: base.subarray(0, SEG), final: true });
