@@ -160,10 +160,11 @@ export class BackupOperations {
       const id = Number(f.replace(/\.cbt$/, ''));
       if (!this.trackers.has(id)) await fs.promises.rm(path.join(this.cbtDir, f), { force: true });
     }
+    const idOf = c.db.prepare('SELECT id FROM volumes WHERE name = ?').pluck();
     this.unsubscribe = c.events.subscribe((e) => {
       if (e.type !== 'volume.state' || !REWRITES.has(String(e.data.operation))) return;
-      const v = c.lifecycle.listVolumes().find((x) => x.name === e.data.volume);
-      if (v) this.forget(v.id);
+      const id = idOf.get(String(e.data.volume)) as number | undefined;
+      if (id !== undefined) this.forget(id);
     });
     this.startSchedules();
   }

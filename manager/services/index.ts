@@ -25,9 +25,9 @@ export interface ServicesDeps {
 }
 
 /**
- * The resource graph, cached until an event says the configuration changed.
- * The graph before the last change is kept too: a notice about a binding
- * that is gone still finds the VM that owned it there.
+ * A graph of the configuration, cached until an event says the configuration
+ * changed. The graph before the last change is kept too: a notice about a
+ * binding that is gone still finds the VM that owned it there.
  */
 class GraphCache {
   private current: Graph | null = null;
@@ -60,6 +60,11 @@ class GraphCache {
     const before = this.previous?.vmsOver(id) ?? [];
     return [...new Set([...now, ...before])];
   }
+
+  /** Nodes in the graph as last built (0 before the first build). */
+  get size(): number {
+    return (this.current ?? this.previous)?.nodes.size ?? 0;
+  }
 }
 
 /**
@@ -69,14 +74,18 @@ class GraphCache {
 export class Services {
   readonly notices: ChangeNotices;
   readonly webhooks: Webhooks;
+  /** The whole configuration, for graph queries. */
   private readonly graph: GraphCache;
+  /** What VMs stand on, for classifying every event (GraphScope). */
+  private readonly vmGraph: GraphCache;
   private readonly undo: (() => void)[] = [];
 
   constructor(private readonly d: ServicesDeps) {
     this.graph = new GraphCache(() => buildGraph(d.db, d.arrayState));
+    this.vmGraph = new GraphCache(() => buildGraph(d.db, d.arrayState, 'vms'));
     this.notices = new ChangeNotices(
       () => this.mergeWindowMs(),
-      (id) => this.graph.vmsOver(id),
+      (id) => this.vmGraph.vmsOver(id),
     );
     this.webhooks = new Webhooks(d.db, d.dataDir, d.log);
   }
@@ -93,7 +102,10 @@ export class Services {
     this.undo.push(
       this.d.events.subscribe((e: EventRecord) => {
         this.notices.take(e);
-        if (!e.type.startsWith('job.')) this.graph.invalidate();
+        if (!e.type.startsWith('job.')) {
+          this.graph.invalidate();
+          this.vmGraph.invalidate();
+        }
       }),
     );
     this.undo.push(this.notices.subscribe((n) => this.deliver(n)));
@@ -138,7 +150,8 @@ export class Services {
     return toDot(a);
   }
 
-  graphStats(): { hits: number; misses: number } {
-    return { hits: this.graph.hits, misses: this.graph.misses };
+  /** Graph cache hits and misses of queries; the nodes of the graph events are classified on (it grows with VMs, not volumes). */
+  graphStats(): { hits: number; misses: number; vmGraphNodes: number } {
+    return { hits: this.graph.hits, misses: this.graph.misses, vmGraphNodes: this.vmGraph.size };
   }
 }

@@ -61,3 +61,43 @@ t.test('notices merge a window: each object once, classes in order; the graph an
   t.equal(r.code, 0, `dot parses it: ${r.stderr}`);
   t.ok(fs.existsSync(dataDir));
 });
+
+t.test('events are classified on what VMs stand on: VMs found as before, at a cost that grows with VMs, not volumes', async (t) => {
+  const { m } = await startManager(t);
+  m.setSetting('events.merge_window_ms', '60000');
+  const got: services.ChangeNotice[] = [];
+  m.services.notices.subscribe((n) => got.push(n));
+  m.createFarm('f');
+  await m.createArray('a0', 64 * M);
+  await m.createArray('a1', 64 * M);
+  await m.createHost({ name: 'h', farm: 'f' });
+  m.createVolume({ name: 'v', size: 8 * M, farm: 'f', layout: [{ array: 'a0', size: 8 * M }], configure: true });
+  const b = m.bind({ volume: 'v', host: 'h', target: 0, lun: 0, map: true });
+  m.inventory.createVm({ name: 'vm1', host: 'h', bindings: [b.id] });
+  for (let i = 0; i < 40; i++) m.createVolume({ name: `u${i}`, size: M, farm: 'f', layout: [{ array: 'a1', size: M }], configure: true });
+  await new Promise((r) => setImmediate(r));
+  const window = (): string[] => {
+    const before = got.length;
+    m.services.notices.flush();
+    return got.slice(before).flatMap((n) => n.objects.map((o) => `${o.kind}/${o.name}:${o.classes.join(',')}`));
+  };
+  window();
+  const small = m.services.graphStats().vmGraphNodes;
+  // farm, 2 arrays and their 4 files, host, vm, unit, binding, volume, extent: 13. The whole graph holds 40 more volumes and extents.
+  t.ok(small > 0 && small <= 13, `the graph events are classified on holds the VM's part only (${small} nodes)`);
+
+  m.createVolume({ name: 'u40', size: M, farm: 'f', layout: [{ array: 'a1', size: M }], configure: true });
+  m.events.emit('array.failed', 'array/a1', { array: 'a1' });
+  await new Promise((r) => setImmediate(r));
+  t.same(window(), ['volume/u40:volume.modified,volume.added', 'array/a1:array.modified'], 'no VM stands on an unrelated volume or array');
+
+  m.events.emit('array.failed', 'array/a0', { array: 'a0' });
+  await new Promise((r) => setImmediate(r));
+  t.same(window(), ['array/a0:array.modified', 'vm/vm1:vm.modified'], 'the VM stands on the array under its volume');
+
+  await m.unmap(b.id);
+  m.unbind(b.id);
+  await new Promise((r) => setImmediate(r));
+  t.ok(window().includes('vm/vm1:vm.modified'), 'unmapping and unbinding its disk modify the VM');
+  t.equal(m.services.graphStats().vmGraphNodes, small - 4, 'with its disk gone the graph loses its unit, binding, volume and extent');
+});
