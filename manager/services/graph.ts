@@ -129,10 +129,13 @@ function scoped(ids: number[] | null, col: string, joiner = 'WHERE'): { sql: str
 /** Reads the configuration (all of it, or a VM's part: `GraphScope`) into a graph; `arrayState` says whether an array's file has failed. */
 export function buildGraph(db: Db, arrayState: (arrayId: number) => 'online' | 'failed', scope: GraphScope = 'all'): Graph {
   const g = new Graph();
-  const ids = (sql: string): number[] => db.prepare(sql).pluck().all() as number[];
-  const vmBindings = scope === 'all' ? null : ids('SELECT DISTINCT binding_id FROM vm_bindings');
-  const vmVolumes = scope === 'all' ? null : ids('SELECT DISTINCT b.volume_id FROM vm_bindings vb JOIN bindings b ON b.id = vb.binding_id');
-  const vmHosts = scope === 'all' ? null : ids('SELECT host_id FROM vms UNION SELECT b.host_id FROM vm_bindings vb JOIN bindings b ON b.id = vb.binding_id');
+  // The VMs' bindings name everything else the scope holds: their volumes, and (with the VMs' own) their hosts.
+  type U = { id: number; volume_id: number; host_id: number };
+  const vmUnits = scope === 'all' ? null : (db.prepare('SELECT b.id, b.volume_id, b.host_id FROM vm_bindings vb JOIN bindings b ON b.id = vb.binding_id').all() as U[]);
+  const distinct = (pick: (u: U) => number, more: number[] = []): number[] | null => (vmUnits === null ? null : [...new Set([...vmUnits.map(pick), ...more])]);
+  const vmBindings = distinct((u) => u.id);
+  const vmVolumes = distinct((u) => u.volume_id);
+  const vmHosts = distinct((u) => u.host_id, vmUnits === null ? [] : (db.prepare('SELECT host_id FROM vms').pluck().all() as number[]));
   const vol = scoped(vmVolumes, 'id');
   const ext = scoped(vmVolumes, 'e.volume_id');
   const host = scoped(vmHosts, 'id');
