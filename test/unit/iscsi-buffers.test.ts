@@ -52,8 +52,11 @@ t.test('1 MiB writes and reads over iSCSI recycle their buffers', async (t) => {
   for (let i = 0; i < data.length; i += 4) data.writeUInt32LE((i * 2654435761) >>> 0, i);
 
   // Immediate data up to FirstBurstLength, then an R2T for the rest, answered in MaxRecvDataSegmentLength Data-Outs:
-  // each of those segments is sent in two parts a moment apart, so it spans socket reads (one read can hold a whole
-  // segment) and is gathered into a pooled buffer.
+  // each of those segments is sent in two parts, so it spans socket reads (one read can hold a whole segment) and is
+  // gathered into a pooled buffer. The server shares this event loop: the first part is in its socket when written
+  // (loopback), and a loop turn's I/O poll comes before its setImmediate callbacks, so the server has read the first
+  // part before the second is written. (A 5 ms timer here failed under CI load: after a stall, timers run before
+  // the poll, and both parts arrived in one read.)
   const itt = w.command(write10(0, MiB / 512), { write: true, edtl: MiB, immediate: data.subarray(0, SEG), final: true });
   let rsp = await w.recvReply();
   t.equal(rsp!.opcode, 0x31, 'R2T for the rest');
@@ -63,7 +66,7 @@ t.test('1 MiB writes and reads over iSCSI recycle their buffers', async (t) => {
   w.write = (b: Buffer) => {
     inOrder = inOrder.then(async () => {
       whole(b.subarray(0, 1000));
-      await new Promise((r) => setTimeout(r, 5));
+      await new Promise((r) => setImmediate(r));
       whole(b.subarray(1000));
     });
   };
