@@ -67,8 +67,9 @@ program
   .option('--max-connections <n>', 'connections at once on each NBD listener, and iSCSI sessions on the portal', '256')
   .option('--max-connections-per-host <n>', 'connections at once for one host (NBD, over all its listeners; iSCSI sessions)', '64')
   .option('--io-budget <size>', 'request payloads buffered and replies queued, over all NBD and iSCSI sessions; a session over it stops reading until its replies drain', '64M')
+  .option('--idle-poll <us>', 'after a reply, keep reading a lone host\'s socket this many microseconds for its next request before the loop sleeps (QD1 latency; 0: never)', process.env.BLOCKGATE_IDLE_POLL_US ?? '50')
   .option('--bulk-rate <size>', 'bytes per second each bulk job (scrub, copy, snapshot) may move, e.g. 64M (default: unlimited)', process.env.BLOCKGATE_BULK_RATE)
-  .action(async (o: { dataDir: string; api: string; nbd: string; iscsi: string; apiToken?: string; logLevel: string; logFormat: string; demo: boolean; cacheSize: string; cacheBlock: string; ioRoute?: string; checkInterval: string; overcommit?: string; restore?: boolean | string; imageRoot: string[]; bulkRate?: string; plaintextDefaultHost?: boolean; handshakeTimeout: string; idleTimeout: string; maxConnections: string; maxConnectionsPerHost: string; ioBudget: string }) => {
+  .action(async (o: { dataDir: string; api: string; nbd: string; iscsi: string; apiToken?: string; logLevel: string; logFormat: string; demo: boolean; cacheSize: string; cacheBlock: string; ioRoute?: string; checkInterval: string; overcommit?: string; restore?: boolean | string; imageRoot: string[]; bulkRate?: string; plaintextDefaultHost?: boolean; handshakeTimeout: string; idleTimeout: string; maxConnections: string; maxConnectionsPerHost: string; ioBudget: string; idlePoll: string }) => {
     if (o.ioRoute !== undefined && o.ioRoute !== 'libuv' && o.ioRoute !== 'piscina' && o.ioRoute !== 'batch') throw new Error(`--io-route must be libuv, batch or piscina, not '${o.ioRoute}'`);
     const checkIntervalMs = Number(o.checkInterval);
     if (!Number.isInteger(checkIntervalMs) || checkIntervalMs < 0) throw new Error(`--check-interval must be a whole number of milliseconds, not '${o.checkInterval}'`);
@@ -92,7 +93,9 @@ program
     const ioBudget = parseSize(o.ioBudget);
     // Below the largest request a client may send, hosts would be held to one request at a time.
     if (!(ioBudget >= 32 * 1024 * 1024)) throw new CliError(`--io-budget must be at least 32M (the largest NBD request), not '${o.ioBudget}'`, EXIT.USAGE, 'BAD_REQUEST');
-    await serve({ ...o, ioBudget, connections, logFormat: o.logFormat as 'auto' | 'pretty' | 'json', cacheSize: parseSize(o.cacheSize), cacheBlock: parseSize(o.cacheBlock), ioRoute: o.ioRoute, imageRoots: o.imageRoot, bulkRate: o.bulkRate ? parseSize(o.bulkRate) : undefined, version: pkg.version, checkIntervalMs, overcommit });
+    const idlePollUs = whole('--idle-poll', o.idlePoll, 0);
+    if (idlePollUs > 10_000) throw new CliError(`--idle-poll is at most 10000 microseconds (the loop serves no one else while it polls), not '${o.idlePoll}'`, EXIT.USAGE, 'BAD_REQUEST');
+    await serve({ ...o, ioBudget, idlePollUs, connections, logFormat: o.logFormat as 'auto' | 'pretty' | 'json', cacheSize: parseSize(o.cacheSize), cacheBlock: parseSize(o.cacheBlock), ioRoute: o.ioRoute, imageRoots: o.imageRoot, bulkRate: o.bulkRate ? parseSize(o.bulkRate) : undefined, version: pkg.version, checkIntervalMs, overcommit });
   });
 
 function imageRootsFromEnv(): string[] {

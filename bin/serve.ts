@@ -9,7 +9,7 @@ import { DEFAULT_IO_ROUTE, PiscinaEngine, makeRoute, type IoRouteName } from '..
 import { DEMO, DataDirLock, configDocument, SAVED_CONFIG, StorageManager, formatAddress, parseAddress, seedDemo, type ConfigDocument } from '../manager/index.js';
 import { isLoopback } from '../common/address.js';
 import { Namespaces, NbdServer, NbdTlsKeys, StatsRegistry } from '../target/index.js';
-import { DEFAULT_IO_BUDGET, IoBudget, openUnit } from '../target/core/index.js';
+import { DEFAULT_IDLE_POLL_US, DEFAULT_IO_BUDGET, IdlePoll, IoBudget, openUnit } from '../target/core/index.js';
 import { IscsiServer } from '../target/iscsi/index.js';
 import { ScsiCommandSet } from '../target/iscsi/scsi/index.js';
 import { makeLogger, type LogFormat } from './log.js';
@@ -42,9 +42,11 @@ export interface ServeOptions {
   imageRoots?: string[] | undefined;
   /** Serve the default host in plaintext on a shared listener that is not on loopback (off by default). */
   plaintextDefaultHost?: boolean | undefined;
-  /** Safe-by-default connection bounds (blockgate serve --handshake-timeout, --idle-timeout, --max-connections[-per-host]). */
   /** Bytes of request payloads buffered and replies queued, over all sessions (blockgate serve --io-budget). */
   ioBudget?: number | undefined;
+  /** How long a lone host's socket is polled for its next request after a reply, in µs; 0 = never (blockgate serve --idle-poll). */
+  idlePollUs?: number | undefined;
+  /** Safe-by-default connection bounds (blockgate serve --handshake-timeout, --idle-timeout, --max-connections[-per-host]). */
   connections?: { handshakeTimeoutMs: number; idleTimeoutMs: number; maxConnections: number; maxConnectionsPerHost: number } | undefined;
   /** Bytes per second each bulk job (scrub, copy, verify, snapshot materialise) may move; undefined = unlimited. */
   bulkRate?: number | undefined;
@@ -167,8 +169,11 @@ async function start(opts: ServeOptions, dataDir: string, lock: DataDirLock, ope
   // One bound on buffered requests and queued replies for every session of both protocols.
   const budget = new IoBudget(opts.ioBudget ?? DEFAULT_IO_BUDGET);
   stats.budget = budget;
+  // One poller too: only the session that alone is active polls, whichever protocol it speaks.
+  const poll = new IdlePoll(opts.idlePollUs ?? DEFAULT_IDLE_POLL_US);
+  stats.poll = poll;
   const nbd = new NbdServer(
-    { namespaces, store, tls, budget },
+    { namespaces, store, tls, budget, poll },
     {
       stats,
       limits: opts.connections
@@ -211,6 +216,7 @@ async function start(opts: ServeOptions, dataDir: string, lock: DataDirLock, ope
         ...(process.env.BLOCKGATE_ISCSI_NOP_MS ? { nopIntervalMs: Number(process.env.BLOCKGATE_ISCSI_NOP_MS), nopTimeoutMs: Number(process.env.BLOCKGATE_ISCSI_NOP_MS), logoutGraceMs: Number(process.env.BLOCKGATE_ISCSI_NOP_MS) * 2 } : {}),
       },
       budget,
+      poll,
       ...(opts.connections ? { maxSessions: opts.connections.maxConnections, maxSessionsPerHost: opts.connections.maxConnectionsPerHost } : {}),
       // One line per session login and logout; never per command.
       onSession: (e) =>

@@ -87,6 +87,21 @@ export function buildMetrics(src: MetricsSources): Registry {
     });
   }
 
+  const poll = src.io.poll;
+  if (poll) {
+    new Counter({
+      name: 'blockgate_idle_polls_total',
+      help: 'Polls of a lone host\'s socket after a reply (serve --idle-poll): found its next request, or ran out (the session stops polling until its requests come quickly again)',
+      labelNames: ['result'],
+      registers: [reg],
+      collect() {
+        this.reset();
+        this.inc({ result: 'found' }, poll.found);
+        this.inc({ result: 'empty' }, poll.empty);
+      },
+    });
+  }
+
   new Counter({
     name: 'blockgate_session_ends_total',
     help: 'Sessions ended, by protocol and reason (client-disconnect, protocol-error, socket-error, revoked, server-shutdown, logout, nop-timeout, …)',

@@ -18,3 +18,4 @@ export { IoBudget, DEFAULT_IO_BUDGET, BUDGET_FLOOR, type BudgetHolder } from './
 export { ReplyBatch } from './reply-batch.js';
 export { LARGE_MIN, SMALL_MAX, alignedCopy, largeBuffer, releaseLarge, releaseSmall, releaseWhenWritten, dataBuffer, smallBuffer } from './buffers.js';
 export { readIntoSharedBuffer } from './socket-reads.js';
+export { IdlePoll, DEFAULT_IDLE_POLL_US, type PolledSession } from './idle-poll.js';

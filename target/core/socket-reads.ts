@@ -13,6 +13,7 @@
  * reads any other socket, and the callback copies whatever it keeps. So a
  * caller's `onChunk` must not hold on to the buffer past its return.
  */
+import { readSync } from 'node:fs';
 import net from 'node:net';
 
 /** Large enough that a 1 MiB write arrives in a few reads, not sixteen. */
@@ -74,4 +75,42 @@ export function readIntoSharedBuffer(socket: net.Socket, onChunk: (buf: Buffer, 
   if (direct && switches.next) s[switches.next] = (): Buffer => direct() ?? sharedBuf;
   handle.useUserBuffer(shared);
   return true;
+}
+
+/**
+ * One read of a socket set up by readIntoSharedBuffer, made now and without
+ * waiting, the way libuv's own read would be: into the buffer the next read
+ * goes to, handed to the same callback, the buffer after it asked for as
+ * Node asks. Returns the bytes read, 0 when there were none yet, or -1 when
+ * this socket cannot be read here (end of stream, an error, a socket that
+ * does not read into the shared buffer): libuv's poll then finds the same
+ * condition and reports it as usual.
+ */
+export function readNow(socket: net.Socket): number {
+  const handle = (socket as unknown as { _handle?: (StreamHandle & { fd?: number }) | null })._handle;
+  const fd = handle?.fd;
+  if (!switches || !handle || typeof fd !== 'number' || fd < 0 || typeof handle.useUserBuffer !== 'function') return -1;
+  const s = socket as unknown as Record<symbol, unknown>;
+  const buf = s[switches.buffer];
+  const onChunk = s[switches.callback];
+  if (!(buf instanceof Uint8Array) || typeof onChunk !== 'function') return -1;
+  let n: number;
+  try {
+    n = readSync(fd, buf, 0, buf.byteLength, null);
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EAGAIN' ? 0 : -1;
+  }
+  if (n <= 0) return -1;
+  // What Node does after a read: the session's timeout restarts, then the callback, then the next buffer.
+  (socket as unknown as { _unrefTimer?: () => void })._unrefTimer?.();
+  (onChunk as (n: number, b: Uint8Array) => boolean)(n, buf);
+  const gen = switches.next ? s[switches.next] : undefined;
+  if (typeof gen === 'function' && !socket.destroyed) {
+    const next = (gen as () => unknown)();
+    if (next instanceof Uint8Array && next !== buf) {
+      s[switches.buffer] = next;
+      handle.useUserBuffer(next);
+    }
+  }
+  return n;
 }

@@ -1,4 +1,5 @@
 import type { IoBudget } from './budget.js';
+import type { IdlePoll } from './idle-poll.js';
 /** Operations counted per (host, volume); indexes into the counter arrays. */
 export const OP = { read: 0, write: 1, flush: 2, trim: 3, zero: 4, other: 5 } as const;
 export const OP_NAMES = Object.keys(OP) as (keyof typeof OP)[];
@@ -43,6 +44,8 @@ export class IoStats {
 export class StatsRegistry {
   /** The appliance-wide I/O budget, when there is one (its gauges in /metrics). */
   budget: IoBudget | undefined;
+  /** The idle poller, when there is one (its counters in /metrics). */
+  poll: IdlePoll | undefined;
   private readonly byKey = new Map<string, { host: string; volume: string; stats: IoStats }>();
   private readonly sessionsByHost = new Map<string, number>();
   private readonly endsByReason = new Map<string, number>();

@@ -7,7 +7,7 @@
  */
 import type { Socket } from 'node:net';
 import type { UnitIO } from '../core/contract.js';
-import { LARGE_MIN, ReplyBatch, SMALL_MAX, dataBuffer, readIntoSharedBuffer, releaseLarge, releaseSmall, releaseWhenWritten, type BudgetHolder, type IoBudget } from '../core/index.js';
+import { LARGE_MIN, ReplyBatch, type IdlePoll, type PolledSession, SMALL_MAX, dataBuffer, readIntoSharedBuffer, releaseLarge, releaseSmall, releaseWhenWritten, type BudgetHolder, type IoBudget } from '../core/index.js';
 import type { Nexus, ScsiDevice, ScsiResponse, TaskAttribute } from './scsi/contract.js';
 import { Login, LOGIN_STATUS, type LoginDirectory, type SessionParams, type TargetParams } from './login.js';
 import { decodeLun, targetIqn } from './naming.js';
@@ -61,6 +61,8 @@ export interface ConnectionContext {
   onClose(conn: IscsiConnection, reason: CloseReason): void;
   /** The appliance-wide bound on buffered requests and queued replies, shared with the other protocols. */
   budget?: IoBudget | undefined;
+  /** Polls a lone QD1 host's socket for its next command before the loop sleeps, shared with the other protocols. */
+  poll?: IdlePoll | undefined;
 }
 
 const ATTRS: TaskAttribute[] = ['untagged', 'simple', 'ordered', 'head-of-queue', 'aca', 'simple', 'simple', 'simple'];
@@ -120,7 +122,7 @@ const enum State {
 
 let nextConnId = 1;
 
-export class IscsiConnection implements BudgetHolder {
+export class IscsiConnection implements BudgetHolder, PolledSession {
   readonly id = nextConnId++;
   readonly remote: string;
   private state = State.Login;
@@ -152,6 +154,8 @@ export class IscsiConnection implements BudgetHolder {
   /** Data bytes of the tasks open (write payloads gathered, read data to come): what the budget is told, with the socket's queue. */
   private taskBytes = 0;
   budgetCharged = 0;
+  pollWarm = true;
+  pollIdleAt = 0;
   private nextTtt = 1;
   private pendingText: PendingText | null = null;
   private textParts: Buffer[] = [];
@@ -186,7 +190,9 @@ export class IscsiConnection implements BudgetHolder {
     const onChunk = (c: Buffer): void => {
       if (this.state === State.Closed) return;
       this.lastRx = Date.now();
+      this.ctx.poll?.read(this);
       this.replies.around(sock, () => this.reader.feed(c));
+      if (this.tasks.size === 0 && this.reader.borrowed) this.ctx.poll?.idle(this);
     };
     // Reads into the shared buffer: a fresh 64 KiB chunk per read was ~40,000 new buffers a second under 1 MiB
     // writes, and once they outlived the young generation V8 ran full collections back to back
@@ -643,6 +649,13 @@ export class IscsiConnection implements BudgetHolder {
     this.replies.hold(this.sock, this.tasks.size > 0);
     this.respond(t, rsp);
     if (this.state === State.FullFeature) this.drainQueue();
+    if (this.tasks.size === 0 && this.reader.borrowed) this.ctx.poll?.idle(this);
+  }
+
+  /** The idle poller may read the next command now: logged in, nothing open or queued, reading. */
+  pollable(): Socket | null {
+    const now = this.state === State.FullFeature && this.reader.borrowed && this.tasks.size === 0 && this.queued.size === 0 && !this.sock.isPaused();
+    return now ? this.sock : null;
   }
 
   private release(t: Task): void {

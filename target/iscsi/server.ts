@@ -5,7 +5,7 @@
  */
 import net from 'node:net';
 import type { Frontend, NamespaceChange, UnitAddress, UnitIO } from '../core/contract.js';
-import type { IoBudget } from '../core/index.js';
+import type { IdlePoll, IoBudget } from '../core/index.js';
 import type { Namespaces, Unit } from '../namespace.js';
 import type { StatsRegistry } from '../stats.js';
 import { IscsiConnection, type CloseReason, type ConnectionContext, type IscsiLimits } from './connection.js';
@@ -60,6 +60,8 @@ export interface IscsiServerOptions {
   onSession?: (e: IscsiSessionEvent) => void;
   /** The appliance-wide I/O budget, shared with the NBD sessions. */
   budget?: IoBudget;
+  /** The idle poller, shared with the NBD sessions. */
+  poll?: IdlePoll;
 }
 
 const TPGT = 1;
@@ -114,6 +116,7 @@ export class IscsiServer implements Frontend {
       admit: (c) => this.admit(c),
       onClose: (c, reason) => this.closed(c, reason),
       budget: opts.budget,
+      poll: opts.poll,
     };
   }
 

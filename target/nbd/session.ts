@@ -6,7 +6,7 @@
 import type { Socket } from 'node:net';
 import type tls from 'node:tls';
 import type { BlockStore } from '../../cache/index.js';
-import { ReplyBatch, readIntoSharedBuffer, type BudgetHolder, type IoBudget } from '../core/index.js';
+import { ReplyBatch, readIntoSharedBuffer, type IdlePoll, type PolledSession, type BudgetHolder, type IoBudget } from '../core/index.js';
 import { CMD, MAX_PAYLOAD } from './constants.js';
 import type { Namespaces } from '../namespace.js';
 import { FrameReader, Mode } from './framing.js';
@@ -60,6 +60,8 @@ export interface NbdBackend {
   tls?: NbdTls | undefined;
   /** The appliance-wide bound on buffered requests and queued replies, shared with the other protocols. */
   budget?: IoBudget | undefined;
+  /** Polls a lone QD1 host's socket for its next request before the loop sleeps (shared with the other protocols). */
+  poll?: IdlePoll | undefined;
 }
 
 /** What the listener that accepted a connection vouches for. */
@@ -93,7 +95,7 @@ const FINISH_GRACE_MS = 2_000;
  * socket paused, so memory held per connection is bounded by the limits plus
  * one request, whatever the client does.
  */
-export abstract class NbdSession extends FrameReader implements BudgetHolder {
+export abstract class NbdSession extends FrameReader implements BudgetHolder, PolledSession {
   protected hostName: string | null;
   protected socket: Socket;
   protected readonly backend: NbdBackend;
@@ -107,6 +109,8 @@ export abstract class NbdSession extends FrameReader implements BudgetHolder {
   /** A WRITE payload being gathered (held before the request begins). */
   private filling = 0;
   budgetCharged = 0;
+  pollWarm = true;
+  pollIdleAt = 0;
 
   constructor(socket: Socket, host: string | null, backend: NbdBackend, limits: NbdLimits, traits: ListenerTraits) {
     super();
@@ -214,7 +218,17 @@ export abstract class NbdSession extends FrameReader implements BudgetHolder {
 
   private readonly nextRead = (): Buffer | null => this.directRead();
 
-  private readonly onLent = (buf: Buffer, n: number): void => this.batch(buf, 0, n);
+  private readonly onLent = (buf: Buffer, n: number): void => {
+    this.backend.poll?.read(this);
+    this.batch(buf, 0, n);
+    if (this.inflight === 0) this.backend.poll?.idle(this);
+  };
+
+  /** The idle poller may read the next request now: nothing in flight or held, reading, in transmission. */
+  pollable(): Socket | null {
+    const now = this.flowControlled && this.borrowedChunks && this.inflight === 0 && this.held === null && !this.paused && !this.disconnecting && this.mode !== Mode.Closed;
+    return now ? this.socket : null;
+  }
 
   protected overLimits(h: Buffer, hp: number): boolean {
     if (
@@ -269,6 +283,7 @@ export abstract class NbdSession extends FrameReader implements BudgetHolder {
     this.recharge();
     this.maybeResume();
     this.maybeFinishDisconnect();
+    if (this.inflight === 0 && this.borrowedChunks) this.backend.poll?.idle(this);
   }
 
   protected maybeFinishDisconnect(): void {
