@@ -69,6 +69,8 @@ export interface Results {
     /** Environment blockgate ran with beyond the runner's own (absent in older results). */
     blockgateEnv?: Record<string, string>;
     baseEnv?: Record<string, string>;
+    /** The volume policy blockgate-base served (absent: write-back). */
+    basePolicy?: string;
     /** False: `bench/matrix.ts` ran the policy volumes, nbdkit-memory and TCP on fewer lanes (absent: older results ran every lane). */
     everyLane?: boolean;
   };
@@ -344,7 +346,7 @@ export function renderMarkdown(r: Results): string {
       : []),
     `blockgate environment: ${Object.entries(r.config.blockgateEnv ?? {}).map(([k, x]) => `${k}=${x}`).join(' ') || 'defaults (UV_THREADPOOL_SIZE unset = 4)'}${
       Object.keys(r.config.baseEnv ?? {}).length > 0 ? `; blockgate-base also ${Object.entries(r.config.baseEnv!).map(([k, x]) => `${k}=${x}`).join(' ')}` : ''
-    }.`,
+    }${r.config.basePolicy ? `; blockgate-base serves a ${r.config.basePolicy} volume` : ''}.`,
     '',
     'Scenarios (each starts every server afresh on new sparse files):',
     '',

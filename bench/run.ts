@@ -15,7 +15,7 @@ import { ProcessRegistry } from './procs.js';
 import { buildCells, cellKey, evaluateTargets, renderMarkdown, renderSvg, type Lane, type ProfileResult, type Results } from './report.js';
 import { selectScenarios, workloadsFor, type Scenario } from './scenarios.js';
 import { fillIscsi, runIscsiWorkload } from './qemu-bench.js';
-import { BASELINE, DEFAULT_SERVERS, ISCSI_SERVERS, SERVERS, startBlockgate, startServer, type ServerName, type Target, type Transport } from './servers.js';
+import { BASELINE, DEFAULT_SERVERS, ISCSI_SERVERS, SERVERS, startBlockgate, startServer, type CachePolicy, type ServerName, type Target, type Transport } from './servers.js';
 import { rotation, type RunStats } from './stats.js';
 import { laneServers, laneWorkloads as laneWorkloadsOf } from './matrix.js';
 import { PROFILE_IDS, QUICK_FRESH_IDS, QUICK_IDS, QUICK_SERVERS, selectWorkloads, type Workload } from './workloads.js';
@@ -47,6 +47,8 @@ interface Options {
   blockgateEnv: Record<string, string>;
   /** Environment blockgate-base gets on top of blockgateEnv (an A/B of one setting on one build). */
   baseEnv: Record<string, string>;
+  /** The volume policy blockgate-base serves. */
+  basePolicy: CachePolicy | undefined;
 }
 
 const USAGE = `usage: node dist/bench/run.js [options]
@@ -69,6 +71,7 @@ const USAGE = `usage: node dist/bench/run.js [options]
   --size MiB           export size (default 256)
   --uv-threads N       UV_THREADPOOL_SIZE for blockgate (default: node's, 4)
   --env K=V,...        environment for every blockgate process (e.g. UV_USE_IO_URING=0)
+  --base-policy P      the volume policy blockgate-base serves: write-back (default), write-through or none
   --base-env K=V,...   environment for blockgate-base only, on top of --env (with --base-build .: one setting A/B)
   --out DIR            output directory (full: docs/bench, quick: bench/out)
   --render DIR         only re-render DIR/report.md and DIR/chart.svg from DIR/results.json`;
@@ -107,6 +110,7 @@ function parseOptions(argv: string[]): Options {
       'base-build': { type: 'string' },
       env: { type: 'string' },
       'base-env': { type: 'string' },
+      'base-policy': { type: 'string' },
       size: { type: 'string' },
       'uv-threads': { type: 'string' },
       out: { type: 'string' },
@@ -163,7 +167,14 @@ function parseOptions(argv: string[]): Options {
       ...(values['uv-threads'] ? { UV_THREADPOOL_SIZE: String(Math.round(num(values['uv-threads'], 4))) } : {}),
     },
     baseEnv: envList(values['base-env']),
+    basePolicy: policyOption(values['base-policy']),
   };
+}
+
+function policyOption(v: string | undefined): CachePolicy | undefined {
+  if (v === undefined) return undefined;
+  if (v !== 'write-back' && v !== 'write-through' && v !== 'none') throw new Error(`--base-policy must be write-back, write-through or none, not '${v}'`);
+  return v;
 }
 
 function round2(x: number): number {
@@ -199,6 +210,7 @@ async function startAll(ctx: Ctx, sc: Scenario, transport: Transport): Promise<T
       size: ctx.opts.sizeBytes,
       blockgateEnv: ctx.opts.blockgateEnv,
       baseEnv: ctx.opts.baseEnv,
+      ...(ctx.opts.basePolicy ? { basePolicy: ctx.opts.basePolicy } : {}),
       blockgateArgs: sc.blockgateArgs,
       ...(ctx.opts.baseBuild ? { baseBuild: ctx.opts.baseBuild } : {}),
     });
@@ -413,6 +425,7 @@ async function main(): Promise<void> {
       workDirFs: filesystemOf(os.tmpdir()),
       blockgateEnv: opts.blockgateEnv,
       baseEnv: opts.baseEnv,
+      ...(opts.basePolicy ? { basePolicy: opts.basePolicy } : {}),
       everyLane: opts.everyLane,
     },
     machine: { ...machineInfo(), loadavg1Start: round2(loadStart), loadavg1End: round2(os.loadavg()[0]!) },

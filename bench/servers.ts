@@ -73,6 +73,8 @@ export interface StartContext {
   blockgateArgs?: string[];
   /** Repository root of the build `blockgate-base` runs (A/B against another commit). */
   baseBuild?: string;
+  /** The volume policy blockgate-base serves (default write-back): an A/B of a write-through or `none` row. */
+  basePolicy?: CachePolicy;
 }
 
 export const TOKEN = 'bench-token-0123456789abcdef';
@@ -313,7 +315,7 @@ export async function startServer(name: ServerName, transport: Transport, ctx: S
       return startBlockgate(ctx, transport, undefined, { server: name, policy: BLOCKGATE_POLICY[name]! });
     case 'blockgate-base':
       if (!ctx.baseBuild) throw new Error('blockgate-base needs --base-build DIR (a checkout with its own dist/)');
-      return startBlockgate(ctx, transport, undefined, { server: name, policy: 'write-back', root: ctx.baseBuild });
+      return startBlockgate(ctx, transport, undefined, { server: name, policy: ctx.basePolicy ?? 'write-back', root: ctx.baseBuild });
     case 'nbdkit-file':
       return startNbdkit(ctx, transport, 'file');
     case 'nbdkit-memory':
