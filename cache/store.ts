@@ -107,6 +107,11 @@ export class BlockStore {
     this.cache = new BlockCache((id) => this.getArray(id), { ...opts, size: opts.size ?? DEFAULT_CACHE_SIZE });
   }
 
+  /** Slot reads and writes made to the arrays and not yet answered (loads, write-back, write-through). */
+  get ioPending(): number {
+    return this.cache.route.pending;
+  }
+
   addArray(a: ArrayFile): void {
     this.arrays.set(a.id, a);
   }
