@@ -170,7 +170,7 @@ async function start(opts: ServeOptions, dataDir: string, lock: DataDirLock, ope
   const budget = new IoBudget(opts.ioBudget ?? DEFAULT_IO_BUDGET);
   stats.budget = budget;
   // One poller too: only the session that alone is active polls, whichever protocol it speaks.
-  const poll = new IdlePoll(opts.idlePollUs ?? DEFAULT_IDLE_POLL_US, () => store.ioPending > 0);
+  const poll = new IdlePoll(opts.idlePollUs ?? DEFAULT_IDLE_POLL_US, () => store.atDirtyLimit);
   stats.poll = poll;
   const nbd = new NbdServer(
     { namespaces, store, tls, budget, poll },

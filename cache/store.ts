@@ -107,9 +107,9 @@ export class BlockStore {
     this.cache = new BlockCache((id) => this.getArray(id), { ...opts, size: opts.size ?? DEFAULT_CACHE_SIZE });
   }
 
-  /** Slot reads and writes made to the arrays and not yet answered (loads, write-back, write-through). */
-  get ioPending(): number {
-    return this.cache.route.pending;
+  /** Dirty data is at its limit: writes go to the arrays until write-back completions make room. */
+  get atDirtyLimit(): boolean {
+    return this.cache.overDirtyLimit;
   }
 
   addArray(a: ArrayFile): void {

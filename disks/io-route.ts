@@ -15,8 +15,6 @@ export interface IoRoute {
   readonly name: IoRouteName;
   /** The buffers it is handed must be SharedArrayBuffer views (another thread touches them). */
   readonly sharedMemory: boolean;
-  /** Calls made and not yet answered (the idle poll does not hold the loop while the disks have answers coming). */
-  readonly pending: number;
   readv(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void>;
   writev(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void>;
   close(): Promise<void>;
@@ -37,36 +35,17 @@ function readViaArray(a: ArrayFile, bufs: Uint8Array[], length: number, position
   return new Promise((resolve, reject) => a.readv(bufs, length, position, (err) => (err ? reject(err) : resolve())));
 }
 
-/** Counts a call of a route until it settles (IoRoute.pending). */
-function counted(r: { calls: number }, p: Promise<void>): Promise<void> {
-  r.calls++;
-  return p.then(
-    () => {
-      r.calls--;
-    },
-    (err: unknown) => {
-      r.calls--;
-      throw err;
-    },
-  );
-}
-
 /** libuv's pool via fs.readv/fs.writev (size it with UV_THREADPOOL_SIZE). */
 export class LibuvRoute implements IoRoute {
   readonly name = 'libuv' as const;
   readonly sharedMemory = false;
-  calls = 0;
-
-  get pending(): number {
-    return this.calls;
-  }
 
   readv(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void> {
-    return counted(this, readViaArray(a, bufs, length, position));
+    return readViaArray(a, bufs, length, position);
   }
 
   writev(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void> {
-    return counted(this, viaArray(a, bufs, length, position));
+    return viaArray(a, bufs, length, position);
   }
 
   async close(): Promise<void> {}
@@ -88,7 +67,6 @@ export interface IoTask {
 abstract class WorkerRoute implements IoRoute {
   abstract readonly name: IoRouteName;
   readonly sharedMemory = true;
-  abstract readonly pending: number;
 
   /** One vectored call on plain bytes, made by a worker thread. */
   protected abstract submit(a: ArrayFile, op: IoTask['op'], bufs: Uint8Array[], length: number, position: number): Promise<void>;
@@ -127,11 +105,6 @@ abstract class WorkerRoute implements IoRoute {
 export class PiscinaRoute extends WorkerRoute {
   readonly name = 'piscina' as const;
   private readonly pool: Piscina;
-  private calls = 0;
-
-  get pending(): number {
-    return this.calls;
-  }
 
   constructor(threads = 4) {
     super();
@@ -147,13 +120,7 @@ export class PiscinaRoute extends WorkerRoute {
 
   protected async submit(a: ArrayFile, op: IoTask['op'], bufs: Uint8Array[], length: number, position: number): Promise<void> {
     const task: IoTask = { op, fd: a.descriptor, bufs, length, position };
-    let r: string | null;
-    this.calls++;
-    try {
-      r = (await this.pool.run(task)) as string | null;
-    } finally {
-      this.calls--;
-    }
+    const r = (await this.pool.run(task)) as string | null;
     if (r !== null) throw a.ioError(op, r);
     if (op === 'writev') a.noteWrite(position, length);
   }
@@ -194,12 +161,6 @@ export class BatchRoute extends WorkerRoute {
   /** Shared memories the workers know, by the number a batch names them with. */
   private readonly memIds = new WeakMap<SharedArrayBuffer, number>();
   private readonly mems: SharedArrayBuffer[] = [];
-  /** Calls queued or in a batch in flight. */
-  private calls = 0;
-
-  get pending(): number {
-    return this.calls;
-  }
 
   constructor(threads = 2) {
     super();
@@ -237,7 +198,6 @@ export class BatchRoute extends WorkerRoute {
     for (const [id, b] of this.inflight) {
       if (b.w !== i) continue;
       this.inflight.delete(id);
-      this.calls -= b.items.length;
       for (const q of b.items) q.reject(new BlockgateError('IO_ERROR', `the I/O worker exited (code ${code}) with a ${q.task.op} in flight`));
     }
     this.busy[i] = 0;
@@ -246,7 +206,6 @@ export class BatchRoute extends WorkerRoute {
 
   protected submit(a: ArrayFile, op: IoTask['op'], bufs: Uint8Array[], length: number, position: number): Promise<void> {
     return new Promise<void>((resolve, reject) => {
-      this.calls++;
       this.queue.push({ a, task: { op, fd: a.descriptor, bufs, length, position }, resolve, reject });
       if (!this.scheduled) {
         this.scheduled = true;
@@ -289,7 +248,6 @@ export class BatchRoute extends WorkerRoute {
     // Already failed by lost() (the worker exited with its answer still in the queue).
     if (!b) return;
     this.inflight.delete(m.id);
-    this.calls -= b.items.length;
     if (--this.busy[b.w]! === 0) this.workers[b.w]!.unref();
     for (let i = 0; i < b.items.length; i++) {
       const q = b.items[i]!;

@@ -13,12 +13,14 @@
  *
  * Bounded so that it costs no one else:
  * - it runs in the check phase after the reply has gone, once per reply, and
- *   never longer than the budget;
+ *   never longer than the budget, and only after a socket read that carried
+ *   at most one request (the sessions say so): a host keeping many requests
+ *   in flight sends them in bursts that batch up while the loop sleeps;
  * - only the session that alone has read in the last millisecond polls (with
  *   several active sessions the loop has other work and is not sleeping),
- *   and not while the disks have answers coming (write-back, loads): the
- *   loop would hold them up, and the writes that wait for them (measured:
- *   writes beyond the cache lost 15-20 % when it did);
+ *   and not while the cache is at its dirty limit: writes then go to the
+ *   arrays until write-back completions make room, and a polling loop would
+ *   hold those completions up;
  * - a poll that finds nothing marks its session cold; a cold session polls
  *   again only once a request comes within four budgets of its reply, so a
  *   host that pauses between requests costs one empty poll, not one each.
@@ -52,7 +54,7 @@ export class IdlePoll {
   private otherReadAt = -Infinity;
   private pending: PolledSession | null = null;
 
-  /** `busy`: other work the loop is waiting for (array I/O in flight): no poll then. */
+  /** `busy`: the loop has completions to wait for that others depend on (the cache at its dirty limit): no poll then. */
   constructor(
     readonly budgetUs = DEFAULT_IDLE_POLL_US,
     private readonly busy: () => boolean = () => false,

@@ -156,6 +156,9 @@ export class IscsiConnection implements BudgetHolder, PolledSession {
   budgetCharged = 0;
   pollWarm = true;
   pollIdleAt = 0;
+  /** PDUs parsed so far, and whether the last socket read carried at most one (the idle poll's QD1 test). */
+  private pdus = 0;
+  private lone = false;
   private nextTtt = 1;
   private pendingText: PendingText | null = null;
   private textParts: Buffer[] = [];
@@ -191,8 +194,11 @@ export class IscsiConnection implements BudgetHolder, PolledSession {
       if (this.state === State.Closed) return;
       this.lastRx = Date.now();
       this.ctx.poll?.read(this);
+      const before = this.pdus;
       this.replies.around(sock, () => this.reader.feed(c));
-      if (this.tasks.size === 0 && this.reader.borrowed) this.ctx.poll?.idle(this);
+      // A read that carried several PDUs is an initiator keeping many commands in flight: no poll.
+      this.lone = this.reader.borrowed && this.pdus - before <= 1;
+      if (this.tasks.size === 0 && this.lone) this.ctx.poll?.idle(this);
     };
     // Reads into the shared buffer: a fresh 64 KiB chunk per read was ~40,000 new buffers a second under 1 MiB
     // writes, and once they outlived the young generation V8 ran full collections back to back
@@ -307,6 +313,7 @@ export class IscsiConnection implements BudgetHolder, PolledSession {
   }
 
   private onPdu(p: Pdu): void {
+    this.pdus++;
     if (this.state === State.Closed) return;
     if (this.state === State.Login) {
       if (p.opcode !== OP.LOGIN_REQ) return this.close('protocol-error');
@@ -649,7 +656,7 @@ export class IscsiConnection implements BudgetHolder, PolledSession {
     this.replies.hold(this.sock, this.tasks.size > 0);
     this.respond(t, rsp);
     if (this.state === State.FullFeature) this.drainQueue();
-    if (this.tasks.size === 0 && this.reader.borrowed) this.ctx.poll?.idle(this);
+    if (this.tasks.size === 0 && this.lone) this.ctx.poll?.idle(this);
   }
 
   /** The idle poller may read the next command now: logged in, nothing open or queued, reading. */

@@ -38,6 +38,8 @@ export abstract class FrameReader {
   protected heldPos = 0;
   /** No further headers are read (DISC, shutdown). */
   protected disconnecting = false;
+  /** Request headers parsed so far (the idle poll asks how many one socket read carried). */
+  protected headers = 0;
   /** Headers are subject to the limits (transmission). */
   protected flowControlled = false;
   /**
@@ -96,6 +98,7 @@ export abstract class FrameReader {
           const need = this.headerSize;
           if (this.scratchFill === 0 && n - p >= need) {
             if (this.flowControlled && this.overLimits(chunk, p)) return this.hold(chunk, p, n);
+            this.headers++;
             p = this.onHeader(chunk, p, n);
           } else {
             const k = Math.min(need - this.scratchFill, n - p);
@@ -106,6 +109,7 @@ export abstract class FrameReader {
               // Refused: the whole header stays in scratch and is looked at again by resumeHeld().
               if (this.flowControlled && this.overLimits(this.scratch, 0)) return this.hold(chunk, p, n);
               this.scratchFill = 0;
+              this.headers++;
               // The header came in pieces, so its payload starts in this chunk at p.
               p = this.onHeaderAt(this.scratch, 0, chunk, p, n);
             }

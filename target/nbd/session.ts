@@ -220,9 +220,15 @@ export abstract class NbdSession extends FrameReader implements BudgetHolder, Po
 
   private readonly onLent = (buf: Buffer, n: number): void => {
     this.backend.poll?.read(this);
+    const before = this.headers;
     this.batch(buf, 0, n);
-    if (this.inflight === 0) this.backend.poll?.idle(this);
+    // A read that carried several requests is a host keeping many in flight: no poll, its next ones batch up by themselves.
+    this.lone = this.headers - before <= 1;
+    if (this.inflight === 0 && this.lone) this.backend.poll?.idle(this);
   };
+
+  /** The last socket read carried at most one request (a host at queue depth 1, as far as it shows). */
+  private lone = false;
 
   /** The idle poller may read the next request now: nothing in flight or held, reading, in transmission. */
   pollable(): Socket | null {
@@ -283,7 +289,7 @@ export abstract class NbdSession extends FrameReader implements BudgetHolder, Po
     this.recharge();
     this.maybeResume();
     this.maybeFinishDisconnect();
-    if (this.inflight === 0 && this.borrowedChunks) this.backend.poll?.idle(this);
+    if (this.inflight === 0 && this.lone) this.backend.poll?.idle(this);
   }
 
   protected maybeFinishDisconnect(): void {

@@ -118,6 +118,29 @@ t.test('two busy hosts: the loop has work, nobody polls', async (t) => {
   t.ok(p1.found + p1.empty - p0.found - p0.empty < 100, `2,000 requests from two sessions at once: ${p1.found - p0.found} found and ${p1.empty - p0.empty} empty polls`);
 });
 
+t.test('a host keeping 8 requests in flight is not polled: its requests batch up by themselves', async (t) => {
+  const s = await startServer(t);
+  const c = await WireClient.connect({ path: s.socket() });
+  t.teardown(() => c.destroy());
+  await c.open('0/0', { structured: false });
+  const p0 = await polls(s);
+  let bad = 0;
+  for (let round = 0; round < 200; round++) {
+    // Eight requests in one segment, as a pipelining client's queue refills.
+    const lengths = new Map<bigint, number>();
+    c.sock.cork();
+    for (let i = 0; i < 8; i++) lengths.set(c.send(CMD.READ, ((round * 8 + i) % 512) * 4 * KiB, 4 * KiB, 0), 4 * KiB);
+    c.sock.uncork();
+    for (let i = 0; i < 8; i++) {
+      const r = await c.reply(lengths);
+      if (r.error !== 0 || r.data?.length !== 4 * KiB) bad++;
+    }
+  }
+  const p1 = await polls(s);
+  t.equal(bad, 0, '1,600 reads, 8 at a time');
+  t.ok(p1.found + p1.empty - p0.found - p0.empty < 20, `200 batches of 8: ${p1.found - p0.found} found and ${p1.empty - p0.empty} empty polls`);
+});
+
 t.test('--idle-poll 0: no polls', async (t) => {
   const s = await startServer(t, { args: ['--idle-poll', '0'] });
   const c = await WireClient.connect({ path: s.socket() });

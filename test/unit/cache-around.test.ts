@@ -15,9 +15,6 @@ class GatedRoute implements IoRoute {
   readonly name = 'libuv' as const;
   readonly sharedMemory = false;
   private readonly inner = new LibuvRoute();
-  get pending(): number {
-    return this.inner.pending;
-  }
   private gate: { op: 'readv' | 'writev'; open: Promise<void>; release: () => void } | null = null;
   entered = 0;
 

@@ -18,9 +18,6 @@ class HoldableRoute implements IoRoute {
   readonly name = 'libuv' as const;
   readonly sharedMemory = false;
   private readonly inner = new LibuvRoute();
-  get pending(): number {
-    return this.inner.pending;
-  }
   private gate: Promise<void> | null = null;
   private open: (() => void) | null = null;
   held = 0;
@@ -65,9 +62,6 @@ class InOrderRoute implements IoRoute {
   readonly name = 'libuv' as const;
   readonly sharedMemory = false;
   private readonly inner = new LibuvRoute();
-  get pending(): number {
-    return this.inner.pending;
-  }
   private last: Promise<void> = Promise.resolve();
 
   async readv(a: ArrayFile, bufs: Uint8Array[], length: number, position: number): Promise<void> {
@@ -393,9 +387,6 @@ class CountingRoute implements IoRoute {
   constructor(private readonly inner: IoRoute) {}
   get name(): IoRoute['name'] {
     return this.inner.name;
-  }
-  get pending(): number {
-    return this.inner.pending;
   }
   get sharedMemory(): boolean {
     return this.inner.sharedMemory;
