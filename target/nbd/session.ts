@@ -111,6 +111,8 @@ export abstract class NbdSession extends FrameReader implements BudgetHolder, Po
   budgetCharged = 0;
   pollWarm = true;
   pollIdleAt = 0;
+  /** The last socket read carried at most one request (a host at queue depth 1, as far as it shows). */
+  private lone = false;
 
   constructor(socket: Socket, host: string | null, backend: NbdBackend, limits: NbdLimits, traits: ListenerTraits) {
     super();
@@ -226,9 +228,6 @@ export abstract class NbdSession extends FrameReader implements BudgetHolder, Po
     this.lone = this.headers - before <= 1;
     if (this.inflight === 0 && this.lone) this.backend.poll?.idle(this);
   };
-
-  /** The last socket read carried at most one request (a host at queue depth 1, as far as it shows). */
-  private lone = false;
 
   /** The idle poller may read the next request now: nothing in flight or held, reading, in transmission. */
   pollable(): Socket | null {
