@@ -6,7 +6,7 @@ import type { Logger } from 'pino';
 import { BlockgateError, badRequest, conflict, notFound } from '../common/errors.js';
 import type { CachePolicy } from '../cache/index.js';
 import { ArrayFile, MAX_ARRAY_SIZE, type ArrayFault } from '../disks/index.js';
-import { EXTENT_ALIGN, VolumeLayout, allocateExtents, allocateFromFree, freeFromHoles, type Extent } from '../mapper/index.js';
+import { EXTENT_ALIGN, VolumeLayout, allocateExtents, freeExtents, type Extent } from '../mapper/index.js';
 import { StatsRegistry, freshFences, type Frontend, type NamespaceChange, type Protocol, type Unit, type UnitFence } from '../target/index.js';
 import { ArrayHealth, DEFAULT_OVERCOMMIT } from './array-health.js';
 import type { ConfigDocument } from './operations/config.js';
@@ -60,15 +60,6 @@ export interface ManagerOptions {
 }
 
 const now = (): string => new Date().toISOString();
-
-/** The unused ranges [from, to) of an array before its last extent's end, in offset order. */
-const ARRAY_HOLES = `
-  SELECT COALESCE(before, 0), offset FROM (
-    SELECT offset, MAX(offset + length) OVER (ORDER BY offset ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before
-    FROM extents WHERE array_id = ?
-  ) WHERE offset > COALESCE(before, 0)`;
-/** Bytes held by an array's extents, and where the last of them ends. */
-const ARRAY_END = 'SELECT COALESCE(SUM(length), 0) AS used, COALESCE(MAX(offset + length), 0) AS end FROM extents WHERE array_id = ?';
 
 /** Owner, group and mode of a host's unix socket (octal string, e.g. "0660"). */
 export interface HostSocketAccess {
@@ -533,21 +524,13 @@ export class StorageManager implements Lifecycle {
   }
 
   arrayUsage(a: ArrayRow): { used: number; free: number; freeExtents: Extent[] } {
-    const { free, used } = this.arraySpace(a);
-    return { used, free: free.reduce((s, e) => s + e.length, 0), freeExtents: free };
-  }
-
-  /**
-   * An array's free extents and the bytes volumes hold of it, with the gaps
-   * found by SQLite walking the (array, offset) index: only the gaps come
-   * back, not every extent. Reading and sorting every extent in JS was most
-   * of a volume create's time at 10,000 volumes (docs/bench/scale.md).
-   */
-  private arraySpace(a: ArrayRow): { free: Extent[]; used: number } {
-    const holes = (this.db.prepare(ARRAY_HOLES).raw().all(a.id) as [number, number][]);
-    const { used, end } = this.db.prepare(ARRAY_END).get(a.id) as { used: number; end: number };
-    if (end < a.size) holes.push([end, a.size]);
-    return { free: freeFromHoles(a.id, holes), used };
+    const used = this.arrayExtents(a.id);
+    const free = freeExtents({ arrayId: a.id, size: a.size, used });
+    return {
+      used: used.reduce((s, e) => s + e.length, 0),
+      free: free.reduce((s, e) => s + e.length, 0),
+      freeExtents: free,
+    };
   }
 
   /**
@@ -913,9 +896,9 @@ export class StorageManager implements Lifecycle {
     // Failed arrays give no new space: their files are not there to hold it.
     const arrays = this.listArrays().filter((a) => (!qualityClass || a.quality_class === qualityClass) && !this.health.fault(a.id));
     if (arrays.length === 0) throw new BlockgateError('NO_SPACE', `no array of quality class '${qualityClass}'`);
-    return allocateFromFree(
+    return allocateExtents(
       size,
-      arrays.flatMap((a) => this.arraySpace(a).free),
+      arrays.map((a) => ({ arrayId: a.id, size: a.size, used: this.arrayExtents(a.id) })),
     );
   }
 

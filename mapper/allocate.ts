@@ -16,27 +16,18 @@ const alignDown = (n: number, a: number): number => Math.floor(n / a) * a;
 /** The gaps between used extents of one array, aligned to EXTENT_ALIGN. */
 export function freeExtents(space: ArraySpace): Extent[] {
   const used = [...space.used].sort((a, b) => a.offset - b.offset);
-  const holes: [number, number][] = [];
-  let pos = 0;
-  for (const u of used) {
-    if (u.offset > pos) holes.push([pos, u.offset]);
-    pos = Math.max(pos, u.offset + u.length);
-  }
-  if (pos < space.size) holes.push([pos, space.size]);
-  return freeFromHoles(space.arrayId, holes);
-}
-
-/**
- * The free extents of an array whose unused byte ranges [from, to) are known
- * (in offset order): each aligned inwards to EXTENT_ALIGN, empty ones dropped.
- */
-export function freeFromHoles(arrayId: number, holes: readonly (readonly [number, number])[]): Extent[] {
   const free: Extent[] = [];
-  for (const [from, to] of holes) {
+  let pos = 0;
+  const emit = (from: number, to: number): void => {
     const a = alignUp(from, EXTENT_ALIGN);
     const b = alignDown(to, EXTENT_ALIGN);
-    if (b > a) free.push({ arrayId, offset: a, length: b - a });
+    if (b > a) free.push({ arrayId: space.arrayId, offset: a, length: b - a });
+  };
+  for (const u of used) {
+    if (u.offset > pos) emit(pos, u.offset);
+    pos = Math.max(pos, u.offset + u.length);
   }
+  if (pos < space.size) emit(pos, space.size);
   return free;
 }
 
@@ -47,14 +38,10 @@ export function freeFromHoles(arrayId: number, holes: readonly (readonly [number
  * the volume has as few pieces as possible.
  */
 export function allocateExtents(size: number, spaces: readonly ArraySpace[]): Extent[] {
-  return allocateFromFree(size, spaces.flatMap(freeExtents));
-}
-
-/** allocateExtents over free extents already known (freeExtents, freeFromHoles). */
-export function allocateFromFree(size: number, gaps: readonly Extent[]): Extent[] {
   if (!(size > 0) || size % EXTENT_ALIGN !== 0) {
     throw new BlockgateError('BAD_REQUEST', `volume size must be a positive multiple of ${EXTENT_ALIGN} bytes`);
   }
+  const gaps = spaces.flatMap(freeExtents);
   const fits = gaps.filter((g) => g.length >= size).sort((a, b) => a.length - b.length);
   if (fits.length > 0) return [{ ...fits[0]!, length: size }];
   const total = gaps.reduce((s, g) => s + g.length, 0);

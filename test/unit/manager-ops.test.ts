@@ -1,9 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
-import { freeExtents } from '../../mapper/index.js';
 import { startManager } from '../helpers/manager.js';
-import { prng } from '../helpers/prng.js';
 
 const M = 1024 * 1024;
 
@@ -105,49 +103,4 @@ t.test('a free volume allocated again gets a new serial and NAA', async (t) => {
   t.not(again.serial, first.serial);
   t.not(again.naa, first.naa);
   t.throws(() => m.createVolume({ name: 'v', size: 8 * M }), { code: 'CONFLICT' }, 'a live name is not reused');
-});
-
-t.test('free space found by walking the extent index is what every extent leaves free, through creates, grows and deallocations', async (t) => {
-  const { m } = await startManager(t);
-  m.createFarm('f');
-  await m.createArray('a0', 96 * M);
-  await m.createArray('a1', 40 * M);
-  const r = prng(1214);
-  const names: string[] = [];
-  let mismatches = 0;
-  let overlaps = 0;
-  let placed = 0;
-  for (let i = 0; i < 400; i++) {
-    const op = r();
-    try {
-      if (op < 0.5 || names.length === 0) {
-        const name = `v${i}`;
-        m.createVolume({ name, size: (1 + Math.floor(r() * 12)) * M, farm: 'f', configure: true });
-        names.push(name);
-        placed++;
-      } else if (op < 0.65) {
-        const name = names[Math.floor(r() * names.length)]!;
-        m.resize(name, m.volume(name).size + (1 + Math.floor(r() * 4)) * M);
-        placed++;
-      } else {
-        const k = Math.floor(r() * names.length);
-        m.breakVolume(names[k]!);
-        m.deallocate(names[k]!);
-        m.deleteVolume(names[k]!);
-        names.splice(k, 1);
-      }
-    } catch (e) {
-      if ((e as { code?: string }).code !== 'NO_SPACE') throw e;
-    }
-    for (const a of m.listArrays()) {
-      const used = (m.db.prepare('SELECT array_id, offset, length FROM extents WHERE array_id = ? ORDER BY offset').all(a.id) as { array_id: number; offset: number; length: number }[]).map((x) => ({ arrayId: x.array_id, offset: x.offset, length: x.length }));
-      for (let k = 1; k < used.length; k++) if (used[k]!.offset < used[k - 1]!.offset + used[k - 1]!.length) overlaps++;
-      const u = m.arrayUsage(a);
-      const ref = freeExtents({ arrayId: a.id, size: a.size, used });
-      if (JSON.stringify(u.freeExtents) !== JSON.stringify(ref) || u.used !== used.reduce((s, e) => s + e.length, 0)) mismatches++;
-    }
-  }
-  t.ok(placed > 100, `${placed} placements (creates and grows), the arrays filled and emptied along the way`);
-  t.equal(mismatches, 0, 'free extents and used bytes equal those computed from every extent, after every operation');
-  t.equal(overlaps, 0, 'no two extents of an array overlap');
 });
